@@ -1,0 +1,61 @@
+//! The human-readable status table.
+
+use setpoint::HostStatus;
+use setpoint::manifest::units::format_duration;
+
+/// Renders one line per workload, kubectl-style.
+pub fn render(status: &HostStatus) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "PHASE".to_string(),
+        "READY".to_string(),
+        "RESTARTS".to_string(),
+        "REVISION".to_string(),
+        "LAST TERMINATION".to_string(),
+    ]];
+    for w in &status.workloads {
+        let last = w.last_termination.as_ref().map_or_else(
+            || "-".to_string(),
+            |t| {
+                format!(
+                    "{} after {} ({})",
+                    t.end.reason.name(),
+                    format_duration(t.end.ran_for),
+                    t.instance
+                )
+            },
+        );
+        let failed = w
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Failed")
+            .map(|c| format!(" [{}]", c.reason));
+        rows.push([
+            w.name.clone(),
+            format!("{:?}{}", w.phase, failed.unwrap_or_default()),
+            format!("{}/{}", w.ready, w.desired),
+            w.restarts.to_string(),
+            w.revision.clone(),
+            last,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for (n, row) in rows.iter().enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+    }
+    out
+}

@@ -1,0 +1,116 @@
+//! The controller's record of one workload: its desired spec, the observation of each
+//! slot (what a policy sees), the handles of live instances (what only the controller
+//! sees), restart history, events and conditions.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::manifest::WorkloadSpec;
+use crate::policy::SlotObservation;
+use crate::runtime::{InstanceHandle, PreparedComponent};
+use crate::status::{Event, TerminationRecord};
+
+/// The most restart timestamps kept when no budget asks for more.
+const MIN_RESTART_HISTORY: usize = 64;
+
+pub(super) struct WorkloadState {
+    pub name: Arc<str>,
+    pub spec: Arc<WorkloadSpec>,
+    pub component: Arc<PreparedComponent>,
+    pub revision: String,
+    /// What policies see; index = slot.
+    pub slots: Vec<SlotObservation>,
+    /// Handles of live instances, parallel to `slots`.
+    pub handles: Vec<Option<InstanceHandle>>,
+    /// Whether each slot's live instance has reported `Running`.
+    pub running: Vec<bool>,
+    pub recent_restarts: VecDeque<Instant>,
+    pub total_restarts: u64,
+    pub failed: Option<(String, String)>,
+    pub deleting: bool,
+    pub requeue_at: Option<Instant>,
+    pub events: VecDeque<Event>,
+    pub last_termination: Option<TerminationRecord>,
+    pub available: (bool, SystemTime),
+    pub failed_since: Option<SystemTime>,
+}
+
+impl WorkloadState {
+    pub fn new(
+        name: Arc<str>,
+        spec: Arc<WorkloadSpec>,
+        component: Arc<PreparedComponent>,
+        revision: String,
+    ) -> Self {
+        Self {
+            name,
+            spec,
+            component,
+            revision,
+            slots: Vec::new(),
+            handles: Vec::new(),
+            running: Vec::new(),
+            recent_restarts: VecDeque::new(),
+            total_restarts: 0,
+            failed: None,
+            deleting: false,
+            requeue_at: None,
+            events: VecDeque::new(),
+            last_termination: None,
+            available: (false, SystemTime::now()),
+            failed_since: None,
+        }
+    }
+
+    /// Makes sure `slot` exists in the parallel vectors.
+    pub fn ensure_slot(&mut self, slot: usize) {
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, SlotObservation::default);
+            self.handles.resize_with(slot + 1, || None);
+            self.running.resize(slot + 1, false);
+        }
+    }
+
+    /// Drops trailing surplus slots that no longer hold an instance.
+    pub fn trim_surplus(&mut self) {
+        let keep = self.spec.replicas as usize;
+        while self.slots.len() > keep && self.handles.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+            self.handles.pop();
+            self.running.pop();
+        }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.handles.iter().filter(|h| h.is_some()).count()
+    }
+
+    pub fn ready_count(&self) -> u32 {
+        self.slots
+            .iter()
+            .take(self.spec.replicas as usize)
+            .filter(|s| s.instance.as_ref().is_some_and(|i| i.ready && !i.stopping))
+            .count() as u32
+    }
+
+    pub fn record_restart(&mut self, now: Instant) {
+        self.total_restarts += 1;
+        let cap = self
+            .spec
+            .restart_budget
+            .map_or(0, |b| b.max_restarts as usize + 1)
+            .max(MIN_RESTART_HISTORY);
+        while self.recent_restarts.len() >= cap {
+            self.recent_restarts.pop_front();
+        }
+        self.recent_restarts.push_back(now);
+    }
+
+    pub fn push_event(&mut self, event: Event, history: usize) {
+        while self.events.len() >= history.max(1) {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+}

@@ -1,0 +1,269 @@
+//! The embeddable host: a handle to a running controller and runtime. The CLI is built on
+//! exactly this API, so anything `setpoint run` does, an embedding process can do too.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::controller::{Command, Controller, ControllerConfig, PreparedWorkload};
+use crate::manifest::{Diagnostic, ManifestLimits, Rejected, Workload, load_files};
+use crate::policy::{Policy, ReplicaPolicy};
+use crate::runtime::{ComponentStyle, LogLine, OutputLimits, Runtime, RuntimeConfig};
+use crate::status::{Event, HostStatus};
+
+/// Builds a [`Host`]. Every setting has a sane default.
+#[derive(Debug, Clone, Default)]
+pub struct HostBuilder {
+    runtime: RuntimeConfig,
+    controller: ControllerConfig,
+    manifests: ManifestLimits,
+}
+
+impl HostBuilder {
+    /// How often running guests yield (default 1 ms).
+    pub fn epoch_tick(mut self, tick: Duration) -> Self {
+        self.runtime.epoch_tick = tick;
+        self
+    }
+
+    /// Memory cap of instances whose spec sets none (default 64 MiB).
+    pub fn default_memory_limit(mut self, bytes: u64) -> Self {
+        self.runtime.default_memory_limit = bytes;
+        self
+    }
+
+    /// Caches compiled components in `dir`, so a restart does not recompile.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.runtime.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Bounds on captured guest output.
+    pub fn output_limits(mut self, limits: OutputLimits) -> Self {
+        self.runtime.output = limits;
+        self
+    }
+
+    /// Most live instances on the host (default 100,000).
+    pub fn max_instances(mut self, n: usize) -> Self {
+        self.controller.max_instances = n;
+        self
+    }
+
+    /// Safety-net resync period (default 10 s). Reconciling is event-driven regardless.
+    pub fn resync_interval(mut self, every: Duration) -> Self {
+        self.controller.resync_interval = every;
+        self
+    }
+
+    /// Events kept per workload (default 32).
+    pub fn event_history(mut self, n: usize) -> Self {
+        self.controller.event_history = n;
+        self
+    }
+
+    /// Bounds on manifest input.
+    pub fn manifest_limits(mut self, limits: ManifestLimits) -> Self {
+        self.manifests = limits;
+        self
+    }
+
+    /// Starts the host on the current tokio runtime (multi-threaded recommended).
+    pub fn build(self) -> anyhow::Result<Host> {
+        self.build_with_policy(Arc::new(ReplicaPolicy))
+    }
+
+    /// Starts the host with a policy other than the built-in replica policy.
+    pub fn build_with_policy(self, policy: Arc<dyn Policy>) -> anyhow::Result<Host> {
+        let runtime = Arc::new(Runtime::new(self.runtime)?);
+        let (events, _) = broadcast::channel(1024);
+        let (logs, _) = broadcast::channel(4096);
+        let (commands, commands_rx) = mpsc::channel(64);
+        let controller = Controller::new(
+            runtime.clone(),
+            policy,
+            self.controller,
+            events.clone(),
+            logs.clone(),
+        );
+        let task = tokio::spawn(controller.run(commands_rx));
+        Ok(Host {
+            runtime,
+            commands,
+            events,
+            logs,
+            task,
+            manifest_limits: self.manifests,
+        })
+    }
+}
+
+/// A running setpoint host: apply workloads, watch them, shut it down.
+pub struct Host {
+    runtime: Arc<Runtime>,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    logs: broadcast::Sender<LogLine>,
+    task: tokio::task::JoinHandle<()>,
+    manifest_limits: ManifestLimits,
+}
+
+impl Host {
+    /// A builder with default settings.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// Reads, validates and applies manifest files, all or nothing.
+    pub async fn apply_files(&self, paths: &[PathBuf]) -> Result<Vec<String>, Rejected> {
+        let workloads = load_files(paths, &self.manifest_limits)?;
+        self.apply(workloads).await
+    }
+
+    /// Applies workloads, all or nothing: every component is compiled and checked first,
+    /// and if any workload is rejected nothing changes. Returns the applied names.
+    pub async fn apply(&self, workloads: Vec<Workload>) -> Result<Vec<String>, Rejected> {
+        let runtime = self.runtime.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare_all(&runtime, workloads))
+            .await
+            .map_err(|e| {
+                Rejected::one(Diagnostic::at(
+                    None,
+                    format!("component preparation panicked: {e}"),
+                ))
+            })??;
+        let names = prepared.iter().map(|p| p.name.clone()).collect();
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Apply(prepared, reply)).await?;
+        done.await.map_err(|_| host_gone())?;
+        Ok(names)
+    }
+
+    /// Removes a workload: its instances are stopped gracefully. False if unknown.
+    pub async fn delete(&self, name: &str) -> Result<bool, Rejected> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Delete(name.to_string(), reply)).await?;
+        done.await.map_err(|_| host_gone())
+    }
+
+    /// A snapshot of every workload's status.
+    pub async fn status(&self) -> HostStatus {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::Status(reply)).await.is_err() {
+            return HostStatus::default();
+        }
+        done.await.unwrap_or_default()
+    }
+
+    /// Subscribes to events from now on. A slow subscriber skips events, never blocks the host.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Subscribes to guest output lines from now on (rate-limited per instance).
+    pub fn logs(&self) -> broadcast::Receiver<LogLine> {
+        self.logs.subscribe()
+    }
+
+    /// Stops every instance (gracefully within its grace period, then forcibly), stops
+    /// the controller, and returns the final status.
+    pub async fn shutdown(self) -> HostStatus {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(reply)).await.is_err() {
+            return HostStatus::default();
+        }
+        let status = done.await.unwrap_or_default();
+        let _ = self.task.await;
+        status
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Rejected> {
+        self.commands.send(command).await.map_err(|_| host_gone())
+    }
+}
+
+fn host_gone() -> Rejected {
+    Rejected::one(Diagnostic::at(None, "the host has shut down"))
+}
+
+/// Compiles and checks every workload's component; all diagnostics or all workloads.
+fn prepare_all(
+    runtime: &Runtime,
+    workloads: Vec<Workload>,
+) -> Result<Vec<PreparedWorkload>, Rejected> {
+    let mut prepared = Vec::with_capacity(workloads.len());
+    let mut diagnostics = Vec::new();
+    for w in workloads {
+        match runtime.prepare(&w.spec.component) {
+            Ok(component) => {
+                if let Some(problem) = style_mismatch(&w, component.style, component.uses_heartbeat)
+                {
+                    diagnostics
+                        .push(Diagnostic::at(w.origin.clone(), problem.0).with_help(problem.1));
+                    continue;
+                }
+                let revision = revision(&w, &component.digest.0);
+                prepared.push(PreparedWorkload {
+                    name: w.name,
+                    spec: Arc::new(w.spec),
+                    component,
+                    revision,
+                });
+            }
+            Err(e) => {
+                let help = match &e {
+                    crate::runtime::PrepareError::Link { .. } => {
+                        "setpoint does not retry a component that cannot be linked; rebuild it against what the host provides"
+                    }
+                    _ => "point spec.component at a component built for wasm32-wasip2",
+                };
+                diagnostics.push(Diagnostic::at(w.origin.clone(), e.to_string()).with_help(help));
+            }
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(prepared)
+    } else {
+        Err(Rejected { diagnostics })
+    }
+}
+
+/// A spec asking for something the component cannot do.
+fn style_mismatch(
+    w: &Workload,
+    style: ComponentStyle,
+    uses_heartbeat: bool,
+) -> Option<(String, String)> {
+    if w.spec.probe.is_some() && style != ComponentStyle::Reactor {
+        return Some((
+            format!(
+                "workload `{}` sets health.probe, but its component is a command with no `lifecycle.health` export",
+                w.name
+            ),
+            "remove health.probe, or build the component for the `setpoint:workload/reactor` world"
+                .into(),
+        ));
+    }
+    if w.spec.watchdog.is_some() && !(style == ComponentStyle::Command && uses_heartbeat) {
+        return Some((
+            format!("workload `{}` sets health.watchdog, but its component is not a command importing `setpoint:workload/heartbeat`", w.name),
+            "remove health.watchdog, or build the component for the `setpoint:workload/watched-command` world".into(),
+        ));
+    }
+    None
+}
+
+/// The revision: a digest of the spec (without `replicas`, which scales rather than
+/// replaces) and of the component's bytes.
+fn revision(w: &Workload, component_digest: &[u8; 32]) -> String {
+    let mut spec = w.spec.clone();
+    spec.replicas = 0;
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&spec).unwrap_or_default());
+    hasher.update(component_digest);
+    let digest = hasher.finalize();
+    digest[..5].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,8 @@
+//! The `setpoint` command-line tool.
+
+fn main() -> std::process::ExitCode {
+    setpoint_cli::main()
+}
+
+#[path = "cli/mod.rs"]
+mod setpoint_cli;

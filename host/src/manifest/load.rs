@@ -1,0 +1,484 @@
+//! Reading manifest files: YAML parsing under input budgets, then validation of every
+//! document into [`Workload`]s. All problems of all files are collected, each located.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_saphyr::{DuplicateKeyPolicy, Location, Spanned};
+
+use super::diagnostic::{Diagnostic, Origin, Rejected};
+use super::raw::{RawManifest, RawWorkloadSpec};
+use super::spec::{
+    BackoffSpec, ProbeSpec, RestartBudget, RestartPolicy, WatchdogSpec, Workload, WorkloadSpec,
+};
+use super::units::{parse_bytes, parse_duration};
+
+/// The only `apiVersion` this host reads.
+pub const API_VERSION: &str = "setpoint.dev/v1alpha1";
+
+/// Bounds on manifest input. Every field has a default; embedders may tighten them.
+#[derive(Debug, Clone)]
+pub struct ManifestLimits {
+    /// Largest manifest file read, in bytes.
+    pub max_file_bytes: u64,
+    /// Most YAML documents in one file.
+    pub max_documents: usize,
+    /// Most replicas one workload may ask for.
+    pub max_replicas: u32,
+    /// Largest memory cap a workload may ask for, in bytes.
+    pub max_memory: u64,
+    /// Most env vars and most args one workload may grant.
+    pub max_grants: usize,
+}
+
+impl Default for ManifestLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 4 * 1024 * 1024,
+            max_documents: 1024,
+            max_replicas: 100_000,
+            max_memory: 4 * 1024 * 1024 * 1024,
+            max_grants: 1024,
+        }
+    }
+}
+
+/// Reads and validates manifest files. Either every document of every file is valid and
+/// all workloads are returned, or nothing is and every problem found is returned.
+pub fn load_files(paths: &[PathBuf], limits: &ManifestLimits) -> Result<Vec<Workload>, Rejected> {
+    let mut workloads = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut seen: HashMap<String, Origin> = HashMap::new();
+    for path in paths {
+        match load_file(path, limits) {
+            Ok(found) => {
+                for (workload, name_origin) in found {
+                    if let Some(first) = seen.get(&workload.name) {
+                        diagnostics.push(
+                            Diagnostic::at(
+                                Some(name_origin),
+                                format!("workload `{}` is defined twice", workload.name),
+                            )
+                            .with_help(format!(
+                                "the first definition is at {first}; names must be unique"
+                            )),
+                        );
+                    } else {
+                        seen.insert(workload.name.clone(), name_origin);
+                        workloads.push(workload);
+                    }
+                }
+            }
+            Err(rejected) => diagnostics.extend(rejected.diagnostics),
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(workloads)
+    } else {
+        Err(Rejected { diagnostics })
+    }
+}
+
+/// Reads and validates one file; returns each workload with the origin of its name.
+fn load_file(path: &Path, limits: &ManifestLimits) -> Result<Vec<(Workload, Origin)>, Rejected> {
+    let file_only =
+        |message: String| Rejected::one(Diagnostic::at(Some(Origin::new(path, 0, 0)), message));
+    let meta =
+        std::fs::metadata(path).map_err(|e| file_only(format!("cannot read manifest: {e}")))?;
+    if meta.len() > limits.max_file_bytes {
+        return Err(file_only(format!(
+            "manifest is {} bytes, over the limit of {} bytes",
+            meta.len(),
+            limits.max_file_bytes
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| file_only(format!("cannot read manifest: {e}")))?;
+    let docs = parse_documents(path, &text, limits)?;
+    if docs.is_empty() {
+        return Err(file_only("no manifest documents in this file".to_string()));
+    }
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut diagnostics = Vec::new();
+    for doc in docs {
+        let mut v = Validator {
+            file: path,
+            base_dir: &base_dir,
+            limits,
+            diagnostics: Vec::new(),
+        };
+        if let Some(found) = v.workload(doc) {
+            out.push(found);
+        }
+        diagnostics.extend(v.diagnostics);
+    }
+    if diagnostics.is_empty() {
+        Ok(out)
+    } else {
+        Err(Rejected { diagnostics })
+    }
+}
+
+/// Parses YAML text into raw documents (`---` separated) under input budgets.
+pub fn parse_documents(
+    path: &Path,
+    text: &str,
+    limits: &ManifestLimits,
+) -> Result<Vec<RawManifest>, Rejected> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: limits.max_documents,
+            max_depth: 64,
+            max_nodes: 1_000_000,
+            max_total_scalar_bytes: limits.max_file_bytes as usize,
+        },
+        duplicate_keys: DuplicateKeyPolicy::Error,
+        strict_booleans: true,
+    };
+    serde_saphyr::from_multiple_with_options::<RawManifest>(text, options).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        let message = e.without_snippet().to_string();
+        let message = strip_location_suffix(&message);
+        Rejected::one(
+            Diagnostic::at(Some(Origin::new(path, line, column)), message)
+                .with_help("see specs/manifest.schema.json for the format"),
+        )
+    })
+}
+
+/// serde-saphyr appends " at line L, column C" to messages; we print the location up front.
+fn strip_location_suffix(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(idx) => message[..idx].to_string(),
+        None => message.to_string(),
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    base_dir: &'a Path,
+    limits: &'a ManifestLimits,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn origin(&self, loc: Location) -> Origin {
+        Origin::new(self.file, loc.line(), loc.column())
+    }
+
+    fn error(&mut self, loc: Location, message: impl Into<String>, help: Option<String>) {
+        let mut d = Diagnostic::at(Some(self.origin(loc)), message);
+        d.help = help;
+        self.diagnostics.push(d);
+    }
+
+    fn workload(&mut self, doc: RawManifest) -> Option<(Workload, Origin)> {
+        if doc.api_version.value != API_VERSION {
+            self.error(
+                doc.api_version.referenced,
+                format!("unsupported apiVersion `{}`", doc.api_version.value),
+                Some(format!("this host reads `{API_VERSION}`")),
+            );
+        }
+        if doc.kind.value != "Workload" {
+            self.error(
+                doc.kind.referenced,
+                format!("unsupported kind `{}`", doc.kind.value),
+                Some("this host runs `kind: Workload`".to_string()),
+            );
+        }
+        let name = doc.metadata.name;
+        if let Err(why) = check_dns_label(&name.value) {
+            self.error(name.referenced, format!("invalid name `{}`: {why}", name.value), Some(
+                "use lowercase letters, digits and `-`, starting and ending with a letter or digit".to_string(),
+            ));
+        }
+        let component_origin = self.origin(doc.spec.component.referenced);
+        let spec = self.spec(doc.spec);
+        let name_origin = self.origin(name.referenced);
+        let spec = spec?;
+        if !self.diagnostics.is_empty() {
+            return None;
+        }
+        Some((
+            Workload {
+                name: name.value,
+                labels: doc.metadata.labels,
+                spec,
+                origin: Some(component_origin),
+            },
+            name_origin,
+        ))
+    }
+
+    fn spec(&mut self, raw: RawWorkloadSpec) -> Option<WorkloadSpec> {
+        let component = self.component_path(&raw.component);
+        let mut spec = WorkloadSpec::new(component.clone().unwrap_or_default());
+        if let Some(r) = raw.replicas {
+            spec.replicas = self
+                .int_in(&r, 0, self.limits.max_replicas as i64, "replicas")
+                .unwrap_or(0) as u32;
+        }
+        spec.restart_policy = raw.restart_policy.unwrap_or(RestartPolicy::Always);
+        if let Some(env) = raw.env {
+            if env.value.len() > self.limits.max_grants {
+                self.error(
+                    env.referenced,
+                    format!(
+                        "{} env vars, over the limit of {}",
+                        env.value.len(),
+                        self.limits.max_grants
+                    ),
+                    None,
+                );
+            }
+            for (key, value) in env.value {
+                if !is_env_name(&key) {
+                    self.error(
+                        env.referenced,
+                        format!("invalid env var name `{key}`"),
+                        Some(
+                            "names are letters, digits and `_`, not starting with a digit"
+                                .to_string(),
+                        ),
+                    );
+                } else if value.contains('\0') {
+                    self.error(
+                        env.referenced,
+                        format!("env var `{key}` contains a NUL byte"),
+                        None,
+                    );
+                }
+                spec.env.push((key, value));
+            }
+        }
+        if let Some(args) = raw.args {
+            if args.value.len() > self.limits.max_grants {
+                self.error(
+                    args.referenced,
+                    format!(
+                        "{} args, over the limit of {}",
+                        args.value.len(),
+                        self.limits.max_grants
+                    ),
+                    None,
+                );
+            }
+            spec.args = args.value;
+        }
+        if let Some(memory) = raw.resources.and_then(|r| r.memory) {
+            match parse_bytes(&memory.value) {
+                Ok(bytes) if bytes < 64 * 1024 => self.error(
+                    memory.referenced,
+                    format!("memory `{}` is below one Wasm page (64Ki)", memory.value),
+                    None,
+                ),
+                Ok(bytes) if bytes > self.limits.max_memory => self.error(
+                    memory.referenced,
+                    format!(
+                        "memory `{}` is over this host's ceiling of {} bytes",
+                        memory.value, self.limits.max_memory
+                    ),
+                    None,
+                ),
+                Ok(bytes) => spec.memory_limit = Some(bytes),
+                Err(why) => self.error(memory.referenced, why, None),
+            }
+        }
+        if let Some(health) = raw.health {
+            if let Some(p) = health.probe {
+                let d = ProbeSpec::default();
+                let probe = ProbeSpec {
+                    initial_delay: self.duration_or(
+                        &p.initial_delay,
+                        d.initial_delay,
+                        Duration::ZERO,
+                    ),
+                    period: self.duration_or(&p.period, d.period, Duration::from_millis(1)),
+                    timeout: self.duration_or(&p.timeout, d.timeout, Duration::from_millis(1)),
+                    failure_threshold: p
+                        .failure_threshold
+                        .as_ref()
+                        .and_then(|t| self.int_in(t, 1, 1000, "failureThreshold"))
+                        .map_or(d.failure_threshold, |v| v as u32),
+                    success_threshold: p
+                        .success_threshold
+                        .as_ref()
+                        .and_then(|t| self.int_in(t, 1, 1000, "successThreshold"))
+                        .map_or(d.success_threshold, |v| v as u32),
+                };
+                spec.probe = Some(probe);
+            }
+            if let Some(w) = health.watchdog {
+                let timeout =
+                    self.duration_or(&Some(w.timeout), Duration::ZERO, Duration::from_millis(1));
+                spec.watchdog = Some(WatchdogSpec { timeout });
+            }
+        }
+        if let Some(b) = raw.backoff {
+            let d = BackoffSpec::default();
+            spec.backoff = BackoffSpec {
+                initial: self.duration_or(&b.initial, d.initial, Duration::ZERO),
+                max: self.duration_or(&b.max, d.max, Duration::ZERO),
+                reset_after: self.duration_or(
+                    &b.reset_after,
+                    d.reset_after,
+                    Duration::from_millis(1),
+                ),
+            };
+            if spec.backoff.max < spec.backoff.initial
+                && let Some(max) = &b.max
+            {
+                self.error(
+                    max.referenced,
+                    "backoff.max is smaller than backoff.initial",
+                    None,
+                );
+            }
+        }
+        if let Some(b) = raw.restart_budget {
+            let max_restarts = self
+                .int_in(&b.max_restarts, 0, 1_000_000, "maxRestarts")
+                .unwrap_or(0) as u32;
+            let window =
+                self.duration_or(&Some(b.window), Duration::ZERO, Duration::from_millis(1));
+            spec.restart_budget = Some(RestartBudget {
+                max_restarts,
+                window,
+            });
+        }
+        if let Some(g) = &raw.termination_grace_period {
+            spec.termination_grace_period =
+                self.duration_or(&Some(g.clone()), Duration::ZERO, Duration::ZERO);
+        }
+        component.map(|_| spec)
+    }
+
+    fn component_path(&mut self, raw: &Spanned<String>) -> Option<PathBuf> {
+        if raw.value.trim().is_empty() {
+            self.error(
+                raw.referenced,
+                "spec.component is empty",
+                Some("give the path of a .wasm component".into()),
+            );
+            return None;
+        }
+        let joined = self.base_dir.join(&raw.value);
+        match std::fs::canonicalize(&joined) {
+            Ok(p) if p.is_file() => Some(p),
+            Ok(p) => {
+                self.error(
+                    raw.referenced,
+                    format!("component `{}` is not a file", p.display()),
+                    None,
+                );
+                None
+            }
+            Err(e) => {
+                let mut help = "paths are relative to the manifest file".to_string();
+                if raw.value.contains("guest-examples") {
+                    help.push_str("; build the examples with `cargo xtask guests`");
+                }
+                self.error(
+                    raw.referenced,
+                    format!(
+                        "component `{}` not found ({}; resolved to `{}`)",
+                        raw.value,
+                        e,
+                        joined.display()
+                    ),
+                    Some(help),
+                );
+                None
+            }
+        }
+    }
+
+    fn int_in(&mut self, v: &Spanned<i64>, min: i64, max: i64, what: &str) -> Option<i64> {
+        if v.value < min || v.value > max {
+            self.error(
+                v.referenced,
+                format!("{what} must be between {min} and {max}, not {}", v.value),
+                None,
+            );
+            None
+        } else {
+            Some(v.value)
+        }
+    }
+
+    fn duration_or(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        match parse_duration(&v.value) {
+            Ok(d) if d < min => {
+                self.error(
+                    v.referenced,
+                    format!("`{}` is too short; the minimum is {:?}", v.value, min),
+                    None,
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(why) => {
+                self.error(v.referenced, why, None);
+                default
+            }
+        }
+    }
+}
+
+/// Kubernetes' DNS-1123 label rule.
+fn check_dns_label(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > 63 {
+        return Err("it is longer than 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("it has characters other than lowercase letters, digits and `-`");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("it starts or ends with `-`");
+    }
+    Ok(())
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        assert!(check_dns_label("hello-1").is_ok());
+        assert!(check_dns_label("Hello").is_err());
+        assert!(check_dns_label("-x").is_err());
+        assert!(check_dns_label(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn env_names() {
+        assert!(is_env_name("RUST_LOG"));
+        assert!(!is_env_name("1X"));
+        assert!(!is_env_name("A=B"));
+    }
+}

@@ -1,0 +1,19 @@
+//! Manifests: the YAML format users write, its validation, and the typed specs the host
+//! runs. Only this module knows YAML; everything else sees [`Workload`]s.
+
+mod diagnostic;
+mod load;
+mod raw;
+mod spec;
+pub mod units;
+
+pub use diagnostic::{Diagnostic, Origin, Rejected};
+pub use load::{API_VERSION, ManifestLimits, load_files};
+pub use spec::{
+    BackoffSpec, ProbeSpec, RestartBudget, RestartPolicy, WatchdogSpec, Workload, WorkloadSpec,
+};
+
+/// The JSON Schema of the manifest format, generated from the types that parse it.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(raw::RawManifest)).expect("a schema serializes")
+}

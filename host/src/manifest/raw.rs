@@ -1,0 +1,157 @@
+//! The manifest file format as written in YAML, with source spans on every field that
+//! validation may need to point at. These types define the JSON Schema in `specs/`.
+//! Nothing outside `manifest` sees them: validation turns them into [`super::spec`] types.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::spec::RestartPolicy;
+
+/// One YAML document: a Kubernetes-shaped object.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "setpoint manifest", rename = "Manifest")]
+pub struct RawManifest {
+    /// Must be `setpoint.dev/v1alpha1`.
+    #[schemars(with = "String")]
+    pub api_version: Spanned<String>,
+    /// The object kind: `Workload`.
+    #[schemars(with = "String")]
+    pub kind: Spanned<String>,
+    /// Name and labels.
+    pub metadata: RawMetadata,
+    /// The desired state.
+    pub spec: RawWorkloadSpec,
+}
+
+/// Object metadata.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Metadata")]
+pub struct RawMetadata {
+    /// A DNS label: lowercase letters, digits and `-`, at most 63 characters.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `spec` of a `Workload`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "WorkloadSpec")]
+pub struct RawWorkloadSpec {
+    /// Path of the `.wasm` component, relative to the manifest file.
+    #[schemars(with = "String")]
+    pub component: Spanned<String>,
+    /// How many instances to keep running (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub replicas: Option<Spanned<i64>>,
+    /// `Always` (default), `OnFailure` or `Never`.
+    pub restart_policy: Option<RestartPolicy>,
+    /// Environment variables granted to each instance.
+    #[schemars(with = "BTreeMap<String, String>")]
+    #[serde(default)]
+    pub env: Option<Spanned<BTreeMap<String, String>>>,
+    /// Arguments passed after the program name.
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub args: Option<Spanned<Vec<String>>>,
+    /// Resource limits.
+    pub resources: Option<RawResources>,
+    /// Health checking.
+    pub health: Option<RawHealth>,
+    /// Crash-loop back-off.
+    pub backoff: Option<RawBackoff>,
+    /// Restart budget: too many restarts within a window marks the workload `Failed`.
+    pub restart_budget: Option<RawRestartBudget>,
+    /// How long a stopping instance may take before it is dropped (default `5s`).
+    #[schemars(with = "Option<String>")]
+    pub termination_grace_period: Option<Spanned<String>>,
+}
+
+/// Resource limits of each instance.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Resources")]
+pub struct RawResources {
+    /// Cap on linear memory, e.g. `64Mi`.
+    #[schemars(with = "Option<String>")]
+    pub memory: Option<Spanned<String>>,
+}
+
+/// Health checking.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Health")]
+pub struct RawHealth {
+    /// Periodic calls to the component's `lifecycle.health` (reactor components only).
+    pub probe: Option<RawProbe>,
+    /// Heartbeat watchdog (components importing `setpoint:workload/heartbeat`).
+    pub watchdog: Option<RawWatchdog>,
+}
+
+/// Probe settings; durations such as `250ms`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "Probe")]
+pub struct RawProbe {
+    /// Delay before the first probe (default `0ms`).
+    #[schemars(with = "Option<String>")]
+    pub initial_delay: Option<Spanned<String>>,
+    /// Time between probes (default `1s`).
+    #[schemars(with = "Option<String>")]
+    pub period: Option<Spanned<String>>,
+    /// Deadline of one probe call (default `250ms`).
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// Consecutive failures before the instance is replaced (default 3).
+    #[schemars(with = "Option<u32>")]
+    pub failure_threshold: Option<Spanned<i64>>,
+    /// Consecutive successes before the instance is ready (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub success_threshold: Option<Spanned<i64>>,
+}
+
+/// Watchdog settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Watchdog")]
+pub struct RawWatchdog {
+    /// Longest allowed silence between beats, e.g. `2s`.
+    #[schemars(with = "String")]
+    pub timeout: Spanned<String>,
+}
+
+/// Back-off settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "Backoff")]
+pub struct RawBackoff {
+    /// Delay before the second consecutive replacement (default `10ms`).
+    #[schemars(with = "Option<String>")]
+    pub initial: Option<Spanned<String>>,
+    /// Cap of the delay (default `30s`).
+    #[schemars(with = "Option<String>")]
+    pub max: Option<Spanned<String>>,
+    /// Run time that resets the back-off (default `60s`).
+    #[schemars(with = "Option<String>")]
+    pub reset_after: Option<Spanned<String>>,
+}
+
+/// Restart budget.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "RestartBudget")]
+pub struct RawRestartBudget {
+    /// Replacements allowed within the window.
+    #[schemars(with = "u32")]
+    pub max_restarts: Spanned<i64>,
+    /// The sliding window, e.g. `1m`.
+    #[schemars(with = "String")]
+    pub window: Spanned<String>,
+}

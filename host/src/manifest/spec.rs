@@ -1,0 +1,217 @@
+//! The validated, typed form of a workload: what the host runs. Manifests are parsed into
+//! these types, and embedders may build them in code without any YAML.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::diagnostic::Origin;
+
+/// What to do when an instance ends on its own.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub enum RestartPolicy {
+    /// Replace every instance that ends, whatever its exit status (the default).
+    Always,
+    /// Replace instances that fail; an instance that exits 0 leaves its slot completed.
+    OnFailure,
+    /// Never replace; each slot runs once.
+    Never,
+}
+
+/// A named workload with its validated spec.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// DNS-label name, unique per host.
+    pub name: String,
+    /// Free-form labels from `metadata.labels`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The spec the host keeps true.
+    pub spec: WorkloadSpec,
+    /// Where the workload's `spec.component` field was written, for located errors.
+    pub origin: Option<Origin>,
+}
+
+impl Workload {
+    /// A workload built in code (no manifest file).
+    pub fn new(name: impl Into<String>, spec: WorkloadSpec) -> Self {
+        Self {
+            name: name.into(),
+            labels: Default::default(),
+            spec,
+            origin: None,
+        }
+    }
+}
+
+/// Desired state of one workload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    /// Absolute path of the component (`.wasm`) to run.
+    pub component: PathBuf,
+    /// How many instances to keep running.
+    pub replicas: u32,
+    /// What to do when an instance ends on its own.
+    pub restart_policy: RestartPolicy,
+    /// Environment granted to each instance; nothing else of the host's env is visible.
+    pub env: Vec<(String, String)>,
+    /// Arguments after the program name (`argv[0]` is the workload's name).
+    pub args: Vec<String>,
+    /// Cap on each instance's linear memory, in bytes; `None` means the host default.
+    pub memory_limit: Option<u64>,
+    /// Health probe for reactor components.
+    pub probe: Option<ProbeSpec>,
+    /// Heartbeat watchdog for components that import `setpoint:workload/heartbeat`.
+    pub watchdog: Option<WatchdogSpec>,
+    /// Crash-loop back-off.
+    pub backoff: BackoffSpec,
+    /// Optional restart budget; when exceeded the workload is marked `Failed`.
+    pub restart_budget: Option<RestartBudget>,
+    /// How long a stopping instance may take before it is dropped.
+    #[serde(with = "millis")]
+    pub termination_grace_period: Duration,
+}
+
+impl WorkloadSpec {
+    /// A spec with the defaults a manifest would get: one replica, `Always`, no grants.
+    pub fn new(component: impl Into<PathBuf>) -> Self {
+        Self {
+            component: component.into(),
+            replicas: 1,
+            restart_policy: RestartPolicy::Always,
+            env: Vec::new(),
+            args: Vec::new(),
+            memory_limit: None,
+            probe: None,
+            watchdog: None,
+            backoff: BackoffSpec::default(),
+            restart_budget: None,
+            termination_grace_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A health probe, in Kubernetes' vocabulary with millisecond resolution. The host calls
+/// the component's `lifecycle.health` every `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSpec {
+    /// Delay before the first probe.
+    #[serde(with = "millis")]
+    pub initial_delay: Duration,
+    /// Time between probes.
+    #[serde(with = "millis")]
+    pub period: Duration,
+    /// A probe call that takes longer ends the instance (`ProbeTimeout`): the call cannot
+    /// be resumed, so the instance cannot be probed again.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    /// Consecutive `failing` answers that make the instance be replaced.
+    pub failure_threshold: u32,
+    /// Consecutive `ready` answers that make a not-ready instance ready.
+    pub success_threshold: u32,
+}
+
+impl Default for ProbeSpec {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_millis(250),
+            failure_threshold: 3,
+            success_threshold: 1,
+        }
+    }
+}
+
+/// Heartbeat watchdog: an instance silent for longer than `timeout` is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchdogSpec {
+    /// Longest allowed gap between beats (and before the first beat).
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+}
+
+/// Crash-loop back-off: the first replacement of a slot is immediate, then the delay
+/// doubles from `initial` up to `max`; it resets once an instance has run for `reset_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackoffSpec {
+    /// Delay before the second consecutive replacement.
+    #[serde(with = "millis")]
+    pub initial: Duration,
+    /// Upper bound of the delay.
+    #[serde(with = "millis")]
+    pub max: Duration,
+    /// Run time after which an instance's end no longer counts as part of a crash loop.
+    #[serde(with = "millis")]
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffSpec {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl BackoffSpec {
+    /// Delay before replacing a slot whose instances ended `consecutive` times in a row.
+    pub fn delay(&self, consecutive: u32) -> Duration {
+        if consecutive <= 1 {
+            return Duration::ZERO;
+        }
+        let doublings = (consecutive - 2).min(40);
+        self.initial
+            .saturating_mul(1u32 << doublings.min(31))
+            .min(self.max)
+    }
+}
+
+/// At most `max_restarts` replacements within any `window`; one more marks the workload
+/// `Failed` (systemd's StartLimitBurst / OTP's intensity).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartBudget {
+    /// Replacements allowed within the window.
+    pub max_restarts: u32,
+    /// The sliding window.
+    #[serde(with = "millis")]
+    pub window: Duration,
+}
+
+mod millis {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_immediate_doubles_and_caps() {
+        let b = BackoffSpec {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+            reset_after: Duration::from_secs(1),
+        };
+        assert_eq!(b.delay(1), Duration::ZERO);
+        assert_eq!(b.delay(2), Duration::from_millis(10));
+        assert_eq!(b.delay(3), Duration::from_millis(20));
+        assert_eq!(b.delay(5), Duration::from_millis(80));
+        assert_eq!(b.delay(6), Duration::from_millis(100));
+        assert_eq!(b.delay(1000), Duration::from_millis(100));
+    }
+}

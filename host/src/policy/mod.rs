@@ -1,0 +1,92 @@
+//! Reconcile policies: pure functions from a snapshot of one workload's desired and
+//! observed state to a list of actions. The controller validates every action before it
+//! runs it. Built-in policies live here; Wasm policy plugins will implement the same trait.
+//!
+//! Architecture invariant: a policy sees only the [`PolicyInput`] snapshot, never a live
+//! instance, a Store, or the controller.
+
+mod replicas;
+
+use std::time::{Duration, Instant};
+
+pub use replicas::ReplicaPolicy;
+
+use crate::manifest::WorkloadSpec;
+use crate::runtime::{EndReason, StopCause};
+
+/// What the policy knows about one slot.
+#[derive(Debug, Clone, Default)]
+pub struct SlotObservation {
+    /// The live instance in this slot, if any.
+    pub instance: Option<InstanceObservation>,
+    /// How many times this slot's instance has been replaced.
+    pub restarts: u32,
+    /// Ends in a row without a long healthy run in between (drives back-off).
+    pub consecutive_ends: u32,
+    /// When the last instance of this slot ended, and why.
+    pub last_end: Option<(Instant, EndReason)>,
+}
+
+/// What the policy knows about one live instance.
+#[derive(Debug, Clone)]
+pub struct InstanceObservation {
+    /// The instance id.
+    pub id: std::sync::Arc<str>,
+    /// When it was spawned.
+    pub since: Instant,
+    /// Whether it has been asked to stop.
+    pub stopping: bool,
+    /// Whether it is ready.
+    pub ready: bool,
+}
+
+/// The snapshot a policy decides on.
+#[derive(Debug)]
+pub struct PolicyInput<'a> {
+    /// The workload's name.
+    pub workload: &'a str,
+    /// Its desired state.
+    pub desired: &'a WorkloadSpec,
+    /// Observed slots; index = slot number; may be longer than `desired.replicas`.
+    pub slots: &'a [SlotObservation],
+    /// When replacements happened recently (oldest first, bounded).
+    pub recent_restarts: &'a [Instant],
+    /// Whether the workload has already been marked failed.
+    pub failed: bool,
+    /// The time of this decision.
+    pub now: Instant,
+}
+
+/// Something a policy wants done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start an instance in an empty slot.
+    Spawn {
+        /// The slot to fill.
+        slot: u32,
+    },
+    /// Stop the live instance of a slot.
+    Stop {
+        /// The slot.
+        slot: u32,
+        /// Why.
+        cause: StopCause,
+    },
+    /// Decide again after this long even if nothing happens.
+    RequeueAfter(Duration),
+    /// Give up on the workload: no more spawns until its spec changes.
+    MarkFailed {
+        /// A stable CamelCase reason.
+        reason: String,
+        /// A human explanation.
+        message: String,
+    },
+}
+
+/// A reconcile policy.
+pub trait Policy: Send + Sync {
+    /// A short name shown in events.
+    fn name(&self) -> &str;
+    /// Appends the actions that move the workload toward its desired state.
+    fn reconcile(&self, input: &PolicyInput<'_>, actions: &mut Vec<Action>);
+}

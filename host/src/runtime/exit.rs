@@ -1,0 +1,197 @@
+//! How instances end: a closed taxonomy with stable reason names, shown in status and
+//! events. Wasmtime errors are classified here and nowhere else.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Longest error message kept for an ended instance.
+const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// Why the host stopped an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StopCause {
+    /// The workload was scaled down and this slot is surplus.
+    ScaleDown,
+    /// The workload was removed or replaced by a new revision.
+    Deleted,
+    /// The host is shutting down.
+    Shutdown,
+}
+
+/// Every way an instance can end.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all_fields = "camelCase")]
+pub enum EndReason {
+    /// `run` returned, or the guest called `exit`; 0 is success.
+    Exited {
+        /// The exit status (WASI 0.2 reports only 0 or 1 unless `exit-with-code` is used).
+        code: i32,
+    },
+    /// The guest trapped (a Rust panic is an `unreachable` trap).
+    Trapped {
+        /// The trap kind, e.g. `UnreachableCodeReached`, `StackOverflow`.
+        trap: String,
+        /// The error with its Wasm backtrace, bounded.
+        message: String,
+    },
+    /// A `memory.grow` beyond the instance's memory cap.
+    OutOfMemory {
+        /// The error, bounded.
+        message: String,
+    },
+    /// A reactor's `start` returned an error or trapped.
+    StartFailed {
+        /// What `start` said, bounded.
+        message: String,
+    },
+    /// The component could not be instantiated at all (deterministic: not retried).
+    InstantiationFailed {
+        /// The error, bounded.
+        message: String,
+    },
+    /// The health probe answered `failing` `failureThreshold` times in a row.
+    ProbeFailed {
+        /// The last failure's message.
+        message: String,
+    },
+    /// A health probe call did not return within the probe's timeout.
+    ProbeTimeout {
+        /// The timeout, in milliseconds.
+        after_ms: u64,
+    },
+    /// No heartbeat within the watchdog timeout.
+    WatchdogTimeout {
+        /// The timeout, in milliseconds.
+        after_ms: u64,
+    },
+    /// The host stopped the instance.
+    Stopped {
+        /// Why.
+        cause: StopCause,
+        /// Whether the instance had to be dropped after its grace period.
+        forced: bool,
+    },
+}
+
+impl EndReason {
+    /// The stable, machine-readable reason name (`Exited`, `Trapped`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Exited { .. } => "Exited",
+            Self::Trapped { .. } => "Trapped",
+            Self::OutOfMemory { .. } => "OutOfMemory",
+            Self::StartFailed { .. } => "StartFailed",
+            Self::InstantiationFailed { .. } => "InstantiationFailed",
+            Self::ProbeFailed { .. } => "ProbeFailed",
+            Self::ProbeTimeout { .. } => "ProbeTimeout",
+            Self::WatchdogTimeout { .. } => "WatchdogTimeout",
+            Self::Stopped { .. } => "Stopped",
+        }
+    }
+
+    /// An exit with status 0.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Self::Exited { code: 0 })
+    }
+
+    /// Ended because the host asked it to (not a failure, never counted as a restart).
+    pub fn is_host_stop(&self) -> bool {
+        matches!(self, Self::Stopped { .. })
+    }
+
+    /// A failure that would recur identically on every retry.
+    pub fn is_deterministic(&self) -> bool {
+        matches!(self, Self::InstantiationFailed { .. })
+    }
+
+    /// Classifies an error returned by a call into the guest.
+    pub fn from_guest_error(err: &wasmtime::Error) -> Self {
+        if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return Self::Exited { code: exit.0 };
+        }
+        let message = bounded(&error_text(err));
+        if message.contains("forcing trap when growing memory") {
+            return Self::OutOfMemory { message };
+        }
+        let trap = match err.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => format!("{trap:?}"),
+            None => "HostError".to_string(),
+        };
+        Self::Trapped { trap, message }
+    }
+
+    /// An instantiation failure.
+    pub fn instantiation(err: &wasmtime::Error) -> Self {
+        Self::InstantiationFailed {
+            message: bounded(&error_text(err)),
+        }
+    }
+
+    /// A probe or watchdog timeout of `after`.
+    pub fn probe_timeout(after: Duration) -> Self {
+        Self::ProbeTimeout {
+            after_ms: after.as_millis() as u64,
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited { code } => write!(f, "exited with status {code}"),
+            Self::Trapped { trap, message } => {
+                write!(f, "trapped ({trap}): {}", first_line(message))
+            }
+            Self::OutOfMemory { .. } => write!(f, "ran out of memory (over its memory cap)"),
+            Self::StartFailed { message } => write!(f, "start failed: {}", first_line(message)),
+            Self::InstantiationFailed { message } => {
+                write!(f, "cannot be instantiated: {}", first_line(message))
+            }
+            Self::ProbeFailed { message } => write!(f, "health probe failing: {message}"),
+            Self::ProbeTimeout { after_ms } => {
+                write!(f, "health probe did not answer within {after_ms}ms")
+            }
+            Self::WatchdogTimeout { after_ms } => write!(f, "no heartbeat within {after_ms}ms"),
+            Self::Stopped { cause, forced } => {
+                write!(
+                    f,
+                    "stopped ({cause:?}){}",
+                    if *forced {
+                        ", forced after grace period"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        }
+    }
+}
+
+/// The error chain with its root cause first (for a trap: the trap, then the Wasm
+/// backtrace). Display, never Debug: see WASMTIME-NOTES.
+pub fn error_text(err: &wasmtime::Error) -> String {
+    let causes: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+    let mut out = causes.last().cloned().unwrap_or_default();
+    for cause in causes.iter().rev().skip(1) {
+        out.push('\n');
+        out.push_str(cause.trim_start_matches("error while executing at "));
+    }
+    out
+}
+
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}

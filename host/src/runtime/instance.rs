@@ -1,0 +1,412 @@
+//! One instance: its `Store`, its WASI context built only from its grants, and the task
+//! that drives it (run a command; or start, probe and stop a reactor) and reports what
+//! happens to the controller. An instance is never repaired: when it ends, its Store is
+//! dropped with it.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, timeout};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::HealthStatus;
+use super::exit::{EndReason, StopCause};
+use super::output::{OutputCapture, OutputSummary, Stream};
+use super::{Prepared, Runtime, SpawnRequest};
+
+/// Liveness and readiness signals a guest sends through `heartbeat`, shared between the
+/// Store (host functions) and the task that watches it.
+pub(crate) struct Vitals {
+    started: Instant,
+    /// Milliseconds since start of the last beat; `u64::MAX` before the first.
+    last_beat_ms: AtomicU64,
+    pub(crate) ready: AtomicBool,
+    pub(crate) stop_requested: AtomicBool,
+    pub(crate) changed: Notify,
+}
+
+impl Vitals {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_beat_ms: AtomicU64::new(u64::MAX),
+            ready: AtomicBool::new(true),
+            stop_requested: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Records a beat; true if it was the first.
+    pub(crate) fn record_beat(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_beat_ms.swap(now, Ordering::AcqRel) == u64::MAX
+    }
+
+    fn last_beat(&self) -> Option<Instant> {
+        match self.last_beat_ms.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ms => Some(self.started + Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// The data of one instance's Store.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    pub(crate) vitals: Arc<Vitals>,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// What happened to an instance, as told to the controller.
+#[derive(Debug)]
+pub struct InstanceEvent {
+    /// The workload.
+    pub workload: Arc<str>,
+    /// The slot the instance fills.
+    pub slot: u32,
+    /// The instance.
+    pub instance: Arc<str>,
+    /// What happened.
+    pub kind: InstanceEventKind,
+}
+
+/// The kinds of instance events.
+#[derive(Debug)]
+pub enum InstanceEventKind {
+    /// Instantiated (and, for reactors, `start` returned Ok).
+    Running,
+    /// Readiness changed.
+    Ready(bool),
+    /// The instance ended; its Store is gone.
+    Ended(Box<InstanceEnd>),
+}
+
+/// The record of an ended instance.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceEnd {
+    /// Why it ended.
+    #[serde(flatten)]
+    pub reason: EndReason,
+    /// How long it existed.
+    #[serde(serialize_with = "crate::status::serialize_millis")]
+    pub ran_for: Duration,
+    /// Its output counters and last lines.
+    pub output: OutputSummary,
+}
+
+/// The controller's grip on a live instance: ask it to stop, or abort it.
+pub struct InstanceHandle {
+    stop: watch::Sender<Option<StopCause>>,
+    task: JoinHandle<()>,
+}
+
+impl InstanceHandle {
+    /// Asks the instance to stop gracefully; it reports `Ended` when it is gone.
+    pub fn stop(&self, cause: StopCause) {
+        self.stop.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(cause);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Whether the task has finished.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Drops the instance at once, without reporting.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+pub(super) fn spawn(
+    rt: Arc<Runtime>,
+    req: SpawnRequest,
+    events: mpsc::Sender<InstanceEvent>,
+) -> InstanceHandle {
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let started = Instant::now();
+        let capture = OutputCapture::new(
+            req.workload.clone(),
+            req.instance.clone(),
+            rt.config.output,
+            req.log_sink.clone(),
+        );
+        let reporter = Reporter {
+            events,
+            workload: req.workload.clone(),
+            slot: req.slot,
+            instance: req.instance.clone(),
+        };
+        let reason = drive(&rt, &req, &capture, &reporter, stop_rx).await;
+        let end = InstanceEnd {
+            reason,
+            ran_for: started.elapsed(),
+            output: capture.summary(),
+        };
+        reporter.send(InstanceEventKind::Ended(Box::new(end))).await;
+    });
+    InstanceHandle {
+        stop: stop_tx,
+        task,
+    }
+}
+
+struct Reporter {
+    events: mpsc::Sender<InstanceEvent>,
+    workload: Arc<str>,
+    slot: u32,
+    instance: Arc<str>,
+}
+
+impl Reporter {
+    async fn send(&self, kind: InstanceEventKind) {
+        let event = InstanceEvent {
+            workload: self.workload.clone(),
+            slot: self.slot,
+            instance: self.instance.clone(),
+            kind,
+        };
+        // The controller is gone only during shutdown; nothing is left to tell.
+        let _ = self.events.send(event).await;
+    }
+}
+
+fn build_store(
+    rt: &Runtime,
+    req: &SpawnRequest,
+    capture: &OutputCapture,
+    vitals: Arc<Vitals>,
+) -> Store<InstanceState> {
+    let spec = &req.spec;
+    let mut wasi = WasiCtxBuilder::new();
+    // argv[0] is the program name, as real programs expect; the user's args follow.
+    wasi.arg(&*req.workload);
+    wasi.args(&spec.args);
+    wasi.envs(&spec.env);
+    wasi.stdout(capture.stream(Stream::Stdout));
+    wasi.stderr(capture.stream(Stream::Stderr));
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    let memory = spec.memory_limit.unwrap_or(rt.config.default_memory_limit);
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(usize::try_from(memory).unwrap_or(usize::MAX))
+        .trap_on_grow_failure(true)
+        .build();
+    let state = InstanceState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limits,
+        vitals,
+    };
+    let mut store = Store::new(&rt.engine, state);
+    store.limiter(|s| &mut s.limits);
+    // Every epoch tick, a running guest yields to the scheduler: a spinning guest cannot
+    // hold a worker thread for longer than one tick.
+    store.epoch_deadline_async_yield_and_update(1);
+    store
+}
+
+async fn drive(
+    rt: &Runtime,
+    req: &SpawnRequest,
+    capture: &OutputCapture,
+    reporter: &Reporter,
+    stop_rx: watch::Receiver<Option<StopCause>>,
+) -> EndReason {
+    let vitals = Arc::new(Vitals::new());
+    let mut store = build_store(rt, req, capture, vitals.clone());
+    match &req.component.pre {
+        Prepared::Command(pre) => {
+            let command = match pre.instantiate_async(&mut store).await {
+                Ok(c) => c,
+                Err(e) => return EndReason::instantiation(&e),
+            };
+            drive_command(&mut store, &command, req, &vitals, reporter, stop_rx).await
+        }
+        Prepared::Reactor(pre) => {
+            let reactor = match pre.instantiate_async(&mut store).await {
+                Ok(r) => r,
+                Err(e) => return EndReason::instantiation(&e),
+            };
+            drive_reactor(rt, &mut store, &reactor, req, &vitals, reporter, stop_rx).await
+        }
+    }
+}
+
+/// Runs a command to its end, watching its heartbeat and honouring stop requests.
+async fn drive_command(
+    store: &mut Store<InstanceState>,
+    command: &wasmtime_wasi::p2::bindings::Command,
+    req: &SpawnRequest,
+    vitals: &Vitals,
+    reporter: &Reporter,
+    mut stop_rx: watch::Receiver<Option<StopCause>>,
+) -> EndReason {
+    let watchdog = req.spec.watchdog.map(|w| w.timeout);
+    let grace = req.spec.termination_grace_period;
+    let can_stop_gracefully = req.component.uses_heartbeat;
+    reporter.send(InstanceEventKind::Running).await;
+    let readiness = || {
+        vitals.ready.load(Ordering::Acquire) && (watchdog.is_none() || vitals.last_beat().is_some())
+    };
+    let mut reported_ready = readiness();
+    if reported_ready {
+        reporter.send(InstanceEventKind::Ready(true)).await;
+    }
+    let mut stopping: Option<(StopCause, Instant)> = None;
+    let mut run = pin!(command.wasi_cli_run().call_run(store));
+    loop {
+        let watchdog_due = watchdog.map(|t| vitals.last_beat().unwrap_or(vitals.started) + t);
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            result = &mut run => {
+                let reason = match result {
+                    Ok(Ok(())) => EndReason::Exited { code: 0 },
+                    Ok(Err(())) => EndReason::Exited { code: 1 },
+                    Err(e) => EndReason::from_guest_error(&e),
+                };
+                return match stopping {
+                    Some((cause, _)) if !matches!(reason, EndReason::Trapped { .. }) => {
+                        EndReason::Stopped { cause, forced: false }
+                    }
+                    _ => reason,
+                };
+            }
+            _ = vitals.changed.notified() => {
+                let now_ready = readiness();
+                if now_ready != reported_ready {
+                    reported_ready = now_ready;
+                    reporter.send(InstanceEventKind::Ready(now_ready)).await;
+                }
+            }
+            _ = sleep_until(watchdog_due.unwrap_or(far).into()), if watchdog_due.is_some() && stopping.is_none() => {
+                let due = vitals.last_beat().unwrap_or(vitals.started) + watchdog.unwrap_or_default();
+                if Instant::now() >= due {
+                    return EndReason::WatchdogTimeout { after_ms: watchdog.unwrap_or_default().as_millis() as u64 };
+                }
+            }
+            changed = stop_rx.changed(), if stopping.is_none() => {
+                let cause = if changed.is_ok() { (*stop_rx.borrow()).unwrap_or(StopCause::Deleted) } else { StopCause::Deleted };
+                if !can_stop_gracefully || grace.is_zero() {
+                    // The component cannot hear a stop request: dropping it is the only way.
+                    return EndReason::Stopped { cause, forced: false };
+                }
+                vitals.stop_requested.store(true, Ordering::Release);
+                stopping = Some((cause, Instant::now() + grace));
+            }
+            _ = sleep_until(stopping.map_or(far, |(_, d)| d).into()), if stopping.is_some() => {
+                let (cause, _) = stopping.unwrap_or((StopCause::Deleted, far));
+                return EndReason::Stopped { cause, forced: true };
+            }
+        }
+    }
+}
+
+/// Starts a reactor, probes it on schedule, and stops it when asked.
+async fn drive_reactor(
+    rt: &Runtime,
+    store: &mut Store<InstanceState>,
+    reactor: &super::bindings::Reactor,
+    req: &SpawnRequest,
+    vitals: &Vitals,
+    reporter: &Reporter,
+    mut stop_rx: watch::Receiver<Option<StopCause>>,
+) -> EndReason {
+    let lifecycle = reactor.setpoint_workload_lifecycle();
+    match timeout(rt.config.start_timeout, lifecycle.call_start(&mut *store)).await {
+        Err(_) => {
+            return EndReason::StartFailed {
+                message: format!("start did not return within {:?}", rt.config.start_timeout),
+            };
+        }
+        Ok(Err(e)) => return EndReason::from_guest_error(&e),
+        Ok(Ok(Err(message))) => return EndReason::StartFailed { message },
+        Ok(Ok(Ok(()))) => {}
+    }
+    reporter.send(InstanceEventKind::Running).await;
+    let probe = req.spec.probe;
+    // Without a probe a started reactor is ready; with one, it must earn readiness.
+    let mut ready = probe.is_none() && vitals.ready.load(Ordering::Acquire);
+    if ready {
+        reporter.send(InstanceEventKind::Ready(true)).await;
+    }
+    let (mut successes, mut failures) = (0u32, 0u32);
+    let mut next_probe = Instant::now() + probe.map_or(Duration::ZERO, |p| p.initial_delay);
+    let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
+    loop {
+        tokio::select! {
+            _ = sleep_until(next_probe.into()), if probe.is_some() => {
+                let Some(p) = probe else { continue };
+                let answer = match timeout(p.timeout, lifecycle.call_health(&mut *store)).await {
+                    Err(_) => return EndReason::probe_timeout(p.timeout),
+                    Ok(Err(e)) => return EndReason::from_guest_error(&e),
+                    Ok(Ok(answer)) => answer,
+                };
+                let now_ready = match answer {
+                    HealthStatus::Ready => {
+                        failures = 0;
+                        successes = successes.saturating_add(1);
+                        ready || successes >= p.success_threshold
+                    }
+                    HealthStatus::NotReady(_) => {
+                        (successes, failures) = (0, 0);
+                        false
+                    }
+                    HealthStatus::Failing(message) => {
+                        successes = 0;
+                        failures += 1;
+                        if failures >= p.failure_threshold {
+                            return EndReason::ProbeFailed { message };
+                        }
+                        false
+                    }
+                };
+                let now_ready = now_ready && vitals.ready.load(Ordering::Acquire);
+                if now_ready != ready {
+                    ready = now_ready;
+                    reporter.send(InstanceEventKind::Ready(ready)).await;
+                }
+                next_probe = Instant::now() + p.period;
+            }
+            _ = vitals.changed.notified() => {
+                if ready && !vitals.ready.load(Ordering::Acquire) {
+                    ready = false;
+                    reporter.send(InstanceEventKind::Ready(false)).await;
+                }
+            }
+            changed = stop_rx.changed() => {
+                let cause = if changed.is_ok() { (*stop_rx.borrow()).unwrap_or(StopCause::Deleted) } else { StopCause::Deleted };
+                vitals.stop_requested.store(true, Ordering::Release);
+                let grace = req.spec.termination_grace_period;
+                let forced = !matches!(timeout(grace, lifecycle.call_stop(&mut *store)).await, Ok(Ok(())));
+                return EndReason::Stopped { cause, forced };
+            }
+            _ = sleep_until(far.into()), if probe.is_none() => {}
+        }
+    }
+}

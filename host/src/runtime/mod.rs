@@ -1,0 +1,340 @@
+//! The runtime: one wasmtime `Engine` per host, components compiled once per content
+//! digest (and cached on disk when a cache directory is set), an `InstancePre` per
+//! component so a spawn is cheap, and one async task per instance.
+//!
+//! Architecture invariant: nothing outside `runtime` touches a `Store`. The controller
+//! sees instances only through [`InstanceHandle`]s and [`InstanceEvent`]s.
+
+mod bindings;
+pub mod exit;
+mod instance;
+pub mod output;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{broadcast, mpsc};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine};
+
+use crate::manifest::WorkloadSpec;
+pub use exit::{EndReason, StopCause};
+use instance::InstanceState;
+pub use instance::{InstanceEnd, InstanceEvent, InstanceEventKind, InstanceHandle};
+pub use output::{LogLine, OutputLimits, OutputSummary};
+
+/// Runtime settings; every field has a default.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// How often running guests are interrupted to yield (epoch tick). Bounds how long a
+    /// spinning guest can hold a worker thread.
+    pub epoch_tick: Duration,
+    /// Memory cap of instances whose manifest sets none.
+    pub default_memory_limit: u64,
+    /// Largest component file accepted, in bytes.
+    pub max_component_bytes: u64,
+    /// Deadline of a reactor's `start` call.
+    pub start_timeout: Duration,
+    /// Where compiled components are cached across restarts; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Bounds on captured output.
+    pub output: OutputLimits,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            epoch_tick: Duration::from_millis(1),
+            default_memory_limit: 64 * 1024 * 1024,
+            max_component_bytes: 256 * 1024 * 1024,
+            start_timeout: Duration::from_secs(10),
+            cache_dir: None,
+            output: OutputLimits::default(),
+        }
+    }
+}
+
+/// How a component is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ComponentStyle {
+    /// A `wasi:cli/command`: `run` is its life.
+    Command,
+    /// Exports `setpoint:workload/lifecycle`: started, probed and stopped by the host.
+    Reactor,
+}
+
+/// A SHA-256 content digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A compiled, linked component, ready to instantiate many times.
+pub struct PreparedComponent {
+    /// Content digest of the `.wasm` bytes.
+    pub digest: Digest,
+    /// Command or reactor.
+    pub style: ComponentStyle,
+    /// Whether it imports `setpoint:workload/heartbeat`.
+    pub uses_heartbeat: bool,
+    pre: Prepared,
+}
+
+enum Prepared {
+    Command(wasmtime_wasi::p2::bindings::CommandPre<InstanceState>),
+    Reactor(bindings::ReactorPre<InstanceState>),
+}
+
+/// Why a component could not be prepared. Deterministic: retrying will not help.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The file could not be read.
+    #[error("cannot read component `{path}`: {source}")]
+    Read {
+        /// The component path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is larger than the configured limit.
+    #[error("component `{path}` is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The component path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Not a valid component, or it failed to compile.
+    #[error("`{path}` is not a valid Wasm component: {message}")]
+    Compile {
+        /// The component path.
+        path: PathBuf,
+        /// The compiler's error.
+        message: String,
+    },
+    /// It imports something this host does not provide, or exports neither style.
+    #[error("`{path}` cannot run on this host: {message}")]
+    Link {
+        /// The component path.
+        path: PathBuf,
+        /// What is missing.
+        message: String,
+    },
+}
+
+/// The engine, the linker and the compiled components of one host.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    config: RuntimeConfig,
+    components: Mutex<HashMap<Digest, Arc<PreparedComponent>>>,
+    ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine and the linker (WASI p2 and setpoint's own interfaces) once.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true);
+        wasm.wasm_component_model(true);
+        // Component-model async is not used; leaving it on makes every call ~3x slower.
+        wasm.concurrency_support(false);
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir)?;
+            let mut cache_config = wasmtime::CacheConfig::new();
+            cache_config.with_directory(dir);
+            wasm.cache(Some(wasmtime::Cache::new(cache_config)?));
+        }
+        let engine = Engine::new(&wasm)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::setpoint::workload::heartbeat::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        )?;
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
+        Ok(Self {
+            engine,
+            linker,
+            config,
+            components: Mutex::new(HashMap::new()),
+            ticker,
+        })
+    }
+
+    /// The settings this runtime was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Reads, compiles and links a component, or returns the cached one with the same
+    /// digest. Blocking (compilation takes milliseconds to seconds): call it off the
+    /// async workers.
+    pub fn prepare(&self, path: &Path) -> Result<Arc<PreparedComponent>, PrepareError> {
+        let size = std::fs::metadata(path)
+            .map_err(|source| PrepareError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        if size > self.config.max_component_bytes {
+            return Err(PrepareError::TooLarge {
+                path: path.to_path_buf(),
+                size,
+                limit: self.config.max_component_bytes,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|source| PrepareError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let digest = Digest(Sha256::digest(&bytes).into());
+        if let Some(found) = self.lock_components().get(&digest) {
+            return Ok(found.clone());
+        }
+        let component =
+            Component::from_binary(&self.engine, &bytes).map_err(|e| PrepareError::Compile {
+                path: path.to_path_buf(),
+                message: exit::error_text(&e),
+            })?;
+        let link_error = |message: String| PrepareError::Link {
+            path: path.to_path_buf(),
+            message,
+        };
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let uses_heartbeat = ty.imports(&self.engine).any(|(name, item)| {
+            name == bindings::HEARTBEAT_IMPORT
+                && matches!(item.ty, ComponentItem::ComponentInstance(_))
+        });
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            link_error(format!(
+                "{}; this host provides WASI 0.2 and setpoint:workload/heartbeat@0.1.0",
+                exit::error_text(&e)
+            ))
+        })?;
+        let (style, pre) = if exports.iter().any(|e| e == bindings::LIFECYCLE_EXPORT) {
+            let pre =
+                bindings::ReactorPre::new(pre).map_err(|e| link_error(exit::error_text(&e)))?;
+            (ComponentStyle::Reactor, Prepared::Reactor(pre))
+        } else if exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2")) {
+            let pre = wasmtime_wasi::p2::bindings::CommandPre::new(pre)
+                .map_err(|e| link_error(exit::error_text(&e)))?;
+            (ComponentStyle::Command, Prepared::Command(pre))
+        } else {
+            return Err(link_error(format!(
+                "it exports neither `wasi:cli/run@0.2.x` (a command) nor `{}` (a reactor); it exports: [{}]",
+                bindings::LIFECYCLE_EXPORT,
+                exports.join(", ")
+            )));
+        };
+        let prepared = Arc::new(PreparedComponent {
+            digest,
+            style,
+            uses_heartbeat,
+            pre,
+        });
+        self.lock_components().insert(digest, prepared.clone());
+        Ok(prepared)
+    }
+
+    /// Starts one instance on its own task. Its lifecycle is reported on `events`; it
+    /// stops when asked through the returned handle (or when the handle is dropped).
+    pub fn spawn(
+        self: &Arc<Self>,
+        request: SpawnRequest,
+        events: mpsc::Sender<InstanceEvent>,
+    ) -> InstanceHandle {
+        instance::spawn(self.clone(), request, events)
+    }
+
+    fn lock_components(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<PreparedComponent>>> {
+        self.components.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops compiled components that no workload uses any more.
+    pub fn forget_unused_components(&self) {
+        self.lock_components()
+            .retain(|_, c| Arc::strong_count(c) > 1);
+    }
+
+    /// Stops the epoch ticker; called on host shutdown.
+    pub fn stop_ticker(&self) {
+        self.ticker.stop();
+    }
+}
+
+/// Everything needed to start one instance.
+pub struct SpawnRequest {
+    /// The workload's name.
+    pub workload: Arc<str>,
+    /// The new instance's id.
+    pub instance: Arc<str>,
+    /// The slot it fills.
+    pub slot: u32,
+    /// The compiled component.
+    pub component: Arc<PreparedComponent>,
+    /// The workload's spec (grants, limits, probes).
+    pub spec: Arc<WorkloadSpec>,
+    /// Where complete output lines are forwarded.
+    pub log_sink: Option<broadcast::Sender<LogLine>>,
+}
+
+/// Increments the engine's epoch on a dedicated thread, so that guests yield.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("setpoint-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self {
+            stop,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,160 @@
+//! What users see: per-workload status with phase, conditions, instances and recent
+//! events. These types are the JSON contract of `setpoint run -o json` and of the library.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Serialize, Serializer};
+
+use crate::runtime::InstanceEnd;
+
+/// The status of every workload on a host.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostStatus {
+    /// One entry per workload, by name.
+    pub workloads: Vec<WorkloadStatus>,
+}
+
+impl HostStatus {
+    /// The workload with this name.
+    pub fn workload(&self, name: &str) -> Option<&WorkloadStatus> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+}
+
+/// Coarse state of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    /// Not all replicas have been ready yet, and none has ended.
+    Pending,
+    /// All desired replicas are ready.
+    Running,
+    /// Fewer replicas are ready than desired, and instances have been ending.
+    Degraded,
+    /// Every slot ran to a successful end and will not be restarted.
+    Succeeded,
+    /// Given up: restart budget exceeded, not instantiable, or slots failed for good.
+    Failed,
+}
+
+/// A Kubernetes-style condition.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Available` or `Failed`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Whether the condition holds.
+    pub status: bool,
+    /// A stable CamelCase reason.
+    pub reason: String,
+    /// A human explanation.
+    pub message: String,
+    /// When `status` last changed.
+    #[serde(serialize_with = "serialize_time")]
+    pub last_transition: SystemTime,
+}
+
+/// The state of one live instance.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Opaque generated id.
+    pub id: String,
+    /// The slot it fills.
+    pub slot: u32,
+    /// `Starting`, `Running` or `Stopping`.
+    pub phase: &'static str,
+    /// Whether it counts as ready.
+    pub ready: bool,
+    /// Replacements of this slot so far.
+    pub restarts: u32,
+    /// Time since it was spawned.
+    #[serde(serialize_with = "serialize_millis", rename = "ageMs")]
+    pub age: Duration,
+}
+
+/// The status of one workload.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// The workload's name.
+    pub name: String,
+    /// Always `Workload` for now.
+    pub kind: &'static str,
+    /// Desired replicas.
+    pub desired: u32,
+    /// Ready instances.
+    pub ready: u32,
+    /// Live instances (any phase).
+    pub running: u32,
+    /// Total replacements since the workload was applied.
+    pub restarts: u64,
+    /// Coarse state.
+    pub phase: Phase,
+    /// Short digest of the applied spec and component.
+    pub revision: String,
+    /// The policy deciding for this workload.
+    pub policy: String,
+    /// Conditions.
+    pub conditions: Vec<Condition>,
+    /// Live instances.
+    pub instances: Vec<InstanceStatus>,
+    /// The most recent ended instance, for forensics.
+    pub last_termination: Option<TerminationRecord>,
+    /// Recent events, oldest first.
+    pub events: Vec<Event>,
+}
+
+/// An ended instance, as kept in status.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminationRecord {
+    /// Its id.
+    pub instance: String,
+    /// Its slot.
+    pub slot: u32,
+    /// When it ended.
+    #[serde(serialize_with = "serialize_time")]
+    pub at: SystemTime,
+    /// Why, how long it ran, and its last output.
+    #[serde(flatten)]
+    pub end: InstanceEnd,
+}
+
+/// Severity of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EventType {
+    /// Expected operation.
+    Normal,
+    /// Something failed or was refused.
+    Warning,
+}
+
+/// An append-only record of what happened and why (Kubernetes' Events).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// When.
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+    /// Normal or Warning.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The workload concerned.
+    pub workload: String,
+    /// The instance concerned, if any.
+    pub instance: Option<String>,
+    /// A stable CamelCase reason (`Spawned`, `Trapped`, `BackOff`, ...).
+    pub reason: String,
+    /// A human explanation.
+    pub message: String,
+}
+
+fn serialize_time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+/// Serializes a duration as whole milliseconds.
+pub(crate) fn serialize_millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
