@@ -74,6 +74,16 @@ pub enum Action {
     },
     /// Decide again after this long even if nothing happens.
     RequeueAfter(Duration),
+    /// Record an event (shown in status and to subscribers). Repeats of the workload's
+    /// latest event are dropped, so a policy may say the same thing on every pass.
+    Event {
+        /// Warning rather than Normal.
+        warning: bool,
+        /// A stable CamelCase reason.
+        reason: String,
+        /// A human explanation.
+        message: String,
+    },
     /// Give up on the workload: no more spawns until its spec changes.
     MarkFailed {
         /// A stable CamelCase reason.

@@ -34,23 +34,15 @@ impl Policy for ReplicaPolicy {
         if input.failed {
             return;
         }
-        if let Some(budget) = desired.restart_budget {
-            let in_window = input
+        // Restarts already spent within the budget's window, if there is a budget.
+        let budget_spent = desired.restart_budget.map(|budget| {
+            let spent = input
                 .recent_restarts
                 .iter()
                 .filter(|t| input.now.saturating_duration_since(**t) <= budget.window)
                 .count();
-            if in_window > budget.max_restarts as usize {
-                actions.push(Action::MarkFailed {
-                    reason: "RestartBudgetExceeded".to_string(),
-                    message: format!(
-                        "{in_window} restarts within {:?}, over the budget of {}",
-                        budget.window, budget.max_restarts
-                    ),
-                });
-                return;
-            }
-        }
+            (budget, spent)
+        });
         let mut soonest = None;
         for slot in 0..desired.replicas {
             let obs = input.slots.get(slot as usize);
@@ -76,11 +68,32 @@ impl Policy for ReplicaPolicy {
             if !restart {
                 continue;
             }
+            if let Some((budget, spent)) = budget_spent
+                && !reason.is_host_stop()
+                && spent >= budget.max_restarts as usize
+            {
+                actions.push(Action::MarkFailed {
+                    reason: "RestartBudgetExceeded".to_string(),
+                    message: format!(
+                        "{spent} restarts within {:?} spent the budget of {}; slot {slot} {reason}",
+                        budget.window, budget.max_restarts
+                    ),
+                });
+                return;
+            }
             let consecutive = obs.map_or(0, |o| o.consecutive_ends);
             let due = *ended_at + desired.backoff.delay(consecutive);
             if due <= input.now {
                 actions.push(Action::Spawn { slot });
             } else {
+                actions.push(Action::Event {
+                    warning: true,
+                    reason: "BackOff".to_string(),
+                    message: format!(
+                        "slot {slot}: waiting {:?} before restart ({consecutive} ends in a row)",
+                        desired.backoff.delay(consecutive)
+                    ),
+                });
                 let wait = due - input.now;
                 soonest = Some(soonest.map_or(wait, |s: std::time::Duration| s.min(wait)));
             }
@@ -171,10 +184,9 @@ mod tests {
             decide(&spec, &[ended(now, crash.clone(), 1)], &[], now),
             vec![Action::Spawn { slot: 0 }]
         );
-        assert_eq!(
-            decide(&spec, &[ended(now, crash, 3)], &[], now),
-            vec![Action::RequeueAfter(Duration::from_millis(20))]
-        );
+        let actions = decide(&spec, &[ended(now, crash, 3)], &[], now);
+        assert!(matches!(&actions[0], Action::Event { reason, .. } if reason == "BackOff"));
+        assert_eq!(actions[1], Action::RequeueAfter(Duration::from_millis(20)));
     }
 
     #[test]

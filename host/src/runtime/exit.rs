@@ -111,7 +111,7 @@ impl EndReason {
         if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return Self::Exited { code: exit.0 };
         }
-        let message = bounded(&error_text(err));
+        let message = bounded(&trap_text(err));
         if message.contains("forcing trap when growing memory") {
             return Self::OutOfMemory { message };
         }
@@ -169,9 +169,14 @@ impl fmt::Display for EndReason {
     }
 }
 
-/// The error chain with its root cause first (for a trap: the trap, then the Wasm
-/// backtrace). Display, never Debug: see WASMTIME-NOTES.
+/// The error chain, outermost first, causes joined by `: `. Display, never Debug: see
+/// WASMTIME-NOTES (Debug-formatting a wasmtime error at resource exhaustion deadlocked).
 pub fn error_text(err: &wasmtime::Error) -> String {
+    err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+/// A trap's chain with the root cause (the trap itself) first, then the Wasm backtrace.
+fn trap_text(err: &wasmtime::Error) -> String {
     let causes: Vec<String> = err.chain().map(|c| c.to_string()).collect();
     let mut out = causes.last().cloned().unwrap_or_default();
     for cause in causes.iter().rev().skip(1) {

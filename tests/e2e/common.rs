@@ -1,0 +1,84 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use setpoint::{Host, HostStatus, WorkloadStatus};
+
+/// How long a test waits for a state before it fails. Generous: tests assert what
+/// happens, never how fast (speed is measured by benchmarks).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The path of a built example guest; fails with the command to run when missing.
+pub fn guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guest-examples/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: run `cargo xtask guests` first", path.display());
+    path.canonicalize().expect("guest path")
+}
+
+/// A directory holding manifests for one test.
+pub struct Manifests {
+    pub dir: tempfile::TempDir,
+}
+
+impl Manifests {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    /// Writes `yaml` as `name`, replacing `{guest:NAME}` with the guest's path.
+    pub fn write(&self, name: &str, yaml: &str) -> PathBuf {
+        let mut text = yaml.to_string();
+        while let Some(start) = text.find("{guest:") {
+            let end = start + text[start..].find('}').expect("closing brace");
+            let guest_name = text[start + 7..end].to_string();
+            text.replace_range(start..=end, &guest(&guest_name).display().to_string());
+        }
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write manifest");
+        path
+    }
+}
+
+/// A host with test-friendly settings.
+pub fn host() -> Host {
+    Host::builder().build().expect("host starts")
+}
+
+/// A one-document Workload manifest.
+pub fn workload(name: &str, guest_name: &str, spec_extra: &str) -> String {
+    format!(
+        "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\nspec:\n  component: {{guest:{guest_name}}}\n{spec_extra}"
+    )
+}
+
+/// Waits until `check` holds for the named workload, then returns its status.
+pub async fn wait_for(host: &Host, name: &str, what: &str, check: impl Fn(&WorkloadStatus) -> bool) -> WorkloadStatus {
+    let status = wait_for_host(host, what, |s| s.workload(name).is_some_and(&check)).await;
+    status.workload(name).cloned().expect("checked above")
+}
+
+/// Waits until `check` holds for the whole host status.
+pub async fn wait_for_host(host: &Host, what: &str, check: impl Fn(&HostStatus) -> bool) -> HostStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = host.status().await;
+        if check(&status) {
+            return status;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}; last status:\n{}",
+                serde_json::to_string_pretty(&status).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The `reason` of a workload's last termination.
+pub fn last_reason(w: &WorkloadStatus) -> Option<&'static str> {
+    w.last_termination.as_ref().map(|t| t.end.reason.name())
+}

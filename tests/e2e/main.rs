@@ -1,0 +1,8 @@
+//! End-to-end tests: real guest components from `guest-examples/` (built by
+//! `cargo xtask guests`), the real wasmtime engine, real manifest files, the real binary.
+
+mod cli;
+mod common;
+mod lifecycle;
+mod manifests;
+mod sandbox;
