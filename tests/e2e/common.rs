@@ -14,7 +14,11 @@ pub fn guest(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../guest-examples/target/wasm32-wasip2/release")
         .join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} is missing: run `cargo xtask guests` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask guests` first",
+        path.display()
+    );
     path.canonicalize().expect("guest path")
 }
 
@@ -25,7 +29,9 @@ pub struct Manifests {
 
 impl Manifests {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir") }
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// Writes `yaml` as `name`, replacing `{guest:NAME}` with the guest's path.
@@ -55,13 +61,22 @@ pub fn workload(name: &str, guest_name: &str, spec_extra: &str) -> String {
 }
 
 /// Waits until `check` holds for the named workload, then returns its status.
-pub async fn wait_for(host: &Host, name: &str, what: &str, check: impl Fn(&WorkloadStatus) -> bool) -> WorkloadStatus {
+pub async fn wait_for(
+    host: &Host,
+    name: &str,
+    what: &str,
+    check: impl Fn(&WorkloadStatus) -> bool,
+) -> WorkloadStatus {
     let status = wait_for_host(host, what, |s| s.workload(name).is_some_and(&check)).await;
     status.workload(name).cloned().expect("checked above")
 }
 
 /// Waits until `check` holds for the whole host status.
-pub async fn wait_for_host(host: &Host, what: &str, check: impl Fn(&HostStatus) -> bool) -> HostStatus {
+pub async fn wait_for_host(
+    host: &Host,
+    what: &str,
+    check: impl Fn(&HostStatus) -> bool,
+) -> HostStatus {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let status = host.status().await;

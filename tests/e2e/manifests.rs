@@ -13,12 +13,26 @@ fn rejected(result: Result<Vec<String>, Rejected>) -> Vec<Diagnostic> {
 }
 
 /// Asserts one diagnostic at `line:column` of `file` whose message contains `needle`.
-fn assert_located(diagnostics: &[Diagnostic], file: &std::path::Path, line: u64, column: u64, needle: &str) {
+fn assert_located(
+    diagnostics: &[Diagnostic],
+    file: &std::path::Path,
+    line: u64,
+    column: u64,
+    needle: &str,
+) {
     let found = diagnostics.iter().any(|d| {
-        d.origin.as_ref().is_some_and(|o| o.file == file && o.line == line && o.column == column) && d.message.contains(needle)
+        d.origin
+            .as_ref()
+            .is_some_and(|o| o.file == file && o.line == line && o.column == column)
+            && d.message.contains(needle)
     });
     let shown: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
-    assert!(found, "no `{needle}` at {}:{line}:{column} among:\n{}", file.display(), shown.join("\n"));
+    assert!(
+        found,
+        "no `{needle}` at {}:{line}:{column} among:\n{}",
+        file.display(),
+        shown.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +70,10 @@ async fn every_rejected_manifest_is_located() {
         let diagnostics = rejected(host.apply_files(std::slice::from_ref(&file)).await);
         assert_located(&diagnostics, &file, *line, *column, needle);
     }
-    assert!(host.status().await.workloads.is_empty(), "nothing from a rejected manifest runs");
+    assert!(
+        host.status().await.workloads.is_empty(),
+        "nothing from a rejected manifest runs"
+    );
     host.shutdown().await;
 }
 
@@ -69,7 +86,10 @@ async fn duplicate_names_across_files_point_at_both() {
     let diagnostics = rejected(host.apply_files(&[a.clone(), b.clone()]).await);
     assert_located(&diagnostics, &b, 4, 9, "workload `same` is defined twice");
     let help = diagnostics[0].help.as_deref().unwrap_or_default();
-    assert!(help.contains(&format!("{}:4:9", a.display())), "help points at the first: {help}");
+    assert!(
+        help.contains(&format!("{}:4:9", a.display())),
+        "help points at the first: {help}"
+    );
     host.shutdown().await;
 }
 
@@ -80,24 +100,51 @@ async fn a_component_the_host_cannot_link_is_rejected_at_apply() {
     let bad = workload("beamer", "bad-import", "");
     let file = m.write("mixed.yaml", &format!("{good}---\n{bad}"));
     let host = host();
-    let diagnostics = rejected(host.apply_files(&[file.clone()]).await);
+    let diagnostics = rejected(host.apply_files(std::slice::from_ref(&file)).await);
     // The first document has 6 lines and `---` is line 7, so the second document's
     // `component:` (its 6th line) is line 13.
     assert_located(&diagnostics, &file, 13, 14, "example:bad-import/teleporter");
-    assert!(diagnostics[0].help.as_deref().unwrap_or_default().contains("does not retry"));
-    assert!(host.status().await.workloads.is_empty(), "the valid document did not run either");
+    assert!(
+        diagnostics[0]
+            .help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("does not retry")
+    );
+    assert!(
+        host.status().await.workloads.is_empty(),
+        "the valid document did not run either"
+    );
     host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_asking_for_what_the_component_lacks_is_rejected() {
     let m = Manifests::new();
-    let probe_on_command = m.write("p.yaml", &workload("p", "ticker", "  health:\n    probe: {period: 1s}\n"));
-    let watchdog_on_reactor = m.write("w.yaml", &workload("w", "probed", "  health:\n    watchdog: {timeout: 1s}\n"));
+    let probe_on_command = m.write(
+        "p.yaml",
+        &workload("p", "ticker", "  health:\n    probe: {period: 1s}\n"),
+    );
+    let watchdog_on_reactor = m.write(
+        "w.yaml",
+        &workload("w", "probed", "  health:\n    watchdog: {timeout: 1s}\n"),
+    );
     let host = host();
-    let d = rejected(host.apply_files(&[probe_on_command.clone()]).await);
-    assert_located(&d, &probe_on_command, 6, 14, "sets health.probe, but its component is a command");
-    let d = rejected(host.apply_files(&[watchdog_on_reactor.clone()]).await);
+    let d = rejected(
+        host.apply_files(std::slice::from_ref(&probe_on_command))
+            .await,
+    );
+    assert_located(
+        &d,
+        &probe_on_command,
+        6,
+        14,
+        "sets health.probe, but its component is a command",
+    );
+    let d = rejected(
+        host.apply_files(std::slice::from_ref(&watchdog_on_reactor))
+            .await,
+    );
     assert_located(&d, &watchdog_on_reactor, 6, 14, "sets health.watchdog");
     host.shutdown().await;
 }
@@ -110,7 +157,11 @@ async fn a_rejected_apply_leaves_running_workloads_untouched() {
     host.apply_files(&[file]).await.expect("valid manifest");
     let before = wait_for(&host, "steady", "2 ready", |w| w.ready == 2).await;
     // A new version of `steady` plus a broken document: all or nothing.
-    let update = workload("steady", "ticker", "  replicas: 5\n  env: {CHANGED: 'yes'}\n");
+    let update = workload(
+        "steady",
+        "ticker",
+        "  replicas: 5\n  env: {CHANGED: 'yes'}\n",
+    );
     let broken = workload("broken", "ticker", "  replicas: lots\n");
     let bad = m.write("update.yaml", &format!("{update}---\n{broken}"));
     rejected(host.apply_files(&[bad]).await);
@@ -119,15 +170,22 @@ async fn a_rejected_apply_leaves_running_workloads_untouched() {
     let steady = after.workload("steady").unwrap();
     assert_eq!(steady.desired, 2);
     assert_eq!(steady.revision, before.revision);
-    let ids = |w: &setpoint::WorkloadStatus| w.instances.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
-    assert_eq!(ids(steady), ids(&before), "the same instances are still running");
+    let ids =
+        |w: &setpoint::WorkloadStatus| w.instances.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(steady),
+        ids(&before),
+        "the same instances are still running"
+    );
     host.shutdown().await;
 }
 
 #[test]
 fn the_json_schema_in_specs_is_current() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/manifest.schema.json");
-    let generated = serde_json::to_string_pretty(&setpoint::manifest::json_schema()).unwrap() + "\n";
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/manifest.schema.json");
+    let generated =
+        serde_json::to_string_pretty(&setpoint::manifest::json_schema()).unwrap() + "\n";
     if std::env::var_os("SETPOINT_UPDATE_SCHEMA").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }

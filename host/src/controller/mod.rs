@@ -442,12 +442,22 @@ impl Controller {
                 let at = now + delay;
                 w.requeue_at = Some(w.requeue_at.map_or(at, |t| t.min(at)));
             }
-            Action::Event { warning, reason, message } => {
-                let repeat = self.workloads.get(name).and_then(|w| w.events.back()).is_some_and(|last| {
-                    last.reason == reason && last.message == message
-                });
+            Action::Event {
+                warning,
+                reason,
+                message,
+            } => {
+                let repeat = self
+                    .workloads
+                    .get(name)
+                    .and_then(|w| w.events.back())
+                    .is_some_and(|last| last.reason == reason && last.message == message);
                 if !repeat {
-                    let kind = if warning { EventType::Warning } else { EventType::Normal };
+                    let kind = if warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    };
                     let e = self.event(name, None, kind, &reason, message);
                     if let Some(w) = self.workloads.get_mut(name) {
                         w.push_event(e, history);

@@ -143,7 +143,8 @@ pub fn parse_documents(
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
         let message = e.without_snippet().to_string();
-        let message = strip_location_suffix(&message).replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        let message = strip_location_suffix(&message)
+            .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
         Rejected::one(
             Diagnostic::at(Some(Origin::new(path, line, column)), message)
                 .with_help("see specs/manifest.schema.json for the format"),

@@ -172,7 +172,10 @@ impl fmt::Display for EndReason {
 /// The error chain, outermost first, causes joined by `: `. Display, never Debug: see
 /// WASMTIME-NOTES (Debug-formatting a wasmtime error at resource exhaustion deadlocked).
 pub fn error_text(err: &wasmtime::Error) -> String {
-    err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    err.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// A trap's chain with the root cause (the trap itself) first, then the Wasm backtrace.

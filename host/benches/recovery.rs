@@ -1,0 +1,58 @@
+//! Recovery benchmark: a component that exits at once, replaced with zero back-off, N times.
+//! Prints (1) the controller's reaction time, from an instance's end being handled to its
+//! replacement being spawned (event timestamps), and (2) the full crash-loop cycle:
+//! spawn, instantiate, run, exit, observe, replace.
+//!
+//! Run: `cargo xtask guests && cargo bench -p setpoint --bench recovery` (RUST_BACKTRACE unset).
+
+use std::time::{Duration, Instant};
+
+use setpoint::{Host, Workload, WorkloadSpec};
+
+const CYCLES: usize = 5_000;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let component = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-examples/target/wasm32-wasip2/release/crasher.wasm");
+    let host = Host::builder().event_history(4).build()?;
+    let mut events = host.events();
+    let mut spec = WorkloadSpec::new(component);
+    spec.env = vec![("CRASH_AFTER_MS".into(), "0".into()), ("MODE".into(), "exit".into())];
+    spec.backoff.initial = Duration::ZERO;
+    spec.backoff.max = Duration::ZERO;
+    host.apply(vec![Workload::new("crashloop", spec)]).await?;
+
+    let mut reaction = Vec::with_capacity(CYCLES);
+    let mut last_end = None;
+    let started = Instant::now();
+    let mut lagged = 0;
+    while reaction.len() < CYCLES {
+        match events.recv().await {
+            Ok(e) if e.reason == "Exited" => last_end = Some(e.time),
+            Ok(e) if e.reason == "Replaced" => {
+                if let Some(end) = last_end.take() {
+                    reaction.push(e.time.duration_since(end).unwrap_or_default());
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                lagged += n;
+                last_end = None;
+            }
+            Err(e) => anyhow::bail!("event stream closed: {e}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    let restarts = host.status().await.workload("crashloop").map_or(0, |w| w.restarts);
+    host.shutdown().await;
+
+    reaction.sort();
+    let pct = |p: f64| reaction[((reaction.len() as f64 * p) as usize).min(reaction.len() - 1)];
+    println!("recovery: {CYCLES} end→replacement-spawn samples ({lagged} events skipped)");
+    println!("  controller reaction  p50 {:?}  p99 {:?}  max {:?}", pct(0.50), pct(0.99), pct(1.0));
+    println!(
+        "  crash-loop cycle     {:?} per restart ({restarts} restarts in {elapsed:?})",
+        elapsed / restarts.max(1) as u32
+    );
+    Ok(())
+}
