@@ -13,11 +13,17 @@ const CYCLES: usize = 5_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let component = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-examples/target/wasm32-wasip2/release/crasher.wasm");
+    let component = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest-examples/target/wasm32-wasip2/release/crasher.wasm"
+    );
     let host = Host::builder().event_history(4).build()?;
     let mut events = host.events();
     let mut spec = WorkloadSpec::new(component);
-    spec.env = vec![("CRASH_AFTER_MS".into(), "0".into()), ("MODE".into(), "exit".into())];
+    spec.env = vec![
+        ("CRASH_AFTER_MS".into(), "0".into()),
+        ("MODE".into(), "exit".into()),
+    ];
     spec.backoff.initial = Duration::ZERO;
     spec.backoff.max = Duration::ZERO;
     host.apply(vec![Workload::new("crashloop", spec)]).await?;
@@ -43,13 +49,22 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed();
-    let restarts = host.status().await.workload("crashloop").map_or(0, |w| w.restarts);
+    let restarts = host
+        .status()
+        .await
+        .workload("crashloop")
+        .map_or(0, |w| w.restarts);
     host.shutdown().await;
 
     reaction.sort();
     let pct = |p: f64| reaction[((reaction.len() as f64 * p) as usize).min(reaction.len() - 1)];
     println!("recovery: {CYCLES} end→replacement-spawn samples ({lagged} events skipped)");
-    println!("  controller reaction  p50 {:?}  p99 {:?}  max {:?}", pct(0.50), pct(0.99), pct(1.0));
+    println!(
+        "  controller reaction  p50 {:?}  p99 {:?}  max {:?}",
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
     println!(
         "  crash-loop cycle     {:?} per restart ({restarts} restarts in {elapsed:?})",
         elapsed / restarts.max(1) as u32

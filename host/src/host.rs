@@ -9,7 +9,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::controller::{Command, Controller, ControllerConfig, PreparedWorkload};
-use crate::manifest::{Diagnostic, ManifestLimits, Rejected, Workload, load_files};
+use crate::manifest::{
+    Diagnostic, ManifestLimits, Rejected, Workload, check_workloads, load_files,
+};
 use crate::policy::{Policy, ReplicaPolicy};
 use crate::runtime::{ComponentStyle, LogLine, OutputLimits, Runtime, RuntimeConfig};
 use crate::status::{Event, HostStatus};
@@ -71,13 +73,19 @@ impl HostBuilder {
         self
     }
 
-    /// Starts the host on the current tokio runtime (multi-threaded recommended).
+    /// Starts the host on the current tokio runtime (multi-threaded recommended). Fails
+    /// when called outside a tokio runtime.
     pub fn build(self) -> anyhow::Result<Host> {
         self.build_with_policy(Arc::new(ReplicaPolicy))
     }
 
     /// Starts the host with a policy other than the built-in replica policy.
     pub fn build_with_policy(self, policy: Arc<dyn Policy>) -> anyhow::Result<Host> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            anyhow::bail!(
+                "setpoint::Host must be built inside a tokio runtime (e.g. under #[tokio::main])"
+            );
+        }
         let runtime = Arc::new(Runtime::new(self.runtime)?);
         let (events, _) = broadcast::channel(1024);
         let (logs, _) = broadcast::channel(4096);
@@ -126,6 +134,10 @@ impl Host {
     /// Applies workloads, all or nothing: every component is compiled and checked first,
     /// and if any workload is rejected nothing changes. Returns the applied names.
     pub async fn apply(&self, workloads: Vec<Workload>) -> Result<Vec<String>, Rejected> {
+        let diagnostics = check_workloads(&workloads, &self.manifest_limits);
+        if !diagnostics.is_empty() {
+            return Err(Rejected { diagnostics });
+        }
         let runtime = self.runtime.clone();
         let prepared = tokio::task::spawn_blocking(move || prepare_all(&runtime, workloads))
             .await
@@ -208,6 +220,7 @@ fn prepare_all(
                 let revision = revision(&w, &component.digest.0);
                 prepared.push(PreparedWorkload {
                     name: w.name,
+                    labels: w.labels,
                     spec: Arc::new(w.spec),
                     component,
                     revision,

@@ -79,6 +79,8 @@ pub struct InstanceStatus {
 pub struct WorkloadStatus {
     /// The workload's name.
     pub name: String,
+    /// Labels from `metadata.labels`.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Always `Workload` for now.
     pub kind: &'static str,
     /// Desired replicas.

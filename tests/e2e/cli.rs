@@ -70,7 +70,14 @@ fn run_keeps_the_example_replicas_and_prints_json_status() {
     assert_eq!(ticker["desired"], 3);
     assert_eq!(ticker["ready"], 3);
     assert_eq!(ticker["phase"], "Running");
-    for key in ["kind", "restarts", "conditions", "events", "revision"] {
+    for key in [
+        "kind",
+        "restarts",
+        "conditions",
+        "events",
+        "revision",
+        "labels",
+    ] {
         assert!(ticker.get(key).is_some(), "status has `{key}`");
     }
     let stderr = String::from_utf8_lossy(&out.stderr);

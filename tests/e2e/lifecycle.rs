@@ -395,6 +395,10 @@ async fn back_off_resets_after_a_long_enough_run() {
     let host = host();
     host.apply_files(&[file]).await.expect("valid manifest");
     let w = wait_for(&host, "steady-crash", "3 replacements", |w| w.restarts >= 3).await;
-    assert!(w.events.iter().all(|e| e.reason != "BackOff"), "events: {:?}", w.events);
+    assert!(
+        w.events.iter().all(|e| e.reason != "BackOff"),
+        "events: {:?}",
+        w.events
+    );
     host.shutdown().await;
 }

@@ -195,3 +195,45 @@ fn the_json_schema_in_specs_is_current() {
         "specs/manifest.schema.json is stale: run `SETPOINT_UPDATE_SCHEMA=1 cargo test --test e2e the_json_schema` (or `setpoint schema > specs/manifest.schema.json`)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_built_in_code_are_checked_too() {
+    use setpoint::{Workload, WorkloadSpec};
+    let host = host();
+    let spec = WorkloadSpec::new(crate::common::guest("ticker"));
+    let mut too_many = spec.clone();
+    too_many.replicas = 1_000_000;
+    let batch = vec![
+        Workload::new("Not A Label", spec.clone()),
+        Workload::new("twice", spec.clone()),
+        Workload::new("twice", spec),
+        Workload::new("huge", too_many),
+    ];
+    let d = rejected(host.apply(batch).await);
+    let text: Vec<String> = d.iter().map(|d| d.message.clone()).collect();
+    assert!(
+        text.iter()
+            .any(|m| m.contains("invalid workload name `Not A Label`")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|m| m.contains("`twice` appears twice")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|m| m.contains("1000000 replicas, over the limit")),
+        "{text:?}"
+    );
+    assert!(host.status().await.workloads.is_empty());
+    host.shutdown().await;
+}
+
+#[test]
+fn building_a_host_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+    let err = setpoint::Host::builder()
+        .build()
+        .err()
+        .expect("no runtime, no host");
+    assert!(err.to_string().contains("inside a tokio runtime"), "{err}");
+}

@@ -57,6 +57,7 @@ impl Default for ControllerConfig {
 /// A workload whose component is compiled, ready for the controller.
 pub(crate) struct PreparedWorkload {
     pub name: String,
+    pub labels: BTreeMap<String, String>,
     pub spec: Arc<WorkloadSpec>,
     pub component: Arc<PreparedComponent>,
     pub revision: String,
@@ -187,8 +188,13 @@ impl Controller {
         let history = self.config.event_history;
         match self.workloads.get_mut(&name) {
             None => {
-                let mut state =
-                    WorkloadState::new(name.clone(), w.spec, w.component, w.revision.clone());
+                let mut state = WorkloadState::new(
+                    name.clone(),
+                    w.labels,
+                    w.spec,
+                    w.component,
+                    w.revision.clone(),
+                );
                 let event = self.event(
                     &name,
                     None,
@@ -201,6 +207,7 @@ impl Controller {
             }
             Some(state) => {
                 state.deleting = false;
+                state.labels = w.labels;
                 if state.revision != w.revision {
                     // A new revision replaces every instance (Recreate); its restart
                     // history and any failure verdict belong to the old revision.
@@ -672,6 +679,7 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
         .collect();
     WorkloadStatus {
         name: w.name.to_string(),
+        labels: w.labels.clone(),
         kind: "Workload",
         desired: w.spec.replicas,
         ready,

@@ -16,6 +16,7 @@ const MIN_RESTART_HISTORY: usize = 64;
 
 pub(super) struct WorkloadState {
     pub name: Arc<str>,
+    pub labels: std::collections::BTreeMap<String, String>,
     pub spec: Arc<WorkloadSpec>,
     pub component: Arc<PreparedComponent>,
     pub revision: String,
@@ -39,12 +40,14 @@ pub(super) struct WorkloadState {
 impl WorkloadState {
     pub fn new(
         name: Arc<str>,
+        labels: std::collections::BTreeMap<String, String>,
         spec: Arc<WorkloadSpec>,
         component: Arc<PreparedComponent>,
         revision: String,
     ) -> Self {
         Self {
             name,
+            labels,
             spec,
             component,
             revision,

@@ -438,6 +438,72 @@ impl Validator<'_> {
     }
 }
 
+/// Checks the invariants of typed workloads, whether they came from YAML or were built in
+/// code, including that names are unique within the batch. Problems are located at each
+/// workload's origin when it has one.
+pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for w in workloads {
+        let mut problem = |message: String| out.push(Diagnostic::at(w.origin.clone(), message));
+        if let Err(why) = check_dns_label(&w.name) {
+            problem(format!("invalid workload name `{}`: {why}", w.name));
+        }
+        if !seen.insert(w.name.as_str()) {
+            problem(format!("workload `{}` appears twice in one apply", w.name));
+        }
+        let spec = &w.spec;
+        if spec.replicas > limits.max_replicas {
+            problem(format!(
+                "`{}`: {} replicas, over the limit of {}",
+                w.name, spec.replicas, limits.max_replicas
+            ));
+        }
+        if let Some(bytes) = spec.memory_limit
+            && !(64 * 1024..=limits.max_memory).contains(&bytes)
+        {
+            problem(format!(
+                "`{}`: memory limit {bytes} bytes is outside 64Ki..={}",
+                w.name, limits.max_memory
+            ));
+        }
+        if spec.env.len() > limits.max_grants || spec.args.len() > limits.max_grants {
+            problem(format!(
+                "`{}`: more than {} env vars or args",
+                w.name, limits.max_grants
+            ));
+        }
+        if let Some((key, _)) = spec
+            .env
+            .iter()
+            .find(|(k, v)| !is_env_name(k) || v.contains('\0'))
+        {
+            problem(format!("`{}`: invalid env var `{key}`", w.name));
+        }
+        if let Some(p) = spec.probe
+            && (p.period.is_zero()
+                || p.timeout.is_zero()
+                || p.failure_threshold == 0
+                || p.success_threshold == 0)
+        {
+            problem(format!(
+                "`{}`: probe period, timeout and thresholds must be above zero",
+                w.name
+            ));
+        }
+        if spec.watchdog.is_some_and(|w| w.timeout.is_zero()) {
+            problem(format!("`{}`: watchdog timeout must be above zero", w.name));
+        }
+        if spec.backoff.max < spec.backoff.initial {
+            problem(format!(
+                "`{}`: backoff.max is smaller than backoff.initial",
+                w.name
+            ));
+        }
+    }
+    out
+}
+
 /// Kubernetes' DNS-1123 label rule.
 fn check_dns_label(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
