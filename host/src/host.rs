@@ -37,6 +37,37 @@ impl HostBuilder {
         self
     }
 
+    /// Wasm stack per instance (default 512 KiB); deeper recursion traps `StackOverflow`.
+    pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
+        self.runtime.max_wasm_stack = bytes;
+        self
+    }
+
+    /// Cap on table elements per instance (default 100,000).
+    pub fn table_elements_limit(mut self, elements: u64) -> Self {
+        self.runtime.table_elements_limit = elements;
+        self
+    }
+
+    /// Only directories under these roots may be granted to workloads (default: any).
+    pub fn allowed_dir_roots(mut self, roots: Vec<PathBuf>) -> anyhow::Result<Self> {
+        let mut canonical = Vec::with_capacity(roots.len());
+        for root in roots {
+            canonical.push(
+                std::fs::canonicalize(&root)
+                    .map_err(|e| anyhow::anyhow!("dir root `{}`: {e}", root.display()))?,
+            );
+        }
+        self.manifests.dir_roots = canonical;
+        Ok(self)
+    }
+
+    /// Whether workloads may be granted outbound connections at all (default true).
+    pub fn allow_network_grants(mut self, allow: bool) -> Self {
+        self.manifests.allow_network = allow;
+        self
+    }
+
     /// Caches compiled components in `dir`, so a restart does not recompile.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.runtime.cache_dir = Some(dir.into());
@@ -168,6 +199,12 @@ impl Host {
             return HostStatus::default();
         }
         done.await.unwrap_or_default()
+    }
+
+    /// How many instance Stores exist right now. After `shutdown` and after every
+    /// workload is deleted it is 0: nothing is leaked.
+    pub fn live_stores(&self) -> usize {
+        self.runtime.live_stores()
     }
 
     /// Subscribes to events from now on. A slow subscriber skips events, never blocks the host.

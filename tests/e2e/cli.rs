@@ -102,3 +102,64 @@ fn schema_prints_the_stored_schema() {
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed, stored);
 }
+
+#[test]
+fn sigterm_stops_every_instance_gracefully_and_exits() {
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/demo.yaml");
+    use std::io::BufRead;
+    let mut child = setpoint()
+        .args(["run", "-o", "json", "--no-cache"])
+        .arg(&demo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    // Read stderr on a thread; signal once the instances are visibly running.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("hello from ticker"))
+    {
+        let line = lines_rx
+            .recv_timeout(crate::common::PATIENCE)
+            .expect("the demo starts and its ticker prints");
+        seen.push(line);
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("exits after SIGTERM");
+    reader.join().unwrap();
+    seen.extend(lines_rx.try_iter());
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    let stderr = seen.join("\n");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("final JSON status");
+    let running: u64 = status["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["running"].as_u64().unwrap())
+        .sum();
+    let stopped = stderr.matches("Stopped stopped (Shutdown)").count() as u64;
+    assert_eq!(
+        stopped, running,
+        "every running instance was stopped: {stderr}"
+    );
+    assert!(
+        stderr.contains("watched: stop requested, exiting cleanly"),
+        "the watched command stopped on its own: {stderr}"
+    );
+    assert!(!stderr.contains("forced after grace period"), "{stderr}");
+}

@@ -46,3 +46,103 @@ async fn a_guest_cannot_read_host_env_files_or_sockets() {
     );
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_directories_and_addresses_work_and_nothing_else_does() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("input.txt"), "hello-from-host").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let m = Manifests::new();
+    let grants = |read_only: bool, connect: bool| {
+        let net = if connect {
+            format!("  network:\n    connect: ['{addr}']\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "  restartPolicy: Never\n  env: {{CONNECT_TO: '{addr}'}}\n  dirs:\n    - {{host: '{}', guest: /data, readOnly: {read_only}}}\n{net}",
+            data.path().display()
+        )
+    };
+    let ro = m.write("ro.yaml", &workload("ro", "snoop", &grants(true, false)));
+    let rw = m.write("rw.yaml", &workload("rw", "snoop", &grants(false, true)));
+    let host = host();
+    host.apply_files(&[ro, rw]).await.expect("valid manifests");
+    let tail =
+        |w: &setpoint::WorkloadStatus| w.last_termination.as_ref().unwrap().end.output.tail.clone();
+    let ro = tail(
+        &wait_for(&host, "ro", "done", |w| {
+            w.phase == setpoint::Phase::Succeeded
+        })
+        .await,
+    );
+    let rw = tail(
+        &wait_for(&host, "rw", "done", |w| {
+            w.phase == setpoint::Phase::Succeeded
+        })
+        .await,
+    );
+    let has = |tail: &[String], line: &str| tail.iter().any(|l| l.starts_with(line));
+    assert!(
+        has(&ro, "read /data/input.txt: ok hello-from-host"),
+        "{ro:?}"
+    );
+    assert!(
+        has(&ro, "write /data/output.txt: denied"),
+        "read-only means read-only: {ro:?}"
+    );
+    assert!(
+        has(&ro, &format!("connect {addr}: denied")),
+        "no network without a grant: {ro:?}"
+    );
+    assert!(
+        has(&ro, "read /data/../../etc/passwd: denied"),
+        "no escape through `..`: {ro:?}"
+    );
+    assert!(has(&rw, "write /data/output.txt: ok"), "{rw:?}");
+    assert!(
+        has(&rw, &format!("connect {addr}: ALLOWED")),
+        "the granted address is reachable: {rw:?}"
+    );
+    assert!(has(&rw, "connect") && !has(&rw, "read /etc/passwd: ALLOWED"));
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("output.txt")).unwrap(),
+        "written by snoop"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_the_host_refuses_are_located_validation_errors() {
+    let allowed = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let host = setpoint::Host::builder()
+        .allowed_dir_roots(vec![allowed.path().to_path_buf()])
+        .unwrap()
+        .allow_network_grants(false)
+        .build()
+        .unwrap();
+    let m = Manifests::new();
+    let spec = format!(
+        "  dirs:\n    - {{host: '{}', guest: /data}}\n  network:\n    connect: ['127.0.0.1:80']\n",
+        outside.path().display()
+    );
+    let file = m.write("w.yaml", &workload("greedy", "snoop", &spec));
+    let rejected = host
+        .apply_files(std::slice::from_ref(&file))
+        .await
+        .expect_err("refused grants");
+    let at = |line: u64, needle: &str| {
+        rejected.diagnostics.iter().any(|d| {
+            d.origin.as_ref().is_some_and(|o| o.line == line) && d.message.contains(needle)
+        })
+    };
+    assert!(
+        at(8, "is outside the directories this host grants"),
+        "{rejected}"
+    );
+    assert!(at(10, "grants no network access"), "{rejected}");
+    assert!(host.status().await.workloads.is_empty());
+    host.shutdown().await;
+}

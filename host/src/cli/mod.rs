@@ -174,6 +174,13 @@ struct RunArgs {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
+    let mut signals = match StopSignals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let workloads = match load_files(&args.files, &ManifestLimits::default()) {
         Ok(w) => w,
         Err(rejected) => return report(&rejected),
@@ -191,9 +198,16 @@ async fn run(args: RunArgs) -> ExitCode {
     };
     let mut events = host.events();
     let mut logs = host.logs();
-    if let Err(rejected) = host.apply(workloads).await {
-        host.shutdown().await;
-        return report(&rejected);
+    let mut interrupted = false;
+    tokio::select! {
+        applied = host.apply(workloads) => if let Err(rejected) = applied {
+            host.shutdown().await;
+            return report(&rejected);
+        },
+        _ = signals.recv() => {
+            eprintln!("interrupted while starting");
+            interrupted = true;
+        }
     }
     let quiet = args.quiet;
     let printer = tokio::spawn(async move {
@@ -222,15 +236,17 @@ async fn run(args: RunArgs) -> ExitCode {
     let deadline = args.run_for.map(|d| tokio::time::Instant::now() + d);
     let mut ticker = tokio::time::interval(args.status_every.max(Duration::from_millis(100)));
     let mut last_table = String::new();
-    loop {
-        tokio::select! {
-            _ = shutdown_signal() => break,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-            _ = ticker.tick(), if live_table => {
-                let table = table::render(&host.status().await);
-                if table != last_table {
-                    println!("{table}");
-                    last_table = table;
+    if !interrupted {
+        loop {
+            tokio::select! {
+                _ = signals.recv() => break,
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+                _ = ticker.tick(), if live_table => {
+                    let table = table::render(&host.status().await);
+                    if table != last_table {
+                        println!("{table}");
+                        last_table = table;
+                    }
                 }
             }
         }
@@ -249,22 +265,36 @@ async fn run(args: RunArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
+/// SIGINT and SIGTERM, registered when created: a signal that arrives while the host is
+/// still starting is not lost, and never kills the process outright.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -592,9 +592,9 @@ impl Controller {
             }
         }
         // Whatever did not end in time is dropped now: no task is left behind.
-        for w in self.workloads.values() {
-            for handle in w.handles.iter().flatten() {
-                handle.abort();
+        for w in self.workloads.values_mut() {
+            for handle in w.handles.iter_mut().filter_map(Option::take) {
+                handle.abort().await;
             }
         }
         let status = self.status();

@@ -10,7 +10,8 @@ use serde_saphyr::{DuplicateKeyPolicy, Location, Spanned};
 use super::diagnostic::{Diagnostic, Origin, Rejected};
 use super::raw::{RawManifest, RawWorkloadSpec};
 use super::spec::{
-    BackoffSpec, ProbeSpec, RestartBudget, RestartPolicy, WatchdogSpec, Workload, WorkloadSpec,
+    BackoffSpec, CpuBudget, DirGrant, ProbeSpec, RestartBudget, RestartPolicy, WatchdogSpec,
+    Workload, WorkloadSpec,
 };
 use super::units::{parse_bytes, parse_duration};
 
@@ -28,8 +29,13 @@ pub struct ManifestLimits {
     pub max_replicas: u32,
     /// Largest memory cap a workload may ask for, in bytes.
     pub max_memory: u64,
-    /// Most env vars and most args one workload may grant.
+    /// Most env vars, args, dirs or addresses one workload may grant.
     pub max_grants: usize,
+    /// Directories a workload may be granted must lie under one of these (canonical
+    /// paths). Empty means any directory.
+    pub dir_roots: Vec<PathBuf>,
+    /// Whether workloads may be granted outbound connections at all.
+    pub allow_network: bool,
 }
 
 impl Default for ManifestLimits {
@@ -40,6 +46,8 @@ impl Default for ManifestLimits {
             max_replicas: 100_000,
             max_memory: 4 * 1024 * 1024 * 1024,
             max_grants: 1024,
+            dir_roots: Vec::new(),
+            allow_network: true,
         }
     }
 }
@@ -272,7 +280,7 @@ impl Validator<'_> {
             }
             spec.args = args.value;
         }
-        if let Some(memory) = raw.resources.and_then(|r| r.memory) {
+        if let Some(memory) = raw.resources.as_ref().and_then(|r| r.memory.as_ref()) {
             match parse_bytes(&memory.value) {
                 Ok(bytes) if bytes < 64 * 1024 => self.error(
                     memory.referenced,
@@ -290,6 +298,68 @@ impl Validator<'_> {
                 Ok(bytes) => spec.memory_limit = Some(bytes),
                 Err(why) => self.error(memory.referenced, why, None),
             }
+        }
+        if let Some(cpu) = raw.resources.as_ref().and_then(|r| r.cpu.as_ref()) {
+            let time = self.duration_or(
+                &Some(cpu.budget.clone()),
+                Duration::ZERO,
+                Duration::from_millis(1),
+            );
+            let per = cpu.per.as_ref().map(|p| {
+                self.duration_or(&Some(p.clone()), Duration::ZERO, Duration::from_millis(1))
+            });
+            if let (Some(per), Some(raw_per)) = (per, &cpu.per)
+                && per < time
+            {
+                self.error(
+                    raw_per.referenced,
+                    "cpu.per is shorter than cpu.budget: the budget could never be spent",
+                    None,
+                );
+            }
+            spec.cpu_budget = Some(CpuBudget { time, per });
+        }
+        for dir in raw.dirs.into_iter().flatten() {
+            if let Some(grant) = self.dir_grant(&dir) {
+                if spec.dirs.iter().any(|d| d.guest == grant.guest) {
+                    self.error(
+                        dir.guest.referenced,
+                        format!("guest path `{}` is granted twice", grant.guest),
+                        None,
+                    );
+                }
+                spec.dirs.push(grant);
+            }
+        }
+        for addr in raw.network.map(|n| n.connect).unwrap_or_default() {
+            if !self.limits.allow_network {
+                self.error(
+                    addr.referenced,
+                    "this host grants no network access to workloads",
+                    Some(
+                        "remove spec.network, or ask the host's operator to allow network grants"
+                            .into(),
+                    ),
+                );
+                continue;
+            }
+            match addr.value.parse::<std::net::SocketAddr>() {
+                Ok(a) => spec.connect.push(a),
+                Err(_) => self.error(
+                    addr.referenced,
+                    format!("`{}` is not an IP:PORT address", addr.value),
+                    Some(
+                        "write e.g. `127.0.0.1:8080` or `[::1]:8080`; host names are not resolved"
+                            .into(),
+                    ),
+                ),
+            }
+        }
+        if spec.dirs.len() > self.limits.max_grants || spec.connect.len() > self.limits.max_grants {
+            self.diagnostics.push(Diagnostic::at(
+                None,
+                format!("more than {} dir or network grants", self.limits.max_grants),
+            ));
         }
         if let Some(health) = raw.health {
             if let Some(p) = health.probe {
@@ -400,6 +470,50 @@ impl Validator<'_> {
         }
     }
 
+    fn dir_grant(&mut self, raw: &super::raw::RawDir) -> Option<DirGrant> {
+        if !raw.guest.value.starts_with('/') {
+            self.error(
+                raw.guest.referenced,
+                format!("guest path `{}` is not absolute", raw.guest.value),
+                Some("write the path the guest will see, e.g. `/data`".into()),
+            );
+            return None;
+        }
+        let joined = self.base_dir.join(&raw.host.value);
+        let host = match std::fs::canonicalize(&joined) {
+            Ok(p) if p.is_dir() => p,
+            Ok(p) => {
+                self.error(
+                    raw.host.referenced,
+                    format!("`{}` is not a directory", p.display()),
+                    None,
+                );
+                return None;
+            }
+            Err(e) => {
+                self.error(
+                    raw.host.referenced,
+                    format!("directory `{}` not found ({e})", joined.display()),
+                    Some("host paths are relative to the manifest file".into()),
+                );
+                return None;
+            }
+        };
+        if let Err(why) = check_dir_root(&host, &self.limits.dir_roots) {
+            self.error(
+                raw.host.referenced,
+                why,
+                Some("grant a directory under one of the host's allowed roots".into()),
+            );
+            return None;
+        }
+        Some(DirGrant {
+            host,
+            guest: raw.guest.value.clone(),
+            read_only: raw.read_only,
+        })
+    }
+
     fn int_in(&mut self, v: &Spanned<i64>, min: i64, max: i64, what: &str) -> Option<i64> {
         if v.value < min || v.value > max {
             self.error(
@@ -500,8 +614,62 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
                 w.name
             ));
         }
+        if spec.dirs.len() > limits.max_grants || spec.connect.len() > limits.max_grants {
+            problem(format!(
+                "`{}`: more than {} dir or network grants",
+                w.name, limits.max_grants
+            ));
+        }
+        for dir in &spec.dirs {
+            if !dir.guest.starts_with('/') {
+                problem(format!(
+                    "`{}`: guest path `{}` is not absolute",
+                    w.name, dir.guest
+                ));
+            }
+            match std::fs::canonicalize(&dir.host) {
+                Ok(host) if host.is_dir() => {
+                    if let Err(why) = check_dir_root(&host, &limits.dir_roots) {
+                        problem(format!("`{}`: {why}", w.name));
+                    }
+                }
+                _ => problem(format!(
+                    "`{}`: `{}` is not a directory",
+                    w.name,
+                    dir.host.display()
+                )),
+            }
+        }
+        if !spec.connect.is_empty() && !limits.allow_network {
+            problem(format!(
+                "`{}`: this host grants no network access to workloads",
+                w.name
+            ));
+        }
+        if spec
+            .cpu_budget
+            .is_some_and(|b| b.time.is_zero() || b.per.is_some_and(|p| p < b.time))
+        {
+            problem(format!(
+                "`{}`: cpu budget must be above zero and no longer than its window",
+                w.name
+            ));
+        }
     }
     out
+}
+
+/// Errs unless `dir` (canonical) lies under one of `roots`; any directory when `roots` is empty.
+fn check_dir_root(dir: &Path, roots: &[PathBuf]) -> Result<(), String> {
+    if roots.is_empty() || roots.iter().any(|r| dir.starts_with(r)) {
+        return Ok(());
+    }
+    let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    Err(format!(
+        "`{}` is outside the directories this host grants ({})",
+        dir.display(),
+        shown.join(", ")
+    ))
 }
 
 /// Kubernetes' DNS-1123 label rule.

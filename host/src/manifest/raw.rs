@@ -63,6 +63,10 @@ pub struct RawWorkloadSpec {
     pub args: Option<Spanned<Vec<String>>>,
     /// Resource limits.
     pub resources: Option<RawResources>,
+    /// Host directories granted to each instance (nothing by default).
+    pub dirs: Option<Vec<RawDir>>,
+    /// Network grants (none by default).
+    pub network: Option<RawNetwork>,
     /// Health checking.
     pub health: Option<RawHealth>,
     /// Crash-loop back-off.
@@ -82,6 +86,49 @@ pub struct RawResources {
     /// Cap on linear memory, e.g. `64Mi`.
     #[schemars(with = "Option<String>")]
     pub memory: Option<Spanned<String>>,
+    /// CPU budget; spending it ends the instance with `CpuBudgetExceeded`.
+    pub cpu: Option<RawCpu>,
+}
+
+/// CPU budget.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Cpu")]
+pub struct RawCpu {
+    /// CPU time allowed, e.g. `500ms`.
+    #[schemars(with = "String")]
+    pub budget: Spanned<String>,
+    /// Window the budget refills over, e.g. `1s`; without it the budget is for the
+    /// instance's whole life.
+    #[schemars(with = "Option<String>")]
+    pub per: Option<Spanned<String>>,
+}
+
+/// A directory grant.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "Dir")]
+pub struct RawDir {
+    /// Host directory, relative to the manifest file.
+    #[schemars(with = "String")]
+    pub host: Spanned<String>,
+    /// Absolute path at which the guest sees it, e.g. `/data`.
+    #[schemars(with = "String")]
+    pub guest: Spanned<String>,
+    /// Read-only (default false).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Network grants.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Network")]
+pub struct RawNetwork {
+    /// `IP:PORT` addresses the guest may open TCP connections to.
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub connect: Vec<Spanned<String>>,
 }
 
 /// Health checking.

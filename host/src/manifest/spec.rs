@@ -62,6 +62,12 @@ pub struct WorkloadSpec {
     pub args: Vec<String>,
     /// Cap on each instance's linear memory, in bytes; `None` means the host default.
     pub memory_limit: Option<u64>,
+    /// CPU budget of each instance; spending it ends the instance (`CpuBudgetExceeded`).
+    pub cpu_budget: Option<CpuBudget>,
+    /// Host directories granted to each instance.
+    pub dirs: Vec<DirGrant>,
+    /// Addresses each instance may open TCP connections to; empty means no network.
+    pub connect: Vec<std::net::SocketAddr>,
     /// Health probe for reactor components.
     pub probe: Option<ProbeSpec>,
     /// Heartbeat watchdog for components that import `setpoint:workload/heartbeat`.
@@ -85,6 +91,9 @@ impl WorkloadSpec {
             env: Vec::new(),
             args: Vec::new(),
             memory_limit: None,
+            cpu_budget: None,
+            dirs: Vec::new(),
+            connect: Vec::new(),
             probe: None,
             watchdog: None,
             backoff: BackoffSpec::default(),
@@ -92,6 +101,31 @@ impl WorkloadSpec {
             termination_grace_period: Duration::from_secs(5),
         }
     }
+}
+
+/// CPU an instance may use: `time` in any window of `per`, or `time` over its whole life
+/// without `per`. Measured by sampling epoch ticks, so the resolution is one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuBudget {
+    /// CPU time allowed.
+    #[serde(with = "millis")]
+    pub time: Duration,
+    /// The window it refills over; `None` for a lifetime budget.
+    #[serde(with = "opt_millis")]
+    pub per: Option<Duration>,
+}
+
+/// A host directory preopened for the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirGrant {
+    /// The directory on the host (absolute, resolved).
+    pub host: PathBuf,
+    /// Where the guest sees it (absolute guest path, e.g. `/data`).
+    pub guest: String,
+    /// Whether the guest may only read.
+    pub read_only: bool,
 }
 
 /// A health probe, in Kubernetes' vocabulary with millisecond resolution. The host calls
@@ -185,6 +219,18 @@ pub struct RestartBudget {
     /// The sliding window.
     #[serde(with = "millis")]
     pub window: Duration,
+}
+
+mod opt_millis {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 mod millis {

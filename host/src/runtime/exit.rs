@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::limits::{CpuBudgetExceeded, LimitExceeded, Resource};
+
 /// Longest error message kept for an ended instance.
 const MAX_MESSAGE_BYTES: usize = 2048;
 
@@ -38,7 +40,20 @@ pub enum EndReason {
     },
     /// A `memory.grow` beyond the instance's memory cap.
     OutOfMemory {
-        /// The error, bounded.
+        /// The total memory the guest asked to grow to, in bytes.
+        requested: u64,
+        /// The cap, in bytes.
+        limit: u64,
+        /// Where it happened: the Wasm backtrace, bounded.
+        message: String,
+    },
+    /// The instance spent its CPU budget (`resources.cpu`).
+    CpuBudgetExceeded {
+        /// CPU used over its life, in milliseconds.
+        used_ms: u64,
+        /// The budget, in milliseconds.
+        budget_ms: u64,
+        /// Where it was: the Wasm backtrace, bounded.
         message: String,
     },
     /// A reactor's `start` returned an error or trapped.
@@ -82,6 +97,7 @@ impl EndReason {
             Self::Exited { .. } => "Exited",
             Self::Trapped { .. } => "Trapped",
             Self::OutOfMemory { .. } => "OutOfMemory",
+            Self::CpuBudgetExceeded { .. } => "CpuBudgetExceeded",
             Self::StartFailed { .. } => "StartFailed",
             Self::InstantiationFailed { .. } => "InstantiationFailed",
             Self::ProbeFailed { .. } => "ProbeFailed",
@@ -112,8 +128,27 @@ impl EndReason {
             return Self::Exited { code: exit.0 };
         }
         let message = bounded(&trap_text(err));
-        if message.contains("forcing trap when growing memory") {
-            return Self::OutOfMemory { message };
+        if let Some(e) = err.downcast_ref::<LimitExceeded>()
+            && e.resource == Resource::Memory
+        {
+            return Self::OutOfMemory {
+                requested: e.requested,
+                limit: e.limit,
+                message,
+            };
+        }
+        if let Some(e) = err.downcast_ref::<CpuBudgetExceeded>() {
+            return Self::CpuBudgetExceeded {
+                used_ms: e.used.as_millis() as u64,
+                budget_ms: e.budget.time.as_millis() as u64,
+                message,
+            };
+        }
+        if let Some(e) = err.downcast_ref::<LimitExceeded>() {
+            return Self::Trapped {
+                trap: "TableLimitExceeded".to_string(),
+                message: format!("{e}\n{message}"),
+            };
         }
         let trap = match err.downcast_ref::<wasmtime::Trap>() {
             Some(trap) => format!("{trap:?}"),
@@ -144,7 +179,22 @@ impl fmt::Display for EndReason {
             Self::Trapped { trap, message } => {
                 write!(f, "trapped ({trap}): {}", first_line(message))
             }
-            Self::OutOfMemory { .. } => write!(f, "ran out of memory (over its memory cap)"),
+            Self::OutOfMemory {
+                requested, limit, ..
+            } => {
+                write!(
+                    f,
+                    "out of memory: asked for {requested} bytes, the cap is {limit}"
+                )
+            }
+            Self::CpuBudgetExceeded {
+                used_ms, budget_ms, ..
+            } => {
+                write!(
+                    f,
+                    "CPU budget spent: used {used_ms}ms, budget {budget_ms}ms"
+                )
+            }
             Self::StartFailed { message } => write!(f, "start failed: {}", first_line(message)),
             Self::InstantiationFailed { message } => {
                 write!(f, "cannot be instantiated: {}", first_line(message))

@@ -5,18 +5,20 @@
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::HealthStatus;
 use super::exit::{EndReason, StopCause};
+use super::limits::{CpuMeter, InstanceLimiter};
 use super::output::{OutputCapture, OutputSummary, Stream};
 use super::{Prepared, Runtime, SpawnRequest};
 
@@ -60,8 +62,26 @@ impl Vitals {
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: InstanceLimiter,
+    cpu: CpuMeter,
     pub(crate) vitals: Arc<Vitals>,
+    _live: LiveStore,
+}
+
+/// Counts live Stores of a runtime: +1 when created, -1 when dropped.
+struct LiveStore(Arc<AtomicUsize>);
+
+impl LiveStore {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for LiveStore {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl WasiView for InstanceState {
@@ -107,6 +127,11 @@ pub struct InstanceEnd {
     /// How long it existed.
     #[serde(serialize_with = "crate::status::serialize_millis")]
     pub ran_for: Duration,
+    /// The most linear memory it had, in bytes.
+    pub peak_memory_bytes: u64,
+    /// CPU time it spent executing Wasm (sampled at the epoch tick).
+    #[serde(serialize_with = "crate::status::serialize_millis", rename = "cpuMs")]
+    pub cpu: Duration,
     /// Its output counters and last lines.
     pub output: OutputSummary,
 }
@@ -135,9 +160,11 @@ impl InstanceHandle {
         self.task.is_finished()
     }
 
-    /// Drops the instance at once, without reporting.
-    pub fn abort(&self) {
+    /// Drops the instance at once, without reporting, and waits until its task (and
+    /// with it the Store) is gone.
+    pub async fn abort(self) {
         self.task.abort();
+        let _ = self.task.await;
     }
 }
 
@@ -161,12 +188,18 @@ pub(super) fn spawn(
             slot: req.slot,
             instance: req.instance.clone(),
         };
-        let reason = drive(&rt, &req, &capture, &reporter, stop_rx).await;
+        let vitals = Arc::new(Vitals::new());
+        let mut store = build_store(&rt, &req, &capture, vitals.clone());
+        let reason = drive(&rt, &mut store, &req, &vitals, &reporter, stop_rx).await;
+        let state = store.data();
         let end = InstanceEnd {
             reason,
             ran_for: started.elapsed(),
+            peak_memory_bytes: state.limiter.peak_memory(),
+            cpu: state.cpu.used(),
             output: capture.summary(),
         };
+        drop(store);
         reporter.send(InstanceEventKind::Ended(Box::new(end))).await;
     });
     InstanceHandle {
@@ -209,51 +242,78 @@ fn build_store(
     wasi.envs(&spec.env);
     wasi.stdout(capture.stream(Stream::Stdout));
     wasi.stderr(capture.stream(Stream::Stderr));
-    wasi.allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
+    for dir in &spec.dirs {
+        let perms = if dir.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, perms) {
+            // Checked at apply; a directory removed since then is simply not granted.
+            tracing::warn!(workload = %req.workload, dir = %dir.host.display(), "directory grant skipped: {e}");
+        }
+    }
+    wasi.allow_udp(false).allow_ip_name_lookup(false);
+    if spec.connect.is_empty() {
+        wasi.allow_tcp(false);
+    } else {
+        let allowed: Arc<[std::net::SocketAddr]> = spec.connect.clone().into();
+        wasi.allow_tcp(true);
+        wasi.socket_addr_check(move |addr, usage| {
+            // A connect first binds an ephemeral local port (unspecified address, port 0);
+            // that bind is allowed, any other bind is not.
+            let ok = match usage {
+                SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                _ => false,
+            };
+            Box::pin(async move { ok })
+        });
+    }
     let memory = spec.memory_limit.unwrap_or(rt.config.default_memory_limit);
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(usize::try_from(memory).unwrap_or(usize::MAX))
-        .trap_on_grow_failure(true)
-        .build();
     let state = InstanceState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
-        limits,
+        limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
+        cpu: CpuMeter::new(rt.config.epoch_tick, spec.cpu_budget),
         vitals,
+        _live: LiveStore::new(&rt.live_stores),
     };
     let mut store = Store::new(&rt.engine, state);
-    store.limiter(|s| &mut s.limits);
-    // Every epoch tick, a running guest yields to the scheduler: a spinning guest cannot
-    // hold a worker thread for longer than one tick.
-    store.epoch_deadline_async_yield_and_update(1);
+    store.limiter(|s| &mut s.limiter);
+    // Every epoch tick that finds the guest running Wasm is one tick of CPU; the guest then
+    // yields to the scheduler, so a spinning guest cannot hold a worker thread for longer
+    // than one tick, and a spent CPU budget ends it.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        ctx.data_mut().cpu.on_tick().map_err(wasmtime::Error::new)?;
+        Ok(UpdateDeadline::Yield(1))
+    });
     store
 }
 
 async fn drive(
     rt: &Runtime,
+    store: &mut Store<InstanceState>,
     req: &SpawnRequest,
-    capture: &OutputCapture,
+    vitals: &Vitals,
     reporter: &Reporter,
     stop_rx: watch::Receiver<Option<StopCause>>,
 ) -> EndReason {
-    let vitals = Arc::new(Vitals::new());
-    let mut store = build_store(rt, req, capture, vitals.clone());
     match &req.component.pre {
         Prepared::Command(pre) => {
-            let command = match pre.instantiate_async(&mut store).await {
+            let command = match pre.instantiate_async(&mut *store).await {
                 Ok(c) => c,
                 Err(e) => return EndReason::instantiation(&e),
             };
-            drive_command(&mut store, &command, req, &vitals, reporter, stop_rx).await
+            drive_command(store, &command, req, vitals, reporter, stop_rx).await
         }
         Prepared::Reactor(pre) => {
-            let reactor = match pre.instantiate_async(&mut store).await {
+            let reactor = match pre.instantiate_async(&mut *store).await {
                 Ok(r) => r,
                 Err(e) => return EndReason::instantiation(&e),
             };
-            drive_reactor(rt, &mut store, &reactor, req, &vitals, reporter, stop_rx).await
+            drive_reactor(rt, store, &reactor, req, vitals, reporter, stop_rx).await
         }
     }
 }

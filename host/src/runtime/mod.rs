@@ -8,6 +8,7 @@
 mod bindings;
 pub mod exit;
 mod instance;
+pub mod limits;
 pub mod output;
 
 use std::collections::HashMap;
@@ -36,6 +37,10 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Memory cap of instances whose manifest sets none.
     pub default_memory_limit: u64,
+    /// Cap on each table's elements per instance.
+    pub table_elements_limit: u64,
+    /// Wasm stack per instance, in bytes: deeper recursion traps with `StackOverflow`.
+    pub max_wasm_stack: usize,
     /// Largest component file accepted, in bytes.
     pub max_component_bytes: u64,
     /// Deadline of a reactor's `start` call.
@@ -51,6 +56,8 @@ impl Default for RuntimeConfig {
         Self {
             epoch_tick: Duration::from_millis(1),
             default_memory_limit: 64 * 1024 * 1024,
+            table_elements_limit: 100_000,
+            max_wasm_stack: 512 * 1024,
             max_component_bytes: 256 * 1024 * 1024,
             start_timeout: Duration::from_secs(10),
             cache_dir: None,
@@ -144,6 +151,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     components: Mutex<HashMap<Digest, Arc<PreparedComponent>>>,
     ticker: EpochTicker,
+    live_stores: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Runtime {
@@ -154,6 +162,9 @@ impl Runtime {
         wasm.wasm_component_model(true);
         // Component-model async is not used; leaving it on makes every call ~3x slower.
         wasm.concurrency_support(false);
+        wasm.max_wasm_stack(config.max_wasm_stack);
+        // The fiber stack must hold the Wasm stack plus the host calls made from it.
+        wasm.async_stack_size(config.max_wasm_stack + 1024 * 1024);
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir)?;
             let mut cache_config = wasmtime::CacheConfig::new();
@@ -174,6 +185,7 @@ impl Runtime {
             config,
             components: Mutex::new(HashMap::new()),
             ticker,
+            live_stores: Arc::default(),
         })
     }
 
@@ -270,6 +282,11 @@ impl Runtime {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<PreparedComponent>>> {
         self.components.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many instance Stores exist right now (running or being torn down).
+    pub fn live_stores(&self) -> usize {
+        self.live_stores.load(Ordering::Relaxed)
     }
 
     /// Drops compiled components that no workload uses any more.

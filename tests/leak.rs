@@ -1,0 +1,114 @@
+//! Thousands of replacements leak nothing: no Stores, no tasks, and RSS stays flat.
+//! Its own test binary, so that no other test shares the process while RSS is read.
+
+use std::time::{Duration, Instant};
+
+use setpoint::{Host, Workload, WorkloadSpec};
+
+fn guest(name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guest-examples/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask guests` first",
+        path.display()
+    );
+    path
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
+    let resident: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("statm");
+    resident * 4096
+}
+
+async fn wait_restarts(host: &Host, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let restarts = host.status().await.workload(name).map_or(0, |w| w.restarts);
+        if restarts >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {restarts} restarts of {name}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_replacements_leak_nothing() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+    let host = Host::builder().build().expect("host");
+
+    let mut crash = WorkloadSpec::new(guest("crasher"));
+    crash.env = vec![
+        ("CRASH_AFTER_MS".into(), "0".into()),
+        ("MODE".into(), "exit".into()),
+    ];
+    crash.backoff.initial = Duration::ZERO;
+    crash.backoff.max = Duration::ZERO;
+    let mut bomb = WorkloadSpec::new(guest("hostile"));
+    bomb.env = vec![("MODE".into(), "membomb".into())];
+    bomb.memory_limit = Some(8 << 20);
+    bomb.backoff = crash.backoff;
+    host.apply(vec![
+        Workload::new("crash", crash),
+        Workload::new("bomb", bomb),
+    ])
+    .await
+    .expect("apply");
+
+    // Warm up (allocator pools, code, caches), then measure across many more replacements.
+    wait_restarts(&host, "crash", 500).await;
+    let rss_warm = rss_bytes();
+    let stores_warm = host.live_stores();
+    wait_restarts(&host, "crash", 4_500).await;
+    let rss_after = rss_bytes();
+    let status = host.status().await;
+    let bombs = status.workload("bomb").map_or(0, |w| w.restarts);
+    let growth = rss_after.saturating_sub(rss_warm);
+    eprintln!(
+        "rss warm {rss_warm} after {rss_after} growth {growth}; bomb restarts {bombs}; stores {stores_warm}"
+    );
+    assert!(
+        bombs >= 20,
+        "the memory bomb was replaced too ({bombs} times)"
+    );
+    assert!(
+        stores_warm <= 2,
+        "at most one Store per slot is alive ({stores_warm})"
+    );
+    // 4,000 replacements: even 4 KiB kept per replacement would show as 16 MiB.
+    assert!(
+        growth < 16 << 20,
+        "RSS grew {growth} bytes over 4,000 replacements"
+    );
+
+    for name in ["crash", "bomb"] {
+        assert!(host.delete(name).await.expect("host running"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !host.status().await.workloads.is_empty() {
+        assert!(Instant::now() < deadline, "deletion did not finish");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(host.live_stores(), 0, "every Store was dropped");
+    host.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.num_alive_tasks() > tasks_before {
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks left behind",
+            metrics.num_alive_tasks() - tasks_before
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
