@@ -27,6 +27,22 @@ fn validate_accepts_the_example_specs() {
 }
 
 #[test]
+fn validate_accepts_the_containment_demo() {
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/hostile.yaml");
+    let out = setpoint()
+        .arg("validate")
+        .arg(&spec)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 7 workload(s)"));
+}
+
+#[test]
 fn validate_reports_located_errors_and_exits_1() {
     let m = Manifests::new();
     let file = m.write("bad.yaml", &workload("a", "ticker", "  replicas: many\n"));
