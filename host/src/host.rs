@@ -98,6 +98,12 @@ impl HostBuilder {
         self
     }
 
+    /// Bounds on each policy plugin: memory, CPU and wall-clock time per call.
+    pub fn plugin_limits(mut self, limits: crate::runtime::plugin::PluginLimits) -> Self {
+        self.controller.plugin_limits = limits;
+        self
+    }
+
     /// Bounds on manifest input.
     pub fn manifest_limits(mut self, limits: ManifestLimits) -> Self {
         self.manifests = limits;
@@ -201,6 +207,17 @@ impl Host {
         done.await.unwrap_or_default()
     }
 
+    /// The snapshot the workload's policy was last given (for a plugin), or would be given
+    /// now (built-in): replay it offline with `setpoint policy test`.
+    pub async fn policy_snapshot(&self, name: &str) -> Option<crate::policy::snapshot::Snapshot> {
+        let (reply, done) = oneshot::channel();
+        self.commands
+            .send(Command::Snapshot(name.to_string(), reply))
+            .await
+            .ok()?;
+        done.await.ok().flatten()
+    }
+
     /// How many instance Stores exist right now. After `shutdown` and after every
     /// workload is deleted it is 0: nothing is leaked.
     pub fn live_stores(&self) -> usize {
@@ -254,12 +271,27 @@ fn prepare_all(
                         .push(Diagnostic::at(w.origin.clone(), problem.0).with_help(problem.1));
                     continue;
                 }
-                let revision = revision(&w, &component.digest.0);
+                let plugin = match &w.spec.policy {
+                    None => None,
+                    Some(policy) => match runtime.prepare_plugin(&policy.plugin) {
+                        Ok(plugin) => Some(plugin),
+                        Err(e) => {
+                            diagnostics.push(
+                                Diagnostic::at(w.policy_origin.clone(), e.to_string())
+                                    .with_help("build the plugin for the `setpoint:policy/plugin` world (wit/policy/policy.wit)"),
+                            );
+                            continue;
+                        }
+                    },
+                };
+                let plugin_digest = plugin.as_ref().map(|p| p.digest.0);
+                let revision = revision(&w, &component.digest.0, plugin_digest.as_ref());
                 prepared.push(PreparedWorkload {
                     name: w.name,
                     labels: w.labels,
                     spec: Arc::new(w.spec),
                     component,
+                    plugin,
                     revision,
                 });
             }
@@ -308,12 +340,15 @@ fn style_mismatch(
 
 /// The revision: a digest of the spec (without `replicas`, which scales rather than
 /// replaces) and of the component's bytes.
-fn revision(w: &Workload, component_digest: &[u8; 32]) -> String {
+fn revision(w: &Workload, component_digest: &[u8; 32], plugin_digest: Option<&[u8; 32]>) -> String {
     let mut spec = w.spec.clone();
     spec.replicas = 0;
     let mut hasher = Sha256::new();
     hasher.update(serde_json::to_vec(&spec).unwrap_or_default());
     hasher.update(component_digest);
+    if let Some(plugin) = plugin_digest {
+        hasher.update(plugin);
+    }
     let digest = hasher.finalize();
     digest[..5].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -27,6 +27,22 @@ fn validate_accepts_the_example_specs() {
 }
 
 #[test]
+fn validate_accepts_the_policy_examples() {
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/policies.yaml");
+    let out = setpoint()
+        .arg("validate")
+        .arg(&spec)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 2 workload(s)"));
+}
+
+#[test]
 fn validate_accepts_the_containment_demo() {
     let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/hostile.yaml");
     let out = setpoint()
@@ -178,4 +194,103 @@ fn sigterm_stops_every_instance_gracefully_and_exits() {
         "the watched command stopped on its own: {stderr}"
     );
     assert!(!stderr.contains("forced after grace period"), "{stderr}");
+}
+
+#[test]
+fn policy_test_replays_a_snapshot_through_a_plugin_and_the_builtin_alike() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let snapshot = root.join("specs/snapshots/crashloop.yaml");
+    let plugin = crate::common::guest("policy_replicas");
+    let run = |args: &[&std::ffi::OsStr]| setpoint().args(args).output().expect("runs");
+    let from_plugin = run(&[
+        "policy".as_ref(),
+        "test".as_ref(),
+        plugin.as_os_str(),
+        "--snapshot".as_ref(),
+        snapshot.as_os_str(),
+        "-o".as_ref(),
+        "json".as_ref(),
+    ]);
+    assert!(
+        from_plugin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_plugin.stderr)
+    );
+    let builtin = run(&[
+        "policy".as_ref(),
+        "test".as_ref(),
+        "--builtin".as_ref(),
+        "--snapshot".as_ref(),
+        snapshot.as_os_str(),
+        "-o".as_ref(),
+        "json".as_ref(),
+    ]);
+    assert!(builtin.status.success());
+    let a: serde_json::Value = serde_json::from_slice(&from_plugin.stdout).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&builtin.stdout).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a[1], serde_json::json!({"action": "spawn", "slot": 2}));
+    let broken = crate::common::guest("policy_broken");
+    let failed = run(&[
+        "policy".as_ref(),
+        "test".as_ref(),
+        broken.as_os_str(),
+        "--snapshot".as_ref(),
+        snapshot.as_os_str(),
+    ]);
+    assert_eq!(failed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("fall back"));
+}
+
+#[test]
+fn run_exports_snapshots_that_policy_test_replays() {
+    let m = Manifests::new();
+    let spec = format!(
+        "  replicas: 2\n  policy:\n    plugin: {}\n",
+        crate::common::guest("policy_ordered").display()
+    );
+    let file = m.write("w.yaml", &workload("ordered", "ticker", &spec));
+    let dir = tempfile::tempdir().unwrap();
+    let out = setpoint()
+        .args([
+            "run",
+            "--for",
+            "2s",
+            "--quiet",
+            "--no-cache",
+            "-o",
+            "json",
+            "--snapshots",
+        ])
+        .arg(dir.path())
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported = dir.path().join("ordered.json");
+    let snapshot: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&exported).unwrap()).unwrap();
+    assert_eq!(snapshot["desired"]["replicas"], 2);
+    assert_eq!(snapshot["observed"]["slots"].as_array().unwrap().len(), 2);
+    let replay = setpoint()
+        .args(["policy", "test"])
+        .arg(crate::common::guest("policy_ordered"))
+        .arg("--snapshot")
+        .arg(&exported)
+        .output()
+        .expect("runs");
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&replay.stdout).trim(),
+        "(no actions)",
+        "a converged workload needs nothing"
+    );
 }

@@ -354,7 +354,18 @@ async fn an_instance_that_cannot_be_instantiated_fails_without_retries() {
         .find(|c| c.kind == "Failed")
         .expect("Failed condition");
     assert_eq!(failed.reason, "InstantiationFailed");
-    assert!(failed.message.contains("memory"), "{}", failed.message);
+    assert!(
+        failed.message.contains("retrying cannot help"),
+        "{}",
+        failed.message
+    );
+    // The cause itself is kept with the ended instance.
+    let end = &w.last_termination.as_ref().unwrap().end;
+    assert!(
+        matches!(&end.reason, EndReason::InstantiationFailed { message } if message.contains("memory")),
+        "{:?}",
+        end.reason
+    );
     host.shutdown().await;
 }
 

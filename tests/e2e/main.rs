@@ -6,4 +6,5 @@ mod common;
 mod hostile;
 mod lifecycle;
 mod manifests;
+mod policy;
 mod sandbox;

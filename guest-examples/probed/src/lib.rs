@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-wit_bindgen::generate!({ path: "../../wit", world: "reactor" });
+wit_bindgen::generate!({ path: "../../wit/workload", world: "reactor" });
 
 use exports::setpoint::workload::lifecycle::{Guest, HealthStatus as Health};
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-wit_bindgen::generate!({ path: "../../wit", world: "watched-command" });
+wit_bindgen::generate!({ path: "../../wit/workload", world: "watched-command" });
 
 use setpoint::workload::heartbeat;
 

@@ -45,6 +45,10 @@ enum Cmd {
         /// Do not cache compiled components on disk.
         #[arg(long, conflicts_with = "cache_dir")]
         no_cache: bool,
+        /// At the end, write each workload's last policy snapshot to DIR/NAME.json, for
+        /// replay with `setpoint policy test`.
+        #[arg(long, value_name = "DIR")]
+        snapshots: Option<PathBuf>,
     },
     /// Check manifests and their components without running anything.
     Validate {
@@ -54,6 +58,31 @@ enum Cmd {
     },
     /// Print the manifest format's JSON Schema.
     Schema,
+    /// Work with policy plugins.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Run a policy plugin once on a snapshot (YAML or JSON) and print the actions it takes,
+    /// validated as the host would; or, with `--builtin`, what the built-in policy decides.
+    Test {
+        /// The plugin component (`.wasm`); omit with `--builtin`.
+        #[arg(required_unless_present = "builtin")]
+        plugin: Option<PathBuf>,
+        /// The snapshot: as written by `setpoint run --snapshots DIR`, or by hand.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Decide with the built-in replica policy instead of a plugin.
+        #[arg(long, conflicts_with = "plugin")]
+        builtin: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +128,7 @@ pub fn main() -> ExitCode {
             quiet,
             cache_dir,
             no_cache,
+            snapshots,
         } => {
             let cache_dir = if no_cache {
                 None
@@ -112,8 +142,18 @@ pub fn main() -> ExitCode {
                 status_every,
                 quiet,
                 cache_dir,
+                snapshots,
             }))
         }
+        Cmd::Policy {
+            command:
+                PolicyCmd::Test {
+                    plugin,
+                    snapshot,
+                    builtin,
+                    output,
+                },
+        } => runtime.block_on(policy_test(plugin, snapshot, builtin, output)),
     }
 }
 
@@ -171,6 +211,7 @@ struct RunArgs {
     status_every: Duration,
     quiet: bool,
     cache_dir: Option<PathBuf>,
+    snapshots: Option<PathBuf>,
 }
 
 async fn run(args: RunArgs) -> ExitCode {
@@ -253,6 +294,11 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     // The status users want is the one they were running, taken before instances stop.
     let status = host.status().await;
+    if let Some(dir) = &args.snapshots
+        && let Err(e) = write_snapshots(&host, &status, dir).await
+    {
+        eprintln!("error: writing snapshots to {}: {e}", dir.display());
+    }
     host.shutdown().await;
     printer.abort();
     match args.output {
@@ -263,6 +309,124 @@ async fn run(args: RunArgs) -> ExitCode {
         Output::Table => println!("{}", table::render(&status)),
     }
     ExitCode::SUCCESS
+}
+
+async fn write_snapshots(
+    host: &Host,
+    status: &setpoint::HostStatus,
+    dir: &std::path::Path,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for w in &status.workloads {
+        if let Some(snapshot) = host.policy_snapshot(&w.name).await {
+            let text = serde_json::to_string_pretty(&snapshot).map_err(std::io::Error::other)?;
+            std::fs::write(dir.join(format!("{}.json", w.name)), text + "\n")?;
+        }
+    }
+    Ok(())
+}
+
+async fn policy_test(
+    plugin: Option<PathBuf>,
+    snapshot: PathBuf,
+    builtin: bool,
+    output: Output,
+) -> ExitCode {
+    use setpoint::policy::snapshot::{ActionRecord, Snapshot};
+    let text = match std::fs::read_to_string(&snapshot) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read snapshot {}: {e}", snapshot.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let parsed: Snapshot = match serde_saphyr::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            let at = e
+                .location()
+                .map_or(String::new(), |l| format!(":{}:{}", l.line(), l.column()));
+            eprintln!(
+                "{}{at}: error: not a policy snapshot: {}",
+                snapshot.display(),
+                e.without_snippet()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let decided: Result<Vec<ActionRecord>, String> = if builtin {
+        let replay = parsed.replay(std::time::Instant::now());
+        let mut actions = Vec::new();
+        setpoint::policy::Policy::reconcile(
+            &setpoint::policy::ReplicaPolicy,
+            &replay.input(),
+            &mut actions,
+        );
+        Ok(actions.iter().map(ActionRecord::from).collect())
+    } else {
+        let plugin = plugin.unwrap_or_default();
+        let runtime = match setpoint::runtime::Runtime::new(Default::default()) {
+            Ok(r) => std::sync::Arc::new(r),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let limits = setpoint::runtime::plugin::PluginLimits::default();
+        match setpoint::policy::dry_run(runtime.clone(), &plugin, &parsed, limits).await {
+            Ok(result) => {
+                runtime.stop_ticker();
+                result
+            }
+            Err(e) => {
+                eprintln!("{}: error: {e:#}", plugin.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    match decided {
+        Ok(actions) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&actions).unwrap_or_default()
+                ),
+                Output::Table => {
+                    if actions.is_empty() {
+                        println!("(no actions)");
+                    }
+                    for a in &actions {
+                        println!("{}", describe_action(a));
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("error: the plugin {why}; a host would fall back to its built-in policy");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn describe_action(a: &setpoint::policy::snapshot::ActionRecord) -> String {
+    use setpoint::policy::snapshot::ActionRecord as A;
+    match a {
+        A::Spawn { slot } => format!("spawn         slot {slot}"),
+        A::Stop { slot } => format!("stop          slot {slot}"),
+        A::RequeueAfter { ms } => format!("requeue-after {ms}ms"),
+        A::Event {
+            warning,
+            reason,
+            message,
+        } => {
+            format!(
+                "event         {} {reason}: {message}",
+                if *warning { "Warning" } else { "Normal" }
+            )
+        }
+        A::MarkFailed { reason, message } => format!("mark-failed   {reason}: {message}"),
+    }
 }
 
 /// SIGINT and SIGTERM, registered when created: a signal that arrives while the host is

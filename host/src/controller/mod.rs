@@ -17,7 +17,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::manifest::{RestartPolicy, WorkloadSpec};
-use crate::policy::{Action, InstanceObservation, Policy, PolicyInput};
+use crate::policy::snapshot::Snapshot;
+use crate::policy::{Action, InstanceObservation, PluginPolicy, Policy, PolicyInput};
+use crate::runtime::plugin::{PluginInstance, PluginLimits, PreparedPlugin};
 use crate::runtime::{
     InstanceEvent, InstanceEventKind, LogLine, PreparedComponent, Runtime, SpawnRequest, StopCause,
 };
@@ -40,6 +42,8 @@ pub struct ControllerConfig {
     pub event_queue: usize,
     /// Longest a host shutdown waits for instances after their grace periods.
     pub shutdown_slack: Duration,
+    /// Bounds on policy plugins.
+    pub plugin_limits: PluginLimits,
 }
 
 impl Default for ControllerConfig {
@@ -50,6 +54,7 @@ impl Default for ControllerConfig {
             max_instances: 100_000,
             event_queue: 4096,
             shutdown_slack: Duration::from_secs(1),
+            plugin_limits: PluginLimits::default(),
         }
     }
 }
@@ -60,6 +65,7 @@ pub(crate) struct PreparedWorkload {
     pub labels: BTreeMap<String, String>,
     pub spec: Arc<WorkloadSpec>,
     pub component: Arc<PreparedComponent>,
+    pub plugin: Option<Arc<PreparedPlugin>>,
     pub revision: String,
 }
 
@@ -68,6 +74,7 @@ pub(crate) enum Command {
     Apply(Vec<PreparedWorkload>, oneshot::Sender<()>),
     Delete(String, oneshot::Sender<bool>),
     Status(oneshot::Sender<HostStatus>),
+    Snapshot(String, oneshot::Sender<Option<Snapshot>>),
     Shutdown(oneshot::Sender<HostStatus>),
 }
 
@@ -153,7 +160,7 @@ impl Controller {
                     }
                 }
             }
-            self.reconcile_dirty();
+            self.reconcile_dirty().await;
         }
     }
 
@@ -179,13 +186,24 @@ impl Controller {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Command::Snapshot(name, reply) => {
+                let _ = reply.send(self.snapshot(&name));
+            }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
 
-    fn apply_one(&mut self, w: PreparedWorkload) {
+    fn apply_one(&mut self, mut w: PreparedWorkload) {
         let name: Arc<str> = Arc::from(w.name.as_str());
         let history = self.config.event_history;
+        let unchanged = self
+            .workloads
+            .get(&name)
+            .is_some_and(|s| s.revision == w.revision);
+        let plugin = match w.plugin.take() {
+            Some(plugin) if !unchanged => Some(self.plugin_policy(&name, plugin, &w)),
+            _ => None,
+        };
         match self.workloads.get_mut(&name) {
             None => {
                 let mut state = WorkloadState::new(
@@ -195,6 +213,7 @@ impl Controller {
                     w.component,
                     w.revision.clone(),
                 );
+                state.plugin = plugin;
                 let event = self.event(
                     &name,
                     None,
@@ -225,6 +244,7 @@ impl Controller {
                     state.failed = None;
                     state.failed_since = None;
                     state.recent_restarts.clear();
+                    state.plugin = plugin;
                     let message = format!("revision {} replaces {}", w.revision, state.revision);
                     state.revision = w.revision;
                     state.component = w.component;
@@ -243,6 +263,57 @@ impl Controller {
             }
         }
         self.dirty.insert(name);
+    }
+
+    fn plugin_policy(
+        &self,
+        name: &Arc<str>,
+        plugin: Arc<PreparedPlugin>,
+        w: &PreparedWorkload,
+    ) -> PluginPolicy {
+        let (label, config) = match &w.spec.policy {
+            Some(p) => (
+                p.plugin.file_name().map_or_else(
+                    || "plugin".to_string(),
+                    |f| f.to_string_lossy().into_owned(),
+                ),
+                p.config.clone(),
+            ),
+            None => ("plugin".to_string(), serde_json::Value::Null),
+        };
+        let instance = PluginInstance::new(
+            self.runtime.clone(),
+            plugin,
+            self.config.plugin_limits,
+            Arc::from(format!("{name}/policy")),
+            Some(self.logs.clone()),
+        );
+        PluginPolicy::new(
+            format!("plugin:{label}"),
+            instance,
+            config,
+            w.revision.clone(),
+        )
+    }
+
+    fn snapshot(&mut self, name: &str) -> Option<Snapshot> {
+        let w = self.workloads.get_mut(name)?;
+        if let Some(s) = w.plugin.as_ref().and_then(|p| p.last_snapshot()) {
+            return Some(s.clone());
+        }
+        let config = w
+            .plugin
+            .as_ref()
+            .map_or(serde_json::Value::Null, |p| p.config().clone());
+        let input = PolicyInput {
+            workload: &w.name,
+            desired: &w.spec,
+            slots: &w.slots,
+            recent_restarts: w.recent_restarts.make_contiguous(),
+            failed: w.failed.is_some(),
+            now: Instant::now(),
+        };
+        Some(Snapshot::capture(&input, &w.revision, &config))
     }
 
     fn handle_instance_event(&mut self, event: InstanceEvent) {
@@ -325,7 +396,7 @@ impl Controller {
         self.dirty.insert(event.workload);
     }
 
-    fn reconcile_dirty(&mut self) {
+    async fn reconcile_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         let mut actions = Vec::new();
         for name in dirty {
@@ -346,7 +417,10 @@ impl Controller {
                 failed: w.failed.is_some(),
                 now: Instant::now(),
             };
-            self.policy.reconcile(&input, &mut actions);
+            match w.plugin.as_mut() {
+                Some(plugin) => plugin.reconcile(&input, &*self.policy, &mut actions).await,
+                None => self.policy.reconcile(&input, &mut actions),
+            }
             for action in actions.drain(..) {
                 self.execute(&name, action);
             }
@@ -566,7 +640,13 @@ impl Controller {
         let workloads = self
             .workloads
             .values()
-            .map(|w| workload_status(w, self.policy.name(), now))
+            .map(|w| {
+                let policy = match &w.plugin {
+                    Some(p) => p.describe(self.policy.name()),
+                    None => self.policy.name().to_string(),
+                };
+                workload_status(w, &policy, now)
+            })
             .collect();
         HostStatus { workloads }
     }

@@ -32,6 +32,8 @@ pub(super) struct WorkloadState {
     pub deleting: bool,
     pub requeue_at: Option<Instant>,
     pub events: VecDeque<Event>,
+    /// The workload's plugin policy; `None` means the host's built-in policy decides.
+    pub plugin: Option<crate::policy::PluginPolicy>,
     pub last_termination: Option<TerminationRecord>,
     pub available: (bool, SystemTime),
     pub failed_since: Option<SystemTime>,
@@ -60,6 +62,7 @@ impl WorkloadState {
             deleting: false,
             requeue_at: None,
             events: VecDeque::new(),
+            plugin: None,
             last_termination: None,
             available: (false, SystemTime::now()),
             failed_since: None,

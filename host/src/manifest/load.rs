@@ -208,21 +208,26 @@ impl Validator<'_> {
             ));
         }
         let component_origin = self.origin(doc.spec.component.referenced);
+        let policy_origin = doc
+            .spec
+            .policy
+            .as_ref()
+            .and_then(|p| p.plugin.as_ref())
+            .map(|p| self.origin(p.referenced));
         let spec = self.spec(doc.spec);
         let name_origin = self.origin(name.referenced);
         let spec = spec?;
         if !self.diagnostics.is_empty() {
             return None;
         }
-        Some((
-            Workload {
-                name: name.value,
-                labels: doc.metadata.labels,
-                spec,
-                origin: Some(component_origin),
-            },
-            name_origin,
-        ))
+        let workload = Workload {
+            name: name.value,
+            labels: doc.metadata.labels,
+            spec,
+            origin: Some(component_origin),
+            policy_origin,
+        };
+        Some((workload, name_origin))
     }
 
     fn spec(&mut self, raw: RawWorkloadSpec) -> Option<WorkloadSpec> {
@@ -361,6 +366,9 @@ impl Validator<'_> {
                 format!("more than {} dir or network grants", self.limits.max_grants),
             ));
         }
+        if let Some(policy) = raw.policy {
+            spec.policy = self.policy(policy);
+        }
         if let Some(health) = raw.health {
             if let Some(p) = health.probe {
                 let d = ProbeSpec::default();
@@ -465,6 +473,51 @@ impl Validator<'_> {
                     ),
                     Some(help),
                 );
+                None
+            }
+        }
+    }
+
+    fn policy(&mut self, raw: super::raw::RawPolicy) -> Option<super::spec::PolicyPlugin> {
+        match (raw.builtin, raw.plugin) {
+            (Some(b), None) => {
+                if b.value != "replicas" {
+                    self.error(
+                        b.referenced,
+                        format!("unknown built-in policy `{}`", b.value),
+                        Some("the built-in policies are: replicas".into()),
+                    );
+                }
+                None
+            }
+            (None, Some(p)) => {
+                let joined = self.base_dir.join(&p.value);
+                match std::fs::canonicalize(&joined) {
+                    Ok(path) if path.is_file() => Some(super::spec::PolicyPlugin {
+                        plugin: path,
+                        config: raw.config.unwrap_or(serde_json::Value::Null),
+                    }),
+                    _ => {
+                        self.error(p.referenced, format!("policy plugin `{}` not found (resolved to `{}`)", p.value, joined.display()), Some(
+                            "paths are relative to the manifest file; build the example plugins with `cargo xtask guests`".into(),
+                        ));
+                        None
+                    }
+                }
+            }
+            (Some(b), Some(_)) => {
+                self.error(
+                    b.referenced,
+                    "policy sets both `builtin` and `plugin`",
+                    Some("choose one".into()),
+                );
+                None
+            }
+            (None, None) => {
+                self.diagnostics.push(Diagnostic::at(
+                    None,
+                    "spec.policy needs `builtin` or `plugin`",
+                ));
                 None
             }
         }

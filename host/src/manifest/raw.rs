@@ -76,6 +76,23 @@ pub struct RawWorkloadSpec {
     /// How long a stopping instance may take before it is dropped (default `5s`).
     #[schemars(with = "Option<String>")]
     pub termination_grace_period: Option<Spanned<String>>,
+    /// Which policy decides how this workload converges (default: the built-in).
+    pub policy: Option<RawPolicy>,
+}
+
+/// The reconcile policy: `{builtin: replicas}` or `{plugin: path, config: ...}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Policy")]
+pub struct RawPolicy {
+    /// A built-in policy: `replicas`.
+    #[schemars(with = "Option<String>")]
+    pub builtin: Option<Spanned<String>>,
+    /// A policy plugin (`.wasm` of the `setpoint:policy/plugin` world), relative to the manifest.
+    #[schemars(with = "Option<String>")]
+    pub plugin: Option<Spanned<String>>,
+    /// Any YAML; handed to the plugin as JSON text.
+    pub config: Option<serde_json::Value>,
 }
 
 /// Resource limits of each instance.

@@ -32,6 +32,8 @@ pub struct Workload {
     pub spec: WorkloadSpec,
     /// Where the workload's `spec.component` field was written, for located errors.
     pub origin: Option<Origin>,
+    /// Where `spec.policy.plugin` was written, for located errors.
+    pub policy_origin: Option<Origin>,
 }
 
 impl Workload {
@@ -42,6 +44,7 @@ impl Workload {
             labels: Default::default(),
             spec,
             origin: None,
+            policy_origin: None,
         }
     }
 }
@@ -79,6 +82,17 @@ pub struct WorkloadSpec {
     /// How long a stopping instance may take before it is dropped.
     #[serde(with = "millis")]
     pub termination_grace_period: Duration,
+    /// A policy plugin deciding for this workload; `None` means the built-in policy.
+    pub policy: Option<PolicyPlugin>,
+}
+
+/// A Wasm policy plugin and its configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyPlugin {
+    /// Absolute path of the plugin component.
+    pub plugin: PathBuf,
+    /// Handed to the plugin as JSON text (`spec.policy.config`).
+    pub config: serde_json::Value,
 }
 
 impl WorkloadSpec {
@@ -99,6 +113,7 @@ impl WorkloadSpec {
             backoff: BackoffSpec::default(),
             restart_budget: None,
             termination_grace_period: Duration::from_secs(5),
+            policy: None,
         }
     }
 }

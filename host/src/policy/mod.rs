@@ -5,10 +5,13 @@
 //! Architecture invariant: a policy sees only the [`PolicyInput`] snapshot, never a live
 //! instance, a Store, or the controller.
 
+mod plugin;
 mod replicas;
+pub mod snapshot;
 
 use std::time::{Duration, Instant};
 
+pub use plugin::{MAX_CONSECUTIVE_FAILURES, PluginPolicy, dry_run, validate};
 pub use replicas::ReplicaPolicy;
 
 use crate::manifest::WorkloadSpec;

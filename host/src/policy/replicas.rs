@@ -56,7 +56,10 @@ impl Policy for ReplicaPolicy {
             if reason.is_deterministic() {
                 actions.push(Action::MarkFailed {
                     reason: reason.name().to_string(),
-                    message: format!("slot {slot}: {reason}; retrying cannot help"),
+                    message: format!(
+                        "slot {slot} ended with {}; retrying cannot help",
+                        summary(reason)
+                    ),
                 });
                 return;
             }
@@ -75,8 +78,10 @@ impl Policy for ReplicaPolicy {
                 actions.push(Action::MarkFailed {
                     reason: "RestartBudgetExceeded".to_string(),
                     message: format!(
-                        "{spent} restarts within {:?} spent the budget of {}; slot {slot} {reason}",
-                        budget.window, budget.max_restarts
+                        "{spent} restarts within {:?} spent the budget of {}; slot {slot} ended with {}",
+                        budget.window,
+                        budget.max_restarts,
+                        summary(reason)
                     ),
                 });
                 return;
@@ -101,6 +106,15 @@ impl Policy for ReplicaPolicy {
         if let Some(wait) = soonest {
             actions.push(Action::RequeueAfter(wait));
         }
+    }
+}
+
+/// How an end is named in messages: only what a snapshot carries (name and exit code),
+/// so that a plugin given the snapshot can say exactly the same.
+fn summary(reason: &crate::runtime::EndReason) -> String {
+    match reason {
+        crate::runtime::EndReason::Exited { code } => format!("Exited ({code})"),
+        other => other.name().to_string(),
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use super::instance::InstanceState;
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../wit/workload",
     world: "reactor",
     exports: { default: async },
 });

@@ -20,6 +20,8 @@ pub enum StopCause {
     Deleted,
     /// The host is shutting down.
     Shutdown,
+    /// The workload's policy stopped it.
+    Policy,
 }
 
 /// Every way an instance can end.

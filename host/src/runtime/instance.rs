@@ -84,6 +84,13 @@ impl Drop for LiveStore {
     }
 }
 
+impl InstanceState {
+    /// Starts a fresh CPU meter (a plugin call's budget starts anew with each call).
+    pub(crate) fn reset_cpu(&mut self, budget: Option<crate::manifest::CpuBudget>) {
+        self.cpu = CpuMeter::new(self.cpu.tick(), budget);
+    }
+}
+
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -228,6 +235,31 @@ impl Reporter {
     }
 }
 
+/// A Store for a policy plugin: no env, no args beyond its name, no files, no sockets;
+/// stderr and stdout are its log. CPU is metered per call (see `reset_cpu`).
+pub(crate) fn build_plugin_store(
+    rt: &Runtime,
+    capture: &OutputCapture,
+    memory: u64,
+) -> Store<InstanceState> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.arg("policy");
+    wasi.stdout(capture.stream(Stream::Stdout));
+    wasi.stderr(capture.stream(Stream::Stderr));
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    let state = InstanceState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
+        cpu: CpuMeter::new(rt.config.epoch_tick, None),
+        vitals: Arc::new(Vitals::new()),
+        _live: LiveStore::new(&rt.live_stores),
+    };
+    store_with_limits(rt, state)
+}
+
 fn build_store(
     rt: &Runtime,
     req: &SpawnRequest,
@@ -279,6 +311,11 @@ fn build_store(
         vitals,
         _live: LiveStore::new(&rt.live_stores),
     };
+    store_with_limits(rt, state)
+}
+
+/// Wraps `state` in a Store with its limiter and the epoch callback that meters CPU.
+fn store_with_limits(rt: &Runtime, state: InstanceState) -> Store<InstanceState> {
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
     // Every epoch tick that finds the guest running Wasm is one tick of CPU; the guest then

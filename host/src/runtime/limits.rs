@@ -175,6 +175,11 @@ impl CpuMeter {
         }
     }
 
+    /// The epoch tick this meter counts in.
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
     /// CPU time used so far (tick resolution).
     pub fn used(&self) -> Duration {
         self.tick

@@ -10,6 +10,7 @@ pub mod exit;
 mod instance;
 pub mod limits;
 pub mod output;
+pub mod plugin;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -152,6 +153,7 @@ pub struct Runtime {
     components: Mutex<HashMap<Digest, Arc<PreparedComponent>>>,
     ticker: EpochTicker,
     live_stores: Arc<std::sync::atomic::AtomicUsize>,
+    plugins: Mutex<HashMap<Digest, Arc<plugin::PreparedPlugin>>>,
 }
 
 impl Runtime {
@@ -186,6 +188,7 @@ impl Runtime {
             components: Mutex::new(HashMap::new()),
             ticker,
             live_stores: Arc::default(),
+            plugins: Mutex::new(HashMap::new()),
         })
     }
 
@@ -198,23 +201,7 @@ impl Runtime {
     /// digest. Blocking (compilation takes milliseconds to seconds): call it off the
     /// async workers.
     pub fn prepare(&self, path: &Path) -> Result<Arc<PreparedComponent>, PrepareError> {
-        let size = std::fs::metadata(path)
-            .map_err(|source| PrepareError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
-        if size > self.config.max_component_bytes {
-            return Err(PrepareError::TooLarge {
-                path: path.to_path_buf(),
-                size,
-                limit: self.config.max_component_bytes,
-            });
-        }
-        let bytes = std::fs::read(path).map_err(|source| PrepareError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = self.read_component(path)?;
         let digest = Digest(Sha256::digest(&bytes).into());
         if let Some(found) = self.lock_components().get(&digest) {
             return Ok(found.clone());
@@ -278,6 +265,33 @@ impl Runtime {
         instance::spawn(self.clone(), request, events)
     }
 
+    /// Reads a component file within the configured size limit.
+    fn read_component(&self, path: &Path) -> Result<Vec<u8>, PrepareError> {
+        let size = std::fs::metadata(path)
+            .map_err(|source| PrepareError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        if size > self.config.max_component_bytes {
+            return Err(PrepareError::TooLarge {
+                path: path.to_path_buf(),
+                size,
+                limit: self.config.max_component_bytes,
+            });
+        }
+        std::fs::read(path).map_err(|source| PrepareError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn lock_plugins(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<plugin::PreparedPlugin>>> {
+        self.plugins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_components(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<PreparedComponent>>> {
@@ -293,6 +307,7 @@ impl Runtime {
     pub fn forget_unused_components(&self) {
         self.lock_components()
             .retain(|_, c| Arc::strong_count(c) > 1);
+        self.lock_plugins().retain(|_, p| Arc::strong_count(p) > 1);
     }
 
     /// Stops the epoch ticker; called on host shutdown.

@@ -1,0 +1,234 @@
+//! The policy-plugin adapter: asks a Wasm plugin to decide, validates what it returns, and
+//! when anything goes wrong (trap, deadline, memory, invalid actions) records why and lets
+//! the built-in policy decide instead. A broken plugin never stops reconciliation. After
+//! [`MAX_CONSECUTIVE_FAILURES`] failures in a row the plugin is disabled for this
+//! revision; re-applying the workload gives it a fresh start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::snapshot::{ActionRecord, Snapshot};
+use super::{Action, Policy, PolicyInput};
+use crate::runtime::StopCause;
+use crate::runtime::plugin::{PluginFailure, PluginInstance};
+
+/// Failures in a row after which a plugin is disabled until the workload changes.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 3;
+/// Longest requeue a plugin may ask for.
+const MAX_REQUEUE: Duration = Duration::from_secs(24 * 3600);
+/// Longest event or failure reason, and message.
+const MAX_REASON: usize = 64;
+const MAX_MESSAGE: usize = 1024;
+
+/// A workload's plugin policy, with its fallback bookkeeping.
+pub struct PluginPolicy {
+    name: String,
+    instance: PluginInstance,
+    config: serde_json::Value,
+    revision: String,
+    failures: u32,
+    disabled: bool,
+    last_snapshot: Option<Snapshot>,
+}
+
+impl PluginPolicy {
+    /// A policy backed by `instance`, shown as `name` (e.g. `plugin:ordered.wasm`).
+    pub fn new(
+        name: String,
+        instance: PluginInstance,
+        config: serde_json::Value,
+        revision: String,
+    ) -> Self {
+        Self {
+            name,
+            instance,
+            config,
+            revision,
+            failures: 0,
+            disabled: false,
+            last_snapshot: None,
+        }
+    }
+
+    /// The name shown in status and events, with its state.
+    pub fn describe(&self, fallback: &str) -> String {
+        if self.disabled {
+            format!("{} (disabled; {fallback} decides)", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// The last snapshot the plugin was given.
+    pub fn last_snapshot(&self) -> Option<&Snapshot> {
+        self.last_snapshot.as_ref()
+    }
+
+    /// The plugin's config.
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// Decides through the plugin, or through `fallback` when the plugin fails.
+    pub async fn reconcile(
+        &mut self,
+        input: &PolicyInput<'_>,
+        fallback: &dyn Policy,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.disabled {
+            fallback.reconcile(input, actions);
+            return;
+        }
+        let snapshot = Snapshot::capture(input, &self.revision, &self.config);
+        let outcome = match self.instance.decide(&snapshot).await {
+            Ok(records) => validate(&records, input)
+                .map_err(|why| format!("returned an invalid decision: {why}")),
+            Err(failure) => Err(describe_failure(&failure)),
+        };
+        self.last_snapshot = Some(snapshot);
+        match outcome {
+            Ok(decided) => {
+                self.failures = 0;
+                actions.extend(decided);
+            }
+            Err(why) => {
+                self.failures += 1;
+                actions.push(Action::Event {
+                    warning: true,
+                    reason: "PolicyPluginFailed".into(),
+                    message: format!("{} {why}; {} decided instead", self.name, fallback.name()),
+                });
+                if self.failures >= MAX_CONSECUTIVE_FAILURES {
+                    self.disabled = true;
+                    actions.push(Action::Event {
+                        warning: true,
+                        reason: "PolicyPluginDisabled".into(),
+                        message: format!(
+                            "{} failed {} times in a row; {} decides until the workload is applied again",
+                            self.name, self.failures, fallback.name()
+                        ),
+                    });
+                }
+                fallback.reconcile(input, actions);
+            }
+        }
+    }
+}
+
+fn describe_failure(failure: &PluginFailure) -> String {
+    match failure {
+        PluginFailure::Trapped(reason) => format!("failed: {reason}"),
+        other => other.to_string(),
+    }
+}
+
+/// Checks a plugin's decision against the snapshot it was given; any invalid action
+/// rejects the whole decision.
+pub fn validate(records: &[ActionRecord], input: &PolicyInput<'_>) -> Result<Vec<Action>, String> {
+    let replicas = input.desired.replicas;
+    let bound = 2 * input.slots.len().max(replicas as usize) + 16;
+    if records.len() > bound {
+        return Err(format!(
+            "{} actions, more than the {bound} this workload can need",
+            records.len()
+        ));
+    }
+    let mut spawned = std::collections::HashSet::new();
+    let occupied = |slot: u32| {
+        input
+            .slots
+            .get(slot as usize)
+            .is_some_and(|s| s.instance.is_some())
+    };
+    let check_text = |reason: &str, message: &str| {
+        let ok_reason = !reason.is_empty()
+            && reason.len() <= MAX_REASON
+            && reason.chars().all(|c| c.is_ascii_alphanumeric());
+        if !ok_reason {
+            return Err(format!(
+                "reason `{}` is not CamelCase of at most {MAX_REASON} characters",
+                reason.chars().take(80).collect::<String>()
+            ));
+        }
+        if message.len() > MAX_MESSAGE {
+            return Err(format!(
+                "a message of {} bytes (at most {MAX_MESSAGE})",
+                message.len()
+            ));
+        }
+        Ok(())
+    };
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        out.push(match record {
+            ActionRecord::Spawn { slot } => {
+                if *slot >= replicas {
+                    return Err(format!(
+                        "spawn in slot {slot}, beyond the {replicas} replicas"
+                    ));
+                }
+                if occupied(*slot) || !spawned.insert(*slot) {
+                    return Err(format!("spawn in slot {slot}, which is occupied"));
+                }
+                Action::Spawn { slot: *slot }
+            }
+            ActionRecord::Stop { slot } => {
+                if !occupied(*slot) {
+                    return Err(format!("stop slot {slot}, which has no instance"));
+                }
+                let cause = if *slot >= replicas {
+                    StopCause::ScaleDown
+                } else {
+                    StopCause::Policy
+                };
+                Action::Stop { slot: *slot, cause }
+            }
+            ActionRecord::RequeueAfter { ms } => {
+                let delay = Duration::from_millis(*ms);
+                if delay > MAX_REQUEUE {
+                    return Err(format!("requeue after {ms} ms (at most a day)"));
+                }
+                Action::RequeueAfter(delay)
+            }
+            ActionRecord::Event {
+                warning,
+                reason,
+                message,
+            } => {
+                check_text(reason, message)?;
+                Action::Event {
+                    warning: *warning,
+                    reason: reason.clone(),
+                    message: message.clone(),
+                }
+            }
+            ActionRecord::MarkFailed { reason, message } => {
+                check_text(reason, message)?;
+                Action::MarkFailed {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// Runs a plugin on a snapshot once, outside any host: what `setpoint policy test` does.
+pub async fn dry_run(
+    runtime: Arc<crate::runtime::Runtime>,
+    plugin: &std::path::Path,
+    snapshot: &Snapshot,
+    limits: crate::runtime::plugin::PluginLimits,
+) -> anyhow::Result<Result<Vec<ActionRecord>, String>> {
+    let rt = runtime.clone();
+    let path = plugin.to_path_buf();
+    let prepared = tokio::task::spawn_blocking(move || rt.prepare_plugin(&path)).await??;
+    let mut instance = PluginInstance::new(runtime, prepared, limits, "dry-run".into(), None);
+    let replay = snapshot.replay(std::time::Instant::now());
+    Ok(match instance.decide(snapshot).await {
+        Ok(records) => validate(&records, &replay.input()).map(|_| records),
+        Err(failure) => Err(describe_failure(&failure)),
+    })
+}

@@ -1,0 +1,384 @@
+//! Snapshots: what a policy was given, in a form that can be written to a file and
+//! replayed. Every time is relative ("ago", "age") except `now_unix_ms`, so a snapshot
+//! recorded in production replays identically on a laptop. These are also the types the
+//! plugin host converts to and from the WIT records of `wit/policy`.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Action, InstanceObservation, PolicyInput, SlotObservation};
+use crate::manifest::{BackoffSpec, RestartBudget, RestartPolicy, WorkloadSpec};
+use crate::runtime::{EndReason, StopCause};
+
+/// Desired state, observed state and the time of one decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Snapshot {
+    /// What is desired.
+    pub desired: DesiredSnapshot,
+    /// What is observed.
+    pub observed: ObservedSnapshot,
+    /// Wall-clock time of the decision, in milliseconds since the Unix epoch.
+    pub now_unix_ms: u64,
+}
+
+/// The desired state a policy sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DesiredSnapshot {
+    /// The workload's name.
+    pub workload: String,
+    /// The applied revision.
+    #[serde(default)]
+    pub revision: String,
+    /// Desired replicas.
+    pub replicas: u32,
+    /// Restart policy.
+    pub restart_policy: RestartPolicy,
+    /// Back-off, in milliseconds.
+    pub backoff: BackoffMs,
+    /// Restart budget, if any.
+    #[serde(default)]
+    pub restart_budget: Option<RestartBudgetMs>,
+    /// `spec.policy.config`.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+/// Back-off settings in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackoffMs {
+    /// Delay before the second consecutive replacement.
+    pub initial_ms: u64,
+    /// Cap.
+    pub max_ms: u64,
+    /// Run time that resets the streak.
+    pub reset_after_ms: u64,
+}
+
+/// A restart budget in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestartBudgetMs {
+    /// Replacements allowed in the window.
+    pub max_restarts: u32,
+    /// The window.
+    pub window_ms: u64,
+}
+
+/// The observed state a policy sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObservedSnapshot {
+    /// Slots, index = slot number.
+    pub slots: Vec<SlotSnapshot>,
+    /// How long ago recent replacements happened, oldest first.
+    #[serde(default)]
+    pub recent_restarts_ago_ms: Vec<u64>,
+    /// Whether the workload is already marked failed.
+    #[serde(default)]
+    pub failed: bool,
+}
+
+/// One slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SlotSnapshot {
+    /// Slot number.
+    pub index: u32,
+    /// The live instance, if any.
+    #[serde(default)]
+    pub instance: Option<InstanceSnapshot>,
+    /// Replacements so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Ends in a row.
+    #[serde(default)]
+    pub consecutive_ends: u32,
+    /// The last end, if any.
+    #[serde(default)]
+    pub last_end: Option<EndSnapshot>,
+}
+
+/// A live instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceSnapshot {
+    /// Its id.
+    pub id: String,
+    /// Time since spawn.
+    pub age_ms: u64,
+    /// Ready.
+    pub ready: bool,
+    /// Asked to stop.
+    #[serde(default)]
+    pub stopping: bool,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndSnapshot {
+    /// Stable reason name (`Exited`, `Trapped`, ...).
+    pub reason: String,
+    /// Exit status, for `Exited`.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// How long ago.
+    pub ago_ms: u64,
+}
+
+impl EndSnapshot {
+    /// Exited with status 0.
+    pub fn success(&self) -> bool {
+        self.reason == "Exited" && self.exit_code == Some(0)
+    }
+
+    /// Stopped by the host.
+    pub fn host_stop(&self) -> bool {
+        self.reason == "Stopped"
+    }
+
+    /// Retrying cannot help.
+    pub fn deterministic(&self) -> bool {
+        self.reason == "InstantiationFailed"
+    }
+
+    /// An `EndReason` with the same name and code (details are not part of snapshots).
+    fn to_reason(&self) -> EndReason {
+        match self.reason.as_str() {
+            "Exited" => EndReason::Exited {
+                code: self.exit_code.unwrap_or(1),
+            },
+            "Stopped" => EndReason::Stopped {
+                cause: StopCause::Policy,
+                forced: false,
+            },
+            "InstantiationFailed" => EndReason::InstantiationFailed {
+                message: String::new(),
+            },
+            "ProbeTimeout" => EndReason::ProbeTimeout { after_ms: 0 },
+            "WatchdogTimeout" => EndReason::WatchdogTimeout { after_ms: 0 },
+            "ProbeFailed" => EndReason::ProbeFailed {
+                message: String::new(),
+            },
+            "StartFailed" => EndReason::StartFailed {
+                message: String::new(),
+            },
+            "OutOfMemory" => EndReason::OutOfMemory {
+                requested: 0,
+                limit: 0,
+                message: String::new(),
+            },
+            "CpuBudgetExceeded" => EndReason::CpuBudgetExceeded {
+                used_ms: 0,
+                budget_ms: 0,
+                message: String::new(),
+            },
+            other => EndReason::Trapped {
+                trap: other.to_string(),
+                message: String::new(),
+            },
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Snapshot {
+    /// Records what a policy is about to be given.
+    pub fn capture(input: &PolicyInput<'_>, revision: &str, config: &serde_json::Value) -> Self {
+        let d = input.desired;
+        let now = input.now;
+        let ago = |t: Instant| ms(now.saturating_duration_since(t));
+        let slots = input
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(index, s)| SlotSnapshot {
+                index: index as u32,
+                instance: s.instance.as_ref().map(|i| InstanceSnapshot {
+                    id: i.id.to_string(),
+                    age_ms: ago(i.since),
+                    ready: i.ready,
+                    stopping: i.stopping,
+                }),
+                restarts: s.restarts,
+                consecutive_ends: s.consecutive_ends,
+                last_end: s.last_end.as_ref().map(|(at, r)| EndSnapshot {
+                    reason: r.name().to_string(),
+                    exit_code: match r {
+                        EndReason::Exited { code } => Some(*code),
+                        _ => None,
+                    },
+                    ago_ms: ago(*at),
+                }),
+            })
+            .collect();
+        Self {
+            desired: DesiredSnapshot {
+                workload: input.workload.to_string(),
+                revision: revision.to_string(),
+                replicas: d.replicas,
+                restart_policy: d.restart_policy,
+                backoff: BackoffMs {
+                    initial_ms: ms(d.backoff.initial),
+                    max_ms: ms(d.backoff.max),
+                    reset_after_ms: ms(d.backoff.reset_after),
+                },
+                restart_budget: d.restart_budget.map(|b| RestartBudgetMs {
+                    max_restarts: b.max_restarts,
+                    window_ms: ms(b.window),
+                }),
+                config: config.clone(),
+            },
+            observed: ObservedSnapshot {
+                slots,
+                recent_restarts_ago_ms: input.recent_restarts.iter().map(|t| ago(*t)).collect(),
+                failed: input.failed,
+            },
+            now_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms),
+        }
+    }
+
+    /// Rebuilds the policy input this snapshot describes, relative to `now`, so that a
+    /// built-in policy can decide on a recorded or hand-written snapshot.
+    pub fn replay(&self, now: Instant) -> ReplayInput {
+        let at = |ago_ms: u64| {
+            now.checked_sub(Duration::from_millis(ago_ms))
+                .unwrap_or(now)
+        };
+        let d = &self.desired;
+        let mut spec = WorkloadSpec::new("snapshot");
+        spec.replicas = d.replicas;
+        spec.restart_policy = d.restart_policy;
+        spec.backoff = BackoffSpec {
+            initial: Duration::from_millis(d.backoff.initial_ms),
+            max: Duration::from_millis(d.backoff.max_ms),
+            reset_after: Duration::from_millis(d.backoff.reset_after_ms),
+        };
+        spec.restart_budget = d.restart_budget.map(|b| RestartBudget {
+            max_restarts: b.max_restarts,
+            window: Duration::from_millis(b.window_ms),
+        });
+        let mut slots = vec![SlotObservation::default(); self.observed.slots.len()];
+        for s in &self.observed.slots {
+            let Some(slot) = slots.get_mut(s.index as usize) else {
+                continue;
+            };
+            *slot = SlotObservation {
+                instance: s.instance.as_ref().map(|i| InstanceObservation {
+                    id: i.id.as_str().into(),
+                    since: at(i.age_ms),
+                    stopping: i.stopping,
+                    ready: i.ready,
+                }),
+                restarts: s.restarts,
+                consecutive_ends: s.consecutive_ends,
+                last_end: s.last_end.as_ref().map(|e| (at(e.ago_ms), e.to_reason())),
+            };
+        }
+        ReplayInput {
+            workload: d.workload.clone(),
+            spec,
+            slots,
+            recent_restarts: self
+                .observed
+                .recent_restarts_ago_ms
+                .iter()
+                .map(|a| at(*a))
+                .collect(),
+            failed: self.observed.failed,
+            now,
+        }
+    }
+}
+
+/// An owned policy input rebuilt from a snapshot; borrow it with [`ReplayInput::input`].
+#[derive(Debug)]
+pub struct ReplayInput {
+    workload: String,
+    spec: WorkloadSpec,
+    slots: Vec<SlotObservation>,
+    recent_restarts: Vec<Instant>,
+    failed: bool,
+    now: Instant,
+}
+
+impl ReplayInput {
+    /// The input, as a policy takes it.
+    pub fn input(&self) -> PolicyInput<'_> {
+        PolicyInput {
+            workload: &self.workload,
+            desired: &self.spec,
+            slots: &self.slots,
+            recent_restarts: &self.recent_restarts,
+            failed: self.failed,
+            now: self.now,
+        }
+    }
+}
+
+/// Decisions in the form tools print and compare: durations in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "action")]
+pub enum ActionRecord {
+    /// Spawn in a slot.
+    Spawn {
+        /// The slot.
+        slot: u32,
+    },
+    /// Stop a slot's instance.
+    Stop {
+        /// The slot.
+        slot: u32,
+    },
+    /// Decide again later.
+    RequeueAfter {
+        /// Delay in milliseconds.
+        ms: u64,
+    },
+    /// Record an event.
+    Event {
+        /// Warning rather than Normal.
+        warning: bool,
+        /// Reason.
+        reason: String,
+        /// Message.
+        message: String,
+    },
+    /// Give up on the workload.
+    MarkFailed {
+        /// Reason.
+        reason: String,
+        /// Message.
+        message: String,
+    },
+}
+
+impl From<&Action> for ActionRecord {
+    fn from(a: &Action) -> Self {
+        match a {
+            Action::Spawn { slot } => Self::Spawn { slot: *slot },
+            Action::Stop { slot, .. } => Self::Stop { slot: *slot },
+            Action::RequeueAfter(d) => Self::RequeueAfter { ms: ms(*d) },
+            Action::Event {
+                warning,
+                reason,
+                message,
+            } => Self::Event {
+                warning: *warning,
+                reason: reason.clone(),
+                message: message.clone(),
+            },
+            Action::MarkFailed { reason, message } => Self::MarkFailed {
+                reason: reason.clone(),
+                message: message.clone(),
+            },
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Policy plugins: the WIT contract end to end. The plugin version of the replica policy
+//! decides exactly like the built-in; example plugins drive real workloads; every way a
+//! plugin can break falls back to the built-in without stopping anything else.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use proptest::prelude::*;
+use setpoint::policy::snapshot::{
+    ActionRecord, BackoffMs, DesiredSnapshot, EndSnapshot, InstanceSnapshot, ObservedSnapshot,
+    RestartBudgetMs, SlotSnapshot, Snapshot,
+};
+use setpoint::policy::{Policy, ReplicaPolicy};
+use setpoint::runtime::Runtime;
+use setpoint::runtime::plugin::{PluginInstance, PluginLimits};
+use setpoint::{EventType, RestartPolicy};
+
+use crate::common::{Manifests, guest, host, wait_for, wait_for_host, workload};
+
+fn plugin_path(name: &str) -> String {
+    guest(name).display().to_string()
+}
+
+fn end_strategy() -> impl Strategy<Value = EndSnapshot> {
+    let reasons = prop::sample::select(vec![
+        "Exited",
+        "Trapped",
+        "OutOfMemory",
+        "CpuBudgetExceeded",
+        "StartFailed",
+        "InstantiationFailed",
+        "ProbeFailed",
+        "ProbeTimeout",
+        "WatchdogTimeout",
+        "Stopped",
+    ]);
+    (reasons, 0..3i32, 0..3000u64).prop_map(|(reason, code, ago_ms)| EndSnapshot {
+        reason: reason.to_string(),
+        exit_code: (reason == "Exited").then_some(code),
+        ago_ms,
+    })
+}
+
+fn slot_strategy()
+-> impl Strategy<Value = (Option<InstanceSnapshot>, u32, u32, Option<EndSnapshot>)> {
+    let instance = prop::option::of(
+        (0..10_000u64, any::<bool>(), prop::bool::weighted(0.1)).prop_map(
+            |(age_ms, ready, stopping)| InstanceSnapshot {
+                id: format!("w-{age_ms:x}"),
+                age_ms,
+                ready,
+                stopping,
+            },
+        ),
+    );
+    (
+        instance,
+        0..20u32,
+        0..8u32,
+        prop::option::of(end_strategy()),
+    )
+}
+
+fn snapshot_strategy() -> impl Strategy<Value = Snapshot> {
+    let policy = prop::sample::select(vec![
+        RestartPolicy::Always,
+        RestartPolicy::OnFailure,
+        RestartPolicy::Never,
+    ]);
+    let budget = prop::option::of((0..6u32, 0..5000u64).prop_map(|(max_restarts, window_ms)| {
+        RestartBudgetMs {
+            max_restarts,
+            window_ms,
+        }
+    }));
+    (
+        0..6u32,
+        prop::collection::vec(slot_strategy(), 0..9),
+        policy,
+        (0..50u64, 0..400u64, 1..100_000u64),
+        budget,
+        prop::collection::vec(0..6000u64, 0..8),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(
+                replicas,
+                slots,
+                restart_policy,
+                (initial_ms, extra, reset_after_ms),
+                restart_budget,
+                recent,
+                failed,
+            )| {
+                Snapshot {
+                    desired: DesiredSnapshot {
+                        workload: "w".into(),
+                        revision: "r".into(),
+                        replicas,
+                        restart_policy,
+                        backoff: BackoffMs {
+                            initial_ms,
+                            max_ms: initial_ms + extra,
+                            reset_after_ms,
+                        },
+                        restart_budget,
+                        config: serde_json::Value::Null,
+                    },
+                    observed: ObservedSnapshot {
+                        slots: slots
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, (instance, restarts, consecutive_ends, last_end))| {
+                                SlotSnapshot {
+                                    index: i as u32,
+                                    instance,
+                                    restarts,
+                                    consecutive_ends,
+                                    last_end,
+                                }
+                            })
+                            .collect(),
+                        recent_restarts_ago_ms: recent,
+                        failed,
+                    },
+                    now_unix_ms: 1_795_000_000_000,
+                }
+            },
+        )
+}
+
+#[test]
+fn the_replica_plugin_decides_exactly_like_the_builtin() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = Arc::new(Runtime::new(Default::default()).unwrap());
+    let prepared = runtime
+        .prepare_plugin(&guest("policy_replicas"))
+        .expect("plugin builds and links");
+    let plugin = std::cell::RefCell::new(PluginInstance::new(
+        runtime.clone(),
+        prepared,
+        PluginLimits::default(),
+        "diff".into(),
+        None,
+    ));
+    let compared = std::cell::Cell::new(0);
+    proptest!(ProptestConfig::with_cases(2000), |(snapshot in snapshot_strategy())| {
+        let replay = snapshot.replay(Instant::now());
+        let mut builtin = Vec::new();
+        ReplicaPolicy.reconcile(&replay.input(), &mut builtin);
+        let builtin: Vec<ActionRecord> = builtin.iter().map(ActionRecord::from).collect();
+        let from_plugin = rt.block_on(plugin.borrow_mut().decide(&snapshot)).expect("the plugin decides");
+        prop_assert_eq!(&from_plugin, &builtin, "snapshot: {}", serde_json::to_string(&snapshot).unwrap());
+        compared.set(compared.get() + 1);
+    });
+    assert_eq!(compared.get(), 2000);
+    runtime.stop_ticker();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_plugin_keeps_a_crash_loop_going_like_the_builtin() {
+    let m = Manifests::new();
+    let spec = format!(
+        "  env: {{CRASH_AFTER_MS: '0', MODE: exit}}\n  backoff: {{initial: 5ms, max: 20ms}}\n  policy:\n    plugin: {}\n",
+        plugin_path("policy_replicas")
+    );
+    let file = m.write("w.yaml", &workload("looped", "crasher", &spec));
+    let host = host();
+    host.apply_files(&[file]).await.expect("valid manifest");
+    let w = wait_for(&host, "looped", "five replacements", |w| w.restarts >= 5).await;
+    assert!(
+        w.policy.starts_with("plugin:policy_replicas.wasm"),
+        "{}",
+        w.policy
+    );
+    assert!(
+        w.events.iter().any(|e| e.reason == "BackOff"),
+        "the plugin's own back-off events: {:?}",
+        w.events
+    );
+    assert!(w.events.iter().all(|e| e.reason != "PolicyPluginFailed"));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ordered_plugin_starts_slots_one_ready_slot_at_a_time() {
+    let m = Manifests::new();
+    // Each instance needs three 20ms probes to be ready, so order is visible.
+    let spec = format!(
+        "  replicas: 3\n  env: {{WARMUP_PROBES: '2'}}\n  health:\n    probe: {{period: 20ms}}\n  policy:\n    plugin: {}\n",
+        plugin_path("policy_ordered")
+    );
+    let file = m.write("w.yaml", &workload("ordered", "probed", &spec));
+    let host = host();
+    host.apply_files(&[file]).await.expect("valid manifest");
+    let deadline = Instant::now() + crate::common::PATIENCE;
+    loop {
+        let status = host.status().await;
+        let w = status.workload("ordered").expect("applied");
+        // Live slots always form a prefix, and only the last of them may be unready.
+        let slots: Vec<u32> = w.instances.iter().map(|i| i.slot).collect();
+        assert!(
+            slots.iter().enumerate().all(|(i, s)| *s == i as u32),
+            "slots {slots:?}"
+        );
+        let unready = w.instances.iter().filter(|i| !i.ready).count();
+        assert!(
+            unready <= 1,
+            "at most one slot starting at a time: {:?}",
+            w.instances
+        );
+        if w.ready == 3 {
+            assert!(w.events.iter().any(|e| e.reason == "WaitingForReady"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ordered start did not finish: {w:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_plugin_runs_what_the_schedule_says() {
+    let m = Manifests::new();
+    let spec = format!(
+        "  replicas: 4\n  policy:\n    plugin: {}\n    config:\n      default: 0\n      windows:\n        - {{from: '00:00', to: '24:00', replicas: 2}}\n",
+        plugin_path("policy_schedule")
+    );
+    let file = m.write("w.yaml", &workload("scheduled", "ticker", &spec));
+    let host = host();
+    host.apply_files(&[file]).await.expect("valid manifest");
+    wait_for(&host, "scheduled", "2 running", |w| w.ready == 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let w = host.status().await.workload("scheduled").cloned().unwrap();
+    assert_eq!(
+        (w.running, w.ready, w.restarts),
+        (2, 2, 0),
+        "the schedule, not spec.replicas, decides"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_broken_plugin_falls_back_and_nothing_else_stops() {
+    let m = Manifests::new();
+    let broken = plugin_path("policy_broken");
+    let modes = [
+        ("trap", "UnreachableCodeReached"),
+        ("spin", "CPU budget spent"),
+        ("oom", "out of memory"),
+        ("sleep", "did not return within"),
+        ("spawn-beyond", "spawn in slot 9999"),
+        ("stop-unknown", "which has no instance"),
+        ("bad-reason", "is not CamelCase"),
+        ("flood", "10000 actions"),
+    ];
+    let mut docs: Vec<String> = modes
+        .iter()
+        .map(|(mode, _)| {
+            let spec = format!(
+                "  replicas: 2\n  policy:\n    plugin: {broken}\n    config: {{mode: {mode}}}\n"
+            );
+            workload(&format!("broken-{mode}"), "ticker", &spec)
+        })
+        .collect();
+    docs.push(workload("bystander", "ticker", "  replicas: 2\n"));
+    let file = m.write("all.yaml", &docs.join("---\n"));
+    let host = host();
+    host.apply_files(&[file]).await.expect("valid manifests");
+    let status = wait_for_host(
+        &host,
+        "every broken plugin disabled, every workload converged",
+        |s| {
+            s.workloads.iter().all(|w| w.ready == 2)
+                && modes.iter().all(|(mode, _)| {
+                    s.workload(&format!("broken-{mode}"))
+                        .is_some_and(|w| w.policy.contains("(disabled"))
+                })
+        },
+    )
+    .await;
+    for (mode, cause) in modes {
+        let w = status.workload(&format!("broken-{mode}")).unwrap();
+        let failed: Vec<_> = w
+            .events
+            .iter()
+            .filter(|e| e.reason == "PolicyPluginFailed")
+            .collect();
+        assert!(!failed.is_empty(), "{mode}: {:?}", w.events);
+        assert!(
+            failed
+                .iter()
+                .all(|e| e.kind == EventType::Warning && e.message.contains(cause)),
+            "{mode}: {failed:?}"
+        );
+        assert!(
+            failed[0]
+                .message
+                .contains("builtin/replicas decided instead"),
+            "{}",
+            failed[0].message
+        );
+        assert!(
+            w.events.iter().any(|e| e.reason == "PolicyPluginDisabled"),
+            "{mode}"
+        );
+        assert_eq!(
+            w.restarts, 0,
+            "{mode}: the fallback kept the workload whole"
+        );
+    }
+    let bystander = status.workload("bystander").unwrap();
+    assert_eq!((bystander.ready, bystander.restarts), (2, 0));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_policy_plugin_is_rejected_at_apply() {
+    let m = Manifests::new();
+    let spec = format!("  policy:\n    plugin: {}\n", guest("ticker").display());
+    let file = m.write("w.yaml", &workload("w", "ticker", &spec));
+    let host = host();
+    let rejected = host
+        .apply_files(std::slice::from_ref(&file))
+        .await
+        .expect_err("not a plugin");
+    let d = &rejected.diagnostics[0];
+    assert_eq!(
+        d.origin.as_ref().map(|o| (o.line, o.column)),
+        Some((8, 13)),
+        "{rejected}"
+    );
+    assert!(
+        d.message.contains("setpoint:policy/reconciler@0.1.0"),
+        "{rejected}"
+    );
+    assert!(host.status().await.workloads.is_empty());
+    host.shutdown().await;
+}
