@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| SlotObservation {
                 instance: Some(InstanceObservation {
                     id: format!("w-{i:08x}").into(),
+                    revision: "r".into(),
                     since: now,
                     stopping: false,
                     ready: true,
@@ -54,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         let input = PolicyInput {
             workload: "bench",
             desired: &spec,
+            revision: "r",
+            rollout: None,
             slots: &observed,
             recent_restarts: &[],
             failed: false,

@@ -342,7 +342,9 @@ fn style_mismatch(
 /// replaces) and of the component's bytes.
 fn revision(w: &Workload, component_digest: &[u8; 32], plugin_digest: Option<&[u8; 32]>) -> String {
     let mut spec = w.spec.clone();
+    // Scaling and the update strategy change how, not what, runs: not a new revision.
     spec.replicas = 0;
+    spec.strategy = crate::manifest::UpdateStrategy::default();
     let mut hasher = Sha256::new();
     hasher.update(serde_json::to_vec(&spec).unwrap_or_default());
     hasher.update(component_digest);

@@ -62,7 +62,10 @@ pub struct InstanceStatus {
     pub id: String,
     /// The slot it fills.
     pub slot: u32,
-    /// `Starting`, `Running` or `Stopping`.
+    /// The revision it runs.
+    pub revision: String,
+    /// `Starting`, `Running`, `Stopping`, or `Surge` (a rollout's new instance starting
+    /// beside the slot's old one).
     pub phase: &'static str,
     /// Whether it counts as ready.
     pub ready: bool,
@@ -95,6 +98,8 @@ pub struct WorkloadStatus {
     pub phase: Phase,
     /// Short digest of the applied spec and component.
     pub revision: String,
+    /// The rollout in progress, if any.
+    pub rollout: Option<RolloutStatus>,
     /// The policy deciding for this workload.
     pub policy: String,
     /// Conditions.
@@ -105,6 +110,23 @@ pub struct WorkloadStatus {
     pub last_termination: Option<TerminationRecord>,
     /// Recent events, oldest first.
     pub events: Vec<Event>,
+}
+
+/// A rollout in progress.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The revision being replaced.
+    pub from: String,
+    /// The revision being rolled out.
+    pub to: String,
+    /// Whether this rollout is an automatic rollback.
+    pub rollback: bool,
+    /// Time since it started.
+    #[serde(serialize_with = "serialize_millis", rename = "ageMs")]
+    pub age: Duration,
+    /// Live instances already on the new revision.
+    pub updated: u32,
 }
 
 /// An ended instance, as kept in status.

@@ -10,25 +10,11 @@ fn setpoint() -> Command {
     cmd
 }
 
-#[test]
-fn validate_accepts_the_example_specs() {
-    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/demo.yaml");
-    let out = setpoint()
-        .arg("validate")
-        .arg(&demo)
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 4 workload(s)"));
-}
-
-#[test]
-fn validate_accepts_the_policy_examples() {
-    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/policies.yaml");
+/// Asserts that `setpoint validate specs/FILE` accepts `count` workloads.
+fn assert_spec_validates(file: &str, count: usize) {
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../specs")
+        .join(file);
     let out = setpoint()
         .arg("validate")
         .arg(&spec)
@@ -36,26 +22,21 @@ fn validate_accepts_the_policy_examples() {
         .expect("runs");
     assert!(
         out.status.success(),
-        "stderr: {}",
+        "{file}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 2 workload(s)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("ok: {count} workload(s)")),
+        "{file}: {stdout}"
+    );
 }
 
 #[test]
-fn validate_accepts_the_containment_demo() {
-    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/hostile.yaml");
-    let out = setpoint()
-        .arg("validate")
-        .arg(&spec)
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 7 workload(s)"));
+fn validate_accepts_every_example_spec() {
+    assert_spec_validates("demo.yaml", 4);
+    assert_spec_validates("hostile.yaml", 7);
+    assert_spec_validates("policies.yaml", 2);
 }
 
 #[test]

@@ -133,13 +133,14 @@ async fn all_hostile_guests_at_once_beside_a_healthy_workload() {
         flood.end.reason
     );
     assert!(flood.end.output.tail.len() <= 50);
+    // 200 lines a second are forwarded; in its 300ms of CPU the flood writes far more.
     assert!(
-        flood.end.output.lines_dropped > 1000,
+        flood.end.output.lines_dropped > 500,
         "dropped {}",
         flood.end.output.lines_dropped
     );
     assert!(
-        flood.end.output.bytes_written > 1 << 20,
+        flood.end.output.bytes_written > 64 << 10,
         "wrote {}",
         flood.end.output.bytes_written
     );

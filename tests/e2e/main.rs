@@ -7,4 +7,5 @@ mod hostile;
 mod lifecycle;
 mod manifests;
 mod policy;
+mod rollout;
 mod sandbox;

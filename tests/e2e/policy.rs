@@ -8,7 +8,7 @@ use std::time::Instant;
 use proptest::prelude::*;
 use setpoint::policy::snapshot::{
     ActionRecord, BackoffMs, DesiredSnapshot, EndSnapshot, InstanceSnapshot, ObservedSnapshot,
-    RestartBudgetMs, SlotSnapshot, Snapshot,
+    RestartBudgetMs, RolloutSnapshot, SlotSnapshot, Snapshot, StrategySnapshot,
 };
 use setpoint::policy::{Policy, ReplicaPolicy};
 use setpoint::runtime::Runtime;
@@ -41,26 +41,49 @@ fn end_strategy() -> impl Strategy<Value = EndSnapshot> {
     })
 }
 
-fn slot_strategy()
--> impl Strategy<Value = (Option<InstanceSnapshot>, u32, u32, Option<EndSnapshot>)> {
-    let instance = prop::option::of(
-        (0..10_000u64, any::<bool>(), prop::bool::weighted(0.1)).prop_map(
-            |(age_ms, ready, stopping)| InstanceSnapshot {
-                id: format!("w-{age_ms:x}"),
-                age_ms,
-                ready,
-                stopping,
-            },
-        ),
+fn instance_strategy() -> impl Strategy<Value = InstanceSnapshot> {
+    let revision = prop::sample::select(vec!["new", "old"]);
+    (
+        0..10_000u64,
+        any::<bool>(),
+        prop::bool::weighted(0.1),
+        revision,
+    )
+        .prop_map(|(age_ms, ready, stopping, revision)| InstanceSnapshot {
+            id: format!("w-{age_ms:x}"),
+            revision: revision.to_string(),
+            age_ms,
+            ready,
+            stopping,
+        })
+}
+
+type SlotParts = (
+    Option<InstanceSnapshot>,
+    Option<InstanceSnapshot>,
+    u32,
+    u32,
+    Option<EndSnapshot>,
+);
+
+fn slot_strategy() -> impl Strategy<Value = SlotParts> {
+    let successor = prop::option::weighted(
+        0.2,
+        instance_strategy().prop_map(|mut i| {
+            i.revision = "new".into();
+            i
+        }),
     );
     (
-        instance,
+        prop::option::of(instance_strategy()),
+        successor,
         0..20u32,
         0..8u32,
         prop::option::of(end_strategy()),
     )
 }
 
+/// Any snapshot a policy could be given, rollouts included.
 fn snapshot_strategy() -> impl Strategy<Value = Snapshot> {
     let policy = prop::sample::select(vec![
         RestartPolicy::Always,
@@ -73,60 +96,92 @@ fn snapshot_strategy() -> impl Strategy<Value = Snapshot> {
             window_ms,
         }
     }));
-    (
+    let strategy = (
+        0..3u32,
+        0..3u32,
+        0..5000u64,
+        any::<bool>(),
+        prop::sample::select(vec![0u64, 50, 5000]),
+    )
+        .prop_map(
+            |(max_surge, max_unavailable, progress_deadline_ms, auto_rollback, min_ready_ms)| {
+                StrategySnapshot {
+                    recreate: false,
+                    max_surge,
+                    max_unavailable,
+                    progress_deadline_ms,
+                    auto_rollback,
+                    min_ready_ms,
+                }
+            },
+        );
+    let rollout = prop::option::of((0..8000u64, prop::bool::weighted(0.2)).prop_map(
+        |(started_ago_ms, rolled_back)| RolloutSnapshot {
+            started_ago_ms,
+            rolled_back,
+        },
+    ));
+    let desired = (
         0..6u32,
-        prop::collection::vec(slot_strategy(), 0..9),
         policy,
         (0..50u64, 0..400u64, 1..100_000u64),
         budget,
-        prop::collection::vec(0..6000u64, 0..8),
-        prop::bool::weighted(0.1),
+        strategy,
     )
         .prop_map(
             |(
                 replicas,
-                slots,
                 restart_policy,
                 (initial_ms, extra, reset_after_ms),
                 restart_budget,
-                recent,
-                failed,
-            )| {
-                Snapshot {
-                    desired: DesiredSnapshot {
-                        workload: "w".into(),
-                        revision: "r".into(),
-                        replicas,
-                        restart_policy,
-                        backoff: BackoffMs {
-                            initial_ms,
-                            max_ms: initial_ms + extra,
-                            reset_after_ms,
-                        },
-                        restart_budget,
-                        config: serde_json::Value::Null,
-                    },
-                    observed: ObservedSnapshot {
-                        slots: slots
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, (instance, restarts, consecutive_ends, last_end))| {
-                                SlotSnapshot {
-                                    index: i as u32,
-                                    instance,
-                                    restarts,
-                                    consecutive_ends,
-                                    last_end,
-                                }
-                            })
-                            .collect(),
-                        recent_restarts_ago_ms: recent,
-                        failed,
-                    },
-                    now_unix_ms: 1_795_000_000_000,
-                }
+                strategy,
+            )| DesiredSnapshot {
+                workload: "w".into(),
+                revision: "new".into(),
+                replicas,
+                restart_policy,
+                backoff: BackoffMs {
+                    initial_ms,
+                    max_ms: initial_ms + extra,
+                    reset_after_ms,
+                },
+                restart_budget,
+                config: serde_json::Value::Null,
+                strategy,
             },
-        )
+        );
+    let observed = (
+        prop::collection::vec(slot_strategy(), 0..9),
+        prop::collection::vec(0..6000u64, 0..8),
+        prop::bool::weighted(0.1),
+        rollout,
+    )
+        .prop_map(|(slots, recent, failed, rollout)| ObservedSnapshot {
+            slots: slots
+                .into_iter()
+                .enumerate()
+                .map(
+                    |(i, (instance, successor, restarts, consecutive_ends, last_end))| {
+                        SlotSnapshot {
+                            index: i as u32,
+                            instance,
+                            successor,
+                            restarts,
+                            consecutive_ends,
+                            last_end,
+                        }
+                    },
+                )
+                .collect(),
+            recent_restarts_ago_ms: recent,
+            failed,
+            rollout,
+        });
+    (desired, observed).prop_map(|(desired, observed)| Snapshot {
+        desired,
+        observed,
+        now_unix_ms: 1_795_000_000_000,
+    })
 }
 
 #[test]

@@ -414,6 +414,8 @@ fn describe_action(a: &setpoint::policy::snapshot::ActionRecord) -> String {
     match a {
         A::Spawn { slot } => format!("spawn         slot {slot}"),
         A::Stop { slot } => format!("stop          slot {slot}"),
+        A::SpawnSuccessor { slot } => format!("successor     slot {slot}"),
+        A::RollBack { message } => format!("roll-back     {message}"),
         A::RequeueAfter { ms } => format!("requeue-after {ms}ms"),
         A::Event {
             warning,

@@ -16,18 +16,20 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
-use crate::manifest::{RestartPolicy, WorkloadSpec};
+use crate::manifest::{RestartPolicy, StrategyKind, WorkloadSpec};
 use crate::policy::snapshot::Snapshot;
-use crate::policy::{Action, InstanceObservation, PluginPolicy, Policy, PolicyInput};
+use crate::policy::{
+    Action, InstanceObservation, PluginPolicy, Policy, PolicyInput, RolloutObservation,
+};
 use crate::runtime::plugin::{PluginInstance, PluginLimits, PreparedPlugin};
 use crate::runtime::{
     InstanceEvent, InstanceEventKind, LogLine, PreparedComponent, Runtime, SpawnRequest, StopCause,
 };
 use crate::status::{
-    Condition, Event, EventType, HostStatus, InstanceStatus, Phase, TerminationRecord,
-    WorkloadStatus,
+    Condition, Event, EventType, HostStatus, InstanceStatus, Phase, RolloutStatus,
+    TerminationRecord, WorkloadStatus,
 };
-use state::WorkloadState;
+use state::{RevisionRecord, WorkloadState};
 
 /// Controller settings; every field has a default.
 #[derive(Debug, Clone)]
@@ -200,8 +202,11 @@ impl Controller {
             .workloads
             .get(&name)
             .is_some_and(|s| s.revision == w.revision);
-        let plugin = match w.plugin.take() {
-            Some(plugin) if !unchanged => Some(self.plugin_policy(&name, plugin, &w)),
+        let prepared_plugin = w.plugin.take();
+        let plugin = match prepared_plugin.clone() {
+            Some(plugin) if !unchanged => {
+                Some(self.plugin_policy(&name, plugin, &w.spec, &w.revision))
+            }
             _ => None,
         };
         match self.workloads.get_mut(&name) {
@@ -214,6 +219,7 @@ impl Controller {
                     w.revision.clone(),
                 );
                 state.plugin = plugin;
+                state.current_plugin = prepared_plugin;
                 let event = self.event(
                     &name,
                     None,
@@ -228,16 +234,27 @@ impl Controller {
                 state.deleting = false;
                 state.labels = w.labels;
                 if state.revision != w.revision {
-                    // A new revision replaces every instance (Recreate); its restart
-                    // history and any failure verdict belong to the old revision.
-                    for (slot, handle) in state.handles.iter().enumerate() {
-                        if let Some(handle) = handle {
-                            handle.stop(StopCause::Deleted);
-                            if let Some(i) = state.slots[slot].instance.as_mut() {
-                                i.stopping = true;
-                            }
-                        }
+                    // Restart history and any failure verdict belong to the old revision.
+                    let rolling = w.spec.strategy.kind == StrategyKind::RollingUpdate
+                        && state.live_count() > 0;
+                    if rolling {
+                        // The policy replaces old instances a few at a time.
+                        state.rollout = Some(RolloutObservation {
+                            started: Instant::now(),
+                            rolled_back: false,
+                        });
+                    } else {
+                        // Recreate: every old instance stops now; new ones fill the slots.
+                        state.rollout = None;
+                        stop_all(state, StopCause::Replaced);
                     }
+                    state.previous = Some(RevisionRecord {
+                        spec: state.spec.clone(),
+                        component: state.component.clone(),
+                        plugin: state.current_plugin.take(),
+                        revision: state.revision.clone(),
+                    });
+                    state.current_plugin = prepared_plugin;
                     for slot in &mut state.slots {
                         slot.consecutive_ends = 0;
                     }
@@ -269,9 +286,10 @@ impl Controller {
         &self,
         name: &Arc<str>,
         plugin: Arc<PreparedPlugin>,
-        w: &PreparedWorkload,
+        spec: &WorkloadSpec,
+        revision: &str,
     ) -> PluginPolicy {
-        let (label, config) = match &w.spec.policy {
+        let (label, config) = match &spec.policy {
             Some(p) => (
                 p.plugin.file_name().map_or_else(
                     || "plugin".to_string(),
@@ -292,7 +310,7 @@ impl Controller {
             format!("plugin:{label}"),
             instance,
             config,
-            w.revision.clone(),
+            revision.to_string(),
         )
     }
 
@@ -308,6 +326,8 @@ impl Controller {
         let input = PolicyInput {
             workload: &w.name,
             desired: &w.spec,
+            revision: &w.revision,
+            rollout: w.rollout,
             slots: &w.slots,
             recent_restarts: w.recent_restarts.make_contiguous(),
             failed: w.failed.is_some(),
@@ -323,19 +343,29 @@ impl Controller {
             return;
         };
         let slot = event.slot as usize;
-        let is_current = w
-            .slots
-            .get(slot)
-            .and_then(|s| s.instance.as_ref())
-            .is_some_and(|i| i.id == event.instance);
-        if !is_current {
+        let matches =
+            |i: &Option<InstanceObservation>| i.as_ref().is_some_and(|i| i.id == event.instance);
+        let (is_main, is_successor) = w.slots.get(slot).map_or((false, false), |s| {
+            (matches(&s.instance), matches(&s.successor))
+        });
+        if !is_main && !is_successor {
             return; // a late event from an instance the controller already forgot
         }
         let mut to_log = None;
         match event.kind {
-            InstanceEventKind::Running => w.running[slot] = true,
+            InstanceEventKind::Running => {
+                if is_main {
+                    w.running[slot] = true;
+                }
+            }
             InstanceEventKind::Ready(ready) => {
-                if let Some(i) = w.slots[slot].instance.as_mut() {
+                let obs = &mut w.slots[slot];
+                let instance = if is_main {
+                    obs.instance.as_mut()
+                } else {
+                    obs.successor.as_mut()
+                };
+                if let Some(i) = instance {
                     i.ready = ready;
                 }
                 if !ready {
@@ -348,10 +378,21 @@ impl Controller {
             }
             InstanceEventKind::Ended(end) => {
                 self.live -= 1;
-                w.handles[slot] = None;
-                w.running[slot] = false;
                 let obs = &mut w.slots[slot];
-                obs.instance = None;
+                if is_main {
+                    w.handles[slot] = None;
+                    w.running[slot] = false;
+                    obs.instance = None;
+                    // The old instance of a rollout is gone: its successor takes the slot.
+                    if let Some(successor) = obs.successor.take() {
+                        obs.instance = Some(successor);
+                        w.handles[slot] = w.successor_handles[slot].take();
+                        w.running[slot] = true;
+                    }
+                } else {
+                    w.successor_handles[slot] = None;
+                    obs.successor = None;
+                }
                 if !end.reason.is_host_stop() {
                     obs.consecutive_ends = if end.ran_for >= w.spec.backoff.reset_after {
                         1
@@ -412,6 +453,8 @@ impl Controller {
             let input = PolicyInput {
                 workload: &name,
                 desired: &w.spec,
+                revision: &w.revision,
+                rollout: w.rollout,
                 slots: &w.slots,
                 recent_restarts: w.recent_restarts.make_contiguous(),
                 failed: w.failed.is_some(),
@@ -424,6 +467,7 @@ impl Controller {
             for action in actions.drain(..) {
                 self.execute(&name, action);
             }
+            self.check_rollout(&name);
             self.update_conditions(&name);
         }
     }
@@ -432,15 +476,7 @@ impl Controller {
         let Some(w) = self.workloads.get_mut(name) else {
             return;
         };
-        for (slot, handle) in w.handles.iter().enumerate() {
-            if let Some(handle) = handle
-                && let Some(i) = w.slots[slot].instance.as_mut()
-                && !i.stopping
-            {
-                handle.stop(StopCause::Deleted);
-                i.stopping = true;
-            }
-        }
+        stop_all(w, StopCause::Deleted);
         if w.live_count() == 0 {
             self.workloads.remove(name);
             self.runtime.forget_unused_components();
@@ -487,6 +523,33 @@ impl Controller {
                 {
                     Some(format!("stop slot {slot}: no live instance there"))
                 }
+                Action::SpawnSuccessor { slot } => {
+                    let s = w.slots.get(*slot as usize);
+                    if *slot >= w.spec.replicas {
+                        Some(format!(
+                            "start a successor in slot {slot}: beyond {} replicas",
+                            w.spec.replicas
+                        ))
+                    } else if s.is_none_or(|s| s.instance.is_none() || s.successor.is_some()) {
+                        Some(format!(
+                            "start a successor in slot {slot}: it needs a live instance and no successor"
+                        ))
+                    } else if w.failed.is_some() {
+                        Some("start a successor: the workload is marked failed".to_string())
+                    } else if self.live >= self.config.max_instances {
+                        Some(format!(
+                            "start a successor: the host is at its limit of {} instances",
+                            self.config.max_instances
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                Action::RollBack { .. }
+                    if w.previous.is_none() || w.rollout.is_none_or(|r| r.rolled_back) =>
+                {
+                    Some("roll back: there is no rollout to undo".to_string())
+                }
                 _ => None,
             }
         };
@@ -504,7 +567,9 @@ impl Controller {
             return;
         }
         match action {
-            Action::Spawn { slot } => self.spawn(name, slot, now),
+            Action::Spawn { slot } => self.spawn(name, slot, now, false),
+            Action::SpawnSuccessor { slot } => self.spawn(name, slot, now, true),
+            Action::RollBack { message } => self.roll_back(name, message, now),
             Action::Stop { slot, cause } => {
                 let Some(w) = self.workloads.get_mut(name) else {
                     return;
@@ -514,6 +579,15 @@ impl Controller {
                 }
                 if let Some(i) = w.slots[slot as usize].instance.as_mut() {
                     i.stopping = true;
+                }
+                // A slot that goes away takes its successor with it.
+                if cause == StopCause::ScaleDown
+                    && let Some(handle) = &w.successor_handles[slot as usize]
+                {
+                    handle.stop(cause);
+                    if let Some(i) = w.slots[slot as usize].successor.as_mut() {
+                        i.stopping = true;
+                    }
                 }
             }
             Action::RequeueAfter(delay) => {
@@ -557,7 +631,92 @@ impl Controller {
         }
     }
 
-    fn spawn(&mut self, name: &Arc<str>, slot: u32, now: Instant) {
+    /// Makes the previous revision current again and starts a rollout back to it.
+    fn roll_back(&mut self, name: &Arc<str>, message: String, now: Instant) {
+        let history = self.config.event_history;
+        let Some(w) = self.workloads.get_mut(name) else {
+            return;
+        };
+        let Some(previous) = w.previous.take() else {
+            return;
+        };
+        // Scaling and strategy stay as they are now; what runs goes back.
+        let mut spec = (*previous.spec).clone();
+        spec.replicas = w.spec.replicas;
+        spec.strategy = w.spec.strategy;
+        let spec = Arc::new(spec);
+        w.previous = Some(RevisionRecord {
+            spec: std::mem::replace(&mut w.spec, spec.clone()),
+            component: std::mem::replace(&mut w.component, previous.component),
+            plugin: std::mem::replace(&mut w.current_plugin, previous.plugin.clone()),
+            revision: std::mem::replace(&mut w.revision, previous.revision.clone()),
+        });
+        w.rollout = Some(RolloutObservation {
+            started: now,
+            rolled_back: true,
+        });
+        // Successors run the revision being abandoned.
+        for (slot, obs) in w.slots.iter_mut().enumerate() {
+            if let (Some(handle), Some(successor)) =
+                (&w.successor_handles[slot], obs.successor.as_mut())
+            {
+                handle.stop(StopCause::Replaced);
+                successor.stopping = true;
+            }
+        }
+        w.failed = None;
+        w.failed_since = None;
+        w.recent_restarts.clear();
+        for slot in &mut w.slots {
+            slot.consecutive_ends = 0;
+        }
+        let plugin = previous
+            .plugin
+            .map(|p| self.plugin_policy(name, p, &spec, &previous.revision));
+        let e = self.event(
+            name,
+            None,
+            EventType::Warning,
+            "RolledBack",
+            format!("{message}; rolling back to revision {}", previous.revision),
+        );
+        if let Some(w) = self.workloads.get_mut(name) {
+            w.plugin = plugin;
+            w.push_event(e, history);
+        }
+    }
+
+    /// Ends the rollout once every live instance runs the current revision and is ready.
+    fn check_rollout(&mut self, name: &Arc<str>) {
+        let history = self.config.event_history;
+        let Some(w) = self.workloads.get_mut(name) else {
+            return;
+        };
+        if w.rollout.is_none() {
+            return;
+        }
+        let all_current = w.slots.iter().all(|s| {
+            s.successor.is_none()
+                && s.instance
+                    .as_ref()
+                    .is_none_or(|i| *i.revision == *w.revision && !i.stopping)
+        });
+        if !all_current || w.ready_count() < w.spec.replicas {
+            return;
+        }
+        let rolled_back = w.rollout.take().is_some_and(|r| r.rolled_back);
+        let message = if rolled_back {
+            format!("rolled back to revision {}", w.revision)
+        } else {
+            format!("every instance runs revision {}", w.revision)
+        };
+        let e = self.event(name, None, EventType::Normal, "RolloutComplete", message);
+        if let Some(w) = self.workloads.get_mut(name) {
+            w.push_event(e, history);
+        }
+    }
+
+    fn spawn(&mut self, name: &Arc<str>, slot: u32, now: Instant, successor: bool) {
         self.next_id += 1;
         let id: Arc<str> = Arc::from(format!(
             "{name}-{:08x}",
@@ -567,10 +726,11 @@ impl Controller {
             return;
         };
         w.ensure_slot(slot as usize);
-        let replacing = w.slots[slot as usize]
-            .last_end
-            .as_ref()
-            .is_some_and(|(_, r)| !r.is_host_stop());
+        let replacing = !successor
+            && w.slots[slot as usize]
+                .last_end
+                .as_ref()
+                .is_some_and(|(_, r)| !r.is_host_stop());
         if replacing {
             w.slots[slot as usize].restarts += 1;
             w.record_restart(now);
@@ -584,17 +744,28 @@ impl Controller {
             log_sink: Some(self.logs.clone()),
         };
         let handle = self.runtime.spawn(request, self.events_tx.clone());
-        w.handles[slot as usize] = Some(handle);
-        w.running[slot as usize] = false;
-        w.slots[slot as usize].instance = Some(InstanceObservation {
+        let observation = InstanceObservation {
             id: id.clone(),
+            revision: Arc::from(w.revision.as_str()),
             since: now,
             stopping: false,
             ready: false,
-        });
+        };
+        if successor {
+            w.successor_handles[slot as usize] = Some(handle);
+            w.slots[slot as usize].successor = Some(observation);
+        } else {
+            w.handles[slot as usize] = Some(handle);
+            w.running[slot as usize] = false;
+            w.slots[slot as usize].instance = Some(observation);
+        }
         self.live += 1;
         // Spawns are frequent in a crash loop: they go to subscribers, not the bounded history.
-        let reason = if replacing { "Replaced" } else { "Spawned" };
+        let reason = match (successor, replacing) {
+            (true, _) => "Surge",
+            (false, true) => "Replaced",
+            (false, false) => "Spawned",
+        };
         let _ = self.event(
             name,
             Some(&id),
@@ -655,14 +826,7 @@ impl Controller {
         let mut longest_grace = Duration::ZERO;
         for w in self.workloads.values_mut() {
             longest_grace = longest_grace.max(w.spec.termination_grace_period);
-            for (slot, handle) in w.handles.iter().enumerate() {
-                if let Some(handle) = handle {
-                    handle.stop(StopCause::Shutdown);
-                    if let Some(i) = w.slots[slot].instance.as_mut() {
-                        i.stopping = true;
-                    }
-                }
-            }
+            stop_all(w, StopCause::Shutdown);
         }
         let deadline = Instant::now() + longest_grace + self.config.shutdown_slack;
         while self.live > 0 {
@@ -673,13 +837,29 @@ impl Controller {
         }
         // Whatever did not end in time is dropped now: no task is left behind.
         for w in self.workloads.values_mut() {
-            for handle in w.handles.iter_mut().filter_map(Option::take) {
+            let handles = w.handles.iter_mut().chain(w.successor_handles.iter_mut());
+            for handle in handles.filter_map(Option::take).collect::<Vec<_>>() {
                 handle.abort().await;
             }
         }
         let status = self.status();
         self.runtime.stop_ticker();
         status
+    }
+}
+
+/// Asks every live instance of `w` (successors included) to stop.
+fn stop_all(w: &mut WorkloadState, cause: StopCause) {
+    for (slot, obs) in w.slots.iter_mut().enumerate() {
+        for (handle, instance) in [
+            (&w.handles[slot], &mut obs.instance),
+            (&w.successor_handles[slot], &mut obs.successor),
+        ] {
+            if let (Some(handle), Some(instance)) = (handle, instance.as_mut()) {
+                handle.stop(cause);
+                instance.stopping = true;
+            }
+        }
     }
 }
 
@@ -738,25 +918,51 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
         .slots
         .iter()
         .enumerate()
-        .filter_map(|(slot, s)| {
-            let i = s.instance.as_ref()?;
-            let phase = if i.stopping {
-                "Stopping"
-            } else if w.running.get(slot).copied().unwrap_or(false) {
-                "Running"
-            } else {
-                "Starting"
-            };
-            Some(InstanceStatus {
-                id: i.id.to_string(),
-                slot: slot as u32,
-                phase,
-                ready: i.ready,
-                restarts: s.restarts,
-                age: now.saturating_duration_since(i.since),
-            })
+        .flat_map(|(slot, s)| {
+            let main = s.instance.as_ref().map(|i| {
+                let phase = if i.stopping {
+                    "Stopping"
+                } else if w.running.get(slot).copied().unwrap_or(false) {
+                    "Running"
+                } else {
+                    "Starting"
+                };
+                (i, phase)
+            });
+            let successor = s
+                .successor
+                .as_ref()
+                .map(|i| (i, if i.stopping { "Stopping" } else { "Surge" }));
+            main.into_iter()
+                .chain(successor)
+                .map(move |(i, phase)| InstanceStatus {
+                    id: i.id.to_string(),
+                    slot: slot as u32,
+                    revision: i.revision.to_string(),
+                    phase,
+                    ready: i.ready,
+                    restarts: s.restarts,
+                    age: now.saturating_duration_since(i.since),
+                })
         })
         .collect();
+    let rollout = w.rollout.map(|r| RolloutStatus {
+        from: w
+            .previous
+            .as_ref()
+            .map(|p| p.revision.clone())
+            .unwrap_or_default(),
+        to: w.revision.clone(),
+        rollback: r.rolled_back,
+        age: now.saturating_duration_since(r.started),
+        updated: w
+            .slots
+            .iter()
+            .flat_map(|s| [&s.instance, &s.successor])
+            .flatten()
+            .filter(|i| *i.revision == *w.revision && !i.stopping)
+            .count() as u32,
+    });
     WorkloadStatus {
         name: w.name.to_string(),
         labels: w.labels.clone(),
@@ -767,6 +973,7 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
         restarts: w.total_restarts,
         phase,
         revision: w.revision.clone(),
+        rollout,
         policy: policy.to_string(),
         conditions,
         instances,

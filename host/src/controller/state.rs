@@ -14,6 +14,14 @@ use crate::status::{Event, TerminationRecord};
 /// The most restart timestamps kept when no budget asks for more.
 const MIN_RESTART_HISTORY: usize = 64;
 
+/// A revision kept so that a rollout can go back to it.
+pub(super) struct RevisionRecord {
+    pub spec: Arc<WorkloadSpec>,
+    pub component: Arc<PreparedComponent>,
+    pub plugin: Option<Arc<crate::runtime::plugin::PreparedPlugin>>,
+    pub revision: String,
+}
+
 pub(super) struct WorkloadState {
     pub name: Arc<str>,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -24,6 +32,14 @@ pub(super) struct WorkloadState {
     pub slots: Vec<SlotObservation>,
     /// Handles of live instances, parallel to `slots`.
     pub handles: Vec<Option<InstanceHandle>>,
+    /// Handles of successor instances (rolling update), parallel to `slots`.
+    pub successor_handles: Vec<Option<InstanceHandle>>,
+    /// The compiled plugin of the current revision, kept to rebuild it on rollback.
+    pub current_plugin: Option<Arc<crate::runtime::plugin::PreparedPlugin>>,
+    /// The revision before the current one.
+    pub previous: Option<RevisionRecord>,
+    /// The rollout in progress.
+    pub rollout: Option<crate::policy::RolloutObservation>,
     /// Whether each slot's live instance has reported `Running`.
     pub running: Vec<bool>,
     pub recent_restarts: VecDeque<Instant>,
@@ -55,6 +71,10 @@ impl WorkloadState {
             revision,
             slots: Vec::new(),
             handles: Vec::new(),
+            successor_handles: Vec::new(),
+            current_plugin: None,
+            previous: None,
+            rollout: None,
             running: Vec::new(),
             recent_restarts: VecDeque::new(),
             total_restarts: 0,
@@ -74,6 +94,7 @@ impl WorkloadState {
         if self.slots.len() <= slot {
             self.slots.resize_with(slot + 1, SlotObservation::default);
             self.handles.resize_with(slot + 1, || None);
+            self.successor_handles.resize_with(slot + 1, || None);
             self.running.resize(slot + 1, false);
         }
     }
@@ -81,23 +102,37 @@ impl WorkloadState {
     /// Drops trailing surplus slots that no longer hold an instance.
     pub fn trim_surplus(&mut self) {
         let keep = self.spec.replicas as usize;
-        while self.slots.len() > keep && self.handles.last().is_some_and(Option::is_none) {
+        while self.slots.len() > keep
+            && self.handles.last().is_some_and(Option::is_none)
+            && self.successor_handles.last().is_some_and(Option::is_none)
+        {
             self.slots.pop();
             self.handles.pop();
+            self.successor_handles.pop();
             self.running.pop();
         }
     }
 
     pub fn live_count(&self) -> usize {
-        self.handles.iter().filter(|h| h.is_some()).count()
+        self.handles
+            .iter()
+            .chain(&self.successor_handles)
+            .filter(|h| h.is_some())
+            .count()
     }
 
     pub fn ready_count(&self) -> u32 {
         self.slots
             .iter()
             .take(self.spec.replicas as usize)
-            .filter(|s| s.instance.as_ref().is_some_and(|i| i.ready && !i.stopping))
-            .count() as u32
+            .map(|s| {
+                [&s.instance, &s.successor]
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| i.ready && !i.stopping)
+                    .count()
+            })
+            .sum::<usize>() as u32
     }
 
     pub fn record_restart(&mut self, now: Instant) {

@@ -366,6 +366,29 @@ impl Validator<'_> {
                 format!("more than {} dir or network grants", self.limits.max_grants),
             ));
         }
+        if let Some(s) = raw.strategy {
+            let d = super::spec::UpdateStrategy::default();
+            spec.strategy = super::spec::UpdateStrategy {
+                kind: s.kind.unwrap_or(d.kind),
+                max_surge: s
+                    .max_surge
+                    .as_ref()
+                    .and_then(|v| self.int_or_percent(v, "maxSurge"))
+                    .unwrap_or(d.max_surge),
+                max_unavailable: s
+                    .max_unavailable
+                    .as_ref()
+                    .and_then(|v| self.int_or_percent(v, "maxUnavailable"))
+                    .unwrap_or(d.max_unavailable),
+                progress_deadline: self.duration_or(
+                    &s.progress_deadline,
+                    d.progress_deadline,
+                    Duration::from_millis(1),
+                ),
+                auto_rollback: s.auto_rollback.unwrap_or(d.auto_rollback),
+                min_ready: self.duration_or(&s.min_ready, d.min_ready, Duration::ZERO),
+            };
+        }
         if let Some(policy) = raw.policy {
             spec.policy = self.policy(policy);
         }
@@ -521,6 +544,32 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    fn int_or_percent(
+        &mut self,
+        v: &Spanned<super::raw::RawIntOrPercent>,
+        what: &str,
+    ) -> Option<super::spec::IntOrPercent> {
+        use super::raw::RawIntOrPercent as R;
+        use super::spec::IntOrPercent as I;
+        let parsed = match &v.value {
+            R::Count(n) if (0..=i64::from(u32::MAX)).contains(n) => Some(I::Count(*n as u32)),
+            R::Percent(text) => text
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .filter(|p| *p <= 100)
+                .map(I::Percent),
+            R::Count(_) => None,
+        };
+        if parsed.is_none() {
+            self.error(
+                v.referenced,
+                format!("{what} must be a count or a percentage from 0% to 100%"),
+                Some("write e.g. `1` or `25%`".into()),
+            );
+        }
+        parsed
     }
 
     fn dir_grant(&mut self, raw: &super::raw::RawDir) -> Option<DirGrant> {

@@ -10,8 +10,8 @@ pub mod units;
 pub use diagnostic::{Diagnostic, Origin, Rejected};
 pub use load::{API_VERSION, ManifestLimits, check_workloads, load_files};
 pub use spec::{
-    BackoffSpec, CpuBudget, DirGrant, PolicyPlugin, ProbeSpec, RestartBudget, RestartPolicy,
-    WatchdogSpec, Workload, WorkloadSpec,
+    BackoffSpec, CpuBudget, DirGrant, IntOrPercent, PolicyPlugin, ProbeSpec, RestartBudget,
+    RestartPolicy, StrategyKind, UpdateStrategy, WatchdogSpec, Workload, WorkloadSpec,
 };
 
 /// The JSON Schema of the manifest format, generated from the types that parse it.

@@ -78,6 +78,42 @@ pub struct RawWorkloadSpec {
     pub termination_grace_period: Option<Spanned<String>>,
     /// Which policy decides how this workload converges (default: the built-in).
     pub policy: Option<RawPolicy>,
+    /// How a new revision replaces the old (default: RollingUpdate, 25%/25%, rollback on).
+    pub strategy: Option<RawStrategy>,
+}
+
+/// The update strategy.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "Strategy")]
+pub struct RawStrategy {
+    /// `RollingUpdate` (default) or `Recreate`.
+    #[serde(rename = "type")]
+    pub kind: Option<super::spec::StrategyKind>,
+    /// Extra instances during a rollout: a count or a percentage such as `25%`.
+    #[schemars(with = "Option<RawIntOrPercent>")]
+    pub max_surge: Option<Spanned<RawIntOrPercent>>,
+    /// Instances that may be unavailable during a rollout: a count or a percentage.
+    #[schemars(with = "Option<RawIntOrPercent>")]
+    pub max_unavailable: Option<Spanned<RawIntOrPercent>>,
+    /// A rollout not complete within this long has failed (default `10m`).
+    #[schemars(with = "Option<String>")]
+    pub progress_deadline: Option<Spanned<String>>,
+    /// Roll back to the previous revision when the deadline passes (default true).
+    pub auto_rollback: Option<bool>,
+    /// A new instance takes over only once ready and up this long (default `0s`).
+    #[schemars(with = "Option<String>")]
+    pub min_ready: Option<Spanned<String>>,
+}
+
+/// A count (`1`) or a percentage (`"25%"`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawIntOrPercent {
+    /// A count.
+    Count(i64),
+    /// A percentage such as `25%`.
+    Percent(String),
 }
 
 /// The reconcile policy: `{builtin: replicas}` or `{plugin: path, config: ...}`.

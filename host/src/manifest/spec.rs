@@ -84,6 +84,86 @@ pub struct WorkloadSpec {
     pub termination_grace_period: Duration,
     /// A policy plugin deciding for this workload; `None` means the built-in policy.
     pub policy: Option<PolicyPlugin>,
+    /// How a new revision replaces the old one.
+    pub strategy: UpdateStrategy,
+}
+
+/// How instances of a new revision replace those of the old.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub enum StrategyKind {
+    /// Replace a few at a time, readiness-gated, within `maxSurge` / `maxUnavailable`.
+    RollingUpdate,
+    /// Stop every old instance, then start the new ones.
+    Recreate,
+}
+
+/// An absolute count or a percentage of `replicas`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum IntOrPercent {
+    /// So many instances.
+    Count(u32),
+    /// This percentage of `replicas` (surge rounds up, unavailability rounds down).
+    Percent(u32),
+}
+
+/// The update strategy (Kubernetes' Deployment vocabulary, plus automatic rollback).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// Rolling or recreate.
+    pub kind: StrategyKind,
+    /// Extra instances allowed during a rollout (default 25%).
+    pub max_surge: IntOrPercent,
+    /// Instances that may be unavailable during a rollout (default 25%).
+    pub max_unavailable: IntOrPercent,
+    /// A rollout not complete within this long has failed (default 10 minutes).
+    #[serde(with = "millis")]
+    pub progress_deadline: Duration,
+    /// Roll back to the previous revision when the progress deadline passes (default true).
+    pub auto_rollback: bool,
+    /// A new instance takes over a slot only once it is ready and has run this long
+    /// (Kubernetes' `minReadySeconds`; default 0).
+    #[serde(with = "millis")]
+    pub min_ready: Duration,
+}
+
+impl Default for UpdateStrategy {
+    fn default() -> Self {
+        Self {
+            kind: StrategyKind::RollingUpdate,
+            max_surge: IntOrPercent::Percent(25),
+            max_unavailable: IntOrPercent::Percent(25),
+            progress_deadline: Duration::from_secs(600),
+            auto_rollback: true,
+            min_ready: Duration::ZERO,
+        }
+    }
+}
+
+impl UpdateStrategy {
+    /// Absolute (max surge, max unavailable) for `replicas`, by Kubernetes' rules: surge
+    /// rounds up, unavailability rounds down, and both zero means one may be unavailable.
+    pub fn resolve(&self, replicas: u32) -> (u32, u32) {
+        let of = |v: IntOrPercent, up: bool| match v {
+            IntOrPercent::Count(n) => n,
+            IntOrPercent::Percent(p) => {
+                let scaled = u64::from(replicas) * u64::from(p);
+                (if up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                }) as u32
+            }
+        };
+        let (surge, unavailable) = (of(self.max_surge, true), of(self.max_unavailable, false));
+        if surge == 0 && unavailable == 0 {
+            (0, 1)
+        } else {
+            (surge, unavailable)
+        }
+    }
 }
 
 /// A Wasm policy plugin and its configuration.
@@ -114,6 +194,7 @@ impl WorkloadSpec {
             restart_budget: None,
             termination_grace_period: Duration::from_secs(5),
             policy: None,
+            strategy: UpdateStrategy::default(),
         }
     }
 }
@@ -260,6 +341,20 @@ mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strategy_resolves_like_kubernetes() {
+        let s = UpdateStrategy::default();
+        assert_eq!(s.resolve(4), (1, 1));
+        assert_eq!(s.resolve(10), (3, 2));
+        assert_eq!(s.resolve(1), (1, 0));
+        let none = UpdateStrategy {
+            max_surge: IntOrPercent::Count(0),
+            max_unavailable: IntOrPercent::Count(0),
+            ..s
+        };
+        assert_eq!(none.resolve(3), (0, 1));
+    }
 
     #[test]
     fn backoff_starts_immediate_doubles_and_caps() {

@@ -22,6 +22,9 @@ use crate::runtime::{EndReason, StopCause};
 pub struct SlotObservation {
     /// The live instance in this slot, if any.
     pub instance: Option<InstanceObservation>,
+    /// During a rolling update: the new-revision instance starting beside it, which takes
+    /// the slot over once the old one has stopped.
+    pub successor: Option<InstanceObservation>,
     /// How many times this slot's instance has been replaced.
     pub restarts: u32,
     /// Ends in a row without a long healthy run in between (drives back-off).
@@ -35,6 +38,8 @@ pub struct SlotObservation {
 pub struct InstanceObservation {
     /// The instance id.
     pub id: std::sync::Arc<str>,
+    /// The revision it runs.
+    pub revision: std::sync::Arc<str>,
     /// When it was spawned.
     pub since: Instant,
     /// Whether it has been asked to stop.
@@ -50,6 +55,10 @@ pub struct PolicyInput<'a> {
     pub workload: &'a str,
     /// Its desired state.
     pub desired: &'a WorkloadSpec,
+    /// The revision instances should run.
+    pub revision: &'a str,
+    /// The rollout in progress, if any.
+    pub rollout: Option<RolloutObservation>,
     /// Observed slots; index = slot number; may be longer than `desired.replicas`.
     pub slots: &'a [SlotObservation],
     /// When replacements happened recently (oldest first, bounded).
@@ -60,6 +69,15 @@ pub struct PolicyInput<'a> {
     pub now: Instant,
 }
 
+/// A rollout: started when a new revision was applied (or a rollback began).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolloutObservation {
+    /// When it started.
+    pub started: Instant,
+    /// Whether this rollout is itself a rollback (which is never rolled back again).
+    pub rolled_back: bool,
+}
+
 /// Something a policy wants done.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -67,6 +85,17 @@ pub enum Action {
     Spawn {
         /// The slot to fill.
         slot: u32,
+    },
+    /// During a rollout: start an instance of the current revision beside the slot's live
+    /// (old) instance; it takes the slot over once the old one stops.
+    SpawnSuccessor {
+        /// The slot.
+        slot: u32,
+    },
+    /// Return to the previous revision; a rollout back to it starts at once.
+    RollBack {
+        /// Why.
+        message: String,
     },
     /// Stop the live instance of a slot.
     Stop {

@@ -184,6 +184,20 @@ pub fn validate(records: &[ActionRecord], input: &PolicyInput<'_>) -> Result<Vec
                 };
                 Action::Stop { slot: *slot, cause }
             }
+            ActionRecord::SpawnSuccessor { slot } => {
+                let s = input.slots.get(*slot as usize);
+                if *slot >= replicas || s.is_none_or(|s| s.instance.is_none() || s.successor.is_some()) || !spawned.insert(*slot) {
+                    return Err(format!("successor in slot {slot}, which needs a live instance below {replicas} and no successor"));
+                }
+                Action::SpawnSuccessor { slot: *slot }
+            }
+            ActionRecord::RollBack { message } => {
+                if input.rollout.is_none_or(|r| r.rolled_back) {
+                    return Err("roll back with no rollout to undo".to_string());
+                }
+                check_text("RolledBack", message)?;
+                Action::RollBack { message: message.clone() }
+            }
             ActionRecord::RequeueAfter { ms } => {
                 let delay = Duration::from_millis(*ms);
                 if delay > MAX_REQUEUE {

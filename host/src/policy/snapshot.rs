@@ -7,8 +7,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, InstanceObservation, PolicyInput, SlotObservation};
-use crate::manifest::{BackoffSpec, RestartBudget, RestartPolicy, WorkloadSpec};
+use super::{Action, InstanceObservation, PolicyInput, RolloutObservation, SlotObservation};
+use crate::manifest::{
+    BackoffSpec, IntOrPercent, RestartBudget, RestartPolicy, StrategyKind, UpdateStrategy,
+    WorkloadSpec,
+};
 use crate::runtime::{EndReason, StopCause};
 
 /// Desired state, observed state and the time of one decision.
@@ -44,6 +47,51 @@ pub struct DesiredSnapshot {
     /// `spec.policy.config`.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// The update strategy, resolved to counts for `replicas`.
+    #[serde(default)]
+    pub strategy: StrategySnapshot,
+}
+
+/// The update strategy as a policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StrategySnapshot {
+    /// `Recreate` rather than `RollingUpdate`.
+    pub recreate: bool,
+    /// Extra instances allowed during a rollout.
+    pub max_surge: u32,
+    /// Instances that may be unavailable during a rollout.
+    pub max_unavailable: u32,
+    /// A rollout not complete within this long has failed.
+    pub progress_deadline_ms: u64,
+    /// Roll back when the deadline passes.
+    pub auto_rollback: bool,
+    /// A successor takes over only once ready and up this long.
+    #[serde(default)]
+    pub min_ready_ms: u64,
+}
+
+impl Default for StrategySnapshot {
+    fn default() -> Self {
+        Self {
+            recreate: false,
+            max_surge: 1,
+            max_unavailable: 0,
+            progress_deadline_ms: 600_000,
+            auto_rollback: true,
+            min_ready_ms: 0,
+        }
+    }
+}
+
+/// A rollout in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutSnapshot {
+    /// How long ago it started.
+    pub started_ago_ms: u64,
+    /// Whether it is a rollback.
+    pub rolled_back: bool,
 }
 
 /// Back-off settings in milliseconds.
@@ -80,6 +128,9 @@ pub struct ObservedSnapshot {
     /// Whether the workload is already marked failed.
     #[serde(default)]
     pub failed: bool,
+    /// The rollout in progress, if any.
+    #[serde(default)]
+    pub rollout: Option<RolloutSnapshot>,
 }
 
 /// One slot.
@@ -91,6 +142,9 @@ pub struct SlotSnapshot {
     /// The live instance, if any.
     #[serde(default)]
     pub instance: Option<InstanceSnapshot>,
+    /// A new-revision instance starting beside it during a rollout.
+    #[serde(default)]
+    pub successor: Option<InstanceSnapshot>,
     /// Replacements so far.
     #[serde(default)]
     pub restarts: u32,
@@ -108,6 +162,9 @@ pub struct SlotSnapshot {
 pub struct InstanceSnapshot {
     /// Its id.
     pub id: String,
+    /// The revision it runs.
+    #[serde(default)]
+    pub revision: String,
     /// Time since spawn.
     pub age_ms: u64,
     /// Ready.
@@ -195,18 +252,21 @@ impl Snapshot {
         let d = input.desired;
         let now = input.now;
         let ago = |t: Instant| ms(now.saturating_duration_since(t));
+        let instance = |i: &InstanceObservation| InstanceSnapshot {
+            id: i.id.to_string(),
+            revision: i.revision.to_string(),
+            age_ms: ago(i.since),
+            ready: i.ready,
+            stopping: i.stopping,
+        };
         let slots = input
             .slots
             .iter()
             .enumerate()
             .map(|(index, s)| SlotSnapshot {
                 index: index as u32,
-                instance: s.instance.as_ref().map(|i| InstanceSnapshot {
-                    id: i.id.to_string(),
-                    age_ms: ago(i.since),
-                    ready: i.ready,
-                    stopping: i.stopping,
-                }),
+                instance: s.instance.as_ref().map(instance),
+                successor: s.successor.as_ref().map(instance),
                 restarts: s.restarts,
                 consecutive_ends: s.consecutive_ends,
                 last_end: s.last_end.as_ref().map(|(at, r)| EndSnapshot {
@@ -222,7 +282,11 @@ impl Snapshot {
         Self {
             desired: DesiredSnapshot {
                 workload: input.workload.to_string(),
-                revision: revision.to_string(),
+                revision: if revision.is_empty() {
+                    input.revision.to_string()
+                } else {
+                    revision.to_string()
+                },
                 replicas: d.replicas,
                 restart_policy: d.restart_policy,
                 backoff: BackoffMs {
@@ -235,11 +299,26 @@ impl Snapshot {
                     window_ms: ms(b.window),
                 }),
                 config: config.clone(),
+                strategy: {
+                    let (max_surge, max_unavailable) = d.strategy.resolve(d.replicas);
+                    StrategySnapshot {
+                        recreate: d.strategy.kind == crate::manifest::StrategyKind::Recreate,
+                        max_surge,
+                        max_unavailable,
+                        progress_deadline_ms: ms(d.strategy.progress_deadline),
+                        auto_rollback: d.strategy.auto_rollback,
+                        min_ready_ms: ms(d.strategy.min_ready),
+                    }
+                },
             },
             observed: ObservedSnapshot {
                 slots,
                 recent_restarts_ago_ms: input.recent_restarts.iter().map(|t| ago(*t)).collect(),
                 failed: input.failed,
+                rollout: input.rollout.map(|r| RolloutSnapshot {
+                    started_ago_ms: ago(r.started),
+                    rolled_back: r.rolled_back,
+                }),
             },
             now_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms),
         }
@@ -265,18 +344,33 @@ impl Snapshot {
             max_restarts: b.max_restarts,
             window: Duration::from_millis(b.window_ms),
         });
+        spec.strategy = UpdateStrategy {
+            kind: if d.strategy.recreate {
+                StrategyKind::Recreate
+            } else {
+                StrategyKind::RollingUpdate
+            },
+            max_surge: IntOrPercent::Count(d.strategy.max_surge),
+            max_unavailable: IntOrPercent::Count(d.strategy.max_unavailable),
+            progress_deadline: Duration::from_millis(d.strategy.progress_deadline_ms),
+            auto_rollback: d.strategy.auto_rollback,
+            min_ready: Duration::from_millis(d.strategy.min_ready_ms),
+        };
+        let observe = |i: &InstanceSnapshot| InstanceObservation {
+            id: i.id.as_str().into(),
+            revision: i.revision.as_str().into(),
+            since: at(i.age_ms),
+            stopping: i.stopping,
+            ready: i.ready,
+        };
         let mut slots = vec![SlotObservation::default(); self.observed.slots.len()];
         for s in &self.observed.slots {
             let Some(slot) = slots.get_mut(s.index as usize) else {
                 continue;
             };
             *slot = SlotObservation {
-                instance: s.instance.as_ref().map(|i| InstanceObservation {
-                    id: i.id.as_str().into(),
-                    since: at(i.age_ms),
-                    stopping: i.stopping,
-                    ready: i.ready,
-                }),
+                instance: s.instance.as_ref().map(observe),
+                successor: s.successor.as_ref().map(observe),
                 restarts: s.restarts,
                 consecutive_ends: s.consecutive_ends,
                 last_end: s.last_end.as_ref().map(|e| (at(e.ago_ms), e.to_reason())),
@@ -284,6 +378,11 @@ impl Snapshot {
         }
         ReplayInput {
             workload: d.workload.clone(),
+            revision: d.revision.clone(),
+            rollout: self.observed.rollout.map(|r| RolloutObservation {
+                started: at(r.started_ago_ms),
+                rolled_back: r.rolled_back,
+            }),
             spec,
             slots,
             recent_restarts: self
@@ -302,6 +401,8 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct ReplayInput {
     workload: String,
+    revision: String,
+    rollout: Option<RolloutObservation>,
     spec: WorkloadSpec,
     slots: Vec<SlotObservation>,
     recent_restarts: Vec<Instant>,
@@ -315,6 +416,8 @@ impl ReplayInput {
         PolicyInput {
             workload: &self.workload,
             desired: &self.spec,
+            revision: &self.revision,
+            rollout: self.rollout,
             slots: &self.slots,
             recent_restarts: &self.recent_restarts,
             failed: self.failed,
@@ -336,6 +439,16 @@ pub enum ActionRecord {
     Stop {
         /// The slot.
         slot: u32,
+    },
+    /// Start a new-revision instance beside a slot's old one.
+    SpawnSuccessor {
+        /// The slot.
+        slot: u32,
+    },
+    /// Return to the previous revision.
+    RollBack {
+        /// Why.
+        message: String,
     },
     /// Decide again later.
     RequeueAfter {
@@ -365,6 +478,10 @@ impl From<&Action> for ActionRecord {
         match a {
             Action::Spawn { slot } => Self::Spawn { slot: *slot },
             Action::Stop { slot, .. } => Self::Stop { slot: *slot },
+            Action::SpawnSuccessor { slot } => Self::SpawnSuccessor { slot: *slot },
+            Action::RollBack { message } => Self::RollBack {
+                message: message.clone(),
+            },
             Action::RequeueAfter(d) => Self::RequeueAfter { ms: ms(*d) },
             Action::Event {
                 warning,

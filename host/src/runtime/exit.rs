@@ -22,6 +22,8 @@ pub enum StopCause {
     Shutdown,
     /// The workload's policy stopped it.
     Policy,
+    /// A rollout replaced it with an instance of the new revision.
+    Replaced,
 }
 
 /// Every way an instance can end.

@@ -226,6 +226,21 @@ fn to_wit(s: &Snapshot) -> (t::Desired, t::Observed) {
             window_ms: b.window_ms,
         }),
         config: d.config.to_string(),
+        strategy: t::Strategy {
+            recreate: d.strategy.recreate,
+            max_surge: d.strategy.max_surge,
+            max_unavailable: d.strategy.max_unavailable,
+            progress_deadline_ms: d.strategy.progress_deadline_ms,
+            auto_rollback: d.strategy.auto_rollback,
+            min_ready_ms: d.strategy.min_ready_ms,
+        },
+    };
+    let instance = |i: &crate::policy::snapshot::InstanceSnapshot| t::Instance {
+        id: i.id.clone(),
+        revision: i.revision.clone(),
+        age_ms: i.age_ms,
+        ready: i.ready,
+        stopping: i.stopping,
     };
     let slots = s
         .observed
@@ -233,12 +248,8 @@ fn to_wit(s: &Snapshot) -> (t::Desired, t::Observed) {
         .iter()
         .map(|slot| t::Slot {
             index: slot.index,
-            instance: slot.instance.as_ref().map(|i| t::Instance {
-                id: i.id.clone(),
-                age_ms: i.age_ms,
-                ready: i.ready,
-                stopping: i.stopping,
-            }),
+            instance: slot.instance.as_ref().map(instance),
+            successor: slot.successor.as_ref().map(instance),
             restarts: slot.restarts,
             consecutive_ends: slot.consecutive_ends,
             last_end: slot.last_end.as_ref().map(|e| t::End {
@@ -255,6 +266,10 @@ fn to_wit(s: &Snapshot) -> (t::Desired, t::Observed) {
         slots,
         recent_restarts_ago_ms: s.observed.recent_restarts_ago_ms.clone(),
         failed: s.observed.failed,
+        rollout: s.observed.rollout.map(|r| t::Rollout {
+            started_ago_ms: r.started_ago_ms,
+            rolled_back: r.rolled_back,
+        }),
     };
     (desired, observed)
 }
@@ -263,6 +278,8 @@ fn from_wit(a: t::Action) -> ActionRecord {
     match a {
         t::Action::Spawn(slot) => ActionRecord::Spawn { slot },
         t::Action::Stop(slot) => ActionRecord::Stop { slot },
+        t::Action::SpawnSuccessor(slot) => ActionRecord::SpawnSuccessor { slot },
+        t::Action::RollBack(message) => ActionRecord::RollBack { message },
         t::Action::RequeueAfterMs(ms) => ActionRecord::RequeueAfter { ms },
         t::Action::Event(e) => ActionRecord::Event {
             warning: e.warning,
