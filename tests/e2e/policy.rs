@@ -399,3 +399,65 @@ async fn a_file_that_is_not_a_policy_plugin_is_rejected_at_apply() {
     assert!(host.status().await.workloads.is_empty());
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_plugin_promotes_a_good_revision_and_rolls_back_a_bad_one() {
+    let m = Manifests::new();
+    let policy = format!(
+        "  policy:\n    plugin: {}\n    config: {{canary: 1, analysisMs: 600}}\n",
+        plugin_path("policy_canary")
+    );
+    let spec = |env: &str| format!("  replicas: 4\n  env: {{{env}}}\n{policy}");
+    let v1 = m.write("w.yaml", &workload("shop", "ticker", &spec("GREETING: v1")));
+    let host = host();
+    host.apply_files(&[v1]).await.expect("valid manifest");
+    let first = wait_for(&host, "shop", "4 ready", |w| w.ready == 4).await;
+
+    let v2 = m.write("w.yaml", &workload("shop", "ticker", &spec("GREETING: v2")));
+    host.apply_files(&[v2]).await.expect("valid manifest");
+    let deadline = Instant::now() + crate::common::PATIENCE;
+    let mut canary_phase = false;
+    let second = loop {
+        let status = host.status().await;
+        let w = status.workload("shop").unwrap().clone();
+        let on_new = w
+            .instances
+            .iter()
+            .filter(|i| i.revision == w.revision && i.phase != "Stopping")
+            .count();
+        canary_phase |= on_new == 1 && w.events.iter().any(|e| e.reason == "CanaryAnalysis");
+        if w.revision != first.revision && w.rollout.is_none() && w.ready == 4 {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "canary rollout did not finish: {w:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert!(canary_phase, "one canary ran alone under analysis first");
+    assert!(second.events.iter().any(|e| e.reason == "CanaryPromoted"));
+
+    // A revision whose canary crashes is rolled back by the canary analysis.
+    let v3 = m.write(
+        "w.yaml",
+        &workload(
+            "shop",
+            "crasher",
+            &spec("CRASH_AFTER_MS: '100', MODE: exit"),
+        ),
+    );
+    host.apply_files(&[v3]).await.expect("valid manifest");
+    let back = wait_for(&host, "shop", "rolled back to v2", |w| {
+        w.revision == second.revision && w.rollout.is_none() && w.ready == 4
+    })
+    .await;
+    assert!(
+        back.events
+            .iter()
+            .any(|e| e.reason == "RolledBack" && e.message.contains("canary")),
+        "{:?}",
+        back.events
+    );
+    host.shutdown().await;
+}
