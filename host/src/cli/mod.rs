@@ -251,7 +251,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     }
     let quiet = args.quiet;
-    let printer = tokio::spawn(async move {
+    let mut printer = tokio::spawn(async move {
         loop {
             tokio::select! {
                 // Output first: an instance's last lines come before the event of its end.
@@ -300,7 +300,14 @@ async fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: writing snapshots to {}: {e}", dir.display());
     }
     host.shutdown().await;
-    printer.abort();
+    // The host is gone, so its event and log channels close: let the printer drain what is
+    // still buffered (the last instances' ends) instead of cutting it off.
+    if tokio::time::timeout(Duration::from_secs(2), &mut printer)
+        .await
+        .is_err()
+    {
+        printer.abort();
+    }
     match args.output {
         Output::Json => println!(
             "{}",
