@@ -18,9 +18,7 @@ use tokio::time::sleep_until;
 
 use crate::manifest::{RestartPolicy, StrategyKind, WorkloadSpec};
 use crate::policy::snapshot::Snapshot;
-use crate::policy::{
-    Action, InstanceObservation, PluginPolicy, Policy, PolicyInput, RolloutObservation,
-};
+use crate::policy::{Action, InstanceObservation, PluginPolicy, Policy, RolloutObservation};
 use crate::runtime::plugin::{PluginInstance, PluginLimits, PreparedPlugin};
 use crate::runtime::{
     InstanceEvent, InstanceEventKind, LogLine, PreparedComponent, Runtime, SpawnRequest, StopCause,
@@ -201,7 +199,7 @@ impl Controller {
         let unchanged = self
             .workloads
             .get(&name)
-            .is_some_and(|s| s.revision == w.revision);
+            .is_some_and(|s| *s.revision == *w.revision);
         let prepared_plugin = w.plugin.take();
         let plugin = match prepared_plugin.clone() {
             Some(plugin) if !unchanged => {
@@ -216,7 +214,7 @@ impl Controller {
                     w.labels,
                     w.spec,
                     w.component,
-                    w.revision.clone(),
+                    Arc::from(w.revision.as_str()),
                 );
                 state.plugin = plugin;
                 state.current_plugin = prepared_plugin;
@@ -233,7 +231,7 @@ impl Controller {
             Some(state) => {
                 state.deleting = false;
                 state.labels = w.labels;
-                if state.revision != w.revision {
+                if *state.revision != *w.revision {
                     // Restart history and any failure verdict belong to the old revision.
                     let rolling = w.spec.strategy.kind == StrategyKind::RollingUpdate
                         && state.live_count() > 0;
@@ -263,7 +261,7 @@ impl Controller {
                     state.recent_restarts.clear();
                     state.plugin = plugin;
                     let message = format!("revision {} replaces {}", w.revision, state.revision);
-                    state.revision = w.revision;
+                    state.revision = Arc::from(w.revision.as_str());
                     state.component = w.component;
                     let event = Event {
                         time: SystemTime::now(),
@@ -323,17 +321,9 @@ impl Controller {
             .plugin
             .as_ref()
             .map_or(serde_json::Value::Null, |p| p.config().clone());
-        let input = PolicyInput {
-            workload: &w.name,
-            desired: &w.spec,
-            revision: &w.revision,
-            rollout: w.rollout,
-            slots: &w.slots,
-            recent_restarts: w.recent_restarts.make_contiguous(),
-            failed: w.failed.is_some(),
-            now: Instant::now(),
-        };
-        Some(Snapshot::capture(&input, &w.revision, &config))
+        let revision = w.revision.clone();
+        let input = w.policy_input(Instant::now());
+        Some(Snapshot::capture(&input, &revision, &config))
     }
 
     fn handle_instance_event(&mut self, event: InstanceEvent) {
@@ -450,20 +440,14 @@ impl Controller {
             };
             w.requeue_at = None;
             actions.clear();
-            let input = PolicyInput {
-                workload: &name,
-                desired: &w.spec,
-                revision: &w.revision,
-                rollout: w.rollout,
-                slots: &w.slots,
-                recent_restarts: w.recent_restarts.make_contiguous(),
-                failed: w.failed.is_some(),
-                now: Instant::now(),
-            };
-            match w.plugin.as_mut() {
+            // The plugin is held apart while it decides on the snapshot it is shown.
+            let mut plugin = w.plugin.take();
+            let input = w.policy_input(Instant::now());
+            match plugin.as_mut() {
                 Some(plugin) => plugin.reconcile(&input, &*self.policy, &mut actions).await,
                 None => self.policy.reconcile(&input, &mut actions),
             }
+            w.plugin = plugin;
             for action in actions.drain(..) {
                 self.execute(&name, action);
             }
@@ -746,7 +730,7 @@ impl Controller {
         let handle = self.runtime.spawn(request, self.events_tx.clone());
         let observation = InstanceObservation {
             id: id.clone(),
-            revision: Arc::from(w.revision.as_str()),
+            revision: w.revision.clone(),
             since: now,
             stopping: false,
             ready: false,
@@ -950,9 +934,9 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
         from: w
             .previous
             .as_ref()
-            .map(|p| p.revision.clone())
+            .map(|p| p.revision.to_string())
             .unwrap_or_default(),
-        to: w.revision.clone(),
+        to: w.revision.to_string(),
         rollback: r.rolled_back,
         age: now.saturating_duration_since(r.started),
         updated: w
@@ -972,7 +956,7 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
         running,
         restarts: w.total_restarts,
         phase,
-        revision: w.revision.clone(),
+        revision: w.revision.to_string(),
         rollout,
         policy: policy.to_string(),
         conditions,

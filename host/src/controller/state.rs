@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::manifest::WorkloadSpec;
-use crate::policy::SlotObservation;
+use crate::policy::{PolicyInput, SlotObservation};
 use crate::runtime::{InstanceHandle, PreparedComponent};
 use crate::status::{Event, TerminationRecord};
 
@@ -19,7 +19,7 @@ pub(super) struct RevisionRecord {
     pub spec: Arc<WorkloadSpec>,
     pub component: Arc<PreparedComponent>,
     pub plugin: Option<Arc<crate::runtime::plugin::PreparedPlugin>>,
-    pub revision: String,
+    pub revision: Arc<str>,
 }
 
 pub(super) struct WorkloadState {
@@ -27,7 +27,8 @@ pub(super) struct WorkloadState {
     pub labels: std::collections::BTreeMap<String, String>,
     pub spec: Arc<WorkloadSpec>,
     pub component: Arc<PreparedComponent>,
-    pub revision: String,
+    /// Shared with every instance observation of this revision (spawns clone, not copy).
+    pub revision: Arc<str>,
     /// What policies see; index = slot.
     pub slots: Vec<SlotObservation>,
     /// Handles of live instances, parallel to `slots`.
@@ -61,7 +62,7 @@ impl WorkloadState {
         labels: std::collections::BTreeMap<String, String>,
         spec: Arc<WorkloadSpec>,
         component: Arc<PreparedComponent>,
-        revision: String,
+        revision: Arc<str>,
     ) -> Self {
         Self {
             name,
@@ -133,6 +134,20 @@ impl WorkloadState {
                     .count()
             })
             .sum::<usize>() as u32
+    }
+
+    /// The snapshot the policy decides on now.
+    pub fn policy_input(&mut self, now: Instant) -> PolicyInput<'_> {
+        PolicyInput {
+            workload: &self.name,
+            desired: &self.spec,
+            revision: &self.revision,
+            rollout: self.rollout,
+            slots: &self.slots,
+            recent_restarts: self.recent_restarts.make_contiguous(),
+            failed: self.failed.is_some(),
+            now,
+        }
     }
 
     pub fn record_restart(&mut self, now: Instant) {

@@ -162,11 +162,6 @@ impl InstanceHandle {
         });
     }
 
-    /// Whether the task has finished.
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
     /// Drops the instance at once, without reporting, and waits until its task (and
     /// with it the Store) is gone.
     pub async fn abort(self) {
