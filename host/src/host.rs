@@ -13,10 +13,25 @@ use crate::manifest::{
     Diagnostic, ManifestLimits, Rejected, Workload, check_workloads, load_files,
 };
 use crate::policy::{Policy, ReplicaPolicy};
+use crate::runtime::capability::{Capability, unversioned};
 use crate::runtime::{ComponentStyle, LogLine, OutputLimits, Runtime, RuntimeConfig};
 use crate::status::{Event, HostStatus};
 
 /// Builds a [`Host`]. Every setting has a sane default.
+///
+/// ```no_run
+/// # fn demo() -> anyhow::Result<()> {
+/// use std::time::Duration;
+/// let host = setpoint::Host::builder()
+///     .default_memory_limit(16 * 1024 * 1024) // instances whose spec sets none
+///     .max_instances(5_000)
+///     .allowed_dir_roots(vec!["/var/lib/device".into()])?
+///     .allow_network_grants(false)
+///     .cache_dir("/var/cache/setpoint")
+///     .resync_interval(Duration::from_secs(30))
+///     .build()?; // inside a tokio runtime
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct HostBuilder {
     runtime: RuntimeConfig,
@@ -104,6 +119,29 @@ impl HostBuilder {
         self
     }
 
+    /// Adds a device capability: a WIT interface implemented in Rust that workloads
+    /// granted it (`spec.capabilities`) may import. See [`Capability`].
+    pub fn capability(mut self, capability: Capability) -> Self {
+        self.runtime.capabilities.push(capability);
+        self
+    }
+
+    /// Whether precompiled `.cwasm` components (from `setpoint compile`) may be loaded.
+    /// Loading one runs the native code inside it: allow it only for artifacts you
+    /// built. Default: false, except in builds without a compiler.
+    pub fn allow_precompiled(mut self, allow: bool) -> Self {
+        self.runtime.allow_precompiled = allow;
+        self
+    }
+
+    /// Runs guests on wasmtime's Pulley interpreter instead of native code: slower, but
+    /// portable to targets without a native compiler backend. Precompiled components must
+    /// then be compiled with `setpoint compile --target pulley64`.
+    pub fn interpreter(mut self, on: bool) -> Self {
+        self.runtime.interpreter = on;
+        self
+    }
+
     /// Bounds on manifest input.
     pub fn manifest_limits(mut self, limits: ManifestLimits) -> Self {
         self.manifests = limits;
@@ -147,6 +185,28 @@ impl HostBuilder {
 }
 
 /// A running setpoint host: apply workloads, watch them, shut it down.
+///
+/// It lives on the tokio runtime it was built in: the controller is one task, each
+/// instance another. Dropping a `Host` without [`Host::shutdown`] aborts nothing
+/// gracefully, so call `shutdown` when the embedding process stops.
+///
+/// ```no_run
+/// # async fn demo() -> anyhow::Result<()> {
+/// let host = setpoint::Host::builder().build()?;
+/// let mut events = host.events();
+/// host.apply_yaml(
+///     "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata: {name: app}\nspec: {component: app.wasm, replicas: 2}\n",
+///     "/opt/app/inline.yaml", // names the text in errors; `app.wasm` resolves next to it
+/// )
+/// .await?;
+/// while let Ok(event) = events.recv().await {
+///     println!("{}: {} {}", event.workload, event.reason, event.message);
+/// #   break;
+/// }
+/// let last = host.shutdown().await;
+/// # let _ = last;
+/// # Ok(()) }
+/// ```
 pub struct Host {
     runtime: Arc<Runtime>,
     commands: mpsc::Sender<Command>,
@@ -165,6 +225,17 @@ impl Host {
     /// Reads, validates and applies manifest files, all or nothing.
     pub async fn apply_files(&self, paths: &[PathBuf]) -> Result<Vec<String>, Rejected> {
         let workloads = load_files(paths, &self.manifest_limits)?;
+        self.apply(workloads).await
+    }
+
+    /// Validates and applies manifests given as YAML text, all or nothing. `source` names
+    /// the text in errors, and relative component paths resolve against its directory.
+    pub async fn apply_yaml(
+        &self,
+        yaml: &str,
+        source: impl AsRef<std::path::Path>,
+    ) -> Result<Vec<String>, Rejected> {
+        let workloads = crate::manifest::load_str(source.as_ref(), yaml, &self.manifest_limits)?;
         self.apply(workloads).await
     }
 
@@ -205,6 +276,55 @@ impl Host {
             return HostStatus::default();
         }
         done.await.unwrap_or_default()
+    }
+
+    /// Each workload's instance counts: a cheap status (no per-instance data) to poll.
+    pub async fn counts(&self) -> Vec<crate::status::WorkloadCounts> {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::Counts(reply)).await.is_err() {
+            return Vec::new();
+        }
+        done.await.unwrap_or_default()
+    }
+
+    /// Waits until `condition` holds for the host's status (checked on every event, and
+    /// at least every 50 ms), and returns that status; `None` if `timeout` passes first
+    /// or the host shuts down.
+    ///
+    /// ```no_run
+    /// # async fn demo(host: &setpoint::Host) {
+    /// use std::time::Duration;
+    /// let all_ready = |s: &setpoint::HostStatus| s.workload("ticker").is_some_and(|w| w.ready == 3);
+    /// if host.wait_for(Duration::from_secs(5), all_ready).await.is_none() {
+    ///     eprintln!("ticker is not ready after 5 s");
+    /// }
+    /// # }
+    /// ```
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&HostStatus) -> bool,
+    ) -> Option<HostStatus> {
+        let mut events = self.events();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.task.is_finished() {
+                return None;
+            }
+            let status = self.status().await;
+            if condition(&status) {
+                return Some(status);
+            }
+            let next_check =
+                (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+            if tokio::time::timeout_at(next_check, events.recv())
+                .await
+                .is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return None;
+            }
+        }
     }
 
     /// The snapshot the workload's policy was last given (for a plugin), or would be given
@@ -263,12 +383,22 @@ fn prepare_all(
     let mut prepared = Vec::with_capacity(workloads.len());
     let mut diagnostics = Vec::new();
     for w in workloads {
+        let unknown = unknown_grants(runtime, &w);
+        if !unknown.is_empty() {
+            diagnostics.extend(unknown);
+            continue;
+        }
         match runtime.prepare(&w.spec.component) {
             Ok(component) => {
                 if let Some(problem) = style_mismatch(&w, component.style, component.uses_heartbeat)
                 {
                     diagnostics
                         .push(Diagnostic::at(w.origin.clone(), problem.0).with_help(problem.1));
+                    continue;
+                }
+                let ungranted = ungranted_imports(&w, &component.capability_imports);
+                if !ungranted.is_empty() {
+                    diagnostics.extend(ungranted);
                     continue;
                 }
                 let plugin = match &w.spec.policy {
@@ -296,10 +426,18 @@ fn prepare_all(
                 });
             }
             Err(e) => {
+                use crate::runtime::PrepareError as E;
                 let help = match &e {
-                    crate::runtime::PrepareError::Link { .. } => {
+                    E::Link { .. } => {
                         "setpoint does not retry a component that cannot be linked; rebuild it against what the host provides"
                     }
+                    E::PrecompiledRefused { .. } => {
+                        "if you built this artifact with `setpoint compile`, allow precompiled components; otherwise point spec.component at the `.wasm`"
+                    }
+                    E::Incompatible { .. } => {
+                        "artifacts are tied to the setpoint build, target and engine settings that made them; keep the `.wasm` and recompile"
+                    }
+                    E::NoCompiler { .. } => "ship the `.cwasm` made by `setpoint compile` instead",
                     _ => "point spec.component at a component built for wasm32-wasip2",
                 };
                 diagnostics.push(Diagnostic::at(w.origin.clone(), e.to_string()).with_help(help));
@@ -311,6 +449,60 @@ fn prepare_all(
     } else {
         Err(Rejected { diagnostics })
     }
+}
+
+/// Every capability grant must name a capability this host provides.
+fn unknown_grants(runtime: &Runtime, w: &Workload) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for grant in &w.spec.capabilities {
+        if runtime.capability(grant).is_none() {
+            let provided: Vec<&str> = runtime
+                .config()
+                .capabilities
+                .iter()
+                .map(|c| c.grant_name())
+                .collect();
+            let origin = w.capability_origins.get(grant).or(w.origin.as_ref());
+            out.push(
+                Diagnostic::at(
+                    origin.cloned(),
+                    format!(
+                        "workload `{}` is granted capability `{grant}`, which this host does not provide",
+                        w.name
+                    ),
+                )
+                .with_help(if provided.is_empty() {
+                    "this host provides no device capabilities; remove the grant".to_string()
+                } else {
+                    format!("this host provides: {}", provided.join(", "))
+                }),
+            );
+        }
+    }
+    out
+}
+
+/// Every capability the component imports must be granted to the workload.
+fn ungranted_imports(w: &Workload, imports: &[String]) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for import in imports {
+        let name = unversioned(import);
+        if !w.spec.capabilities.iter().any(|g| unversioned(g) == name) {
+            out.push(
+                Diagnostic::at(
+                    w.origin.clone(),
+                    format!(
+                        "workload `{}`'s component imports the device capability `{import}`, which the workload is not granted",
+                        w.name
+                    ),
+                )
+                .with_help(format!(
+                    "add `{name}` to spec.capabilities if this workload may use it"
+                )),
+            );
+        }
+    }
+    out
 }
 
 /// A spec asking for something the component cannot do.

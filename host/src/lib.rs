@@ -5,22 +5,96 @@
 //! health, and replaces failed ones, continuously reconciling observed state to desired
 //! state.
 //!
-//! The CLI (`setpoint run`) is a thin layer over this library. To embed the host in your
-//! own process:
+//! The CLI (`setpoint run`) is a thin layer over this library: anything it does, a
+//! device agent embedding the host can do too. This page is the embedder's guide.
+//!
+//! ## Embedding in twenty lines
+//!
+//! A [`Host`] runs inside your tokio runtime (multi-threaded recommended). Build one,
+//! apply workloads, wait on their status, shut down:
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
-//! use setpoint::{Host, WorkloadSpec, Workload};
+//! use std::time::Duration;
+//! use setpoint::{Host, Workload, WorkloadSpec};
 //!
-//! let host = Host::builder().build()?;
-//! let mut spec = WorkloadSpec::new("/opt/app/ticker.wasm");
-//! spec.replicas = 3;
-//! host.apply(vec![Workload::new("ticker", spec)]).await?;
-//! let status = host.status().await;
-//! println!("{} ready", status.workloads[0].ready);
-//! host.shutdown().await;
-//! # Ok(()) }
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     let host = Host::builder().build()?;
+//!     let mut spec = WorkloadSpec::new("/opt/app/ticker.wasm");
+//!     spec.replicas = 3;
+//!     host.apply(vec![Workload::new("ticker", spec)]).await?;
+//!     let ready = host
+//!         .wait_for(Duration::from_secs(5), |s| s.workload("ticker").is_some_and(|w| w.ready == 3))
+//!         .await;
+//!     println!("ready: {}", ready.is_some());
+//!     host.shutdown().await; // graceful: each instance gets its grace period
+//!     Ok(())
+//! }
 //! ```
+//!
+//! `host/examples/embed.rs` is this program, run in CI; `host/examples/device.rs` adds a
+//! device capability and YAML text.
+//!
+//! ## Configuring the host
+//!
+//! [`HostBuilder`] holds every limit, each with a sane default: the default memory cap
+//! per instance, the Wasm stack, table sizes, output capture bounds, the most live
+//! instances, event history, policy plugin budgets, manifest input budgets, which host
+//! directories may be granted, whether network grants are allowed at all, the compiled
+//! code cache, precompiled components and the interpreter.
+//!
+//! ## Applying workloads
+//!
+//! Three ways in, all validated the same way and all-or-nothing (a rejected apply changes
+//! nothing that is running):
+//! - in code: [`Workload::new`] with a [`WorkloadSpec`], then [`Host::apply`];
+//! - YAML text: [`Host::apply_yaml`] (the manifest format of `specs/`, documented by
+//!   `specs/manifest.schema.json`);
+//! - files: [`Host::apply_files`].
+//!
+//! Errors come back as [`Rejected`]: a list of [`Diagnostic`]s, each with `file:line:col`
+//! when the workload came from YAML, and a hint on what to do. [`Host::delete`] removes a
+//! workload gracefully.
+//!
+//! ## Watching
+//!
+//! - [`Host::status`]: a snapshot of every workload ([`WorkloadStatus`]: phase,
+//!   conditions, instances, last termination with its reason and output tail);
+//! - [`Host::wait_for`]: wait until a condition on the status holds;
+//! - [`Host::events`]: a broadcast of [`Event`]s (Kubernetes-style reasons); a slow
+//!   subscriber skips events, it never blocks the host;
+//! - [`Host::logs`]: the guests' output lines, rate-limited per instance.
+//!
+//! ## Device capabilities
+//!
+//! A device exposes its hardware to workloads as WIT interfaces implemented in Rust: a
+//! [`Capability`] names an interface (`device:sensors/read@0.1.0`) and adds functions to
+//! it; [`HostBuilder::capability`] installs it. A workload may import it only when its
+//! spec grants it (`capabilities: [device:sensors/read]` in YAML,
+//! [`WorkloadSpec::capabilities`] in code): a component importing an ungranted capability
+//! is rejected at apply, and every call checks the grant again. See [`Capability`].
+//!
+//! ## Ahead-of-time compilation and builds without a compiler
+//!
+//! `setpoint compile app.wasm -o app.cwasm [--target aarch64-unknown-linux-gnu]`
+//! compiles a component ahead of time. A host loads such an artifact only when allowed
+//! ([`HostBuilder::allow_precompiled`]: it is native code, so only load artifacts you
+//! built) and only when it was made by the same setpoint build with the same engine
+//! settings; anything else is refused with an error saying so, never loaded.
+//!
+//! Cargo features:
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `cranelift` | yes | compiling `.wasm` (without it the host runs `.cwasm` only) |
+//! | `all-arch` | yes | `setpoint compile --target` for other architectures and Pulley |
+//! | `cache` | yes | the on-disk cache of compiled components |
+//! | `pulley` | no | the Pulley interpreter, for targets without a native backend |
+//!
+//! A device build is `--no-default-features` (plus `pulley` where the CPU has no
+//! Cranelift backend); [`HostBuilder::interpreter`] runs guests on Pulley.
+//!
+//! ## Where things live
 //!
 //! Modules, from the outside in: [`manifest`] (YAML and specs), [`host`] (the handle),
 //! `controller` (the reconcile loop), [`policy`] (decisions), [`runtime`] (wasmtime),
@@ -36,4 +110,8 @@ pub mod status;
 pub use controller::ControllerConfig;
 pub use host::{Host, HostBuilder};
 pub use manifest::{Diagnostic, Rejected, RestartPolicy, Workload, WorkloadSpec};
+pub use runtime::capability::{Caller, Capability, OwnedCaller};
 pub use status::{Event, EventType, HostStatus, Phase, WorkloadStatus};
+/// The wasmtime setpoint runs on, for capability types (`ComponentType`, `Lift` and
+/// `Lower` derives) that must match its version.
+pub use wasmtime;

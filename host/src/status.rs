@@ -182,3 +182,20 @@ fn serialize_time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error
 pub(crate) fn serialize_millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
 }
+
+/// A workload's instance counts: what [`crate::Host::counts`] returns, cheap enough to
+/// poll at any size (no per-instance data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCounts {
+    /// The workload's name.
+    pub name: String,
+    /// Replicas desired.
+    pub desired: u32,
+    /// Instances alive.
+    pub running: u32,
+    /// Instances ready.
+    pub ready: u32,
+    /// Replacements since the workload was applied.
+    pub restarts: u64,
+}

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod edge;
 mod hostile;
 mod lifecycle;
 mod manifests;

@@ -3,15 +3,21 @@
 //! - `guests`: make sure the `wasm32-wasip2` target is installed, then build every
 //!   example guest in `guest-examples/` (release) for it.
 //! - `demo [ARGS]`: build the guests and run `setpoint run specs/demo.yaml [ARGS]`.
-//! - `test`: build the guests, check formatting and lints, run every test, and run the
-//!   embedding example. This is what CI runs.
+//! - `test`: build the guests, check formatting and lints, run every test, run the
+//!   embedding examples, and check the minimal (no compiler) build and the aarch64
+//!   build. This is what CI runs.
+//! - `footprint`: build the release binaries and measure size, RSS and start-up time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod footprint;
+
 const WASM_TARGET: &str = "wasm32-wasip2";
+/// The cross target CI checks that the host builds for.
+const ARM_TARGET: &str = "aarch64-unknown-linux-gnu";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -54,20 +60,43 @@ fn main() -> Result<()> {
                 )?;
             }
             run_cargo(&root, &["test", "--workspace"])?;
+            for example in ["embed", "device"] {
+                run_cargo(
+                    &root,
+                    &[
+                        "run",
+                        "--quiet",
+                        "--package",
+                        "setpoint",
+                        "--example",
+                        example,
+                    ],
+                )?;
+            }
+            // The device build: no compiler, precompiled components only.
             run_cargo(
                 &root,
                 &[
-                    "run",
-                    "--quiet",
+                    "check",
                     "--package",
                     "setpoint",
-                    "--example",
-                    "embed",
+                    "--lib",
+                    "--bins",
+                    "--no-default-features",
+                    "--features",
+                    "pulley",
                 ],
-            )
+            )?;
+            check_arm(&root)
+        }
+        "footprint" => {
+            build_guests(&root)?;
+            footprint::run(&root)
         }
         _ => {
-            eprintln!("usage: cargo xtask <guests | demo [setpoint run args] | test [--no-lint]>");
+            eprintln!(
+                "usage: cargo xtask <guests | demo [setpoint run args] | test [--no-lint] | footprint>"
+            );
             bail!("unknown task `{task}`")
         }
     }
@@ -106,19 +135,8 @@ fn run(mut cmd: Command) -> Result<()> {
 /// Installs the wasm target through rustup when it is missing (rust-toolchain.toml lists
 /// it, but rustup does not add targets to a toolchain that is already installed).
 fn ensure_wasm_target(root: &Path) -> Result<()> {
-    let sysroot = Command::new("rustc")
-        .current_dir(root)
-        .args(["--print", "sysroot"])
-        .output();
-    if let Ok(out) = sysroot {
-        let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if Path::new(&sysroot)
-            .join("lib/rustlib")
-            .join(WASM_TARGET)
-            .is_dir()
-        {
-            return Ok(());
-        }
+    if target_installed(root, WASM_TARGET) {
+        return Ok(());
     }
     eprintln!("xtask: installing the {WASM_TARGET} target with rustup");
     let status = Command::new("rustup")
@@ -132,6 +150,62 @@ fn ensure_wasm_target(root: &Path) -> Result<()> {
             root.display()
         ),
     }
+}
+
+/// `cargo check` of the library and binary for aarch64 Linux. Checking never links, so
+/// when no aarch64 C compiler is installed the C helpers of wasmtime and zstd are
+/// compiled by the host's `gcc` just to satisfy their build scripts (set
+/// `CC_aarch64_unknown_linux_gnu` to a real cross compiler to override).
+fn check_arm(root: &Path) -> Result<()> {
+    if !target_installed(root, ARM_TARGET) {
+        eprintln!("xtask: installing the {ARM_TARGET} target with rustup");
+        let added = Command::new("rustup")
+            .current_dir(root)
+            .args(["target", "add", ARM_TARGET])
+            .status();
+        if !added.is_ok_and(|s| s.success()) {
+            // Only the target's download can fail here, never the check itself: a machine
+            // without access to rustup's servers skips the check, loudly.
+            eprintln!(
+                "xtask: WARNING: the aarch64 check was SKIPPED: the {ARM_TARGET} target could not be installed (run `rustup target add {ARM_TARGET}`)"
+            );
+            return Ok(());
+        }
+    }
+    let mut cmd = cargo(root);
+    cmd.args([
+        "check",
+        "--package",
+        "setpoint",
+        "--lib",
+        "--bins",
+        "--target",
+        ARM_TARGET,
+    ]);
+    let cross_cc = Command::new("aarch64-linux-gnu-gcc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !cross_cc && std::env::var_os("CC_aarch64_unknown_linux_gnu").is_none() {
+        cmd.env("CC_aarch64_unknown_linux_gnu", "gcc")
+            .env("AR_aarch64_unknown_linux_gnu", "ar");
+    }
+    run(cmd).context("checking the aarch64 build")
+}
+
+fn target_installed(root: &Path, target: &str) -> bool {
+    let Ok(out) = Command::new("rustc")
+        .current_dir(root)
+        .args(["--print", "sysroot"])
+        .output()
+    else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(target)
+        .is_dir()
 }
 
 fn build_guests(root: &Path) -> Result<()> {

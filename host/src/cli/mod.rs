@@ -49,12 +49,29 @@ enum Cmd {
         /// replay with `setpoint policy test`.
         #[arg(long, value_name = "DIR")]
         snapshots: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Check manifests and their components without running anything.
     Validate {
         /// Manifest files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Compile a component ahead of time into a `.cwasm` that hosts of this same setpoint
+    /// build load without compiling (and that builds without a compiler can run).
+    Compile {
+        /// The `.wasm` component.
+        component: PathBuf,
+        /// Where to write the artifact (default: the component's path with `.cwasm`).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Compile for another target: a triple such as `aarch64-unknown-linux-gnu`, or
+        /// `pulley64` for hosts that run the Pulley interpreter (default: this machine).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Print the manifest format's JSON Schema.
     Schema,
@@ -83,6 +100,29 @@ enum PolicyCmd {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+}
+
+/// Engine options shared by the commands that load components.
+#[derive(clap::Args, Clone, Copy)]
+struct EngineArgs {
+    /// Load precompiled `.cwasm` components (from `setpoint compile`). They contain native
+    /// code, so only allow artifacts you built. Always on in builds without a compiler.
+    #[arg(long)]
+    allow_precompiled: bool,
+    /// Run guests on the Pulley interpreter instead of native code (slower, portable).
+    #[arg(long)]
+    interpreter: bool,
+}
+
+impl EngineArgs {
+    fn apply(self, builder: setpoint::HostBuilder) -> setpoint::HostBuilder {
+        let builder = if self.allow_precompiled {
+            builder.allow_precompiled(true)
+        } else {
+            builder
+        };
+        builder.interpreter(self.interpreter)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,7 +159,12 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Validate { files } => runtime.block_on(validate(files)),
+        Cmd::Validate { files, engine } => runtime.block_on(validate(files, engine)),
+        Cmd::Compile {
+            component,
+            output,
+            target,
+        } => compile(&component, output, target.as_deref()),
         Cmd::Run {
             files,
             run_for,
@@ -129,6 +174,7 @@ pub fn main() -> ExitCode {
             cache_dir,
             no_cache,
             snapshots,
+            engine,
         } => {
             let cache_dir = if no_cache {
                 None
@@ -143,6 +189,7 @@ pub fn main() -> ExitCode {
                 quiet,
                 cache_dir,
                 snapshots,
+                engine,
             }))
         }
         Cmd::Policy {
@@ -164,13 +211,60 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("setpoint"))
 }
 
-async fn validate(files: Vec<PathBuf>) -> ExitCode {
+/// `setpoint compile`: precompiles a component for this build's engine settings.
+fn compile(component: &std::path::Path, output: Option<PathBuf>, target: Option<&str>) -> ExitCode {
+    #[cfg(feature = "cranelift")]
+    {
+        let output = output.unwrap_or_else(|| component.with_extension("cwasm"));
+        let config = setpoint::runtime::RuntimeConfig::default();
+        let bytes = match std::fs::read(component) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: cannot read `{}`: {e}", component.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let started = std::time::Instant::now();
+        let compiled = match setpoint::runtime::engine::precompile(&config, target, &bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: cannot compile `{}`: {e:#}", component.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = std::fs::write(&output, &compiled) {
+            eprintln!("error: cannot write `{}`: {e}", output.display());
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "compiled {} ({} bytes) -> {} ({} bytes) for {} in {} ms",
+            component.display(),
+            bytes.len(),
+            output.display(),
+            compiled.len(),
+            target.unwrap_or("this machine"),
+            started.elapsed().as_millis()
+        );
+        ExitCode::SUCCESS
+    }
+    #[cfg(not(feature = "cranelift"))]
+    {
+        let _ = (output, target);
+        eprintln!(
+            "error: cannot compile `{}`: this setpoint was built without a compiler (the `cranelift` feature); run `setpoint compile` on a full build",
+            component.display()
+        );
+        ExitCode::FAILURE
+    }
+}
+
+async fn validate(files: Vec<PathBuf>, engine: EngineArgs) -> ExitCode {
     let workloads = match load_files(&files, &ManifestLimits::default()) {
         Ok(w) => w,
         Err(rejected) => return report(&rejected),
     };
     // Compiling and linking each component is part of validation; nothing is started.
-    let host = match Host::builder().build() {
+    let host = match engine.apply(Host::builder()).build() {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -212,6 +306,7 @@ struct RunArgs {
     quiet: bool,
     cache_dir: Option<PathBuf>,
     snapshots: Option<PathBuf>,
+    engine: EngineArgs,
 }
 
 async fn run(args: RunArgs) -> ExitCode {
@@ -226,7 +321,7 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(w) => w,
         Err(rejected) => return report(&rejected),
     };
-    let mut builder = Host::builder();
+    let mut builder = args.engine.apply(Host::builder());
     if let Some(dir) = &args.cache_dir {
         builder = builder.cache_dir(dir);
     }

@@ -74,6 +74,7 @@ pub(crate) enum Command {
     Apply(Vec<PreparedWorkload>, oneshot::Sender<()>),
     Delete(String, oneshot::Sender<bool>),
     Status(oneshot::Sender<HostStatus>),
+    Counts(oneshot::Sender<Vec<crate::status::WorkloadCounts>>),
     Snapshot(String, oneshot::Sender<Option<Snapshot>>),
     Shutdown(oneshot::Sender<HostStatus>),
 }
@@ -185,6 +186,20 @@ impl Controller {
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::Counts(reply) => {
+                let counts = self
+                    .workloads
+                    .values()
+                    .map(|w| crate::status::WorkloadCounts {
+                        name: w.name.to_string(),
+                        desired: w.spec.replicas,
+                        running: w.live_count() as u32,
+                        ready: w.ready_count(),
+                        restarts: w.total_restarts,
+                    })
+                    .collect();
+                let _ = reply.send(counts);
             }
             Command::Snapshot(name, reply) => {
                 let _ = reply.send(self.snapshot(&name));
@@ -342,11 +357,17 @@ impl Controller {
             return; // a late event from an instance the controller already forgot
         }
         let mut to_log = None;
+        let mut at = None;
         match event.kind {
             InstanceEventKind::Running => {
                 if is_main {
                     w.running[slot] = true;
                 }
+                to_log = Some((
+                    EventType::Normal,
+                    "Started",
+                    "instance is running".to_string(),
+                ));
             }
             InstanceEventKind::Ready(ready) => {
                 let obs = &mut w.slots[slot];
@@ -402,6 +423,7 @@ impl Controller {
                     message.push_str(&format!("; last output: {last}"));
                 }
                 obs.last_end = Some((now, end.reason.clone()));
+                at = Some(end.at);
                 w.last_termination = Some(TerminationRecord {
                     instance: event.instance.to_string(),
                     slot: event.slot,
@@ -413,13 +435,18 @@ impl Controller {
             }
         }
         if let Some((kind, reason, message)) = to_log {
-            let e = self.event(
+            let mut e = self.new_event(
                 &event.workload,
                 Some(&event.instance),
                 kind,
                 reason,
                 message,
             );
+            // An end is dated when the instance ended, not when the controller heard of it.
+            if let Some(at) = at {
+                e.time = at;
+            }
+            let _ = self.host_events.send(e.clone());
             if let Some(w) = self.workloads.get_mut(&event.workload) {
                 w.push_event(e, history);
             }
@@ -778,16 +805,28 @@ impl Controller {
         reason: &str,
         message: String,
     ) -> Event {
-        let event = Event {
+        let event = self.new_event(workload, instance, kind, reason, message);
+        let _ = self.host_events.send(event.clone());
+        event
+    }
+
+    /// An event dated now, not yet broadcast.
+    fn new_event(
+        &self,
+        workload: &str,
+        instance: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: String,
+    ) -> Event {
+        Event {
             time: SystemTime::now(),
             kind,
             workload: workload.to_string(),
             instance: instance.map(str::to_string),
             reason: reason.to_string(),
             message,
-        };
-        let _ = self.host_events.send(event.clone());
-        event
+        }
     }
 
     fn status(&self) -> HostStatus {

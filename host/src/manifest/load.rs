@@ -103,7 +103,40 @@ fn load_file(path: &Path, limits: &ManifestLimits) -> Result<Vec<(Workload, Orig
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| file_only(format!("cannot read manifest: {e}")))?;
-    let docs = parse_documents(path, &text, limits)?;
+    load_text(path, &text, limits)
+}
+
+/// Validates YAML text as if it were the file `path` (which names it in errors and
+/// against whose directory relative component paths resolve; it need not exist).
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    limits: &ManifestLimits,
+) -> Result<Vec<Workload>, Rejected> {
+    if text.len() as u64 > limits.max_file_bytes {
+        return Err(Rejected::one(Diagnostic::at(
+            Some(Origin::new(path, 0, 0)),
+            format!(
+                "manifest is {} bytes, over the limit of {} bytes",
+                text.len(),
+                limits.max_file_bytes
+            ),
+        )));
+    }
+    Ok(load_text(path, text, limits)?
+        .into_iter()
+        .map(|(w, _)| w)
+        .collect())
+}
+
+fn load_text(
+    path: &Path,
+    text: &str,
+    limits: &ManifestLimits,
+) -> Result<Vec<(Workload, Origin)>, Rejected> {
+    let file_only =
+        |message: String| Rejected::one(Diagnostic::at(Some(Origin::new(path, 0, 0)), message));
+    let docs = parse_documents(path, text, limits)?;
     if docs.is_empty() {
         return Err(file_only("no manifest documents in this file".to_string()));
     }
@@ -214,6 +247,13 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|p| p.plugin.as_ref())
             .map(|p| self.origin(p.referenced));
+        let capability_origins = doc
+            .spec
+            .capabilities
+            .iter()
+            .flatten()
+            .map(|c| (c.value.clone(), self.origin(c.referenced)))
+            .collect();
         let spec = self.spec(doc.spec);
         let name_origin = self.origin(name.referenced);
         let spec = spec?;
@@ -226,6 +266,7 @@ impl Validator<'_> {
             spec,
             origin: Some(component_origin),
             policy_origin,
+            capability_origins,
         };
         Some((workload, name_origin))
     }
@@ -360,10 +401,36 @@ impl Validator<'_> {
                 ),
             }
         }
-        if spec.dirs.len() > self.limits.max_grants || spec.connect.len() > self.limits.max_grants {
+        for grant in raw.capabilities.into_iter().flatten() {
+            if !crate::runtime::capability::is_interface_name(&grant.value) {
+                self.error(
+                    grant.referenced,
+                    format!("`{}` is not a WIT interface name", grant.value),
+                    Some("write `namespace:package/interface`, e.g. `device:sensors/read`".into()),
+                );
+            } else if spec.capabilities.iter().any(|c| {
+                crate::runtime::capability::unversioned(c)
+                    == crate::runtime::capability::unversioned(&grant.value)
+            }) {
+                self.error(
+                    grant.referenced,
+                    format!("capability `{}` is granted twice", grant.value),
+                    None,
+                );
+            } else {
+                spec.capabilities.push(grant.value);
+            }
+        }
+        if spec.dirs.len() > self.limits.max_grants
+            || spec.connect.len() > self.limits.max_grants
+            || spec.capabilities.len() > self.limits.max_grants
+        {
             self.diagnostics.push(Diagnostic::at(
                 None,
-                format!("more than {} dir or network grants", self.limits.max_grants),
+                format!(
+                    "more than {} dir, network or capability grants",
+                    self.limits.max_grants
+                ),
             ));
         }
         if let Some(s) = raw.strategy {
@@ -716,10 +783,23 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
                 w.name
             ));
         }
-        if spec.dirs.len() > limits.max_grants || spec.connect.len() > limits.max_grants {
+        if spec.dirs.len() > limits.max_grants
+            || spec.connect.len() > limits.max_grants
+            || spec.capabilities.len() > limits.max_grants
+        {
             problem(format!(
-                "`{}`: more than {} dir or network grants",
+                "`{}`: more than {} dir, network or capability grants",
                 w.name, limits.max_grants
+            ));
+        }
+        if let Some(bad) = spec
+            .capabilities
+            .iter()
+            .find(|c| !crate::runtime::capability::is_interface_name(c))
+        {
+            problem(format!(
+                "`{}`: capability `{bad}` is not a WIT interface name (`namespace:package/interface`)",
+                w.name
             ));
         }
         for dir in &spec.dirs {

@@ -8,7 +8,7 @@ mod spec;
 pub mod units;
 
 pub use diagnostic::{Diagnostic, Origin, Rejected};
-pub use load::{API_VERSION, ManifestLimits, check_workloads, load_files};
+pub use load::{API_VERSION, ManifestLimits, check_workloads, load_files, load_str};
 pub use spec::{
     BackoffSpec, CpuBudget, DirGrant, IntOrPercent, PolicyPlugin, ProbeSpec, RestartBudget,
     RestartPolicy, StrategyKind, UpdateStrategy, WatchdogSpec, Workload, WorkloadSpec,

@@ -67,6 +67,10 @@ pub struct RawWorkloadSpec {
     pub dirs: Option<Vec<RawDir>>,
     /// Network grants (none by default).
     pub network: Option<RawNetwork>,
+    /// Device capabilities granted to each instance: WIT interfaces the embedding host
+    /// provides, by name (`device:sensors/read`, a version suffix is optional).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub capabilities: Option<Vec<Spanned<String>>>,
     /// Health checking.
     pub health: Option<RawHealth>,
     /// Crash-loop back-off.

@@ -34,6 +34,8 @@ pub struct Workload {
     pub origin: Option<Origin>,
     /// Where `spec.policy.plugin` was written, for located errors.
     pub policy_origin: Option<Origin>,
+    /// Where each of `spec.capabilities` was written, for located errors.
+    pub capability_origins: std::collections::BTreeMap<String, Origin>,
 }
 
 impl Workload {
@@ -45,11 +47,28 @@ impl Workload {
             spec,
             origin: None,
             policy_origin: None,
+            capability_origins: Default::default(),
         }
     }
 }
 
-/// Desired state of one workload.
+/// Desired state of one workload. [`WorkloadSpec::new`] gives the defaults a manifest
+/// gets when it sets nothing but `component`; set the public fields to change them.
+///
+/// ```
+/// use std::time::Duration;
+/// use setpoint::{RestartPolicy, Workload, WorkloadSpec};
+///
+/// let mut spec = WorkloadSpec::new("/opt/app/sensor.wasm");
+/// spec.replicas = 2;
+/// spec.env = vec![("PERIOD_MS".into(), "100".into())];
+/// spec.memory_limit = Some(8 * 1024 * 1024);
+/// spec.capabilities = vec!["device:sensors/read".into()];
+/// spec.restart_policy = RestartPolicy::OnFailure;
+/// spec.termination_grace_period = Duration::from_secs(2);
+/// let workload = Workload::new("thermostat", spec);
+/// assert_eq!(workload.spec.replicas, 2);
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
@@ -71,6 +90,9 @@ pub struct WorkloadSpec {
     pub dirs: Vec<DirGrant>,
     /// Addresses each instance may open TCP connections to; empty means no network.
     pub connect: Vec<std::net::SocketAddr>,
+    /// Device capabilities (WIT interfaces the embedder provides) each instance may
+    /// import, by name: `device:sensors/read`, with or without `@version`.
+    pub capabilities: Vec<String>,
     /// Health probe for reactor components.
     pub probe: Option<ProbeSpec>,
     /// Heartbeat watchdog for components that import `setpoint:workload/heartbeat`.
@@ -188,6 +210,7 @@ impl WorkloadSpec {
             cpu_budget: None,
             dirs: Vec::new(),
             connect: Vec::new(),
+            capabilities: Vec::new(),
             probe: None,
             watchdog: None,
             backoff: BackoffSpec::default(),

@@ -65,7 +65,16 @@ pub struct InstanceState {
     limiter: InstanceLimiter,
     cpu: CpuMeter,
     pub(crate) vitals: Arc<Vitals>,
+    pub(crate) identity: Identity,
     _live: LiveStore,
+}
+
+/// Who an instance is, for capability calls: its names and the spec holding its grants
+/// (`None` for policy plugins, which are granted nothing).
+pub(crate) struct Identity {
+    pub workload: Arc<str>,
+    pub instance: Arc<str>,
+    pub spec: Option<Arc<crate::manifest::WorkloadSpec>>,
 }
 
 /// Counts live Stores of a runtime: +1 when created, -1 when dropped.
@@ -131,6 +140,9 @@ pub struct InstanceEnd {
     /// Why it ended.
     #[serde(flatten)]
     pub reason: EndReason,
+    /// When it ended (its guest code returned, trapped or was stopped).
+    #[serde(skip)]
+    pub at: std::time::SystemTime,
     /// How long it existed.
     #[serde(serialize_with = "crate::status::serialize_millis")]
     pub ran_for: Duration,
@@ -193,9 +205,11 @@ pub(super) fn spawn(
         let vitals = Arc::new(Vitals::new());
         let mut store = build_store(&rt, &req, &capture, vitals.clone());
         let reason = drive(&rt, &mut store, &req, &vitals, &reporter, stop_rx).await;
+        let at = std::time::SystemTime::now();
         let state = store.data();
         let end = InstanceEnd {
             reason,
+            at,
             ran_for: started.elapsed(),
             peak_memory_bytes: state.limiter.peak_memory(),
             cpu: state.cpu.used(),
@@ -250,6 +264,11 @@ pub(crate) fn build_plugin_store(
         limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
         cpu: CpuMeter::new(rt.config.epoch_tick, None),
         vitals: Arc::new(Vitals::new()),
+        identity: Identity {
+            workload: "policy".into(),
+            instance: "policy".into(),
+            spec: None,
+        },
         _live: LiveStore::new(&rt.live_stores),
     };
     store_with_limits(rt, state)
@@ -304,6 +323,11 @@ fn build_store(
         limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
         cpu: CpuMeter::new(rt.config.epoch_tick, spec.cpu_budget),
         vitals,
+        identity: Identity {
+            workload: req.workload.clone(),
+            instance: req.instance.clone(),
+            spec: Some(req.spec.clone()),
+        },
         _live: LiveStore::new(&rt.live_stores),
     };
     store_with_limits(rt, state)

@@ -6,6 +6,8 @@
 //! sees instances only through [`InstanceHandle`]s and [`InstanceEvent`]s.
 
 mod bindings;
+pub mod capability;
+pub mod engine;
 pub mod exit;
 mod instance;
 pub mod limits;
@@ -21,8 +23,8 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{broadcast, mpsc};
-use wasmtime::component::{Component, Linker, types::ComponentItem};
-use wasmtime::{Config, Engine};
+use wasmtime::Engine;
+use wasmtime::component::{Linker, types::ComponentItem};
 
 use crate::manifest::WorkloadSpec;
 pub use exit::{EndReason, StopCause};
@@ -50,6 +52,15 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Bounds on captured output.
     pub output: OutputLimits,
+    /// Whether precompiled `.cwasm` components may be loaded. Loading one runs the native
+    /// code inside it, so it must come from a trusted `setpoint compile`. Default: true
+    /// only in builds without a compiler, where precompiled is the only way to run.
+    pub allow_precompiled: bool,
+    /// Run guests on the Pulley interpreter instead of native code (slower; for targets
+    /// without a native compiler backend). Needs the `pulley` or `all-arch` feature.
+    pub interpreter: bool,
+    /// Device capabilities the embedder provides (see [`capability::Capability`]).
+    pub capabilities: Vec<capability::Capability>,
 }
 
 impl Default for RuntimeConfig {
@@ -63,6 +74,9 @@ impl Default for RuntimeConfig {
             start_timeout: Duration::from_secs(10),
             cache_dir: None,
             output: OutputLimits::default(),
+            allow_precompiled: !cfg!(feature = "cranelift"),
+            interpreter: false,
+            capabilities: Vec::new(),
         }
     }
 }
@@ -98,6 +112,8 @@ pub struct PreparedComponent {
     pub style: ComponentStyle,
     /// Whether it imports `setpoint:workload/heartbeat`.
     pub uses_heartbeat: bool,
+    /// The embedder capabilities it imports (full interface names).
+    pub capability_imports: Vec<String>,
     pre: Prepared,
 }
 
@@ -135,6 +151,33 @@ pub enum PrepareError {
         /// The compiler's error.
         message: String,
     },
+    /// A precompiled component, and this host does not allow them.
+    #[error(
+        "`{path}` is a precompiled component; loading one runs the native code inside it, so this host refuses it unless precompiled components are allowed (`--allow-precompiled`, `HostBuilder::allow_precompiled`)"
+    )]
+    PrecompiledRefused {
+        /// The component path.
+        path: PathBuf,
+    },
+    /// A precompiled component made by an incompatible engine (another version, target
+    /// or settings).
+    #[error(
+        "`{path}` was precompiled for a different engine: {message}; recompile it with `setpoint compile` from this setpoint build, with the same settings"
+    )]
+    Incompatible {
+        /// The component path.
+        path: PathBuf,
+        /// What differs.
+        message: String,
+    },
+    /// A `.wasm` component, and this build has no compiler.
+    #[error(
+        "`{path}` is a `.wasm` component, but this setpoint was built without a compiler and runs precompiled components only; precompile it with `setpoint compile {path} -o FILE.cwasm` on a full build"
+    )]
+    NoCompiler {
+        /// The component path.
+        path: PathBuf,
+    },
     /// It imports something this host does not provide, or exports neither style.
     #[error("`{path}` cannot run on this host: {message}")]
     Link {
@@ -159,20 +202,8 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine and the linker (WASI p2 and setpoint's own interfaces) once.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let mut wasm = Config::new();
-        wasm.epoch_interruption(true);
-        wasm.wasm_component_model(true);
-        // Component-model async is not used; leaving it on makes every call ~3x slower.
-        wasm.concurrency_support(false);
-        wasm.max_wasm_stack(config.max_wasm_stack);
-        // The fiber stack must hold the Wasm stack plus the host calls made from it.
-        wasm.async_stack_size(config.max_wasm_stack + 1024 * 1024);
-        if let Some(dir) = &config.cache_dir {
-            std::fs::create_dir_all(dir)?;
-            let mut cache_config = wasmtime::CacheConfig::new();
-            cache_config.with_directory(dir);
-            wasm.cache(Some(wasmtime::Cache::new(cache_config)?));
-        }
+        let mut wasm = engine::engine_config(&config, None)?;
+        engine::enable_cache(&mut wasm, config.cache_dir.as_deref())?;
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -180,6 +211,19 @@ impl Runtime {
             &mut linker,
             |s| s,
         )?;
+        let mut seen = std::collections::HashSet::new();
+        for cap in &config.capabilities {
+            if !capability::is_interface_name(cap.interface()) {
+                anyhow::bail!(
+                    "capability `{}` is not a WIT interface name (`namespace:package/interface@version`)",
+                    cap.interface()
+                );
+            }
+            if !seen.insert(cap.grant_name().to_string()) {
+                anyhow::bail!("capability `{}` is provided twice", cap.grant_name());
+            }
+            cap.add_to_linker(&mut linker)?;
+        }
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
         Ok(Self {
             engine,
@@ -206,11 +250,7 @@ impl Runtime {
         if let Some(found) = self.lock_components().get(&digest) {
             return Ok(found.clone());
         }
-        let component =
-            Component::from_binary(&self.engine, &bytes).map_err(|e| PrepareError::Compile {
-                path: path.to_path_buf(),
-                message: exit::error_text(&e),
-            })?;
+        let component = engine::load_component(&self.engine, &self.config, path, &bytes)?;
         let link_error = |message: String| PrepareError::Link {
             path: path.to_path_buf(),
             message,
@@ -224,10 +264,20 @@ impl Runtime {
             name == bindings::HEARTBEAT_IMPORT
                 && matches!(item.ty, ComponentItem::ComponentInstance(_))
         });
+        let capability_imports = ty
+            .imports(&self.engine)
+            .filter(|(name, _)| self.capability(name).is_some())
+            .map(|(name, _)| name.to_string())
+            .collect();
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             link_error(format!(
-                "{}; this host provides WASI 0.2 and setpoint:workload/heartbeat@0.1.0",
-                exit::error_text(&e)
+                "{}; this host provides WASI 0.2, setpoint:workload/heartbeat@0.1.0{}",
+                exit::error_text(&e),
+                self.config
+                    .capabilities
+                    .iter()
+                    .map(|c| format!(", {}", c.interface()))
+                    .collect::<String>()
             ))
         })?;
         let (style, pre) = if exports.iter().any(|e| e == bindings::LIFECYCLE_EXPORT) {
@@ -249,6 +299,7 @@ impl Runtime {
             digest,
             style,
             uses_heartbeat,
+            capability_imports,
             pre,
         });
         self.lock_components().insert(digest, prepared.clone());
@@ -263,6 +314,15 @@ impl Runtime {
         events: mpsc::Sender<InstanceEvent>,
     ) -> InstanceHandle {
         instance::spawn(self.clone(), request, events)
+    }
+
+    /// The embedder capability an import name refers to, compared without versions.
+    pub fn capability(&self, interface: &str) -> Option<&capability::Capability> {
+        let wanted = capability::unversioned(interface);
+        self.config
+            .capabilities
+            .iter()
+            .find(|c| c.grant_name() == wanted)
     }
 
     /// Reads a component file within the configured size limit.

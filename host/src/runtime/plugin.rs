@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use wasmtime::Store;
-use wasmtime::component::Component;
 
 use super::exit::{EndReason, error_text};
 use super::instance::{InstanceState, build_plugin_store};
@@ -74,11 +73,7 @@ impl Runtime {
         if let Some(found) = self.lock_plugins().get(&digest) {
             return Ok(found.clone());
         }
-        let component =
-            Component::from_binary(&self.engine, &bytes).map_err(|e| PrepareError::Compile {
-                path: path.to_path_buf(),
-                message: error_text(&e),
-            })?;
+        let component = super::engine::load_component(&self.engine, &self.config, path, &bytes)?;
         let link_error = |message: String| PrepareError::Link {
             path: path.to_path_buf(),
             message,
@@ -90,6 +85,15 @@ impl Runtime {
         if !exports_reconciler {
             return Err(link_error(format!(
                 "it does not export `{RECONCILER_EXPORT}`: build it for the `setpoint:policy/plugin` world"
+            )));
+        }
+        if let Some((name, _)) = component
+            .component_type()
+            .imports(&self.engine)
+            .find(|(name, _)| self.capability(name).is_some())
+        {
+            return Err(link_error(format!(
+                "it imports the device capability `{name}`; policy plugins are granted no capabilities"
             )));
         }
         let pre = self

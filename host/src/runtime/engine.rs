@@ -1,0 +1,147 @@
+//! The wasmtime engine's settings, and turning component bytes into a `Component`:
+//! compiling `.wasm` (when this build has a compiler), loading precompiled `.cwasm`
+//! (when allowed), and precompiling for `setpoint compile`.
+//!
+//! Invariant: every engine setting that changes generated code is made in
+//! [`engine_config`], so `setpoint compile` and the host agree and wasmtime's own
+//! compatibility check is the one gate a precompiled artifact must pass.
+
+use std::path::Path;
+
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, Precompiled};
+
+use super::{PrepareError, RuntimeConfig, exit};
+
+/// The Pulley interpreter target matching this machine's pointer width.
+pub const PULLEY_TARGET: &str = if cfg!(target_pointer_width = "64") {
+    "pulley64"
+} else {
+    "pulley32"
+};
+
+/// The engine settings for a runtime (and for precompiling for it). `target` overrides
+/// the configured one (`None` in both means this machine).
+pub fn engine_config(config: &RuntimeConfig, target: Option<&str>) -> anyhow::Result<Config> {
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(true);
+    wasm.wasm_component_model(true);
+    // Component-model async is not used; leaving it on makes every call ~3x slower.
+    wasm.concurrency_support(false);
+    wasm.max_wasm_stack(config.max_wasm_stack);
+    // The fiber stack must hold the Wasm stack plus the host calls made from it.
+    wasm.async_stack_size(config.max_wasm_stack + 1024 * 1024);
+    let target = target.or(config.interpreter.then_some(PULLEY_TARGET));
+    if let Some(target) = target {
+        wasm.target(target).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot compile for `{target}`: {e}; this build supports {}",
+                supported_targets()
+            )
+        })?;
+    }
+    Ok(wasm)
+}
+
+/// Caches compiled code in `dir` (wasmtime's cache: keyed by the component's bytes and
+/// the engine's settings). Builds without the `cache` feature compile nothing, so there
+/// is nothing to cache and `dir` is ignored.
+pub fn enable_cache(wasm: &mut Config, dir: Option<&Path>) -> anyhow::Result<()> {
+    #[cfg(feature = "cache")]
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+        let mut cache_config = wasmtime::CacheConfig::new();
+        cache_config.with_directory(dir);
+        wasm.cache(Some(wasmtime::Cache::new(cache_config)?));
+    }
+    #[cfg(not(feature = "cache"))]
+    let _ = (wasm, dir);
+    Ok(())
+}
+
+/// Which compilation targets this build supports, in words.
+pub fn supported_targets() -> &'static str {
+    if !cfg!(feature = "cranelift") {
+        "no compilation at all (it was built without the `cranelift` feature)"
+    } else if cfg!(feature = "all-arch") {
+        "x86_64, aarch64, riscv64gc and s390x Linux triples, and pulley32/pulley64"
+    } else if cfg!(feature = "pulley") {
+        "this machine's target and pulley32/pulley64"
+    } else {
+        "only this machine's target (build with the `all-arch` feature for others)"
+    }
+}
+
+/// Builds the component from `bytes`: compiles a `.wasm`, or loads a precompiled
+/// `.cwasm` produced by `setpoint compile` for this very engine.
+pub fn load_component(
+    engine: &Engine,
+    config: &RuntimeConfig,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Component, PrepareError> {
+    match Engine::detect_precompiled(bytes) {
+        Some(Precompiled::Component) => {
+            if !config.allow_precompiled {
+                return Err(PrepareError::PrecompiledRefused {
+                    path: path.to_path_buf(),
+                });
+            }
+            // SAFETY: wasmtime checks that the artifact was produced by a compatible
+            // engine (version, target, settings) and refuses it otherwise. What it cannot
+            // check is that the native code inside is what `setpoint compile` produced:
+            // that trust is what `allow_precompiled` opts into.
+            unsafe { Component::deserialize(engine, bytes) }.map_err(|e| {
+                PrepareError::Incompatible {
+                    path: path.to_path_buf(),
+                    message: exit::error_text(&e),
+                }
+            })
+        }
+        Some(Precompiled::Module) => Err(PrepareError::Compile {
+            path: path.to_path_buf(),
+            message: "it is a precompiled core module, not a component".into(),
+        }),
+        None => compile(engine, path, bytes),
+    }
+}
+
+#[cfg(feature = "cranelift")]
+fn compile(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Component, PrepareError> {
+    Component::from_binary(engine, bytes).map_err(|e| PrepareError::Compile {
+        path: path.to_path_buf(),
+        message: exit::error_text(&e),
+    })
+}
+
+#[cfg(not(feature = "cranelift"))]
+fn compile(_engine: &Engine, path: &Path, _bytes: &[u8]) -> Result<Component, PrepareError> {
+    Err(PrepareError::NoCompiler {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Compiles a component ahead of time for the engine `config` describes, for this
+/// machine or for `target` (a target triple, or `pulley64`). The result loads only into a
+/// host of the same setpoint version with the same engine settings.
+#[cfg(feature = "cranelift")]
+pub fn precompile(
+    config: &RuntimeConfig,
+    target: Option<&str>,
+    bytes: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let engine = Engine::new(&engine_config(config, target)?).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot compile for `{}`: {}; this build supports {}",
+            target.unwrap_or("this machine"),
+            exit::error_text(&e),
+            supported_targets()
+        )
+    })?;
+    if Engine::detect_precompiled(bytes).is_some() {
+        anyhow::bail!("the input is already precompiled; give the `.wasm` component");
+    }
+    engine
+        .precompile_component(bytes)
+        .map_err(|e| anyhow::anyhow!("{}", exit::error_text(&e)))
+}
