@@ -142,6 +142,15 @@ impl HostBuilder {
         self
     }
 
+    /// Compact linear memories (default off): no 4 GiB virtual reservation or guard per
+    /// instance, so a host can hold ~100,000 idle instances; guest memory accesses are
+    /// then bounds-checked in code (slower). Precompiled artifacts must be compiled with
+    /// the same setting (`setpoint compile --compact-memory`).
+    pub fn compact_memory(mut self, on: bool) -> Self {
+        self.runtime.compact_memory = on;
+        self
+    }
+
     /// Bounds on manifest input.
     pub fn manifest_limits(mut self, limits: ManifestLimits) -> Self {
         self.manifests = limits;

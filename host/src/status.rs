@@ -192,10 +192,12 @@ pub struct WorkloadCounts {
     pub name: String,
     /// Replicas desired.
     pub desired: u32,
-    /// Instances alive.
+    /// Instances instantiated and running (spawned ones still instantiating excluded).
     pub running: u32,
     /// Instances ready.
     pub ready: u32,
     /// Replacements since the workload was applied.
     pub restarts: u64,
+    /// Whether the workload is marked `Failed` (nothing more is retried).
+    pub failed: bool,
 }

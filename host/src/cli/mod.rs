@@ -72,6 +72,9 @@ enum Cmd {
         /// `pulley64` for hosts that run the Pulley interpreter (default: this machine).
         #[arg(long)]
         target: Option<String>,
+        /// Compile for hosts running with `--compact-memory`.
+        #[arg(long)]
+        compact_memory: bool,
     },
     /// Print the manifest format's JSON Schema.
     Schema,
@@ -112,6 +115,10 @@ struct EngineArgs {
     /// Run guests on the Pulley interpreter instead of native code (slower, portable).
     #[arg(long)]
     interpreter: bool,
+    /// Compact linear memories: no per-instance 4 GiB reservation (for very many
+    /// instances), at the price of bounds-checked memory accesses.
+    #[arg(long)]
+    compact_memory: bool,
 }
 
 impl EngineArgs {
@@ -121,7 +128,9 @@ impl EngineArgs {
         } else {
             builder
         };
-        builder.interpreter(self.interpreter)
+        builder
+            .interpreter(self.interpreter)
+            .compact_memory(self.compact_memory)
     }
 }
 
@@ -164,7 +173,8 @@ pub fn main() -> ExitCode {
             component,
             output,
             target,
-        } => compile(&component, output, target.as_deref()),
+            compact_memory,
+        } => compile(&component, output, target.as_deref(), compact_memory),
         Cmd::Run {
             files,
             run_for,
@@ -212,11 +222,19 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// `setpoint compile`: precompiles a component for this build's engine settings.
-fn compile(component: &std::path::Path, output: Option<PathBuf>, target: Option<&str>) -> ExitCode {
+fn compile(
+    component: &std::path::Path,
+    output: Option<PathBuf>,
+    target: Option<&str>,
+    compact_memory: bool,
+) -> ExitCode {
     #[cfg(feature = "cranelift")]
     {
         let output = output.unwrap_or_else(|| component.with_extension("cwasm"));
-        let config = setpoint::runtime::RuntimeConfig::default();
+        let config = setpoint::runtime::RuntimeConfig {
+            compact_memory,
+            ..Default::default()
+        };
         let bytes = match std::fs::read(component) {
             Ok(b) => b,
             Err(e) => {
@@ -249,7 +267,7 @@ fn compile(component: &std::path::Path, output: Option<PathBuf>, target: Option<
     }
     #[cfg(not(feature = "cranelift"))]
     {
-        let _ = (output, target);
+        let _ = (output, target, compact_memory);
         eprintln!(
             "error: cannot compile `{}`: this setpoint was built without a compiler (the `cranelift` feature); run `setpoint compile` on a full build",
             component.display()

@@ -194,9 +194,10 @@ impl Controller {
                     .map(|w| crate::status::WorkloadCounts {
                         name: w.name.to_string(),
                         desired: w.spec.replicas,
-                        running: w.live_count() as u32,
+                        running: w.running.iter().filter(|r| **r).count() as u32,
                         ready: w.ready_count(),
                         restarts: w.total_restarts,
+                        failed: w.failed.is_some(),
                     })
                     .collect();
                 let _ = reply.send(counts);

@@ -31,6 +31,12 @@ pub fn engine_config(config: &RuntimeConfig, target: Option<&str>) -> anyhow::Re
     wasm.max_wasm_stack(config.max_wasm_stack);
     // The fiber stack must hold the Wasm stack plus the host calls made from it.
     wasm.async_stack_size(config.max_wasm_stack + 1024 * 1024);
+    if config.compact_memory {
+        wasm.memory_reservation(0)
+            .memory_guard_size(0)
+            .memory_reservation_for_growth(0)
+            .memory_init_cow(false);
+    }
     let target = target.or(config.interpreter.then_some(PULLEY_TARGET));
     if let Some(target) = target {
         wasm.target(target).map_err(|e| {

@@ -61,6 +61,11 @@ pub struct RuntimeConfig {
     pub interpreter: bool,
     /// Device capabilities the embedder provides (see [`capability::Capability`]).
     pub capabilities: Vec<capability::Capability>,
+    /// Compact linear memories: no virtual reservation, no guard region, no
+    /// copy-on-write image. Guest code then bounds-checks every access (slower) and a
+    /// growing memory may move, but an idle instance costs a few pages instead of a 4 GiB
+    /// reservation, which is what lets one process hold 100,000 instances. Default off.
+    pub compact_memory: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -77,6 +82,7 @@ impl Default for RuntimeConfig {
             allow_precompiled: !cfg!(feature = "cranelift"),
             interpreter: false,
             capabilities: Vec::new(),
+            compact_memory: false,
         }
     }
 }
