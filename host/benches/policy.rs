@@ -1,7 +1,10 @@
 //! Policy call cost: the built-in replica policy against the same policy as a Wasm plugin
 //! (snapshot capture, conversion to WIT records, the call, validation), on workloads of 10,
-//! 1,000 and 10,000 slots with every slot live and ready (the steady state, decided on
-//! every event). Prints p50 and p99.
+//! 1,000, 10,000 and 100,000 slots with every slot live and ready (the steady state,
+//! decided on every event). Prints p50 and p99, and the p50 per slot, which shows whether
+//! the cost grows linearly. The built-in figure is the controller's pass over a workload:
+//! the controller keeps its observations in the form `PolicyInput` borrows, so a pass is
+//! the policy call plus validating and executing its (here: no) actions.
 //!
 //! Run: `cargo xtask guests && cargo bench -p setpoint --bench policy` (RUST_BACKTRACE unset).
 
@@ -36,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut plugin = PluginInstance::new(runtime.clone(), prepared, limits, "bench".into(), None);
     println!("policy call cost (p50 / p99), every slot live and ready");
-    for slots in [10usize, 1_000, 10_000] {
+    for slots in [10usize, 1_000, 10_000, 100_000] {
         let now = Instant::now();
         let mut spec = WorkloadSpec::new("bench.wasm");
         spec.replicas = slots as u32;
@@ -62,7 +65,11 @@ async fn main() -> anyhow::Result<()> {
             failed: false,
             now,
         };
-        let rounds = if slots >= 10_000 { 200 } else { 2_000 };
+        let rounds = match slots {
+            100_000.. => 30,
+            10_000.. => 200,
+            _ => 2_000,
+        };
         let mut builtin = Vec::with_capacity(rounds);
         let mut actions = Vec::new();
         for _ in 0..rounds {
@@ -83,12 +90,15 @@ async fn main() -> anyhow::Result<()> {
             wasm.push(t.elapsed());
             assert!(decided.is_empty(), "a converged workload needs no action");
         }
+        let (builtin_p50, wasm_p50) = (percentile(&mut builtin, 0.5), percentile(&mut wasm, 0.5));
         println!(
-            "  {slots:>6} slots   builtin {:>10?} / {:>10?}   plugin {:>10?} / {:>10?}",
-            percentile(&mut builtin, 0.5),
+            "  {slots:>6} slots   builtin {:>10?} / {:>10?} ({:>5.1} ns/slot)   plugin {:>10?} / {:>10?} ({:>6.1} ns/slot)",
+            builtin_p50,
             percentile(&mut builtin, 0.99),
-            percentile(&mut wasm, 0.5),
-            percentile(&mut wasm, 0.99)
+            builtin_p50.as_nanos() as f64 / slots as f64,
+            wasm_p50,
+            percentile(&mut wasm, 0.99),
+            wasm_p50.as_nanos() as f64 / slots as f64,
         );
     }
     runtime.stop_ticker();

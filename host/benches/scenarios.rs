@@ -9,11 +9,15 @@
 //!
 //! `cargo bench -p setpoint --bench scenarios` runs the full sizes (minutes). Under
 //! `cargo test` (CI) the same code runs at tiny sizes, so the scenarios cannot rot.
-//! `SCENARIOS=recovery,spawn` picks scenarios. Needs `cargo xtask guests` first; the
+//! `SCENARIOS=recovery,spawn` picks scenarios; `RECOVERY_OTHERS=1,100` and `PROCESS_OTHERS=`
+//! (empty: none) pick the sizes of the recovery scenario, `RECOVERY_CYCLES` its length;
+//! `PROCESS_SPAWN=` the process model's spawn sizes. Needs `cargo xtask guests` first; the
 //! process model's programs are the same guest sources built for this machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use setpoint::{Host, HostBuilder, Workload, WorkloadSpec};
@@ -38,8 +42,8 @@ const FULL: Sizes = Sizes {
     spawn: &[1_000, 10_000],
     density: 100_000,
     density_step: 10_000,
-    process_others: &[1, 100],
-    process_spawn: &[1_000],
+    process_others: &[1, 100, 10_000],
+    process_spawn: &[1_000, 10_000],
     process_density: 1_000,
     host_start_runs: 10,
     spin_rounds: 50,
@@ -82,13 +86,30 @@ fn summary(samples: &mut [Duration]) -> String {
     )
 }
 
+/// A comma-separated list of sizes from the environment variable `name`, if set.
+fn list_override(name: &str) -> Option<Vec<u32>> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect(),
+    )
+}
+
 fn selected(name: &str) -> bool {
     std::env::var("SCENARIOS").map_or(true, |s| s.split(',').any(|x| x == name))
 }
 
 fn main() -> anyhow::Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
-    let sizes = if full { FULL } else { SMOKE };
+    let mut sizes = if full { FULL } else { SMOKE };
+    if let Some(cycles) = std::env::var("RECOVERY_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+    {
+        sizes.recovery_cycles = cycles;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -104,10 +125,18 @@ fn main() -> anyhow::Result<()> {
             None
         };
         if selected("recovery") {
-            for &others in sizes.recovery_others {
-                recovery(others, sizes.recovery_cycles).await?;
+            let others_override = list_override("RECOVERY_OTHERS");
+            for &others in others_override.as_deref().unwrap_or(sizes.recovery_others) {
+                recovery(others, sizes.recovery_cycles, None).await?;
+                // The pool holds the others, the crash loop and one successor.
+                // Past a few thousand slots a pool runs out of memory mappings: a measured
+                // wall, reported rather than fatal.
+                if let Err(e) = recovery(others, sizes.recovery_cycles, Some(others + 2)).await {
+                    println!("recovery  setpoint pooled, {others:>6} others: not possible: {e}");
+                }
             }
-            for &others in sizes.process_others {
+            let process_override = list_override("PROCESS_OTHERS");
+            for &others in process_override.as_deref().unwrap_or(sizes.process_others) {
                 process_recovery(native.as_ref().unwrap(), others, sizes.recovery_cycles).await?;
             }
         }
@@ -115,7 +144,8 @@ fn main() -> anyhow::Result<()> {
             for &n in sizes.spawn {
                 spawn(n).await?;
             }
-            for &n in sizes.process_spawn {
+            let process_override = list_override("PROCESS_SPAWN");
+            for &n in process_override.as_deref().unwrap_or(sizes.process_spawn) {
                 process_spawn(native.as_ref().unwrap(), n).await?;
             }
         }
@@ -143,6 +173,15 @@ fn host() -> anyhow::Result<Host> {
         .build()
 }
 
+/// A host with an instance pool of `slots` (default memory settings: the pool reuses
+/// copy-on-write slots, so compact memories would only add bounds checks).
+fn pooled_host(slots: u32) -> anyhow::Result<Host> {
+    HostBuilder::default()
+        .instance_pool(slots)
+        .event_history(4)
+        .build()
+}
+
 /// `n` idle instances: reactors that started and wait to be probed or stopped.
 fn idle(name: &str, n: u32) -> Workload {
     let mut spec = WorkloadSpec::new(guest("probed"));
@@ -164,6 +203,17 @@ fn crash_loop() -> Workload {
 }
 
 async fn wait_running(host: &Host, name: &str, n: u32) -> anyhow::Result<()> {
+    wait_running_unless(host, name, n, &AtomicBool::new(false)).await
+}
+
+/// Waits until `n` instances of `name` run, or `refused` is set (the host refused a
+/// spawn).
+async fn wait_running_unless(
+    host: &Host,
+    name: &str,
+    n: u32,
+    refused: &AtomicBool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let status = host.counts().await;
@@ -175,7 +225,8 @@ async fn wait_running(host: &Host, name: &str, n: u32) -> anyhow::Result<()> {
         }
         // An instance that cannot be instantiated (out of memory maps, say) is not
         // retried: the workload stops short of `n`.
-        if counts.failed || counts.restarts > 0 || Instant::now() > deadline {
+        let refused = refused.load(Ordering::Relaxed);
+        if counts.failed || counts.restarts > 0 || refused || Instant::now() > deadline {
             anyhow::bail!("{name}: {} of {n} instances running", counts.running);
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -217,16 +268,28 @@ async fn measure_recovery(host: &Host, cycles: usize) -> anyhow::Result<Vec<Dura
     Ok(samples)
 }
 
-async fn recovery(others: u32, cycles: usize) -> anyhow::Result<()> {
-    let host = host()?;
-    host.apply(vec![idle("others", others)]).await?;
-    wait_running(&host, "others", others).await?;
-    let mut samples = measure_recovery(&host, cycles).await?;
+async fn recovery(others: u32, cycles: usize, pool: Option<u32>) -> anyhow::Result<()> {
+    let host = match pool {
+        Some(slots) => pooled_host(slots)?,
+        None => host()?,
+    };
+    let outcome = async {
+        host.apply(vec![idle("others", others)]).await?;
+        wait_running(&host, "others", others).await?;
+        measure_recovery(&host, cycles).await
+    }
+    .await;
+    host.shutdown().await;
+    let mut samples = outcome?;
+    let label = if pool.is_some() {
+        "setpoint pooled"
+    } else {
+        "setpoint"
+    };
     println!(
-        "recovery  setpoint, {others:>6} others: exit → replacement running  {}",
+        "recovery  {label}, {others:>6} others: exit → replacement running  {}",
         summary(&mut samples)
     );
-    host.shutdown().await;
     Ok(())
 }
 
@@ -259,6 +322,28 @@ fn rss_kib() -> u64 {
 
 async fn density(target: u32, step: u32, cycles: usize) -> anyhow::Result<()> {
     let host = host()?;
+    // The host warns near the mapping limit and refuses spawns at it.
+    let refused = Arc::new(AtomicBool::new(false));
+    let warning = Arc::new(std::sync::Mutex::new(None));
+    let mut events = host.events();
+    let listener = tokio::spawn({
+        let (refused, warning) = (refused.clone(), warning.clone());
+        async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.reason == "MappingLimitNear" => {
+                        *warning.lock().unwrap() = Some(e.message);
+                    }
+                    Ok(e) if e.reason == "ActionRefused" => {
+                        *warning.lock().unwrap() = Some(e.message);
+                        refused.store(true, Ordering::Relaxed);
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        }
+    });
     host.apply(vec![idle("dense", 0)]).await?;
     let base = rss_kib();
     let base_maps = mappings().0;
@@ -266,11 +351,21 @@ async fn density(target: u32, step: u32, cycles: usize) -> anyhow::Result<()> {
     let mut n = step.min(target);
     loop {
         host.apply(vec![idle("dense", n)]).await?;
-        if let Err(e) = wait_running(&host, "dense", n).await {
+        if let Err(e) = wait_running_unless(&host, "dense", n, &refused).await {
             let (maps, limit) = mappings();
             println!(
                 "density   setpoint: stopped growing: {e}; {maps} memory mappings, vm.max_map_count {limit}"
             );
+            let status = host.status().await;
+            if let Some(end) = status
+                .workload("dense")
+                .and_then(|w| w.last_termination.as_ref())
+            {
+                println!(
+                    "density   setpoint: the last instance ended: {}",
+                    end.end.reason
+                );
+            }
             host.apply(vec![idle("dense", held)]).await?;
             break;
         }
@@ -281,6 +376,9 @@ async fn density(target: u32, step: u32, cycles: usize) -> anyhow::Result<()> {
         n = (n + step).min(target);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(message) = warning.lock().unwrap().take() {
+        println!("density   setpoint: the host said: {message}");
+    }
     let per = rss_kib().saturating_sub(base) as f64 / f64::from(held.max(1));
     let maps = mappings().0.saturating_sub(base_maps) as f64 / f64::from(held.max(1));
     println!(
@@ -293,6 +391,7 @@ async fn density(target: u32, step: u32, cycles: usize) -> anyhow::Result<()> {
         summary(&mut samples)
     );
     host.shutdown().await;
+    listener.abort();
     Ok(())
 }
 

@@ -151,6 +151,15 @@ impl HostBuilder {
         self
     }
 
+    /// Reserves `slots` instance slots up front (wasmtime's pooling allocator): spawn and
+    /// teardown become slot reuse, the fastest recovery. The host then holds at most
+    /// `slots` instances, and no instance's memory may exceed the default memory limit
+    /// (a manifest asking for more is rejected). 0 (the default) allocates on demand.
+    pub fn instance_pool(mut self, slots: u32) -> Self {
+        self.runtime.instance_pool = slots;
+        self
+    }
+
     /// Bounds on manifest input.
     pub fn manifest_limits(mut self, limits: ManifestLimits) -> Self {
         self.manifests = limits;
@@ -164,7 +173,11 @@ impl HostBuilder {
     }
 
     /// Starts the host with a policy other than the built-in replica policy.
-    pub fn build_with_policy(self, policy: Arc<dyn Policy>) -> anyhow::Result<Host> {
+    pub fn build_with_policy(mut self, policy: Arc<dyn Policy>) -> anyhow::Result<Host> {
+        if self.runtime.instance_pool > 0 {
+            let slots = self.runtime.instance_pool as usize;
+            self.controller.max_instances = self.controller.max_instances.min(slots);
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             anyhow::bail!(
                 "setpoint::Host must be built inside a tokio runtime (e.g. under #[tokio::main])"
@@ -256,14 +269,26 @@ impl Host {
             return Err(Rejected { diagnostics });
         }
         let runtime = self.runtime.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare_all(&runtime, workloads))
-            .await
+        // A thread of its own (not tokio's blocking pool, which panics when the OS
+        // refuses a thread, as it does when the process is out of memory mappings).
+        let (done, prepared) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("setpoint-prepare".into())
+            .spawn(move || {
+                let _ = done.send(prepare_all(&runtime, workloads));
+            })
             .map_err(|e| {
                 Rejected::one(Diagnostic::at(
                     None,
-                    format!("component preparation panicked: {e}"),
+                    format!("cannot start a thread to compile components: {e}"),
                 ))
-            })??;
+            })?;
+        let prepared = prepared.await.map_err(|_| {
+            Rejected::one(Diagnostic::at(
+                None,
+                "component preparation panicked".to_string(),
+            ))
+        })??;
         let names = prepared.iter().map(|p| p.name.clone()).collect();
         let (reply, done) = oneshot::channel();
         self.send(Command::Apply(prepared, reply)).await?;
@@ -397,6 +422,10 @@ fn prepare_all(
             diagnostics.extend(unknown);
             continue;
         }
+        if let Some(problem) = exceeds_pool_slot(runtime, &w) {
+            diagnostics.push(problem);
+            continue;
+        }
         match runtime.prepare(&w.spec.component) {
             Ok(component) => {
                 if let Some(problem) = style_mismatch(&w, component.style, component.uses_heartbeat)
@@ -458,6 +487,26 @@ fn prepare_all(
     } else {
         Err(Rejected { diagnostics })
     }
+}
+
+/// With an instance pool, a memory limit cannot exceed the pool's slot size.
+fn exceeds_pool_slot(runtime: &Runtime, w: &Workload) -> Option<Diagnostic> {
+    let config = runtime.config();
+    let limit = w.spec.memory_limit?;
+    if config.instance_pool == 0 || limit <= config.default_memory_limit {
+        return None;
+    }
+    Some(
+        Diagnostic::at(
+            w.origin.clone(),
+            format!(
+                "resources.memory {} exceeds this host's instance pool slot of {}",
+                bytesize::ByteSize(limit),
+                bytesize::ByteSize(config.default_memory_limit)
+            ),
+        )
+        .with_help("lower resources.memory, or start the host with a larger default memory limit or without an instance pool"),
+    )
 }
 
 /// Every capability grant must name a capability this host provides.

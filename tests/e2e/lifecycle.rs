@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use setpoint::runtime::{EndReason, StopCause};
-use setpoint::{EventType, Phase};
+use setpoint::{EventType, Host, Phase};
 
 use crate::common::{Manifests, host, last_reason, wait_for, workload};
 
@@ -419,5 +419,72 @@ async fn back_off_resets_after_a_long_enough_run() {
         "events: {:?}",
         w.events
     );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_pool_reuses_its_slots_and_caps_the_host() {
+    let m = Manifests::new();
+    let idle = m.write("idle.yaml", &workload("idle", "probed", "  replicas: 2\n"));
+    let crashing = m.write(
+        "crash.yaml",
+        &workload(
+            "crashy",
+            "crasher",
+            "  env: {CRASH_AFTER_MS: '0', MODE: exit}\n  backoff: {initial: 1ms, max: 1ms}\n",
+        ),
+    );
+    // Three slots: the two idle instances and the crash loop, replaced again and again
+    // in the one slot left.
+    let host = Host::builder()
+        .instance_pool(3)
+        .build()
+        .expect("host starts");
+    host.apply_files(&[idle, crashing])
+        .await
+        .expect("valid manifests");
+    wait_for(&host, "idle", "2 idle instances", |w| w.ready == 2).await;
+    wait_for(&host, "crashy", "30 replacements", |w| w.restarts >= 30).await;
+
+    // A memory limit beyond the pool's slot is refused, and nothing changes.
+    let big = m.write(
+        "big.yaml",
+        &workload("big", "ticker", "  resources: {memory: 128Mi}\n"),
+    );
+    let err = host
+        .apply_files(std::slice::from_ref(&big))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&big.display().to_string()),
+        "names the file: {text}"
+    );
+    assert!(
+        text.contains("exceeds this host's instance pool slot of 64.0 MiB"),
+        "{text}"
+    );
+    assert!(host.status().await.workload("big").is_none());
+
+    // Scaling past the pool is refused by the controller, not failed by the engine.
+    let more = m.write("idle.yaml", &workload("idle", "probed", "  replicas: 4\n"));
+    host.apply_files(&[more]).await.expect("valid manifest");
+    let w = wait_for(&host, "idle", "a refused spawn", |w| {
+        w.events.iter().any(|e| e.reason == "ActionRefused")
+    })
+    .await;
+    let refusal = w
+        .events
+        .iter()
+        .find(|e| e.reason == "ActionRefused")
+        .unwrap();
+    assert!(
+        refusal.message.contains("limit of 3 instances"),
+        "{}",
+        refusal.message
+    );
+    let status = host.status().await;
+    let live: u32 = status.workloads.iter().map(|w| w.running).sum();
+    assert!(live <= 3, "at most the pool's slots are live ({live})");
     host.shutdown().await;
 }

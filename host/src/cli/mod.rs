@@ -119,6 +119,11 @@ struct EngineArgs {
     /// instances), at the price of bounds-checked memory accesses.
     #[arg(long)]
     compact_memory: bool,
+    /// Reserve this many instance slots up front (the fastest spawn and recovery). The
+    /// host then holds at most this many instances, and no memory limit may exceed
+    /// 64 MiB, the slot size. 0 allocates on demand.
+    #[arg(long, value_name = "SLOTS", default_value_t = 0)]
+    instance_pool: u32,
 }
 
 impl EngineArgs {
@@ -131,6 +136,7 @@ impl EngineArgs {
         builder
             .interpreter(self.interpreter)
             .compact_memory(self.compact_memory)
+            .instance_pool(self.instance_pool)
     }
 }
 

@@ -90,6 +90,12 @@ pub(crate) struct Controller {
     host_events: broadcast::Sender<Event>,
     logs: broadcast::Sender<LogLine>,
     live: usize,
+    /// The live count at which the host warns that it nears the kernel's limit on
+    /// memory mappings (80% of the estimated capacity at start), if known.
+    mapping_warning_at: Option<usize>,
+    /// Past the warning, the live count at the last look at the mappings in use, and
+    /// whether they left too little room for another instance.
+    mapping_check: Option<(usize, bool)>,
     next_id: u64,
     id_salt: u32,
 }
@@ -103,6 +109,9 @@ impl Controller {
         logs: broadcast::Sender<LogLine>,
     ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
+        let mapping_warning_at = crate::runtime::mappings::instance_capacity(runtime.config())
+            .map(|capacity| capacity * 4 / 5)
+            .filter(|&at| at < config.max_instances);
         Self {
             runtime,
             policy,
@@ -114,6 +123,8 @@ impl Controller {
             host_events,
             logs,
             live: 0,
+            mapping_warning_at,
+            mapping_check: None,
             next_id: 0,
             id_salt: fastrand::u32(..),
         }
@@ -358,7 +369,6 @@ impl Controller {
             return; // a late event from an instance the controller already forgot
         }
         let mut to_log = None;
-        let mut at = None;
         match event.kind {
             InstanceEventKind::Running => {
                 if is_main {
@@ -424,7 +434,6 @@ impl Controller {
                     message.push_str(&format!("; last output: {last}"));
                 }
                 obs.last_end = Some((now, end.reason.clone()));
-                at = Some(end.at);
                 w.last_termination = Some(TerminationRecord {
                     instance: event.instance.to_string(),
                     slot: event.slot,
@@ -443,10 +452,8 @@ impl Controller {
                 reason,
                 message,
             );
-            // An end is dated when the instance ended, not when the controller heard of it.
-            if let Some(at) = at {
-                e.time = at;
-            }
+            // Dated when it happened to the instance, not when the controller heard of it.
+            e.time = event.at;
             let _ = self.host_events.send(e.clone());
             if let Some(w) = self.workloads.get_mut(&event.workload) {
                 w.push_event(e, history);
@@ -530,6 +537,19 @@ impl Controller {
                     "spawn: the host is at its limit of {} instances",
                     self.config.max_instances
                 )),
+                Action::Spawn { .. } | Action::SpawnSuccessor { .. }
+                    if at_mapping_wall(
+                        self.live,
+                        self.mapping_warning_at,
+                        &mut self.mapping_check,
+                    ) =>
+                {
+                    Some(format!(
+                        "spawn: the host is at the kernel's limit of memory mappings \
+                         (vm.max_map_count) with {} instances; raise the limit",
+                        self.live
+                    ))
+                }
                 Action::Stop { slot, .. }
                     if w.handles.get(*slot as usize).is_none_or(Option::is_none) =>
                 {
@@ -772,6 +792,9 @@ impl Controller {
             w.slots[slot as usize].instance = Some(observation);
         }
         self.live += 1;
+        if self.mapping_warning_at == Some(self.live) {
+            self.warn_mapping_limit(name, &id);
+        }
         // Spawns are frequent in a crash loop: they go to subscribers, not the bounded history.
         let reason = match (successor, replacing) {
             (true, _) => "Surge",
@@ -785,6 +808,28 @@ impl Controller {
             reason,
             format!("slot {slot}"),
         );
+    }
+
+    /// Tells (once per crossing) that the host nears the kernel's mapping limit, past
+    /// which spawns fail.
+    fn warn_mapping_limit(&mut self, name: &Arc<str>, id: &str) {
+        let limit = crate::runtime::mappings::limit().unwrap_or_default();
+        let message = format!(
+            "{} live instances: near the most this host can map under the kernel's              vm.max_map_count of {limit} (about {} at start); past it spawns fail. Raise              vm.max_map_count, or run with compact memories",
+            self.live,
+            self.mapping_warning_at.unwrap_or_default() * 5 / 4
+        );
+        tracing::warn!(workload = %name, "{message}");
+        let e = self.event(
+            name,
+            Some(id),
+            EventType::Warning,
+            "MappingLimitNear",
+            message,
+        );
+        if let Some(w) = self.workloads.get_mut(name) {
+            w.push_event(e, self.config.event_history);
+        }
     }
 
     fn update_conditions(&mut self, name: &Arc<str>) {
@@ -1005,3 +1050,37 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
         events: w.events.iter().cloned().collect(),
     }
 }
+
+/// Whether the process is too close to the kernel's mapping limit for another instance.
+/// Below the warning point this costs nothing; past it, the mappings in use are counted
+/// again every [`MAPPING_RECHECK`] spawns or ends (reading `/proc/self/maps` takes
+/// milliseconds at that size). The room kept free serves the host itself: thread
+/// stacks, compiled code of the next apply, files.
+fn at_mapping_wall(
+    live: usize,
+    warning_at: Option<usize>,
+    check: &mut Option<(usize, bool)>,
+) -> bool {
+    const RESERVE: usize = 1024;
+    let Some(warning_at) = warning_at else {
+        return false;
+    };
+    if live < warning_at {
+        *check = None;
+        return false;
+    }
+    match *check {
+        Some((checked_at, full)) if live.abs_diff(checked_at) < MAPPING_RECHECK => full,
+        _ => {
+            let limit = crate::runtime::mappings::limit().unwrap_or(usize::MAX);
+            let in_use = crate::runtime::mappings::in_use().unwrap_or(0);
+            let full = in_use.saturating_add(RESERVE) >= limit;
+            *check = Some((live, full));
+            full
+        }
+    }
+}
+
+/// Spawns (or ends) between two counts of the mappings in use, past the warning point.
+/// An instance costs at most 4 mappings, so 64 of them stay well inside the reserve.
+const MAPPING_RECHECK: usize = 64;

@@ -37,6 +37,15 @@ pub fn engine_config(config: &RuntimeConfig, target: Option<&str>) -> anyhow::Re
             .memory_reservation_for_growth(0)
             .memory_init_cow(false);
     }
+    if config.instance_pool > 0 {
+        wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool_config(
+            config,
+        )));
+        if config.compact_memory {
+            // A pool slot must reserve the largest memory it will hold.
+            wasm.memory_reservation(config.default_memory_limit);
+        }
+    }
     let target = target.or(config.interpreter.then_some(PULLEY_TARGET));
     if let Some(target) = target {
         wasm.target(target).map_err(|e| {
@@ -47,6 +56,34 @@ pub fn engine_config(config: &RuntimeConfig, target: Option<&str>) -> anyhow::Re
         })?;
     }
     Ok(wasm)
+}
+
+/// The pooling allocator's slots: `instance_pool` components (plus plugins), each with
+/// room for the core instances, memories, tables and stack a WASI component needs.
+fn pool_config(config: &RuntimeConfig) -> wasmtime::PoolingAllocationConfig {
+    let components = config
+        .instance_pool
+        .saturating_add(super::POOL_PLUGIN_SLOTS);
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(components)
+        // A component built by wasm32-wasip2 toolchains holds a few core instances
+        // (its module, adapters, shims) and up to two memories and several tables.
+        .total_core_instances(components.saturating_mul(4))
+        .total_memories(components.saturating_mul(2))
+        .total_tables(components.saturating_mul(4))
+        .total_stacks(components)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16)
+        .max_core_instances_per_component(32)
+        .max_memory_size(config.default_memory_limit as usize)
+        .table_elements(config.table_elements_limit as usize)
+        // A freed slot's first 64 KiB of memory and tables are reset with memset and
+        // stay resident, instead of going back to the kernel and faulting in again:
+        // recovery p50 37–40 µs instead of 45, p99 72–97 µs instead of 83–106 (1 MiB
+        // was slower than none). At most 128 KiB per slot stays resident.
+        .linear_memory_keep_resident(64 << 10)
+        .table_keep_resident(64 << 10);
+    pool
 }
 
 /// Caches compiled code in `dir` (wasmtime's cache: keyed by the component's bytes and

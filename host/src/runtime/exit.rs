@@ -163,8 +163,12 @@ impl EndReason {
 
     /// An instantiation failure.
     pub fn instantiation(err: &wasmtime::Error) -> Self {
+        let mut message = error_text(err);
+        if let Some(hint) = super::mappings::exhaustion_hint(&message) {
+            message = format!("{hint}; {message}");
+        }
         Self::InstantiationFailed {
-            message: bounded(&error_text(err)),
+            message: bounded(&message),
         }
     }
 

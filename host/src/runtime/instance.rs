@@ -120,6 +120,9 @@ pub struct InstanceEvent {
     pub instance: Arc<str>,
     /// What happened.
     pub kind: InstanceEventKind,
+    /// When it happened, in the instance's own task (not when the controller heard of
+    /// it: the guest may keep its worker thread busy for a while after, say, `Running`).
+    pub at: std::time::SystemTime,
 }
 
 /// The kinds of instance events.
@@ -233,11 +236,16 @@ struct Reporter {
 
 impl Reporter {
     async fn send(&self, kind: InstanceEventKind) {
+        let at = match &kind {
+            InstanceEventKind::Ended(end) => end.at,
+            _ => std::time::SystemTime::now(),
+        };
         let event = InstanceEvent {
             workload: self.workload.clone(),
             slot: self.slot,
             instance: self.instance.clone(),
             kind,
+            at,
         };
         // The controller is gone only during shutdown; nothing is left to tell.
         let _ = self.events.send(event).await;
