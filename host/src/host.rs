@@ -206,6 +206,42 @@ impl HostBuilder {
     }
 }
 
+/// One workload's change in a [`Host::plan`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedChange {
+    /// The workload.
+    pub name: String,
+    /// The revision it would run.
+    pub revision: String,
+    /// The replicas it would have.
+    pub replicas: u32,
+    /// What would change.
+    pub change: Change,
+}
+
+/// What applying would do to one workload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Change {
+    /// It is new.
+    Create,
+    /// A new revision replaces `from_revision` (a rolling update).
+    #[serde(rename_all = "camelCase")]
+    Update {
+        /// The revision running now.
+        from_revision: String,
+    },
+    /// Only the replica count changes.
+    #[serde(rename_all = "camelCase")]
+    Scale {
+        /// The replica count now.
+        from_replicas: u32,
+    },
+    /// Nothing changes.
+    Unchanged,
+}
+
 /// A running setpoint host: apply workloads, watch them, shut it down.
 ///
 /// It lives on the tokio runtime it was built in: the controller is one task, each
@@ -264,6 +300,45 @@ impl Host {
     /// Applies workloads, all or nothing: every component is compiled and checked first,
     /// and if any workload is rejected nothing changes. Returns the applied names.
     pub async fn apply(&self, workloads: Vec<Workload>) -> Result<Vec<String>, Rejected> {
+        let prepared = self.prepare(workloads).await?;
+        let names = prepared.iter().map(|p| p.name.clone()).collect();
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Apply(prepared, reply)).await?;
+        done.await.map_err(|_| host_gone())?;
+        Ok(names)
+    }
+
+    /// What [`Host::apply`] would change, checked exactly as `apply` checks (parsed,
+    /// validated, compiled, linked), changing nothing.
+    pub async fn plan(&self, workloads: Vec<Workload>) -> Result<Vec<PlannedChange>, Rejected> {
+        let prepared = self.prepare(workloads).await?;
+        let status = self.status().await;
+        Ok(prepared
+            .iter()
+            .map(|p| {
+                let current = status.workload(&p.name);
+                let change = match current {
+                    None => Change::Create,
+                    Some(w) if w.revision != p.revision => Change::Update {
+                        from_revision: w.revision.clone(),
+                    },
+                    Some(w) if w.desired != p.spec.replicas => Change::Scale {
+                        from_replicas: w.desired,
+                    },
+                    Some(_) => Change::Unchanged,
+                };
+                PlannedChange {
+                    name: p.name.clone(),
+                    revision: p.revision.clone(),
+                    replicas: p.spec.replicas,
+                    change,
+                }
+            })
+            .collect())
+    }
+
+    /// Checks, compiles and links workloads, all or nothing.
+    async fn prepare(&self, workloads: Vec<Workload>) -> Result<Vec<PreparedWorkload>, Rejected> {
         let diagnostics = check_workloads(&workloads, &self.manifest_limits);
         if !diagnostics.is_empty() {
             return Err(Rejected { diagnostics });
@@ -283,17 +358,12 @@ impl Host {
                     format!("cannot start a thread to compile components: {e}"),
                 ))
             })?;
-        let prepared = prepared.await.map_err(|_| {
+        prepared.await.map_err(|_| {
             Rejected::one(Diagnostic::at(
                 None,
                 "component preparation panicked".to_string(),
             ))
-        })??;
-        let names = prepared.iter().map(|p| p.name.clone()).collect();
-        let (reply, done) = oneshot::channel();
-        self.send(Command::Apply(prepared, reply)).await?;
-        done.await.map_err(|_| host_gone())?;
-        Ok(names)
+        })?
     }
 
     /// Removes a workload: its instances are stopped gracefully. False if unknown.

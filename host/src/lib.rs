@@ -101,6 +101,8 @@
 //! [`status`] (what users see).
 
 mod controller;
+#[cfg(unix)]
+pub mod daemon;
 pub mod host;
 pub mod manifest;
 pub mod policy;

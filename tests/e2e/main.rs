@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod daemon;
 mod edge;
 mod hostile;
 mod lifecycle;

@@ -1,6 +1,8 @@
 //! Command-line interface: argument parsing and presentation only. Everything it does
 //! goes through the public [`setpoint::Host`] API.
 
+mod client;
+mod remote;
 mod table;
 
 use std::io::IsTerminal;
@@ -51,6 +53,67 @@ enum Cmd {
         snapshots: Option<PathBuf>,
         #[command(flatten)]
         engine: EngineArgs,
+    },
+    /// Run the daemon: keep the applied desired state (durably, in --state-dir) running,
+    /// and serve the control API on a Unix socket (mode 0600).
+    Daemon {
+        /// The state directory: applied manifests, component blobs, compile cache.
+        /// Default: $SETPOINT_STATE_DIR, /var/lib/setpoint for root, else
+        /// $XDG_STATE_HOME/setpoint.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// The API's Unix socket (default: STATE_DIR/setpoint.sock).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Apply manifests to the daemon, all or nothing across every document.
+    Apply {
+        /// Manifest files or directories (their *.yaml and *.yml files).
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required = true,
+            value_name = "FILE|DIR"
+        )]
+        files: Vec<PathBuf>,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List workloads (or one) known to the daemon.
+    Get {
+        /// `workloads` (the default), optionally followed by a name.
+        #[arg(value_name = "KIND [NAME]", num_args = 0..=2)]
+        what: Vec<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = remote::GetOutput::Table)]
+        output: remote::GetOutput,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show one workload in detail: spec revision, conditions, instances, events.
+    Describe {
+        /// `workload/NAME`.
+        target_name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = remote::GetOutput::Table)]
+        output: remote::GetOutput,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete workloads by name or by the manifests that declared them.
+    Delete {
+        /// `workload/NAME`, one or more.
+        names: Vec<String>,
+        /// Manifest files or directories naming the workloads to delete.
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR")]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        target: Target,
     },
     /// Check manifests and their components without running anything.
     Validate {
@@ -103,6 +166,14 @@ enum PolicyCmd {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+}
+
+/// Which daemon a client command talks to.
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// The daemon's socket (default: $SETPOINT_SOCKET, else the default daemon's).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
 }
 
 /// Engine options shared by the commands that load components.
@@ -175,6 +246,59 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Validate { files, engine } => runtime.block_on(validate(files, engine)),
+        Cmd::Daemon {
+            state_dir,
+            socket,
+            engine,
+        } => runtime.block_on(daemon(state_dir, socket, engine)),
+        Cmd::Apply {
+            files,
+            dry_run,
+            target,
+        } => runtime.block_on(remote::apply(
+            remote::socket_path(target.socket),
+            files,
+            dry_run,
+        )),
+        Cmd::Get {
+            what,
+            output,
+            target,
+        } => {
+            let name = match what.as_slice() {
+                [] => None,
+                [kind, rest @ ..] if matches!(kind.as_str(), "workloads" | "workload" | "wl") => {
+                    rest.first().cloned()
+                }
+                [kind, ..] => {
+                    eprintln!("error: unknown kind `{kind}`; the kinds are: workloads");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(remote::get(
+                remote::socket_path(target.socket),
+                name,
+                output,
+            ))
+        }
+        Cmd::Describe {
+            target_name,
+            output,
+            target,
+        } => runtime.block_on(remote::describe(
+            remote::socket_path(target.socket),
+            target_name,
+            output,
+        )),
+        Cmd::Delete {
+            names,
+            files,
+            target,
+        } => runtime.block_on(remote::delete(
+            remote::socket_path(target.socket),
+            names,
+            files,
+        )),
         Cmd::Compile {
             component,
             output,
@@ -217,6 +341,38 @@ pub fn main() -> ExitCode {
                     output,
                 },
         } => runtime.block_on(policy_test(plugin, snapshot, builtin, output)),
+    }
+}
+
+/// `setpoint daemon`: runs until SIGINT or SIGTERM.
+async fn daemon(
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    engine: EngineArgs,
+) -> ExitCode {
+    let config = setpoint::daemon::DaemonConfig {
+        state_dir: state_dir.unwrap_or_else(setpoint::daemon::default_state_dir),
+        socket,
+    };
+    let builder = engine.apply(Host::builder());
+    let mut signals = match StopSignals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = async move { signals.recv().await };
+    let result = setpoint::daemon::run(config, builder, stop, |socket| {
+        eprintln!("setpoint daemon: serving on {}", socket.display());
+    })
+    .await;
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -103,7 +103,7 @@ fn load_file(path: &Path, limits: &ManifestLimits) -> Result<Vec<(Workload, Orig
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| file_only(format!("cannot read manifest: {e}")))?;
-    load_text(path, &text, limits)
+    load_text(path, &text, limits, &on_disk)
 }
 
 /// Validates YAML text as if it were the file `path` (which names it in errors and
@@ -112,6 +112,16 @@ pub fn load_str(
     path: &Path,
     text: &str,
     limits: &ManifestLimits,
+) -> Result<Vec<Workload>, Rejected> {
+    load_str_resolving(path, text, limits, &on_disk)
+}
+
+/// [`load_str`] with component and plugin files found by `resolve` instead of on disk.
+pub fn load_str_resolving(
+    path: &Path,
+    text: &str,
+    limits: &ManifestLimits,
+    resolve: Resolver<'_>,
 ) -> Result<Vec<Workload>, Rejected> {
     if text.len() as u64 > limits.max_file_bytes {
         return Err(Rejected::one(Diagnostic::at(
@@ -123,7 +133,7 @@ pub fn load_str(
             ),
         )));
     }
-    Ok(load_text(path, text, limits)?
+    Ok(load_text(path, text, limits, resolve)?
         .into_iter()
         .map(|(w, _)| w)
         .collect())
@@ -133,6 +143,7 @@ fn load_text(
     path: &Path,
     text: &str,
     limits: &ManifestLimits,
+    resolve: Resolver<'_>,
 ) -> Result<Vec<(Workload, Origin)>, Rejected> {
     let file_only =
         |message: String| Rejected::one(Diagnostic::at(Some(Origin::new(path, 0, 0)), message));
@@ -147,6 +158,7 @@ fn load_text(
         let mut v = Validator {
             file: path,
             base_dir: &base_dir,
+            resolve,
             limits,
             diagnostics: Vec::new(),
         };
@@ -160,6 +172,19 @@ fn load_text(
     } else {
         Err(Rejected { diagnostics })
     }
+}
+
+/// The workload names a manifest's documents declare (parsed, not validated: for
+/// `delete -f`, whose components need not exist any more).
+pub fn parse_names(
+    path: &Path,
+    text: &str,
+    limits: &ManifestLimits,
+) -> Result<Vec<String>, Rejected> {
+    Ok(parse_documents(path, text, limits)?
+        .into_iter()
+        .map(|doc| doc.metadata.name.value)
+        .collect())
 }
 
 /// Parses YAML text into raw documents (`---` separated) under input budgets.
@@ -201,9 +226,20 @@ fn strip_location_suffix(message: &str) -> String {
     }
 }
 
+/// Finds the file a manifest's `spec.component` or `spec.policy.plugin` names, given
+/// the path joined onto the manifest's directory. On the filesystem that is
+/// `canonicalize`; the daemon answers from the components a client uploaded.
+pub type Resolver<'a> = &'a dyn Fn(&Path) -> std::io::Result<PathBuf>;
+
+/// Resolves against the filesystem.
+fn on_disk(path: &Path) -> std::io::Result<PathBuf> {
+    std::fs::canonicalize(path)
+}
+
 struct Validator<'a> {
     file: &'a Path,
     base_dir: &'a Path,
+    resolve: Resolver<'a>,
     limits: &'a ManifestLimits,
     diagnostics: Vec<Diagnostic>,
 }
@@ -538,7 +574,7 @@ impl Validator<'_> {
             return None;
         }
         let joined = self.base_dir.join(&raw.value);
-        match std::fs::canonicalize(&joined) {
+        match (self.resolve)(&joined) {
             Ok(p) if p.is_file() => Some(p),
             Ok(p) => {
                 self.error(
@@ -582,7 +618,7 @@ impl Validator<'_> {
             }
             (None, Some(p)) => {
                 let joined = self.base_dir.join(&p.value);
-                match std::fs::canonicalize(&joined) {
+                match (self.resolve)(&joined) {
                     Ok(path) if path.is_file() => Some(super::spec::PolicyPlugin {
                         plugin: path,
                         config: raw.config.unwrap_or(serde_json::Value::Null),

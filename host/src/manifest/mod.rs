@@ -8,7 +8,10 @@ mod spec;
 pub mod units;
 
 pub use diagnostic::{Diagnostic, Origin, Rejected};
-pub use load::{API_VERSION, ManifestLimits, check_workloads, load_files, load_str};
+pub use load::{
+    API_VERSION, ManifestLimits, Resolver, check_workloads, load_files, load_str,
+    load_str_resolving, parse_names,
+};
 pub use spec::{
     BackoffSpec, CpuBudget, DirGrant, IntOrPercent, PolicyPlugin, ProbeSpec, RestartBudget,
     RestartPolicy, StrategyKind, UpdateStrategy, WatchdogSpec, Workload, WorkloadSpec,

@@ -1,0 +1,275 @@
+//! The control API: versioned HTTP+JSON routes over the daemon's [`Host`] and [`Store`].
+//! The wire types here are shared with the CLI, which is a client of these routes.
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `GET /v1/health` | `{"ok": true}` |
+//! | `PUT /v1/blobs/{digest}` | stores a component's bytes (checked against the digest) |
+//! | `POST /v1/apply` | applies an [`ApplyRequest`], all or nothing (or plans it: `dryRun`) |
+//! | `GET /v1/workloads` | the host's status |
+//! | `GET /v1/workloads/{name}` | one workload's status |
+//! | `DELETE /v1/workloads/{name}` | deletes a workload |
+//!
+//! Errors are a 4xx or 5xx status with an [`ErrorBody`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::{Deserialize, Serialize};
+
+use super::store::{ApplyRecord, Document, Store, is_digest};
+use crate::host::PlannedChange;
+use crate::manifest::{ManifestLimits, Rejected, Workload, load_str_resolving};
+use crate::{Host, HostStatus, WorkloadStatus};
+
+/// A request to apply manifest documents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyRequest {
+    /// The manifest files, each with the name errors should use.
+    pub documents: Vec<Document>,
+    /// Each component or plugin path the documents name (joined onto the manifest's
+    /// directory) → the digest of the bytes uploaded with `PUT /v1/blobs/{digest}`.
+    pub files: BTreeMap<String, String>,
+    /// Only report what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to an apply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResponse {
+    /// Per workload, what changes (or, for a dry run, would change).
+    pub changes: Vec<PlannedChange>,
+    /// True for a dry run: nothing was changed.
+    pub dry_run: bool,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, in one line.
+    pub error: String,
+    /// Located problems (file:line:column: message, and help), one per entry.
+    #[serde(default)]
+    pub diagnostics: Vec<String>,
+}
+
+/// What the routes share.
+pub struct ApiState {
+    /// The host the daemon runs.
+    pub host: Host,
+    /// Its durable state.
+    pub store: Store,
+    /// Bounds on manifests.
+    pub limits: ManifestLimits,
+    /// Applies and deletes run one at a time, so the store and the host agree.
+    pub writes: tokio::sync::Mutex<()>,
+    /// Largest blob accepted.
+    pub max_blob_bytes: usize,
+}
+
+/// The routes, ready to serve.
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    let max_body = state.max_blob_bytes;
+    axum::Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
+        .route("/v1/blobs/{digest}", put(put_blob))
+        .route("/v1/apply", post(apply))
+        .route("/v1/workloads", get(list))
+        .route("/v1/workloads/{name}", get(describe).delete(delete))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such route; the API is under /v1/",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// An error answer.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = ErrorBody {
+        error: message.into(),
+        diagnostics: Vec::new(),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// A rejected manifest: 422 with every located problem.
+fn rejected(rejected: &Rejected) -> Response {
+    let body = ErrorBody {
+        error: format!(
+            "rejected: {} problem(s); nothing was changed",
+            rejected.diagnostics.len()
+        ),
+        diagnostics: rejected.diagnostics.iter().map(|d| d.to_string()).collect(),
+    };
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+}
+
+async fn put_blob(
+    State(state): State<Arc<ApiState>>,
+    UrlPath(digest): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    if !is_digest(&digest) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{digest}` is not a digest; expected sha256: and 64 lowercase hex digits"),
+        );
+    }
+    let actual = super::store::digest_of(&body);
+    if actual != digest {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("the body's digest is {actual}, not {digest}"),
+        );
+    }
+    let store_result = tokio::task::block_in_place(|| state.store.put_blob(&body));
+    match store_result {
+        Ok(_) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({"digest": digest})),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Loads an apply's documents, finding the files they name among the stored blobs.
+pub(super) fn load(
+    store: &Store,
+    documents: &[Document],
+    files: &BTreeMap<String, String>,
+    limits: &ManifestLimits,
+) -> Result<Vec<Workload>, Rejected> {
+    let resolve = |joined: &Path| -> std::io::Result<PathBuf> {
+        let key = joined.to_string_lossy();
+        let digest = files.get(key.as_ref()).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "it was not uploaded with the apply",
+            )
+        })?;
+        if !store.has_blob(digest) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("its bytes ({digest}) are not in the daemon's store; upload them first"),
+            ));
+        }
+        Ok(store.blob_path(digest))
+    };
+    let mut workloads = Vec::new();
+    let mut diagnostics = Vec::new();
+    for doc in documents {
+        match load_str_resolving(Path::new(&doc.source), &doc.text, limits, &resolve) {
+            Ok(found) => workloads.extend(found),
+            Err(e) => diagnostics.extend(e.diagnostics),
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(workloads)
+    } else {
+        Err(Rejected { diagnostics })
+    }
+}
+
+async fn apply(State(state): State<Arc<ApiState>>, Json(request): Json<ApplyRequest>) -> Response {
+    if request.documents.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no documents to apply");
+    }
+    let _writing = state.writes.lock().await;
+    let workloads = match load(
+        &state.store,
+        &request.documents,
+        &request.files,
+        &state.limits,
+    ) {
+        Ok(w) => w,
+        Err(e) => return rejected(&e),
+    };
+    let names: Vec<String> = workloads.iter().map(|w| w.name.clone()).collect();
+    // The plan checks everything `apply` checks, so a rejection happens here, before
+    // anything is stored.
+    let changes = match state.host.plan(workloads.clone()).await {
+        Ok(c) => c,
+        Err(e) => return rejected(&e),
+    };
+    if request.dry_run {
+        return Json(ApplyResponse {
+            changes,
+            dry_run: true,
+        })
+        .into_response();
+    }
+    // Durable first: once stored, a crash before the host runs it still converges
+    // (the restart replays the store); a crash before the commit loses an apply the
+    // client was never told had succeeded.
+    let record = ApplyRecord {
+        documents: request.documents,
+        files: request.files,
+        applied_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    if let Err(e) = tokio::task::block_in_place(|| state.store.record_apply(&record, &names)) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    match state.host.apply(workloads).await {
+        Ok(_) => Json(ApplyResponse {
+            changes,
+            dry_run: false,
+        })
+        .into_response(),
+        // Planned a moment ago, so only a host shutting down gets here.
+        Err(e) => rejected(&e),
+    }
+}
+
+async fn list(State(state): State<Arc<ApiState>>) -> Json<HostStatus> {
+    Json(state.host.status().await)
+}
+
+async fn describe(
+    State(state): State<Arc<ApiState>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<WorkloadStatus>, Response> {
+    let status = state.host.status().await;
+    status.workload(&name).cloned().map(Json).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("workload `{name}` not found"),
+        )
+    })
+}
+
+async fn delete(State(state): State<Arc<ApiState>>, UrlPath(name): UrlPath<String>) -> Response {
+    let _writing = state.writes.lock().await;
+    // Forgotten durably first: a crash after this does not bring it back.
+    let stored = match tokio::task::block_in_place(|| state.store.delete(&name)) {
+        Ok(stored) => stored,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let running = state.host.delete(&name).await.unwrap_or(false);
+    if stored || running {
+        Json(serde_json::json!({"deleted": name})).into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("workload `{name}` not found"),
+        )
+    }
+}

@@ -1,0 +1,144 @@
+//! `setpoint daemon`: a long-lived host whose desired state survives its own crash. It
+//! keeps applied manifests and their components in a state directory ([`store`]),
+//! replays them on start, and serves the control API ([`api`]) on a Unix socket that
+//! only its owner can open.
+//!
+//! Crash-only: there is no shutdown path that must run for the state to be right. An
+//! apply is stored (atomically) before the host runs it and acknowledged after; a delete
+//! is forgotten before the host stops it. A restart replays what is stored.
+
+pub mod api;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::HostBuilder;
+use crate::manifest::ManifestLimits;
+use store::Store;
+
+/// Where and how the daemon runs.
+pub struct DaemonConfig {
+    /// The state directory (store, component blobs, compile cache, default socket).
+    pub state_dir: PathBuf,
+    /// The Unix socket of the control API (default: `STATE_DIR/setpoint.sock`).
+    pub socket: Option<PathBuf>,
+}
+
+impl DaemonConfig {
+    /// The socket path in effect.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| default_socket(&self.state_dir))
+    }
+}
+
+/// The socket a daemon with state directory `state_dir` listens on by default.
+pub fn default_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("setpoint.sock")
+}
+
+/// The default state directory: `$SETPOINT_STATE_DIR`, else `/var/lib/setpoint` for
+/// root, else `$XDG_STATE_HOME/setpoint` (or `~/.local/state/setpoint`).
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SETPOINT_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    #[cfg(unix)]
+    if std::env::var("USER").is_ok_and(|u| u == "root") {
+        return PathBuf::from("/var/lib/setpoint");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("setpoint")
+}
+
+/// Runs the daemon until `shutdown` resolves: opens the store, builds the host from
+/// `builder` (with the compile cache in the state directory), replays the stored
+/// desired state, and serves the API. `ready` is called once the socket accepts.
+pub async fn run(
+    config: DaemonConfig,
+    builder: HostBuilder,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(&Path),
+) -> anyhow::Result<crate::HostStatus> {
+    let store = Store::open(&config.state_dir)
+        .with_context(|| format!("state directory {}", config.state_dir.display()))?;
+    let host = builder.cache_dir(config.state_dir.join("cache")).build()?;
+    let limits = ManifestLimits::default();
+    restore(&host, &store, &limits).await;
+    let state = Arc::new(api::ApiState {
+        host,
+        store,
+        limits,
+        writes: tokio::sync::Mutex::new(()),
+        max_blob_bytes: 256 << 20,
+    });
+    let socket = config.socket_path();
+    let listener = bind_private(&socket)?;
+    ready(&socket);
+    axum::serve(listener, api::router(state.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")?;
+    let _ = std::fs::remove_file(&socket);
+    let state = Arc::into_inner(state).context("API handlers still running at shutdown")?;
+    Ok(state.host.shutdown().await)
+}
+
+/// Replays the stored desired state. An apply that no longer loads (a blob deleted by
+/// hand, say) is reported and skipped; the rest still runs.
+async fn restore(host: &crate::Host, store: &Store, limits: &ManifestLimits) {
+    let desired = match store.desired() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("cannot read the stored desired state: {e}");
+            return;
+        }
+    };
+    for (id, record, names) in desired {
+        let workloads = match api::load(store, &record.documents, &record.files, limits) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!("stored apply {id} no longer loads:\n{e}");
+                continue;
+            }
+        };
+        // Only the workloads this apply still defines (a later apply may own others).
+        let workloads: Vec<_> = workloads
+            .into_iter()
+            .filter(|w| names.contains(&w.name))
+            .collect();
+        if let Err(e) = host.apply(workloads).await {
+            tracing::error!("stored apply {id} was rejected on restore:\n{e}");
+        }
+    }
+}
+
+/// Binds a Unix socket only its owner can connect to (mode 0600), replacing a stale
+/// socket file left by a crash.
+fn bind_private(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => anyhow::bail!(
+            "another daemon is listening on {}; stop it or choose another --socket",
+            path.display()
+        ),
+        Err(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(listener)
+}

@@ -1,0 +1,310 @@
+//! The daemon's durable state: applied manifests (redb, one transactional file) and the
+//! components they name (a content-addressed directory of blobs).
+//!
+//! An apply is one record: the manifest documents as the user wrote them and, for each
+//! component or plugin path they name, the digest of the uploaded file. Each workload
+//! name points at the apply that defines it now; an apply no workload points at is
+//! deleted in the same transaction. Replaying the records that are still pointed at
+//! rebuilds the desired state exactly, with errors located in the user's own files.
+//!
+//! Crash safety: a blob is written to a temporary file, synced, then renamed into place,
+//! so a blob file is whole or absent; redb commits are atomic and durable. A record is
+//! committed only after every blob it names is in place.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// Apply id → the JSON of its [`ApplyRecord`].
+const APPLIES: TableDefinition<u64, &str> = TableDefinition::new("applies");
+/// Workload name → the apply that defines it.
+const OWNERS: TableDefinition<&str, u64> = TableDefinition::new("owners");
+/// Counters (`next_apply`).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// One manifest document set as applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApplyRecord {
+    /// The files as sent: their names (for errors) and text.
+    pub documents: Vec<Document>,
+    /// Each component or plugin path the documents name (joined onto the manifest's
+    /// directory, as the client resolved it) → the `sha256:` digest of its bytes.
+    pub files: BTreeMap<String, String>,
+    /// When it was applied, in seconds since the Unix epoch.
+    pub applied_at: u64,
+}
+
+/// A manifest file's name and text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Document {
+    /// The file's path on the client, which names it in errors.
+    pub source: String,
+    /// Its YAML text.
+    pub text: String,
+}
+
+/// The state directory's store.
+pub struct Store {
+    db: Database,
+    blobs: PathBuf,
+}
+
+/// A failure of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("state database: {0}")]
+    Db(String),
+    /// A file operation failed.
+    #[error("{what} `{path}`: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A stored record could not be read back.
+    #[error("stored apply {id} is unreadable: {message}")]
+    Corrupt {
+        /// The apply.
+        id: u64,
+        /// Why.
+        message: String,
+    },
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// The `sha256:` digest of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Whether `digest` is a well-formed `sha256:` digest (64 lowercase hex digits).
+pub fn is_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store in `state_dir`, which is created with mode 0700.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let blobs = state_dir.join("blobs");
+        std::fs::create_dir_all(&blobs).map_err(|source| StoreError::Io {
+            what: "cannot create",
+            path: blobs.clone(),
+            source,
+        })?;
+        restrict(state_dir)?;
+        let path = state_dir.join("state.redb");
+        let db = Database::create(&path).map_err(db_err)?;
+        let store = Self { db, blobs };
+        // Create the tables, so that readers never meet a missing one.
+        let txn = store.db.begin_write().map_err(db_err)?;
+        txn.open_table(APPLIES).map_err(db_err)?;
+        txn.open_table(OWNERS).map_err(db_err)?;
+        txn.open_table(META).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        Ok(store)
+    }
+
+    /// Where the blob with `digest` lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.blobs
+            .join(digest.replace(':', "-"))
+            .with_extension("wasm")
+    }
+
+    /// Whether the blob with `digest` is stored.
+    pub fn has_blob(&self, digest: &str) -> bool {
+        is_digest(digest) && self.blob_path(digest).is_file()
+    }
+
+    /// Stores `bytes` under their digest (whole or not at all) and returns the digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        let digest = digest_of(bytes);
+        let path = self.blob_path(&digest);
+        if path.is_file() {
+            return Ok(digest);
+        }
+        let tmp = path.with_extension(format!("tmp-{}", fastrand::u64(..)));
+        let io = |what, source| StoreError::Io {
+            what,
+            path: tmp.clone(),
+            source,
+        };
+        let mut file = std::fs::File::create(&tmp).map_err(|e| io("cannot create", e))?;
+        file.write_all(bytes).map_err(|e| io("cannot write", e))?;
+        file.sync_all().map_err(|e| io("cannot sync", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("cannot rename", e))?;
+        Ok(digest)
+    }
+
+    /// Records an apply that defines `names` (replacing whatever defined them before)
+    /// and returns its id.
+    pub fn record_apply(&self, record: &ApplyRecord, names: &[String]) -> Result<u64, StoreError> {
+        let json = serde_json::to_string(record).map_err(db_err)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let id = {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let id = meta
+                .get("next_apply")
+                .map_err(db_err)?
+                .map_or(1, |v| v.value());
+            meta.insert("next_apply", id + 1).map_err(db_err)?;
+            let mut applies = txn.open_table(APPLIES).map_err(db_err)?;
+            applies.insert(id, json.as_str()).map_err(db_err)?;
+            let mut owners = txn.open_table(OWNERS).map_err(db_err)?;
+            for name in names {
+                owners.insert(name.as_str(), id).map_err(db_err)?;
+            }
+            id
+        };
+        collect_unowned(&txn)?;
+        txn.commit().map_err(db_err)?;
+        Ok(id)
+    }
+
+    /// Forgets workload `name`; false if it was not stored.
+    pub fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut owners = txn.open_table(OWNERS).map_err(db_err)?;
+            owners.remove(name).map_err(db_err)?.is_some()
+        };
+        collect_unowned(&txn)?;
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    /// The desired state: each live apply with the workload names it still defines.
+    pub fn desired(&self) -> Result<Vec<(u64, ApplyRecord, Vec<String>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let owners = txn.open_table(OWNERS).map_err(db_err)?;
+        let mut by_apply: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for entry in owners.iter().map_err(db_err)? {
+            let (name, id) = entry.map_err(db_err)?;
+            by_apply
+                .entry(id.value())
+                .or_default()
+                .push(name.value().to_string());
+        }
+        let applies = txn.open_table(APPLIES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for (id, names) in by_apply {
+            let json = applies
+                .get(id)
+                .map_err(db_err)?
+                .ok_or_else(|| StoreError::Corrupt {
+                    id,
+                    message: "missing".into(),
+                })?;
+            let record: ApplyRecord =
+                serde_json::from_str(json.value()).map_err(|e| StoreError::Corrupt {
+                    id,
+                    message: e.to_string(),
+                })?;
+            out.push((id, record, names));
+        }
+        Ok(out)
+    }
+}
+
+/// Deletes applies that no workload points at any more.
+fn collect_unowned(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let owners = txn.open_table(OWNERS).map_err(db_err)?;
+    let mut owned = std::collections::BTreeSet::new();
+    for entry in owners.iter().map_err(db_err)? {
+        owned.insert(entry.map_err(db_err)?.1.value());
+    }
+    let mut applies = txn.open_table(APPLIES).map_err(db_err)?;
+    applies
+        .retain(|id, _| owned.contains(&id))
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Makes `dir` private to its owner (0700), where the platform has modes.
+fn restrict(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| StoreError::Io {
+                what: "cannot restrict",
+                path: dir.to_path_buf(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(source: &str) -> ApplyRecord {
+        ApplyRecord {
+            documents: vec![Document {
+                source: source.into(),
+                text: "kind: Workload".into(),
+            }],
+            files: BTreeMap::new(),
+            applied_at: 1,
+        }
+    }
+
+    #[test]
+    fn applies_replace_owners_and_unowned_applies_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store
+            .record_apply(&record("a.yaml"), &["a".into(), "b".into()])
+            .unwrap();
+        let second = store
+            .record_apply(&record("b.yaml"), &["b".into()])
+            .unwrap();
+        assert!(second > first);
+        let desired = store.desired().unwrap();
+        assert_eq!(desired.len(), 2);
+        assert_eq!(desired[0].2, vec!["a".to_string()]);
+        assert_eq!(desired[1].2, vec!["b".to_string()]);
+        assert!(store.delete("a").unwrap());
+        assert!(!store.delete("a").unwrap());
+        let desired = store.desired().unwrap();
+        assert_eq!(desired.len(), 1, "the first apply owns nothing and is gone");
+        assert_eq!(desired[0].0, second);
+        drop(store);
+        // Reopened, the state is the same.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.desired().unwrap()[0].1, record("b.yaml"));
+    }
+
+    #[test]
+    fn blobs_are_content_addressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = store.put_blob(b"\0asm").unwrap();
+        assert!(is_digest(&digest));
+        assert_eq!(digest, digest_of(b"\0asm"));
+        assert!(store.has_blob(&digest));
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), b"\0asm");
+        assert!(!store.has_blob("sha256:../../etc/passwd"));
+        assert!(!is_digest("sha256:ABC"));
+    }
+}
