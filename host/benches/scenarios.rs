@@ -129,8 +129,8 @@ fn main() -> anyhow::Result<()> {
             for &others in others_override.as_deref().unwrap_or(sizes.recovery_others) {
                 recovery(others, sizes.recovery_cycles, None).await?;
                 // The pool holds the others, the crash loop and one successor.
-                // Past a few thousand slots a pool runs out of memory mappings: a measured
-                // wall, reported rather than fatal.
+                // A large pool can run out of memory mappings (one try with 11,000 slots
+                // stopped at 7,205 instances): reported rather than fatal.
                 if let Err(e) = recovery(others, sizes.recovery_cycles, Some(others + 2)).await {
                     println!("recovery  setpoint pooled, {others:>6} others: not possible: {e}");
                 }

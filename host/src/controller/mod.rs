@@ -815,7 +815,9 @@ impl Controller {
     fn warn_mapping_limit(&mut self, name: &Arc<str>, id: &str) {
         let limit = crate::runtime::mappings::limit().unwrap_or_default();
         let message = format!(
-            "{} live instances: near the most this host can map under the kernel's              vm.max_map_count of {limit} (about {} at start); past it spawns fail. Raise              vm.max_map_count, or run with compact memories",
+            "{} live instances: near the most this host can map under the kernel's \
+             vm.max_map_count of {limit} (about {} at start); past it spawns fail. Raise \
+             vm.max_map_count, or run with compact memories",
             self.live,
             self.mapping_warning_at.unwrap_or_default() * 5 / 4
         );

@@ -72,8 +72,9 @@ pub struct RuntimeConfig {
     /// and teardown into slot reuse (recovery p99 72–97 µs instead of 104–129 µs), at a
     /// price: the host holds at most this many instances (plus
     /// [`POOL_PLUGIN_SLOTS`] for policy plugins), and no memory grows beyond
-    /// `default_memory_limit`, the slot size. At the kernel's default
-    /// `vm.max_map_count`, pools past about 7,000 slots run out of mappings.
+    /// `default_memory_limit`, the slot size. Pools of 10,000 slots filled at the
+    /// kernel's default `vm.max_map_count`, but one of 11,000 (with more core instances
+    /// per slot) stopped at 7,205: keep pools to a few thousand slots.
     pub instance_pool: u32,
 }
 
