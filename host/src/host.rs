@@ -37,6 +37,17 @@ pub struct HostBuilder {
     runtime: RuntimeConfig,
     controller: ControllerConfig,
     manifests: ManifestLimits,
+    ledger: Option<Ledger>,
+}
+
+/// The embedder's job ledger (a newtype so the builder can stay `Debug`).
+#[derive(Clone)]
+struct Ledger(Arc<dyn crate::job::JobLedger>);
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobLedger")
+    }
 }
 
 impl HostBuilder {
@@ -160,6 +171,13 @@ impl HostBuilder {
         self
     }
 
+    /// Where Jobs' progress is kept across host restarts, so that a completion counts once
+    /// and a finished job never runs again (default: in memory only).
+    pub fn job_ledger(mut self, ledger: Arc<dyn crate::job::JobLedger>) -> Self {
+        self.ledger = Some(Ledger(ledger));
+        self
+    }
+
     /// Bounds on manifest input.
     pub fn manifest_limits(mut self, limits: ManifestLimits) -> Self {
         self.manifests = limits;
@@ -193,6 +211,7 @@ impl HostBuilder {
             self.controller,
             events.clone(),
             logs.clone(),
+            self.ledger.map(|l| l.0),
         );
         let task = tokio::spawn(controller.run(commands_rx));
         Ok(Host {
@@ -210,8 +229,10 @@ impl HostBuilder {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlannedChange {
-    /// The workload.
+    /// The workload or job.
     pub name: String,
+    /// `Workload` or `Job`.
+    pub kind: String,
     /// The revision it would run.
     pub revision: String,
     /// The replicas it would have.
@@ -304,7 +325,7 @@ impl Host {
         let names = prepared.iter().map(|p| p.name.clone()).collect();
         let (reply, done) = oneshot::channel();
         self.send(Command::Apply(prepared, reply)).await?;
-        done.await.map_err(|_| host_gone())?;
+        done.await.map_err(|_| host_gone())??;
         Ok(names)
     }
 
@@ -313,6 +334,24 @@ impl Host {
     pub async fn plan(&self, workloads: Vec<Workload>) -> Result<Vec<PlannedChange>, Rejected> {
         let prepared = self.prepare(workloads).await?;
         let status = self.status().await;
+        let diagnostics: Vec<Diagnostic> = prepared
+            .iter()
+            .filter_map(|p| {
+                let current = status
+                    .workload(&p.name)
+                    .map(|w| (w.kind == "Job", w.revision.as_str()));
+                crate::controller::apply_conflict(
+                    &p.name,
+                    current,
+                    p.spec.job.is_some(),
+                    &p.revision,
+                )
+                .map(|(message, help)| Diagnostic::at(p.origin.clone(), message).with_help(help))
+            })
+            .collect();
+        if !diagnostics.is_empty() {
+            return Err(Rejected { diagnostics });
+        }
         Ok(prepared
             .iter()
             .map(|p| {
@@ -328,6 +367,12 @@ impl Host {
                     Some(_) => Change::Unchanged,
                 };
                 PlannedChange {
+                    kind: if p.spec.job.is_some() {
+                        "Job"
+                    } else {
+                        "Workload"
+                    }
+                    .to_string(),
                     name: p.name.clone(),
                     revision: p.revision.clone(),
                     replicas: p.spec.replicas,
@@ -525,6 +570,7 @@ fn prepare_all(
                 let plugin_digest = plugin.as_ref().map(|p| p.digest.0);
                 let revision = revision(&w, &component.digest.0, plugin_digest.as_ref());
                 prepared.push(PreparedWorkload {
+                    origin: w.origin.clone(),
                     name: w.name,
                     labels: w.labels,
                     spec: Arc::new(w.spec),
@@ -639,6 +685,15 @@ fn style_mismatch(
     style: ComponentStyle,
     uses_heartbeat: bool,
 ) -> Option<(String, String)> {
+    if w.spec.job.is_some() && style == ComponentStyle::Reactor {
+        return Some((
+            format!(
+                "job `{}` runs a reactor component, which never ends on its own",
+                w.name
+            ),
+            "a Job runs a command component (`wasi:cli/run`) to completion; use `kind: Workload` for a reactor".into(),
+        ));
+    }
     if w.spec.probe.is_some() && style != ComponentStyle::Reactor {
         return Some((
             format!(

@@ -97,13 +97,14 @@
 //! ## Where things live
 //!
 //! Modules, from the outside in: [`manifest`] (YAML and specs), [`host`] (the handle),
-//! `controller` (the reconcile loop), [`policy`] (decisions), [`runtime`] (wasmtime),
+//! `controller` (the reconcile loop), [`job`] (run-to-completion), [`policy`] (decisions), [`runtime`] (wasmtime),
 //! [`status`] (what users see).
 
 mod controller;
 #[cfg(unix)]
 pub mod daemon;
 pub mod host;
+pub mod job;
 pub mod manifest;
 pub mod policy;
 pub mod runtime;
@@ -111,6 +112,7 @@ pub mod status;
 
 pub use controller::ControllerConfig;
 pub use host::{Host, HostBuilder};
+pub use job::{JobLedger, JobProgress};
 pub use manifest::{Diagnostic, Rejected, RestartPolicy, Workload, WorkloadSpec};
 pub use runtime::capability::{Caller, Capability, OwnedCaller};
 pub use status::{Event, EventType, HostStatus, Phase, WorkloadStatus};

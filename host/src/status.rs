@@ -30,7 +30,7 @@ pub enum Phase {
     Running,
     /// Fewer replicas are ready than desired, and instances have been ending.
     Degraded,
-    /// Every slot ran to a successful end and will not be restarted.
+    /// Every slot ran to a successful end and will not be restarted (a Job: complete).
     Succeeded,
     /// Given up: restart budget exceeded, not instantiable, or slots failed for good.
     Failed,
@@ -40,7 +40,7 @@ pub enum Phase {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Available` or `Failed`.
+    /// `Available` or `Failed` for a Workload, `Complete` or `Failed` for a Job.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Whether the condition holds.
@@ -84,7 +84,7 @@ pub struct WorkloadStatus {
     pub name: String,
     /// Labels from `metadata.labels`.
     pub labels: std::collections::BTreeMap<String, String>,
-    /// Always `Workload` for now.
+    /// `Workload` or `Job`.
     pub kind: &'static str,
     /// Desired replicas.
     pub desired: u32,
@@ -106,10 +106,37 @@ pub struct WorkloadStatus {
     pub conditions: Vec<Condition>,
     /// Live instances.
     pub instances: Vec<InstanceStatus>,
+    /// A Job's progress (absent for a Workload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobStatus>,
     /// The most recent ended instance, for forensics.
     pub last_termination: Option<TerminationRecord>,
     /// Recent events, oldest first.
     pub events: Vec<Event>,
+}
+
+/// A Job's progress, as shown in status.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    /// Successful runs needed.
+    pub completions: u32,
+    /// Most runs at once.
+    pub parallelism: u32,
+    /// Runs going on now.
+    pub active: u32,
+    /// Runs that succeeded.
+    pub succeeded: u32,
+    /// Failed runs counted toward the back-off limit.
+    pub failed: u32,
+    /// Failed runs a failure rule ignored.
+    pub ignored: u32,
+    /// When the job started.
+    #[serde(serialize_with = "serialize_time")]
+    pub start_time: SystemTime,
+    /// When it finished, if it has.
+    #[serde(serialize_with = "serialize_opt_time")]
+    pub completion_time: Option<SystemTime>,
 }
 
 /// A rollout in progress.
@@ -176,6 +203,13 @@ pub struct Event {
 
 fn serialize_time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+fn serialize_opt_time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize_time(t, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// Serializes a duration as whole milliseconds.

@@ -71,7 +71,7 @@ impl Daemon {
         }
     }
 
-    fn kill9(mut self) {
+    fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
     }
@@ -105,7 +105,7 @@ fn apply_get_describe_delete_and_survive_kill_9() {
     std::fs::copy(guest("ticker"), work.path().join("ticker.wasm")).expect("copy");
     let ticks = manifest(work.path(), "ticks", "ticker.wasm", 2);
 
-    let daemon = Daemon::start(state.path());
+    let mut daemon = Daemon::start(state.path());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -162,7 +162,7 @@ fn apply_get_describe_delete_and_survive_kill_9() {
 
     // kill -9, restart: the same desired state, although the source file is gone.
     daemon.kill9();
-    let daemon = Daemon::start(state.path());
+    let mut daemon = Daemon::start(state.path());
     let after = daemon.wait_ready("ticks", 2);
     assert_eq!(after["revision"], before["revision"]);
 
@@ -179,5 +179,195 @@ fn apply_get_describe_delete_and_survive_kill_9() {
     assert!(
         daemon.workloads().is_empty(),
         "a delete survives a crash too"
+    );
+}
+
+/// The revision an apply's output line gives `kind/name`.
+fn revision_in(output: &str, object: &str) -> String {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with(&format!("{object} ")))
+        .unwrap_or_else(|| panic!("no line for {object} in:\n{output}"));
+    let at = line.find("revision ").expect("a revision") + "revision ".len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .next()
+        .expect("hex")
+        .to_string()
+}
+
+fn count_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+/// Kills the daemon with SIGKILL at random moments (during applies, while a job runs)
+/// and restarts it, many times. After every restart: no acknowledged apply is lost, no
+/// apply is half visible, a job's counted completions never exceed the runs that really
+/// succeeded (nor fall behind them by more than the runs the kills interrupted), and a
+/// finished job never runs again.
+#[test]
+fn kill_9_at_random_moments_loses_no_apply_and_counts_each_completion_once() {
+    const ITERATIONS: usize = 20;
+    const COMPLETIONS: usize = 8;
+    const PARALLELISM: usize = 2;
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("crash loop seed {seed} (rerun with CRASH_SEED={seed})");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let state = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let ticker = guest("ticker");
+    let pair = work.path().join("pair.yaml");
+    let write_pair = |generation: usize| {
+        let doc = |name: &str| {
+            format!(
+                "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\nspec:\n  component: {}\n  env: {{TICK_MS: '1000', GENERATION: '{generation}'}}\n",
+                ticker.display()
+            )
+        };
+        std::fs::write(&pair, format!("{}---\n{}", doc("left"), doc("right"))).expect("write");
+    };
+    let job = work.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Job\nmetadata:\n  name: crunch\nspec:\n  component: {}\n  completions: {COMPLETIONS}\n  parallelism: {PARALLELISM}\n  env: {{WORK_MS: '150'}}\n  dirs: [{{host: {}, guest: /state}}]\n",
+            guest("batch").display(),
+            ledger.path().display()
+        ),
+    )
+    .expect("write");
+    let (runs, done) = (ledger.path().join("runs"), ledger.path().join("done"));
+
+    let mut daemon = Daemon::start(state.path());
+    // Each generation's pair of revisions, from dry runs.
+    let generations: Vec<(String, String)> = (0..ITERATIONS)
+        .map(|g| {
+            write_pair(g);
+            let out = daemon.cli(&["apply", "-f", pair.to_str().unwrap(), "--dry-run"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (
+                revision_in(&text, "workload/left"),
+                revision_in(&text, "workload/right"),
+            )
+        })
+        .collect();
+    let out = daemon.cli(&["apply", "-f", job.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut acknowledged: Option<usize> = None;
+    let mut acknowledged_count = 0;
+    for generation in 0..ITERATIONS {
+        write_pair(generation);
+        let apply = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(["apply", "-f", pair.to_str().unwrap(), "--socket"])
+            .arg(&daemon.socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("apply runs");
+        std::thread::sleep(Duration::from_millis(rng.u64(0..80)));
+        daemon.kill9();
+        let applied = apply.wait_with_output().expect("apply ends");
+        if applied.status.success() {
+            acknowledged = Some(generation);
+            acknowledged_count += 1;
+        }
+        daemon = Daemon::start(state.path());
+
+        let objects = daemon.workloads();
+        let revision = |name: &str| {
+            objects
+                .iter()
+                .find(|w| w["name"] == name)
+                .map(|w| w["revision"].as_str().unwrap_or_default().to_string())
+        };
+        match (revision("left"), revision("right")) {
+            (None, None) => assert!(acknowledged.is_none(), "an acknowledged apply was lost"),
+            (Some(l), Some(r)) => {
+                let seen = generations
+                    .iter()
+                    .position(|g| *g == (l.clone(), r.clone()))
+                    .unwrap_or_else(|| panic!("half an apply is visible: left {l}, right {r}"));
+                assert!(seen <= generation, "a generation from the future");
+                if let Some(acked) = acknowledged {
+                    assert!(
+                        seen >= acked,
+                        "generation {acked} was acknowledged, {seen} runs"
+                    );
+                }
+            }
+            (l, r) => panic!("half an apply is visible: left {l:?}, right {r:?}"),
+        }
+        let crunch = objects
+            .iter()
+            .find(|w| w["name"] == "crunch")
+            .expect("the job survives");
+        let counted = crunch["job"]["succeeded"].as_u64().expect("succeeded") as usize;
+        let really = count_lines(&done);
+        assert!(counted <= COMPLETIONS);
+        assert!(
+            counted <= really,
+            "{counted} completions counted, {really} happened"
+        );
+        assert!(
+            really - counted <= (generation + 1) * PARALLELISM,
+            "{really} runs succeeded but only {counted} were counted"
+        );
+    }
+
+    eprintln!(
+        "{ITERATIONS} kills: {acknowledged_count} applies acknowledged before the kill, the rest cut off; \
+         {} job runs so far",
+        count_lines(&runs)
+    );
+    // The job finishes; after that, crashes and restarts never run it again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let crunch = daemon
+            .workloads()
+            .into_iter()
+            .find(|w| w["name"] == "crunch")
+            .unwrap();
+        if crunch["phase"] == "Succeeded" {
+            assert_eq!(crunch["job"]["succeeded"], COMPLETIONS as u64);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job never completed: {crunch:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runs_when_done = count_lines(&runs);
+    for _ in 0..2 {
+        daemon.kill9();
+        daemon = Daemon::start(state.path());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let crunch = daemon
+        .workloads()
+        .into_iter()
+        .find(|w| w["name"] == "crunch")
+        .unwrap();
+    assert_eq!(crunch["phase"], "Succeeded");
+    assert_eq!(crunch["job"]["succeeded"], COMPLETIONS as u64);
+    assert_eq!(
+        count_lines(&runs),
+        runs_when_done,
+        "a finished job ran again"
+    );
+    let out = daemon.cli(&["get", "jobs"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("crunch") && table.contains(&format!("{COMPLETIONS}/{COMPLETIONS}")),
+        "{table}"
     );
 }

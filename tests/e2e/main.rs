@@ -6,6 +6,7 @@ mod common;
 mod daemon;
 mod edge;
 mod hostile;
+mod jobs;
 mod lifecycle;
 mod manifests;
 mod policy;

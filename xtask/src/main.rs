@@ -2,7 +2,7 @@
 //!
 //! - `guests`: make sure the `wasm32-wasip2` target is installed, then build every
 //!   example guest in `guest-examples/` (release) for it.
-//! - `demo [ARGS]`: build the guests and run `setpoint run specs/demo.yaml [ARGS]`.
+//! - `demo [ARGS]`: build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml [ARGS]`.
 //! - `test`: build the guests, check formatting and lints, run every test, run the
 //!   embedding examples, and check the minimal (no compiler) build and the aarch64
 //!   build. This is what CI runs.
@@ -37,6 +37,7 @@ fn main() -> Result<()> {
                 "--",
                 "run",
                 "specs/demo.yaml",
+                "specs/jobs.yaml",
             ])
             .args(&rest);
             run(cmd)

@@ -34,7 +34,10 @@ fn main() {
             let mut n: u64 = 0;
             loop {
                 n += 1;
-                let _ = writeln!(out, "flood line {n} ................................................................");
+                let _ = writeln!(
+                    out,
+                    "flood line {n} ................................................................"
+                );
             }
         }
         other => panic!("unknown MODE `{other}`"),

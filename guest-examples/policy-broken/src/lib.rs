@@ -13,7 +13,11 @@ struct Broken;
 impl Guest for Broken {
     fn reconcile(desired: Desired, observed: Observed, _now_unix_ms: u64) -> Vec<Action> {
         let config: serde_json::Value = serde_json::from_str(&desired.config).unwrap_or_default();
-        let mode = config.get("mode").and_then(|v| v.as_str()).unwrap_or("trap").to_string();
+        let mode = config
+            .get("mode")
+            .and_then(|v| v.as_str())
+            .unwrap_or("trap")
+            .to_string();
         eprintln!("policy-broken: mode {mode}");
         match mode.as_str() {
             "spin" => {

@@ -17,7 +17,10 @@ impl Guest for Ordered {
             return actions;
         }
         // Scale down one at a time, highest slot first, and only once nothing is stopping.
-        let stopping = observed.slots.iter().any(|s| s.instance.as_ref().is_some_and(|i| i.stopping));
+        let stopping = observed
+            .slots
+            .iter()
+            .any(|s| s.instance.as_ref().is_some_and(|i| i.stopping));
         if let Some(top) = observed
             .slots
             .iter()
@@ -30,7 +33,11 @@ impl Guest for Ordered {
             return actions;
         }
         for index in 0..desired.replicas {
-            match observed.slots.get(index as usize).and_then(|s| s.instance.as_ref()) {
+            match observed
+                .slots
+                .get(index as usize)
+                .and_then(|s| s.instance.as_ref())
+            {
                 Some(instance) if instance.ready => continue,
                 Some(_) => {
                     actions.push(Action::Event(Event {

@@ -8,7 +8,9 @@ use std::time::Duration;
 wit_bindgen::generate!({ path: "../../wit/policy", world: "plugin" });
 
 use exports::setpoint::policy::reconciler::Guest;
-use setpoint::policy::types::{Action, Desired, End, Event, Failure, Instance, Observed, RestartPolicy};
+use setpoint::policy::types::{
+    Action, Desired, End, Event, Failure, Instance, Observed, RestartPolicy,
+};
 
 struct Replicas;
 
@@ -18,27 +20,44 @@ fn delay(desired: &Desired, consecutive: u32) -> Duration {
     }
     let doublings = (consecutive - 2).min(40).min(31);
     let initial = Duration::from_millis(desired.backoff.initial_ms);
-    initial.saturating_mul(1u32 << doublings).min(Duration::from_millis(desired.backoff.max_ms))
+    initial
+        .saturating_mul(1u32 << doublings)
+        .min(Duration::from_millis(desired.backoff.max_ms))
 }
 
 /// Whether instances of another revision remain among the desired slots, or successors start.
 fn rolling(desired: &Desired, observed: &Observed) -> bool {
-    observed.slots.iter().take(desired.replicas as usize).any(|s| {
-        s.successor.is_some() || s.instance.as_ref().is_some_and(|i| i.revision != desired.revision)
-    })
+    observed
+        .slots
+        .iter()
+        .take(desired.replicas as usize)
+        .any(|s| {
+            s.successor.is_some()
+                || s.instance
+                    .as_ref()
+                    .is_some_and(|i| i.revision != desired.revision)
+        })
 }
 
 /// One step of a rolling update, exactly as the built-in takes it.
 fn roll(desired: &Desired, observed: &Observed, actions: &mut Vec<Action>) {
     let replicas = desired.replicas as usize;
-    let (surge, max_unavailable) = match (desired.strategy.max_surge, desired.strategy.max_unavailable) {
-        (0, 0) => (0, 1),
-        pair => pair,
-    };
+    let (surge, max_unavailable) =
+        match (desired.strategy.max_surge, desired.strategy.max_unavailable) {
+            (0, 0) => (0, 1),
+            pair => pair,
+        };
     let serving = |i: &Option<Instance>| i.as_ref().is_some_and(|i| i.ready && !i.stopping);
     let slots = &observed.slots[..observed.slots.len().min(replicas)];
-    let mut in_flight = slots.iter().filter(|s| s.successor.as_ref().is_some_and(|i| !i.stopping)).count();
-    let mut unavailable = replicas - slots.iter().filter(|s| serving(&s.instance) || serving(&s.successor)).count();
+    let mut in_flight = slots
+        .iter()
+        .filter(|s| s.successor.as_ref().is_some_and(|i| !i.stopping))
+        .count();
+    let mut unavailable = replicas
+        - slots
+            .iter()
+            .filter(|s| serving(&s.instance) || serving(&s.successor))
+            .count();
     let mut soonest: Option<Duration> = None;
     for slot in slots {
         let Some(old) = &slot.instance else { continue };
@@ -59,7 +78,8 @@ fn roll(desired: &Desired, observed: &Observed, actions: &mut Vec<Action>) {
             None if !old.ready => actions.push(Action::Stop(slot.index)),
             None if (in_flight as u32) < surge => {
                 let wait = slot.last_end.as_ref().map_or(Duration::ZERO, |end| {
-                    delay(desired, slot.consecutive_ends).saturating_sub(Duration::from_millis(end.ago_ms))
+                    delay(desired, slot.consecutive_ends)
+                        .saturating_sub(Duration::from_millis(end.ago_ms))
                 });
                 if wait.is_zero() {
                     actions.push(Action::SpawnSuccessor(slot.index));
@@ -86,7 +106,11 @@ fn rollout_complete(desired: &Desired, observed: &Observed) -> bool {
         .slots
         .iter()
         .take(desired.replicas as usize)
-        .filter(|s| s.instance.as_ref().is_some_and(|i| i.ready && !i.stopping && i.revision == desired.revision))
+        .filter(|s| {
+            s.instance
+                .as_ref()
+                .is_some_and(|i| i.ready && !i.stopping && i.revision == desired.revision)
+        })
         .count();
     !rolling(desired, observed) && ready_current == desired.replicas as usize
 }
@@ -111,7 +135,8 @@ impl Guest for Replicas {
         }
         if let Some(rollout) = observed.rollout {
             let strategy = desired.strategy;
-            let overdue = rollout.started_ago_ms >= strategy.progress_deadline_ms && !rollout_complete(&desired, &observed);
+            let overdue = rollout.started_ago_ms >= strategy.progress_deadline_ms
+                && !rollout_complete(&desired, &observed);
             if strategy.auto_rollback && !rollout.rolled_back && overdue {
                 actions.push(Action::RollBack(format!(
                     "revision {} did not become available within {:?}",
@@ -125,7 +150,11 @@ impl Guest for Replicas {
             }
         }
         let budget = desired.restart_budget.map(|b| {
-            let spent = observed.recent_restarts_ago_ms.iter().filter(|ago| **ago <= b.window_ms).count();
+            let spent = observed
+                .recent_restarts_ago_ms
+                .iter()
+                .filter(|ago| **ago <= b.window_ms)
+                .count();
             (b, spent)
         });
         let mut soonest: Option<u64> = None;
@@ -141,7 +170,10 @@ impl Guest for Replicas {
             if end.deterministic {
                 actions.push(Action::MarkFailed(Failure {
                     reason: end.reason.clone(),
-                    message: format!("slot {index} ended with {}; retrying cannot help", summary(end)),
+                    message: format!(
+                        "slot {index} ended with {}; retrying cannot help",
+                        summary(end)
+                    ),
                 }));
                 return actions;
             }

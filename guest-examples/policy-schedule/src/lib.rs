@@ -30,10 +30,26 @@ fn scheduled(config: &serde_json::Value, now_ms: u64) -> Result<(u32, u64), Stri
     let default = config.get("default").and_then(|v| v.as_u64()).unwrap_or(1) as u32;
     let mut count = default;
     let mut next = DAY_MS - now_ms;
-    for w in config.get("windows").and_then(|v| v.as_array()).into_iter().flatten() {
-        let from = w.get("from").and_then(|v| v.as_str()).and_then(minutes).ok_or("window without a valid `from` (HH:MM)")?;
-        let to = w.get("to").and_then(|v| v.as_str()).and_then(minutes).ok_or("window without a valid `to` (HH:MM)")?;
-        let replicas = w.get("replicas").and_then(|v| v.as_u64()).ok_or("window without `replicas`")? as u32;
+    for w in config
+        .get("windows")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let from = w
+            .get("from")
+            .and_then(|v| v.as_str())
+            .and_then(minutes)
+            .ok_or("window without a valid `from` (HH:MM)")?;
+        let to = w
+            .get("to")
+            .and_then(|v| v.as_str())
+            .and_then(minutes)
+            .ok_or("window without a valid `to` (HH:MM)")?;
+        let replicas = w
+            .get("replicas")
+            .and_then(|v| v.as_u64())
+            .ok_or("window without `replicas`")? as u32;
         if from <= now_ms && now_ms < to {
             count = replicas;
         }
@@ -48,7 +64,8 @@ fn scheduled(config: &serde_json::Value, now_ms: u64) -> Result<(u32, u64), Stri
 
 impl Guest for Schedule {
     fn reconcile(desired: Desired, observed: Observed, now_unix_ms: u64) -> Vec<Action> {
-        let config: serde_json::Value = serde_json::from_str(&desired.config).unwrap_or(serde_json::Value::Null);
+        let config: serde_json::Value =
+            serde_json::from_str(&desired.config).unwrap_or(serde_json::Value::Null);
         let (count, next) = match scheduled(&config, now_unix_ms % DAY_MS) {
             Ok(found) => found,
             Err(why) => {
@@ -67,7 +84,11 @@ impl Guest for Schedule {
             }
         }
         for index in 0..target {
-            if observed.slots.get(index as usize).is_none_or(|s| s.instance.is_none()) {
+            if observed
+                .slots
+                .get(index as usize)
+                .is_none_or(|s| s.instance.is_none())
+            {
                 actions.push(Action::Spawn(index));
             }
         }

@@ -47,7 +47,10 @@ impl Guest for Probed {
     }
 
     fn stop() {
-        println!("probed: stopping after {} probes", PROBES.load(Ordering::Relaxed));
+        println!(
+            "probed: stopping after {} probes",
+            PROBES.load(Ordering::Relaxed)
+        );
     }
 }
 

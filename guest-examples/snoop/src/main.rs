@@ -7,7 +7,13 @@ fn main() {
     let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
     println!("env-keys: {}", vars.join(","));
     println!("args: {}", std::env::args().collect::<Vec<_>>().join(","));
-    for path in ["/etc/passwd", "/etc/hostname", "/proc/self/environ", ".", "/data/../../etc/passwd"] {
+    for path in [
+        "/etc/passwd",
+        "/etc/hostname",
+        "/proc/self/environ",
+        ".",
+        "/data/../../etc/passwd",
+    ] {
         match std::fs::read(path) {
             Ok(bytes) => println!("read {path}: ALLOWED {} bytes", bytes.len()),
             Err(e) => println!("read {path}: denied ({e})"),

@@ -12,7 +12,9 @@ fn main() {
     let mut done: u64 = 0;
     loop {
         for _ in 0..1_000_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             x = std::hint::black_box(x);
         }
         done += 1;

@@ -9,7 +9,10 @@ wit_bindgen::generate!({ path: "../../wit/workload", world: "watched-command" })
 use setpoint::workload::heartbeat;
 
 fn main() {
-    let beat_ms: u64 = std::env::var("BEAT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let beat_ms: u64 = std::env::var("BEAT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let hang_after = std::env::var("HANG_AFTER_MS")
         .ok()
         .and_then(|v| v.parse().ok())

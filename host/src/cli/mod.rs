@@ -84,9 +84,10 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// List workloads (or one) known to the daemon.
+    /// List workloads, jobs or instances known to the daemon.
     Get {
-        /// `workloads` (the default), optionally followed by a name.
+        /// `workloads`, `jobs`, `instances` or `all` (the default), optionally followed
+        /// by a name (for `instances`, the workload or job they belong to).
         #[arg(value_name = "KIND [NAME]", num_args = 0..=2)]
         what: Vec<String>,
         /// Output format.
@@ -95,9 +96,10 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Show one workload in detail: spec revision, conditions, instances, events.
+    /// Show one workload or job in detail: revision, conditions, progress, instances,
+    /// events.
     Describe {
-        /// `workload/NAME`.
+        /// `workload/NAME` or `job/NAME` (or just `NAME`).
         target_name: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = remote::GetOutput::Table)]
@@ -105,9 +107,9 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Delete workloads by name or by the manifests that declared them.
+    /// Delete workloads and jobs by name or by the manifests that declared them.
     Delete {
-        /// `workload/NAME`, one or more.
+        /// `workload/NAME` or `job/NAME`, one or more.
         names: Vec<String>,
         /// Manifest files or directories naming the workloads to delete.
         #[arg(short = 'f', long = "filename", value_name = "FILE|DIR")]
@@ -265,18 +267,20 @@ pub fn main() -> ExitCode {
             output,
             target,
         } => {
-            let name = match what.as_slice() {
-                [] => None,
-                [kind, rest @ ..] if matches!(kind.as_str(), "workloads" | "workload" | "wl") => {
-                    rest.first().cloned()
-                }
-                [kind, ..] => {
-                    eprintln!("error: unknown kind `{kind}`; the kinds are: workloads");
+            let (listing, name) = match what.as_slice() {
+                [] => (Ok(remote::Listing::All), None),
+                [kind, rest @ ..] => (remote::Listing::parse(kind), rest.first().cloned()),
+            };
+            let listing = match listing {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
             runtime.block_on(remote::get(
                 remote::socket_path(target.socket),
+                listing,
                 name,
                 output,
             ))

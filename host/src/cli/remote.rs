@@ -1,5 +1,6 @@
-//! The daemon's commands: `daemon` itself, and the kubectl-style client commands
-//! (`apply`, `get`, `describe`, `delete`) that talk to it over its socket.
+//! The daemon's client commands, kubectl-style (`apply`, `get`, `describe`, `delete`),
+//! which talk to it over its socket. Objects are named `KIND/NAME` (`workload/web`,
+//! `job/backup`); workloads and jobs share one name space.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -147,7 +148,9 @@ pub async fn apply(socket: PathBuf, files: Vec<PathBuf>, dry_run: bool) -> ExitC
     };
     let suffix = if response.dry_run { " (dry run)" } else { "" };
     for c in &response.changes {
+        let is_job = c.kind == "Job";
         let what = match &c.change {
+            Change::Create if is_job => format!("created (revision {})", c.revision),
             Change::Create => format!("created (revision {}, {} replicas)", c.revision, c.replicas),
             Change::Update { from_revision } => {
                 format!("configured (revision {from_revision} → {})", c.revision)
@@ -157,19 +160,80 @@ pub async fn apply(socket: PathBuf, files: Vec<PathBuf>, dry_run: bool) -> ExitC
             }
             Change::Unchanged => "unchanged".to_string(),
         };
-        println!("workload/{} {what}{suffix}", c.name);
+        let kind = if is_job { "job" } else { "workload" };
+        println!("{kind}/{} {what}{suffix}", c.name);
     }
     ExitCode::SUCCESS
 }
 
-/// `KIND/NAME` or `NAME` → the workload name (the only kind so far).
-fn workload_name(target: &str) -> Result<&str, ApiError> {
+/// The kinds of object the daemon runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// Kept running.
+    Workload,
+    /// Run to completion.
+    Job,
+}
+
+impl Kind {
+    /// `workload`, `workloads`, `wl`, `job`, `jobs`.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "workload" | "workloads" | "wl" => Some(Self::Workload),
+            "job" | "jobs" => Some(Self::Job),
+            _ => None,
+        }
+    }
+
+    /// The `kind` of manifests and of status.
+    fn api_name(self) -> &'static str {
+        match self {
+            Self::Workload => "Workload",
+            Self::Job => "Job",
+        }
+    }
+
+    /// The word in `KIND/NAME`.
+    fn word(self) -> &'static str {
+        match self {
+            Self::Workload => "workload",
+            Self::Job => "job",
+        }
+    }
+}
+
+/// `KIND/NAME` or `NAME` → the kind (if given) and the name.
+fn parse_target(target: &str) -> Result<(Option<Kind>, &str), ApiError> {
     match target.split_once('/') {
-        None => Ok(target),
-        Some(("workload" | "workloads" | "wl", name)) if !name.is_empty() => Ok(name),
-        Some((kind, _)) => Err(local_error(format!(
-            "unknown kind `{kind}`; the kinds are: workload"
+        None if !target.is_empty() => Ok((None, target)),
+        Some((kind, name)) if !name.is_empty() => match Kind::parse(kind) {
+            Some(kind) => Ok((Some(kind), name)),
+            None => Err(local_error(format!(
+                "unknown kind `{kind}`; the kinds are: workload, job"
+            ))),
+        },
+        _ => Err(local_error(format!(
+            "`{target}` names nothing; write KIND/NAME, e.g. workload/web or job/backup"
         ))),
+    }
+}
+
+/// Fetches `KIND/NAME`; the kind, when given, must match the object's.
+async fn fetch(client: &Client, target: &str) -> Result<(Kind, Value), ApiError> {
+    let (kind, name) = parse_target(target)?;
+    let w: Value = client.get_json(&format!("/v1/workloads/{name}")).await?;
+    let actual = if w["kind"] == "Job" {
+        Kind::Job
+    } else {
+        Kind::Workload
+    };
+    match kind {
+        Some(kind) if kind != actual => Err(local_error(format!(
+            "{}/{name} not found: `{name}` is a {}",
+            kind.word(),
+            actual.api_name()
+        ))),
+        _ => Ok((actual, w)),
     }
 }
 
@@ -213,80 +277,260 @@ fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-/// `setpoint get [workloads] [-o ...]`.
-pub async fn get(socket: PathBuf, name: Option<String>, output: GetOutput) -> ExitCode {
+/// What `get` lists.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Listing {
+    /// Workloads, then jobs (no kind given).
+    All,
+    /// One kind of object.
+    Of(Kind),
+    /// Live instances, of every workload and job (or of the one named).
+    Instances,
+}
+
+impl Listing {
+    /// Parses `get`'s first word.
+    pub fn parse(word: &str) -> Result<Self, ApiError> {
+        match word {
+            "all" => Ok(Self::All),
+            "instances" | "instance" | "inst" => Ok(Self::Instances),
+            other => Kind::parse(other).map(Self::Of).ok_or_else(|| {
+                local_error(format!(
+                    "unknown kind `{other}`; the kinds are: workloads, jobs, instances"
+                ))
+            }),
+        }
+    }
+}
+
+/// `setpoint get [workloads|jobs|instances|all] [NAME] [-o ...]`.
+pub async fn get(
+    socket: PathBuf,
+    listing: Listing,
+    name: Option<String>,
+    output: GetOutput,
+) -> ExitCode {
     let client = Client::new(socket);
     let status: Value = match client.get_json("/v1/workloads").await {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let mut workloads: Vec<Value> = status["workloads"].as_array().cloned().unwrap_or_default();
-    if let Some(name) = &name {
-        workloads.retain(|w| w["name"] == *name.as_str());
-        if workloads.is_empty() {
-            return fail(&local_error(format!("workload `{name}` not found")));
-        }
+    let mut objects: Vec<Value> = status["workloads"].as_array().cloned().unwrap_or_default();
+    if let Listing::Of(kind) = listing {
+        objects.retain(|w| w["kind"] == kind.api_name());
     }
-    if print_value(&Value::Array(workloads.clone()), output) {
-        return ExitCode::SUCCESS;
+    if let Some(name) = &name {
+        objects.retain(|w| w["name"] == *name.as_str());
+        if objects.is_empty() {
+            let what = match listing {
+                Listing::Of(kind) => kind.word(),
+                _ => "object",
+            };
+            return fail(&local_error(format!("{what} `{name}` not found")));
+        }
     }
     let wide = output == GetOutput::Wide;
-    let mut header = vec!["NAME", "READY", "RESTARTS", "PHASE", "REVISION"];
-    if wide {
-        header.extend(["RUNNING", "POLICY", "ROLLOUT"]);
-    }
-    let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
-    for w in &workloads {
-        let mut row = vec![
-            text(w, "name"),
-            format!("{}/{}", text(w, "ready"), text(w, "desired")),
-            text(w, "restarts"),
-            text(w, "phase"),
-            text(w, "revision"),
-        ];
-        if wide {
-            row.push(text(w, "running"));
-            row.push(text(w, "policy"));
-            row.push(match &w["rollout"] {
-                Value::Null => "-".to_string(),
-                r => text(r, "phase"),
-            });
+    if listing == Listing::Instances {
+        let instances: Vec<Value> = objects
+            .iter()
+            .flat_map(|w| {
+                let owner = text(w, "name");
+                w["instances"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |mut i| {
+                        i["owner"] = Value::String(owner.clone());
+                        i
+                    })
+            })
+            .collect();
+        if print_value(&Value::Array(instances.clone()), output) {
+            return ExitCode::SUCCESS;
         }
-        rows.push(row);
+        let mut rows = vec![row(&[
+            "INSTANCE", "OWNER", "SLOT", "PHASE", "READY", "RESTARTS", "AGE",
+        ])];
+        if wide {
+            rows[0].push("REVISION".into());
+        }
+        for i in &instances {
+            let mut r = vec![
+                text(i, "id"),
+                text(i, "owner"),
+                text(i, "slot"),
+                text(i, "phase"),
+                text(i, "ready"),
+                text(i, "restarts"),
+                age(i["ageMs"].as_u64().unwrap_or(0)),
+            ];
+            if wide {
+                r.push(text(i, "revision"));
+            }
+            rows.push(r);
+        }
+        print_rows(&rows, "no instances");
+        return ExitCode::SUCCESS;
     }
-    if workloads.is_empty() {
-        println!("no workloads");
-    } else {
-        print_table(&rows);
+    if print_value(&Value::Array(objects.clone()), output) {
+        return ExitCode::SUCCESS;
+    }
+    let (jobs, workloads): (Vec<&Value>, Vec<&Value>) =
+        objects.iter().partition(|w| w["kind"] == "Job");
+    let show_workloads = matches!(listing, Listing::All | Listing::Of(Kind::Workload));
+    let show_jobs = matches!(listing, Listing::All | Listing::Of(Kind::Job));
+    if show_workloads && (!workloads.is_empty() || listing != Listing::All) {
+        let mut header = row(&["NAME", "READY", "RESTARTS", "PHASE", "REVISION"]);
+        if wide {
+            header.extend(["RUNNING", "POLICY", "ROLLOUT"].map(String::from));
+        }
+        let mut rows = vec![header];
+        for w in &workloads {
+            let mut r = vec![
+                prefixed(listing, "workload", w),
+                format!("{}/{}", text(w, "ready"), text(w, "desired")),
+                text(w, "restarts"),
+                text(w, "phase"),
+                text(w, "revision"),
+            ];
+            if wide {
+                r.push(text(w, "running"));
+                r.push(text(w, "policy"));
+                r.push(match &w["rollout"] {
+                    Value::Null => "-".to_string(),
+                    r => format!("{} → {}", text(r, "from"), text(r, "to")),
+                });
+            }
+            rows.push(r);
+        }
+        print_rows(&rows, "no workloads");
+    }
+    if show_jobs && (!jobs.is_empty() || listing != Listing::All) {
+        if show_workloads && !workloads.is_empty() && !jobs.is_empty() {
+            println!();
+        }
+        let mut header = row(&[
+            "NAME",
+            "COMPLETIONS",
+            "ACTIVE",
+            "FAILED",
+            "DURATION",
+            "PHASE",
+        ]);
+        if wide {
+            header.extend(["IGNORED", "REVISION"].map(String::from));
+        }
+        let mut rows = vec![header];
+        for w in &jobs {
+            let j = &w["job"];
+            let mut r = vec![
+                prefixed(listing, "job", w),
+                format!("{}/{}", text(j, "succeeded"), text(j, "completions")),
+                text(j, "active"),
+                text(j, "failed"),
+                job_duration(j),
+                text(w, "phase"),
+            ];
+            if wide {
+                r.push(text(j, "ignored"));
+                r.push(text(w, "revision"));
+            }
+            rows.push(r);
+        }
+        print_rows(&rows, "no jobs");
+    }
+    if listing == Listing::All && objects.is_empty() {
+        println!("no workloads or jobs");
     }
     ExitCode::SUCCESS
 }
 
-/// `setpoint describe workload/NAME`.
-pub async fn describe(socket: PathBuf, target: String, output: GetOutput) -> ExitCode {
-    let name = match workload_name(&target) {
-        Ok(n) => n,
-        Err(e) => return fail(&e),
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|s| s.to_string()).collect()
+}
+
+fn print_rows(rows: &[Vec<String>], empty: &str) {
+    if rows.len() <= 1 {
+        println!("{empty}");
+    } else {
+        print_table(rows);
+    }
+}
+
+/// The NAME cell: `kind/name` when several kinds are listed, as kubectl does.
+fn prefixed(listing: Listing, kind: &str, w: &Value) -> String {
+    if listing == Listing::All {
+        format!("{kind}/{}", text(w, "name"))
+    } else {
+        text(w, "name")
+    }
+}
+
+/// A short age: `850ms`, `42s`, `7m3s`, `2h5m`, `3d4h`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// How long a job has run: to its completion time, or until now.
+fn job_duration(job: &Value) -> String {
+    let parse = |key: &str| {
+        job[key]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
     };
+    let Some(start) = parse("startTime") else {
+        return "-".into();
+    };
+    let end = parse("completionTime").unwrap_or_else(std::time::SystemTime::now);
+    age(end.duration_since(start).unwrap_or_default().as_millis() as u64)
+}
+
+/// `setpoint describe KIND/NAME`.
+pub async fn describe(socket: PathBuf, target: String, output: GetOutput) -> ExitCode {
     let client = Client::new(socket);
-    let w: Value = match client.get_json(&format!("/v1/workloads/{name}")).await {
-        Ok(w) => w,
+    let (kind, w) = match fetch(&client, &target).await {
+        Ok(found) => found,
         Err(e) => return fail(&e),
     };
     if print_value(&w, output) {
         return ExitCode::SUCCESS;
     }
     println!("Name:        {}", text(&w, "name"));
+    println!("Kind:        {}", kind.api_name());
     println!("Phase:       {}", text(&w, "phase"));
     println!("Revision:    {}", text(&w, "revision"));
     println!("Policy:      {}", text(&w, "policy"));
-    println!(
-        "Replicas:    {} desired, {} running, {} ready, {} restarts",
-        text(&w, "desired"),
-        text(&w, "running"),
-        text(&w, "ready"),
-        text(&w, "restarts")
-    );
+    if kind == Kind::Job {
+        let j = &w["job"];
+        println!(
+            "Runs:        {}/{} succeeded, {} active, {} failed, {} ignored (parallelism {})",
+            text(j, "succeeded"),
+            text(j, "completions"),
+            text(j, "active"),
+            text(j, "failed"),
+            text(j, "ignored"),
+            text(j, "parallelism")
+        );
+        println!("Started:     {}", text(j, "startTime"));
+        println!("Finished:    {}", text(j, "completionTime"));
+        println!("Duration:    {}", job_duration(j));
+    } else {
+        println!(
+            "Replicas:    {} desired, {} running, {} ready, {} restarts",
+            text(&w, "desired"),
+            text(&w, "running"),
+            text(&w, "ready"),
+            text(&w, "restarts")
+        );
+    }
     println!("Conditions:");
     for c in w["conditions"].as_array().into_iter().flatten() {
         println!(
@@ -331,10 +575,10 @@ pub async fn describe(socket: PathBuf, target: String, output: GetOutput) -> Exi
 pub async fn delete(socket: PathBuf, targets: Vec<String>, files: Vec<PathBuf>) -> ExitCode {
     let mut names = Vec::new();
     for t in &targets {
-        match workload_name(t) {
-            Ok(n) => names.push(n.to_string()),
-            Err(e) => return fail(&e),
+        if let Err(e) = parse_target(t) {
+            return fail(&e);
         }
+        names.push(t.clone());
     }
     if !files.is_empty() {
         // The names come from the manifests; their components need not exist any more.
@@ -361,17 +605,23 @@ pub async fn delete(socket: PathBuf, targets: Vec<String>, files: Vec<PathBuf>) 
     }
     if names.is_empty() {
         return fail(&local_error(
-            "nothing to delete: name workload/NAME or give -f FILE".to_string(),
+            "nothing to delete: name KIND/NAME (workload/web, job/backup) or give -f FILE"
+                .to_string(),
         ));
     }
     let client = Client::new(socket);
     let mut code = ExitCode::SUCCESS;
-    for name in names {
-        match client
-            .call(Method::DELETE, &format!("/v1/workloads/{name}"), None)
-            .await
-        {
-            Ok(_) => println!("workload/{name} deleted"),
+    for target in names {
+        let deleted = async {
+            let (kind, w) = fetch(&client, &target).await?;
+            let name = text(&w, "name");
+            client
+                .call(Method::DELETE, &format!("/v1/workloads/{name}"), None)
+                .await?;
+            Ok::<_, ApiError>(format!("{}/{name}", kind.word()))
+        };
+        match deleted.await {
+            Ok(what) => println!("{what} deleted"),
             Err(e) => code = fail(&e),
         }
     }

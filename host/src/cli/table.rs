@@ -33,7 +33,10 @@ pub fn render(status: &HostStatus) -> String {
         rows.push([
             w.name.clone(),
             format!("{:?}{}", w.phase, failed.unwrap_or_default()),
-            format!("{}/{}", w.ready, w.desired),
+            match &w.job {
+                Some(j) => format!("{}/{} done", j.succeeded, j.completions),
+                None => format!("{}/{}", w.ready, w.desired),
+            },
             w.restarts.to_string(),
             w.revision.clone(),
             last,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
+use crate::job::JobProgress;
 use crate::manifest::{RestartPolicy, StrategyKind, WorkloadSpec};
 use crate::policy::snapshot::Snapshot;
 use crate::policy::{Action, InstanceObservation, PluginPolicy, Policy, RolloutObservation};
@@ -24,7 +25,7 @@ use crate::runtime::{
     InstanceEvent, InstanceEventKind, LogLine, PreparedComponent, Runtime, SpawnRequest, StopCause,
 };
 use crate::status::{
-    Condition, Event, EventType, HostStatus, InstanceStatus, Phase, RolloutStatus,
+    Condition, Event, EventType, HostStatus, InstanceStatus, JobStatus, Phase, RolloutStatus,
     TerminationRecord, WorkloadStatus,
 };
 use state::{RevisionRecord, WorkloadState};
@@ -67,11 +68,51 @@ pub(crate) struct PreparedWorkload {
     pub component: Arc<PreparedComponent>,
     pub plugin: Option<Arc<PreparedPlugin>>,
     pub revision: String,
+    /// Where the workload was written, for located errors.
+    pub origin: Option<crate::manifest::Origin>,
+}
+
+/// Why a prepared workload may not replace the one of the same name: a Job's spec cannot
+/// change once applied, and a name keeps its kind until it is deleted. `current` is the
+/// applied one's (is a job, revision), unless it is being deleted.
+pub(crate) fn apply_conflict(
+    name: &str,
+    current: Option<(bool, &str)>,
+    new_is_job: bool,
+    new_revision: &str,
+) -> Option<(String, String)> {
+    let (is_job, revision) = current?;
+    let kind = |job: bool| if job { "job" } else { "workload" };
+    if is_job != new_is_job {
+        return Some((
+            format!(
+                "`{name}` is applied as a {}; it cannot become a {}",
+                kind(is_job),
+                kind(new_is_job)
+            ),
+            format!(
+                "delete {}/{name} first, or choose another name",
+                kind(is_job)
+            ),
+        ));
+    }
+    if is_job && revision != new_revision {
+        return Some((
+            format!(
+                "job `{name}` is applied with revision {revision}; a Job's spec cannot change once applied"
+            ),
+            format!("delete job/{name} first (its progress goes with it), then apply"),
+        ));
+    }
+    None
 }
 
 /// Requests from the [`crate::Host`] handle to the controller task.
 pub(crate) enum Command {
-    Apply(Vec<PreparedWorkload>, oneshot::Sender<()>),
+    Apply(
+        Vec<PreparedWorkload>,
+        oneshot::Sender<Result<(), crate::manifest::Rejected>>,
+    ),
     Delete(String, oneshot::Sender<bool>),
     Status(oneshot::Sender<HostStatus>),
     Counts(oneshot::Sender<Vec<crate::status::WorkloadCounts>>),
@@ -98,6 +139,8 @@ pub(crate) struct Controller {
     mapping_check: Option<(usize, bool)>,
     next_id: u64,
     id_salt: u32,
+    /// Where Jobs' progress is kept across restarts, if anywhere.
+    ledger: Option<Arc<dyn crate::job::JobLedger>>,
 }
 
 impl Controller {
@@ -107,6 +150,7 @@ impl Controller {
         config: ControllerConfig,
         host_events: broadcast::Sender<Event>,
         logs: broadcast::Sender<LogLine>,
+        ledger: Option<Arc<dyn crate::job::JobLedger>>,
     ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
         let mapping_warning_at = crate::runtime::mappings::instance_capacity(runtime.config())
@@ -127,6 +171,7 @@ impl Controller {
             mapping_check: None,
             next_id: 0,
             id_salt: fastrand::u32(..),
+            ledger,
         }
     }
 
@@ -179,14 +224,40 @@ impl Controller {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Apply(workloads, reply) => {
+                let diagnostics: Vec<_> = workloads
+                    .iter()
+                    .filter_map(|w| {
+                        let current = self
+                            .workloads
+                            .get(w.name.as_str())
+                            .filter(|s| !s.deleting)
+                            .map(|s| (s.job.is_some(), &*s.revision));
+                        apply_conflict(&w.name, current, w.spec.job.is_some(), &w.revision).map(
+                            |(message, help)| {
+                                crate::manifest::Diagnostic::at(w.origin.clone(), message)
+                                    .with_help(help)
+                            },
+                        )
+                    })
+                    .collect();
+                if !diagnostics.is_empty() {
+                    let _ = reply.send(Err(crate::manifest::Rejected { diagnostics }));
+                    return;
+                }
                 for w in workloads {
                     self.apply_one(w);
                 }
-                let _ = reply.send(());
+                let _ = reply.send(Ok(()));
             }
             Command::Delete(name, reply) => {
                 let found = match self.workloads.get_mut(name.as_str()) {
                     Some(w) => {
+                        if w.job.is_some()
+                            && let Some(ledger) = &self.ledger
+                            && let Err(e) = ledger.forget(&name)
+                        {
+                            tracing::error!(job = %name, "cannot forget the job's progress: {e:#}");
+                        }
                         w.deleting = true;
                         self.dirty.insert(w.name.clone());
                         true
@@ -253,9 +324,28 @@ impl Controller {
                     format!("revision {}", w.revision),
                 );
                 state.push_event(event, history);
+                if state.spec.job.is_some() {
+                    let progress = self.job_progress(&name, &w.revision);
+                    if let Some(outcome) = &progress.finished {
+                        // Finished before the host restarted: nothing runs again.
+                        state.job_done = true;
+                        if !outcome.complete {
+                            state.failed = Some((outcome.reason.clone(), outcome.message.clone()));
+                            state.failed_since = Some(outcome.at);
+                        }
+                    }
+                    state.job = Some(progress);
+                }
                 self.workloads.insert(name.clone(), state);
             }
             Some(state) => {
+                if state.deleting && w.spec.job.is_some() {
+                    // A job deleted and applied again starts over.
+                    state.job = None;
+                    state.job_done = false;
+                    state.failed = None;
+                    state.failed_since = None;
+                }
                 state.deleting = false;
                 state.labels = w.labels;
                 if *state.revision != *w.revision {
@@ -302,9 +392,49 @@ impl Controller {
                     state.push_event(event, history);
                 }
                 state.spec = w.spec;
+                if state.spec.job.is_some() && state.job.is_none() {
+                    let progress = JobProgress::start(&w.revision);
+                    self.record_job(&name, &progress);
+                    if let Some(state) = self.workloads.get_mut(&name) {
+                        state.job = Some(progress);
+                    }
+                }
             }
         }
         self.dirty.insert(name);
+    }
+
+    /// The progress a job applied now resumes from: the ledger's, if it kept this
+    /// revision's, else a new start (recorded at once, so the deadline survives a crash).
+    fn job_progress(&self, name: &str, revision: &str) -> JobProgress {
+        if let Some(progress) = self
+            .ledger
+            .as_ref()
+            .and_then(|l| l.load(name))
+            .filter(|p| p.revision == revision)
+        {
+            return progress;
+        }
+        let progress = JobProgress::start(revision);
+        self.record_job(name, &progress);
+        progress
+    }
+
+    /// Records a job's progress in the ledger; a failure is logged and the job goes on
+    /// with its progress in memory.
+    fn record_job(&self, name: &str, progress: &JobProgress) {
+        if let Some(ledger) = &self.ledger
+            && let Err(e) = ledger.record(name, progress)
+        {
+            tracing::error!(job = %name, "cannot record the job's progress: {e:#}");
+            let _ = self.event(
+                name,
+                None,
+                EventType::Warning,
+                "LedgerWriteFailed",
+                format!("the job's progress is kept in memory only: {e:#}"),
+            );
+        }
     }
 
     fn plugin_policy(
@@ -369,6 +499,7 @@ impl Controller {
             return; // a late event from an instance the controller already forgot
         }
         let mut to_log = None;
+        let mut job_changed = false;
         match event.kind {
             InstanceEventKind::Running => {
                 if is_main {
@@ -434,6 +565,13 @@ impl Controller {
                     message.push_str(&format!("; last output: {last}"));
                 }
                 obs.last_end = Some((now, end.reason.clone()));
+                if let (Some(job), Some(progress)) = (&w.spec.job, w.job.as_mut()) {
+                    let verdict = crate::job::classify(job, &end.reason);
+                    let last = end.output.tail.last().map_or("", String::as_str);
+                    if progress.count(job, verdict, last) {
+                        job_changed = true;
+                    }
+                }
                 w.last_termination = Some(TerminationRecord {
                     instance: event.instance.to_string(),
                     slot: event.slot,
@@ -459,6 +597,10 @@ impl Controller {
                 w.push_event(e, history);
             }
         }
+        // After the run's own event: the job's verdict follows from it.
+        if job_changed {
+            self.job_progressed(&event.workload);
+        }
         self.dirty.insert(event.workload);
     }
 
@@ -475,6 +617,10 @@ impl Controller {
             };
             w.requeue_at = None;
             actions.clear();
+            if w.job.is_some() {
+                self.reconcile_job(&name, &mut actions);
+                continue;
+            }
             // The plugin is held apart while it decides on the snapshot it is shown.
             let mut plugin = w.plugin.take();
             let input = w.policy_input(Instant::now());
@@ -488,6 +634,92 @@ impl Controller {
             }
             self.check_rollout(&name);
             self.update_conditions(&name);
+        }
+    }
+
+    /// A job: fails it at its deadline, removes it once its time-to-live after finishing
+    /// has passed, and otherwise starts the runs [`crate::job::reconcile`] asks for.
+    fn reconcile_job(&mut self, name: &Arc<str>, actions: &mut Vec<Action>) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let Some(w) = self.workloads.get_mut(name) else {
+            return;
+        };
+        let (Some(job), Some(progress)) = (w.spec.job.clone(), w.job.as_mut()) else {
+            return;
+        };
+        if progress.check_deadline(&job, wall) {
+            self.job_progressed(name);
+        }
+        let Some(w) = self.workloads.get_mut(name) else {
+            return;
+        };
+        let Some(progress) = w.job.as_ref() else {
+            return;
+        };
+        let due = progress.next_due(&job, now, wall);
+        if progress.finished.is_some() && due.is_some_and(|t| t <= now) {
+            if let Some(ledger) = &self.ledger
+                && let Err(e) = ledger.forget(name)
+            {
+                tracing::error!(job = %name, "cannot forget the finished job: {e:#}");
+            }
+            w.deleting = true;
+            let e = self.event(
+                name,
+                None,
+                EventType::Normal,
+                "TTLExpired",
+                "the job finished longer than ttlAfterFinished ago: deleting it".into(),
+            );
+            if let Some(w) = self.workloads.get_mut(name) {
+                w.push_event(e, self.config.event_history);
+            }
+            self.reconcile_deletion(name);
+            return;
+        }
+        let (spec, progress) = (w.spec.clone(), progress.clone());
+        let input = w.policy_input(now);
+        crate::job::reconcile(&spec, &job, &progress, &input, actions);
+        for action in actions.drain(..) {
+            self.execute(name, action);
+        }
+        if let Some(w) = self.workloads.get_mut(name)
+            && let Some(due) = due
+        {
+            w.requeue_at = Some(w.requeue_at.map_or(due, |t| t.min(due)));
+        }
+    }
+
+    /// After a job's progress changed: records it, and once the job has finished, stops
+    /// its remaining runs and says how it ended.
+    fn job_progressed(&mut self, name: &str) {
+        let history = self.config.event_history;
+        let Some(w) = self.workloads.get_mut(name) else {
+            return;
+        };
+        let Some(progress) = w.job.clone() else {
+            return;
+        };
+        let finished_now = progress.finished.clone().filter(|_| !w.job_done);
+        if let Some(outcome) = &finished_now {
+            stop_all(w, StopCause::Policy);
+            w.job_done = true;
+            if !outcome.complete {
+                w.failed = Some((outcome.reason.clone(), outcome.message.clone()));
+                w.failed_since = Some(outcome.at);
+            }
+        }
+        self.record_job(name, &progress);
+        if let Some(outcome) = finished_now {
+            let kind = if outcome.complete {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            let e = self.event(name, None, kind, &outcome.reason, outcome.message);
+            if let Some(w) = self.workloads.get_mut(name) {
+                w.push_event(e, history);
+            }
         }
     }
 
@@ -532,6 +764,9 @@ impl Controller {
                 }
                 Action::Spawn { .. } if w.failed.is_some() => {
                     Some("spawn: the workload is marked failed".to_string())
+                }
+                Action::Spawn { .. } if w.job_done => {
+                    Some("spawn: the job has finished".to_string())
                 }
                 Action::Spawn { .. } if self.live >= self.config.max_instances => Some(format!(
                     "spawn: the host is at its limit of {} instances",
@@ -762,7 +997,8 @@ impl Controller {
             && w.slots[slot as usize]
                 .last_end
                 .as_ref()
-                .is_some_and(|(_, r)| !r.is_host_stop());
+                // A job's next run after a success is not a restart.
+                .is_some_and(|(_, r)| !(r.is_host_stop() || w.job.is_some() && r.is_success()));
         if replacing {
             w.slots[slot as usize].restarts += 1;
             w.record_restart(now);
@@ -885,6 +1121,7 @@ impl Controller {
             .map(|w| {
                 let policy = match &w.plugin {
                     Some(p) => p.describe(self.policy.name()),
+                    None if w.job.is_some() => crate::job::POLICY_NAME.to_string(),
                     None => self.policy.name().to_string(),
                 };
                 workload_status(w, &policy, now)
@@ -946,8 +1183,21 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
     let any_failed_end = slots
         .iter()
         .any(|s| s.last_end.as_ref().is_some_and(|(_, r)| !r.is_success()));
-    let phase = if w.failed.is_some() {
+    let job_finished = w.job.as_ref().and_then(|p| p.finished.as_ref());
+    let phase = if let Some(outcome) = job_finished {
+        if outcome.complete {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
+        }
+    } else if w.failed.is_some() {
         Phase::Failed
+    } else if w.job.is_some() {
+        if running > 0 {
+            Phase::Running
+        } else {
+            Phase::Pending
+        }
     } else if w.spec.restart_policy != RestartPolicy::Always && replicas > 0 && all_done {
         if any_failed_end {
             Phase::Failed
@@ -965,18 +1215,34 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
     } else {
         Phase::Pending
     };
-    let mut conditions = vec![Condition {
-        kind: "Available",
-        status: w.available.0,
-        reason: if w.available.0 {
-            "MinimumReplicasAvailable".into()
-        } else {
-            "ReplicasNotReady".into()
-        },
-        message: format!("{ready}/{} replicas ready", w.spec.replicas),
-        last_transition: w.available.1,
-    }];
-    if let Some((reason, message)) = &w.failed {
+    let mut conditions = if w.job.is_some() {
+        Vec::new()
+    } else {
+        vec![Condition {
+            kind: "Available",
+            status: w.available.0,
+            reason: if w.available.0 {
+                "MinimumReplicasAvailable".into()
+            } else {
+                "ReplicasNotReady".into()
+            },
+            message: format!("{ready}/{} replicas ready", w.spec.replicas),
+            last_transition: w.available.1,
+        }]
+    };
+    if let Some(outcome) = job_finished {
+        conditions.push(Condition {
+            kind: if outcome.complete {
+                "Complete"
+            } else {
+                "Failed"
+            },
+            status: true,
+            reason: outcome.reason.clone(),
+            message: outcome.message.clone(),
+            last_transition: outcome.at,
+        });
+    } else if let Some((reason, message)) = &w.failed {
         conditions.push(Condition {
             kind: "Failed",
             status: true,
@@ -1034,10 +1300,34 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
             .filter(|i| *i.revision == *w.revision && !i.stopping)
             .count() as u32,
     });
+    let job = w
+        .spec
+        .job
+        .as_ref()
+        .zip(w.job.as_ref())
+        .map(|(spec, p)| JobStatus {
+            completions: spec.completions,
+            parallelism: spec.parallelism,
+            active: w
+                .slots
+                .iter()
+                .filter(|s| s.instance.as_ref().is_some_and(|i| !i.stopping))
+                .count() as u32,
+            succeeded: p.succeeded,
+            failed: p.failed,
+            ignored: p.ignored,
+            start_time: p.started,
+            completion_time: p.finished.as_ref().map(|f| f.at),
+        });
     WorkloadStatus {
         name: w.name.to_string(),
         labels: w.labels.clone(),
-        kind: "Workload",
+        kind: if w.spec.job.is_some() {
+            "Job"
+        } else {
+            "Workload"
+        },
+        job,
         desired: w.spec.replicas,
         ready,
         running,

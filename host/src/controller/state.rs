@@ -54,6 +54,10 @@ pub(super) struct WorkloadState {
     pub last_termination: Option<TerminationRecord>,
     pub available: (bool, SystemTime),
     pub failed_since: Option<SystemTime>,
+    /// A Job's progress (`None` for a Workload).
+    pub job: Option<crate::job::JobProgress>,
+    /// Whether the job's finish has been acted on (runs stopped, event said).
+    pub job_done: bool,
 }
 
 impl WorkloadState {
@@ -87,6 +91,8 @@ impl WorkloadState {
             last_termination: None,
             available: (false, SystemTime::now()),
             failed_since: None,
+            job: None,
+            job_done: false,
         }
     }
 

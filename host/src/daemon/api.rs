@@ -68,7 +68,7 @@ pub struct ApiState {
     /// The host the daemon runs.
     pub host: Host,
     /// Its durable state.
-    pub store: Store,
+    pub store: Arc<Store>,
     /// Bounds on manifests.
     pub limits: ManifestLimits,
     /// Applies and deletes run one at a time, so the store and the host agree.

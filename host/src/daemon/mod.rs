@@ -67,9 +67,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(&Path),
 ) -> anyhow::Result<crate::HostStatus> {
-    let store = Store::open(&config.state_dir)
-        .with_context(|| format!("state directory {}", config.state_dir.display()))?;
-    let host = builder.cache_dir(config.state_dir.join("cache")).build()?;
+    let store = Arc::new(
+        Store::open(&config.state_dir)
+            .with_context(|| format!("state directory {}", config.state_dir.display()))?,
+    );
+    let host = builder
+        .cache_dir(config.state_dir.join("cache"))
+        .job_ledger(store.clone())
+        .build()?;
     let limits = ManifestLimits::default();
     restore(&host, &store, &limits).await;
     let state = Arc::new(api::ApiState {

@@ -25,6 +25,8 @@ const APPLIES: TableDefinition<u64, &str> = TableDefinition::new("applies");
 const OWNERS: TableDefinition<&str, u64> = TableDefinition::new("owners");
 /// Counters (`next_apply`).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Job name → the JSON of its [`crate::job::JobProgress`].
+const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 
 /// One manifest document set as applied.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -118,6 +120,7 @@ impl Store {
         txn.open_table(APPLIES).map_err(db_err)?;
         txn.open_table(OWNERS).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
+        txn.open_table(JOBS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(store)
     }
@@ -179,11 +182,14 @@ impl Store {
         Ok(id)
     }
 
-    /// Forgets workload `name`; false if it was not stored.
+    /// Forgets workload or job `name` (a job's progress with it); false if it was not
+    /// stored.
     pub fn delete(&self, name: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         let removed = {
             let mut owners = txn.open_table(OWNERS).map_err(db_err)?;
+            let mut jobs = txn.open_table(JOBS).map_err(db_err)?;
+            jobs.remove(name).map_err(db_err)?;
             owners.remove(name).map_err(db_err)?.is_some()
         };
         collect_unowned(&txn)?;
@@ -252,6 +258,45 @@ fn restrict(dir: &Path) -> Result<(), StoreError> {
         )?;
     }
     Ok(())
+}
+
+/// The daemon keeps Jobs' progress in the same database as the applies, so a job's
+/// record and its deletion commit atomically with the desired state.
+impl crate::job::JobLedger for Store {
+    fn load(&self, job: &str) -> Option<crate::job::JobProgress> {
+        let txn = self.db.begin_read().ok()?;
+        let jobs = txn.open_table(JOBS).ok()?;
+        let json = jobs.get(job).ok()??;
+        match serde_json::from_str(json.value()) {
+            Ok(progress) => Some(progress),
+            Err(e) => {
+                tracing::error!(job, "stored job progress is unreadable, starting over: {e}");
+                None
+            }
+        }
+    }
+
+    fn record(&self, job: &str, progress: &crate::job::JobProgress) -> anyhow::Result<()> {
+        let json = serde_json::to_string(progress)?;
+        let txn = self.db.begin_write()?;
+        {
+            // Only jobs still in the desired state are recorded: a late record must not
+            // resurrect a deleted job's progress.
+            let owners = txn.open_table(OWNERS)?;
+            if owners.get(job)?.is_none() {
+                return Ok(());
+            }
+            let mut jobs = txn.open_table(JOBS)?;
+            jobs.insert(job, json.as_str())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn forget(&self, job: &str) -> anyhow::Result<()> {
+        self.delete(job)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -10,10 +10,20 @@ use serde_saphyr::{DuplicateKeyPolicy, Location, Spanned};
 use super::diagnostic::{Diagnostic, Origin, Rejected};
 use super::raw::{RawManifest, RawWorkloadSpec};
 use super::spec::{
-    BackoffSpec, CpuBudget, DirGrant, ProbeSpec, RestartBudget, RestartPolicy, WatchdogSpec,
-    Workload, WorkloadSpec,
+    BackoffSpec, CpuBudget, DirGrant, ExitCodeOperator, FailureMatch, FailureRule, JobSpec,
+    ProbeSpec, RestartBudget, RestartPolicy, WatchdogSpec, Workload, WorkloadSpec,
 };
 use super::units::{parse_bytes, parse_duration};
+
+/// End reasons a Job's failure rule may name (`onReasons`).
+const FAILURE_REASONS: &[&str] = &[
+    "Exited",
+    "Trapped",
+    "OutOfMemory",
+    "CpuBudgetExceeded",
+    "StartFailed",
+    "WatchdogTimeout",
+];
 
 /// The only `apiVersion` this host reads.
 pub const API_VERSION: &str = "setpoint.dev/v1alpha1";
@@ -263,13 +273,21 @@ impl Validator<'_> {
                 Some(format!("this host reads `{API_VERSION}`")),
             );
         }
-        if doc.kind.value != "Workload" {
-            self.error(
-                doc.kind.referenced,
-                format!("unsupported kind `{}`", doc.kind.value),
-                Some("this host runs `kind: Workload`".to_string()),
-            );
-        }
+        let is_job = match doc.kind.value.as_str() {
+            "Workload" => false,
+            "Job" => true,
+            other => {
+                self.error(
+                    doc.kind.referenced,
+                    format!("unsupported kind `{other}`"),
+                    Some(
+                        "this host runs `kind: Workload` (kept running) and `kind: Job` (run to completion)"
+                            .to_string(),
+                    ),
+                );
+                false
+            }
+        };
         let name = doc.metadata.name;
         if let Err(why) = check_dns_label(&name.value) {
             self.error(name.referenced, format!("invalid name `{}`: {why}", name.value), Some(
@@ -290,7 +308,21 @@ impl Validator<'_> {
             .flatten()
             .map(|c| (c.value.clone(), self.origin(c.referenced)))
             .collect();
-        let spec = self.spec(doc.spec);
+        let mut raw_spec = doc.spec;
+        let job = if is_job {
+            self.job(&mut raw_spec, doc.kind.referenced)
+        } else {
+            self.no_job_fields(&raw_spec);
+            None
+        };
+        let spec = self.spec(raw_spec).map(|mut spec| {
+            if let Some(job) = job {
+                spec.replicas = job.parallelism.min(job.completions);
+                spec.restart_policy = RestartPolicy::OnFailure;
+                spec.job = Some(job);
+            }
+            spec
+        });
         let name_origin = self.origin(name.referenced);
         let spec = spec?;
         if !self.diagnostics.is_empty() {
@@ -564,6 +596,149 @@ impl Validator<'_> {
         component.map(|_| spec)
     }
 
+    /// Reads a Job's fields, and refuses the Workload-only ones.
+    fn job(&mut self, raw: &mut RawWorkloadSpec, kind: Location) -> Option<JobSpec> {
+        let workload_only = |field: &str| {
+            (
+                format!("`{field}` is a Workload field; a Job does not take it"),
+                Some("a Job runs `parallelism` instances until `completions` succeed; remove the field, or use `kind: Workload`".to_string()),
+            )
+        };
+        if let Some(r) = &raw.replicas {
+            let (m, h) = workload_only("replicas");
+            self.error(r.referenced, m, h);
+        }
+        for (present, field) in [
+            (raw.restart_policy.is_some(), "restartPolicy"),
+            (raw.strategy.is_some(), "strategy"),
+            (raw.policy.is_some(), "policy"),
+            (
+                raw.health.as_ref().is_some_and(|h| h.probe.is_some()),
+                "health.probe",
+            ),
+            (raw.restart_budget.is_some(), "restartBudget"),
+        ] {
+            if present {
+                let (m, h) = workload_only(field);
+                self.error(kind, m, h);
+            }
+        }
+        let mut job = JobSpec::new(1);
+        let max = i64::from(self.limits.max_replicas);
+        if let Some(c) = raw.completions.take() {
+            job.completions = self.int_in(&c, 1, 1_000_000, "completions").unwrap_or(1) as u32;
+        }
+        if let Some(p) = raw.parallelism.take() {
+            job.parallelism = self.int_in(&p, 1, max, "parallelism").unwrap_or(1) as u32;
+        }
+        if let Some(b) = raw.backoff_limit.take() {
+            job.backoff_limit = self.int_in(&b, 0, 1_000_000, "backoffLimit").unwrap_or(6) as u32;
+        }
+        if raw.active_deadline.is_some() {
+            job.active_deadline = Some(self.duration_or(
+                &raw.active_deadline.take(),
+                Duration::ZERO,
+                Duration::from_millis(1),
+            ));
+        }
+        if raw.ttl_after_finished.is_some() {
+            job.ttl_after_finished = Some(self.duration_or(
+                &raw.ttl_after_finished.take(),
+                Duration::ZERO,
+                Duration::ZERO,
+            ));
+        }
+        for rule in raw
+            .failure_policy
+            .take()
+            .map(|p| p.rules)
+            .unwrap_or_default()
+        {
+            let on = match (rule.on_exit_codes, rule.on_reasons) {
+                (Some(codes), None) => {
+                    let mut values = Vec::new();
+                    for v in &codes.values.value {
+                        match u8::try_from(*v) {
+                            Ok(code) if code > 0 => values.push(code),
+                            _ => self.error(
+                                codes.values.referenced,
+                                format!("exit code {v} is not between 1 and 255"),
+                                Some("0 is success, never a failure; a run exits with 1..=255 otherwise".into()),
+                            ),
+                        }
+                    }
+                    if codes.values.value.is_empty() {
+                        self.error(codes.values.referenced, "onExitCodes.values is empty", None);
+                    }
+                    FailureMatch::ExitCodes {
+                        operator: codes.operator.unwrap_or(ExitCodeOperator::In),
+                        values,
+                    }
+                }
+                (None, Some(reasons)) => {
+                    for r in &reasons {
+                        if !FAILURE_REASONS.contains(&r.value.as_str()) {
+                            self.error(
+                                r.referenced,
+                                format!("`{}` is not a failure reason", r.value),
+                                Some(format!("the reasons are: {}", FAILURE_REASONS.join(", "))),
+                            );
+                        }
+                    }
+                    FailureMatch::Reasons(reasons.into_iter().map(|r| r.value).collect())
+                }
+                _ => {
+                    self.error(
+                        rule.action.referenced,
+                        "a failure rule needs exactly one of `onExitCodes` and `onReasons`",
+                        None,
+                    );
+                    continue;
+                }
+            };
+            job.failure_rules.push(FailureRule {
+                action: rule.action.value,
+                on,
+            });
+        }
+        Some(job)
+    }
+
+    /// A Workload refuses the Job-only fields.
+    fn no_job_fields(&mut self, raw: &RawWorkloadSpec) {
+        let spanned_ints = [
+            (&raw.completions, "completions"),
+            (&raw.parallelism, "parallelism"),
+            (&raw.backoff_limit, "backoffLimit"),
+        ];
+        let spanned_strings = [
+            (&raw.active_deadline, "activeDeadline"),
+            (&raw.ttl_after_finished, "ttlAfterFinished"),
+        ];
+        let located = spanned_ints
+            .iter()
+            .filter_map(|(v, f)| v.as_ref().map(|v| (v.referenced, *f)))
+            .chain(
+                spanned_strings
+                    .iter()
+                    .filter_map(|(v, f)| v.as_ref().map(|v| (v.referenced, *f))),
+            )
+            .chain(
+                raw.failure_policy
+                    .as_ref()
+                    .and_then(|p| p.rules.first())
+                    .map(|r| (r.action.referenced, "failurePolicy")),
+            )
+            .collect::<Vec<_>>();
+        for (at, field) in located {
+            self.error(
+                at,
+                format!("`{field}` is a Job field; a Workload does not take it"),
+                Some("use `kind: Job` for work that runs to completion".to_string()),
+            );
+        }
+    }
+
     fn component_path(&mut self, raw: &Spanned<String>) -> Option<PathBuf> {
         if raw.value.trim().is_empty() {
             self.error(
@@ -772,6 +947,27 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
             problem(format!("workload `{}` appears twice in one apply", w.name));
         }
         let spec = &w.spec;
+        if let Some(job) = &spec.job {
+            if job.completions == 0 || job.parallelism == 0 {
+                problem(format!(
+                    "job `{}`: completions and parallelism must be at least 1",
+                    w.name
+                ));
+            }
+            if spec.replicas != job.parallelism.min(job.completions) {
+                problem(format!(
+                    "job `{}`: replicas must be min(parallelism, completions) = {}; build the spec with WorkloadSpec::job",
+                    w.name,
+                    job.parallelism.min(job.completions)
+                ));
+            }
+            if spec.policy.is_some() || spec.probe.is_some() {
+                problem(format!(
+                    "job `{}`: a Job takes no policy plugin and no health probe",
+                    w.name
+                ));
+            }
+        }
         if spec.replicas > limits.max_replicas {
             problem(format!(
                 "`{}`: {} replicas, over the limit of {}",

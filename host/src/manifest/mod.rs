@@ -13,8 +13,9 @@ pub use load::{
     load_str_resolving, parse_names,
 };
 pub use spec::{
-    BackoffSpec, CpuBudget, DirGrant, IntOrPercent, PolicyPlugin, ProbeSpec, RestartBudget,
-    RestartPolicy, StrategyKind, UpdateStrategy, WatchdogSpec, Workload, WorkloadSpec,
+    BackoffSpec, CpuBudget, DirGrant, ExitCodeOperator, FailureAction, FailureMatch, FailureRule,
+    IntOrPercent, JobSpec, PolicyPlugin, ProbeSpec, RestartBudget, RestartPolicy, StrategyKind,
+    UpdateStrategy, WatchdogSpec, Workload, WorkloadSpec,
 };
 
 /// The JSON Schema of the manifest format, generated from the types that parse it.

@@ -18,7 +18,7 @@ pub struct RawManifest {
     /// Must be `setpoint.dev/v1alpha1`.
     #[schemars(with = "String")]
     pub api_version: Spanned<String>,
-    /// The object kind: `Workload`.
+    /// The object kind: `Workload` (keep instances running) or `Job` (run to completion).
     #[schemars(with = "String")]
     pub kind: Spanned<String>,
     /// Name and labels.
@@ -40,7 +40,9 @@ pub struct RawMetadata {
     pub labels: BTreeMap<String, String>,
 }
 
-/// `spec` of a `Workload`.
+/// `spec` of a `Workload` or a `Job`. `replicas`, `restartPolicy`, `strategy`, `policy`
+/// and `health.probe` are for Workloads only; `completions`, `parallelism`,
+/// `backoffLimit`, `activeDeadline`, `ttlAfterFinished` and `failurePolicy` for Jobs only.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schemars(rename = "WorkloadSpec")]
@@ -84,6 +86,65 @@ pub struct RawWorkloadSpec {
     pub policy: Option<RawPolicy>,
     /// How a new revision replaces the old (default: RollingUpdate, 25%/25%, rollback on).
     pub strategy: Option<RawStrategy>,
+    /// Job: successful runs needed to complete (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub completions: Option<Spanned<i64>>,
+    /// Job: most runs at once (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub parallelism: Option<Spanned<i64>>,
+    /// Job: failed runs tolerated; one more fails the job (default 6).
+    #[schemars(with = "Option<u32>")]
+    pub backoff_limit: Option<Spanned<i64>>,
+    /// Job: how long it may run, counted from its start, before it fails
+    /// (`DeadlineExceeded`), e.g. `10m`. No deadline by default.
+    #[schemars(with = "Option<String>")]
+    pub active_deadline: Option<Spanned<String>>,
+    /// Job: how long a finished job is kept before it is deleted, e.g. `1h`. Kept until
+    /// deleted by default.
+    #[schemars(with = "Option<String>")]
+    pub ttl_after_finished: Option<Spanned<String>>,
+    /// Job: what a failed run means, by exit code or end reason (first matching rule
+    /// wins; an unmatched failure counts toward `backoffLimit`).
+    pub failure_policy: Option<RawFailurePolicy>,
+}
+
+/// A Job's failure policy (Kubernetes' podFailurePolicy, for instances).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "FailurePolicy")]
+pub struct RawFailurePolicy {
+    /// Rules, tried in order.
+    pub rules: Vec<RawFailureRule>,
+}
+
+/// One failure rule: an action and what it matches (exactly one of `onExitCodes` and
+/// `onReasons`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "FailureRule")]
+pub struct RawFailureRule {
+    /// `FailJob` (fail the whole job now), `Ignore` (retry without counting toward
+    /// `backoffLimit`) or `Count` (count it, the default for unmatched failures).
+    #[schemars(with = "super::spec::FailureAction")]
+    pub action: Spanned<super::spec::FailureAction>,
+    /// Matches runs that exited with these codes (or all others, with `NotIn`).
+    pub on_exit_codes: Option<RawExitCodes>,
+    /// Matches runs that ended for one of these reasons: `Trapped`, `OutOfMemory`,
+    /// `CpuBudgetExceeded`, `WatchdogTimeout`, `StartFailed`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub on_reasons: Option<Vec<Spanned<String>>>,
+}
+
+/// Exit codes a failure rule matches.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ExitCodes")]
+pub struct RawExitCodes {
+    /// `In` (default) or `NotIn`.
+    pub operator: Option<super::spec::ExitCodeOperator>,
+    /// Exit codes, 1 to 255 (0 is success and never a failure).
+    #[schemars(with = "Vec<u8>")]
+    pub values: Spanned<Vec<i64>>,
 }
 
 /// The update strategy.

@@ -108,6 +108,112 @@ pub struct WorkloadSpec {
     pub policy: Option<PolicyPlugin>,
     /// How a new revision replaces the old one.
     pub strategy: UpdateStrategy,
+    /// Set for a Job: run to completion instead of keeping `replicas` running. For a
+    /// Job, `replicas` is the most runs at once and `restart_policy` is `OnFailure`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobSpec>,
+}
+
+/// A run-to-completion Job (Kubernetes' Job, for instances): start runs until
+/// `completions` of them succeed, at most `parallelism` at once, and give up after
+/// `backoff_limit` counted failures or once `active_deadline` has passed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    /// Successful runs needed.
+    pub completions: u32,
+    /// Most runs at once.
+    pub parallelism: u32,
+    /// Counted failures tolerated; one more fails the job (`BackoffLimitExceeded`).
+    pub backoff_limit: u32,
+    /// Longest the job may take from its start (`DeadlineExceeded`).
+    #[serde(with = "opt_millis")]
+    pub active_deadline: Option<Duration>,
+    /// How long a finished job is kept before it is deleted.
+    #[serde(with = "opt_millis")]
+    pub ttl_after_finished: Option<Duration>,
+    /// What a failed run means; the first matching rule wins.
+    pub failure_rules: Vec<FailureRule>,
+}
+
+impl JobSpec {
+    /// One completion, one run at a time, a back-off limit of 6, no deadline, kept forever.
+    pub fn new(completions: u32) -> Self {
+        Self {
+            completions,
+            parallelism: 1,
+            backoff_limit: 6,
+            active_deadline: None,
+            ttl_after_finished: None,
+            failure_rules: Vec::new(),
+        }
+    }
+}
+
+/// What a matching failure rule does with a failed run.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub enum FailureAction {
+    /// Fail the whole job at once (reason `FailurePolicy`); other runs are stopped.
+    FailJob,
+    /// Retry without counting the failure toward the back-off limit.
+    Ignore,
+    /// Count it toward the back-off limit (what happens to unmatched failures).
+    Count,
+}
+
+/// `In` or `NotIn` for a rule's exit codes.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub enum ExitCodeOperator {
+    /// The run exited with one of the codes.
+    In,
+    /// The run exited with a non-zero code not among them.
+    NotIn,
+}
+
+/// One rule of a Job's failure policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureRule {
+    /// What to do with a matching failed run.
+    pub action: FailureAction,
+    /// Which failed runs match.
+    pub on: FailureMatch,
+}
+
+/// What a failure rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureMatch {
+    /// Runs that exited with a non-zero code, `In` or `NotIn` these.
+    ExitCodes {
+        /// In or NotIn.
+        operator: ExitCodeOperator,
+        /// The codes.
+        values: Vec<u8>,
+    },
+    /// Runs that ended for one of these reasons (`EndReason` names such as `Trapped`).
+    Reasons(Vec<String>),
+}
+
+impl FailureRule {
+    /// Whether a run that ended with `reason` (named `reason_name`, exit code `code` if
+    /// it exited) matches this rule.
+    pub fn matches(&self, reason_name: &str, code: Option<i32>) -> bool {
+        match &self.on {
+            FailureMatch::ExitCodes { operator, values } => match code {
+                Some(code) if code != 0 => {
+                    let listed = values.iter().any(|v| i32::from(*v) == code);
+                    listed == (*operator == ExitCodeOperator::In)
+                }
+                _ => false,
+            },
+            FailureMatch::Reasons(reasons) => reasons.iter().any(|r| r == reason_name),
+        }
+    }
 }
 
 /// How instances of a new revision replace those of the old.
@@ -218,7 +324,17 @@ impl WorkloadSpec {
             termination_grace_period: Duration::from_secs(5),
             policy: None,
             strategy: UpdateStrategy::default(),
+            job: None,
         }
+    }
+
+    /// A Job running `component` until `job.completions` runs succeed.
+    pub fn job(component: impl Into<PathBuf>, job: JobSpec) -> Self {
+        let mut spec = Self::new(component);
+        spec.replicas = job.parallelism.min(job.completions);
+        spec.restart_policy = RestartPolicy::OnFailure;
+        spec.job = Some(job);
+        spec
     }
 }
 
