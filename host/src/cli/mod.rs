@@ -456,13 +456,8 @@ async fn validate(files: Vec<PathBuf>, engine: EngineArgs) -> ExitCode {
         }
     };
     let count = workloads.len();
-    let mut checked = Vec::new();
-    for w in workloads {
-        let mut probe = w.clone();
-        probe.spec.replicas = 0;
-        checked.push(probe);
-    }
-    let result = host.apply(checked).await;
+    // A plan checks exactly what an apply checks, and starts nothing.
+    let result = host.plan(workloads).await;
     host.shutdown().await;
     match result {
         Ok(_) => {
