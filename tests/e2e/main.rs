@@ -1,6 +1,7 @@
 //! End-to-end tests: real guest components from `guest-examples/` (built by
 //! `cargo xtask guests`), the real wasmtime engine, real manifest files, the real binary.
 
+mod api;
 mod cli;
 mod common;
 mod daemon;

@@ -1,6 +1,7 @@
-//! The CLI's side of the control API: HTTP/1.1 requests over the daemon's Unix socket.
+//! The CLI's side of the control API: HTTP/1.1 requests over the daemon's Unix socket,
+//! or over TCP with the daemon's bearer token.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
@@ -8,10 +9,37 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use setpoint::daemon::api::ErrorBody;
 
-/// A connection target: the daemon's socket.
-pub struct Client {
-    socket: PathBuf,
+/// Where the daemon's API is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// Its Unix socket (access is the socket file's permissions).
+    Unix(PathBuf),
+    /// Its TCP listener, `host:port`, with the bearer token (or why there is none).
+    Tcp {
+        /// `host:port`.
+        addr: String,
+        /// The token, or what went wrong finding it.
+        token: Result<String, String>,
+    },
 }
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "{}", path.display()),
+            Self::Tcp { addr, .. } => write!(f, "http://{addr}"),
+        }
+    }
+}
+
+/// A connection target: the daemon's API.
+pub struct Client {
+    endpoint: Endpoint,
+}
+
+/// Either kind of connection.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// A failed request: the daemon's error answer, or why it could not be asked.
 #[derive(Debug)]
@@ -29,23 +57,43 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-fn unreachable_daemon(socket: &Path, e: impl std::fmt::Display) -> ApiError {
-    ApiError {
-        body: ErrorBody {
-            error: format!(
-                "cannot reach the daemon at {}: {e}; start it with `setpoint daemon`, or point \
-                 --socket (or SETPOINT_SOCKET) at its socket",
-                socket.display()
-            ),
-            diagnostics: Vec::new(),
-        },
-    }
+fn unreachable_daemon(endpoint: &Endpoint, e: impl std::fmt::Display) -> ApiError {
+    let hint = match endpoint {
+        Endpoint::Unix(_) => {
+            "start it with `setpoint daemon`, or point --socket (or SETPOINT_SOCKET) at its socket"
+        }
+        Endpoint::Tcp { .. } => {
+            "start it with `setpoint daemon --tcp ADDR`, or point --server (or SETPOINT_SERVER) at it"
+        }
+    };
+    local_error(format!(
+        "cannot reach the daemon at {endpoint}: {e}; {hint}"
+    ))
 }
 
 impl Client {
-    /// A client of the daemon listening on `socket`.
-    pub fn new(socket: PathBuf) -> Self {
-        Self { socket }
+    /// A client of the daemon at `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
+    }
+
+    async fn connect(&self) -> Result<(Box<dyn Stream>, Option<&str>), ApiError> {
+        let unreachable = |e| unreachable_daemon(&self.endpoint, e);
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(unreachable)?;
+                Ok((Box::new(stream), None))
+            }
+            Endpoint::Tcp { addr, token } => {
+                let token = token.as_deref().map_err(|e| local_error(e.clone()))?;
+                let stream = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(unreachable)?;
+                Ok((Box::new(stream), Some(token)))
+            }
+        }
     }
 
     /// Sends one request and returns the body of a 2xx answer.
@@ -55,17 +103,18 @@ impl Client {
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Bytes, ApiError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| unreachable_daemon(&self.socket, e))?;
+        let (stream, token) = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| unreachable_daemon(&self.socket, e))?;
+            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
         tokio::spawn(connection);
         let mut request = Request::builder()
             .method(method)
             .uri(format!("http://setpoint{path}"))
             .header("host", "setpoint");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
         let payload = match body {
             Some((content_type, bytes)) => {
                 request = request.header("content-type", content_type);
@@ -75,17 +124,17 @@ impl Client {
         };
         let request = request
             .body(payload)
-            .map_err(|e| unreachable_daemon(&self.socket, e))?;
+            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| unreachable_daemon(&self.socket, e))?;
+            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
         let status = response.status();
         let bytes = response
             .into_body()
             .collect()
             .await
-            .map_err(|e| unreachable_daemon(&self.socket, e))?
+            .map_err(|e| unreachable_daemon(&self.endpoint, e))?
             .to_bytes();
         if status.is_success() {
             return Ok(bytes);

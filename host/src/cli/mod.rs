@@ -65,6 +65,14 @@ enum Cmd {
         /// The API's Unix socket (default: STATE_DIR/setpoint.sock).
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
+        /// Also serve the API over TCP, on loopback unless an address says otherwise
+        /// (`--tcp` alone: 127.0.0.1:7390). Every TCP request needs the bearer token.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = setpoint::daemon::DEFAULT_TCP)]
+        tcp: Option<std::net::SocketAddr>,
+        /// The TCP API's token file (default: STATE_DIR/api-token, created with a random
+        /// token when missing).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -176,6 +184,19 @@ struct Target {
     /// The daemon's socket (default: $SETPOINT_SOCKET, else the default daemon's).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// The daemon's TCP API, `HOST:PORT` (default: $SETPOINT_SERVER; the socket when
+    /// neither is set). Needs the daemon's token.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "socket")]
+    server: Option<String>,
+    /// A file holding the daemon's API token, for --server (default: $SETPOINT_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl Target {
+    fn endpoint(self) -> client::Endpoint {
+        remote::endpoint(self.socket, self.server, self.token_file)
+    }
 }
 
 /// Engine options shared by the commands that load components.
@@ -251,17 +272,23 @@ pub fn main() -> ExitCode {
         Cmd::Daemon {
             state_dir,
             socket,
+            tcp,
+            token_file,
             engine,
-        } => runtime.block_on(daemon(state_dir, socket, engine)),
+        } => runtime.block_on(daemon(
+            setpoint::daemon::DaemonConfig {
+                state_dir: state_dir.unwrap_or_else(setpoint::daemon::default_state_dir),
+                socket,
+                tcp,
+                token_file,
+            },
+            engine,
+        )),
         Cmd::Apply {
             files,
             dry_run,
             target,
-        } => runtime.block_on(remote::apply(
-            remote::socket_path(target.socket),
-            files,
-            dry_run,
-        )),
+        } => runtime.block_on(remote::apply(target.endpoint(), files, dry_run)),
         Cmd::Get {
             what,
             output,
@@ -278,31 +305,18 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(remote::get(
-                remote::socket_path(target.socket),
-                listing,
-                name,
-                output,
-            ))
+            runtime.block_on(remote::get(target.endpoint(), listing, name, output))
         }
         Cmd::Describe {
             target_name,
             output,
             target,
-        } => runtime.block_on(remote::describe(
-            remote::socket_path(target.socket),
-            target_name,
-            output,
-        )),
+        } => runtime.block_on(remote::describe(target.endpoint(), target_name, output)),
         Cmd::Delete {
             names,
             files,
             target,
-        } => runtime.block_on(remote::delete(
-            remote::socket_path(target.socket),
-            names,
-            files,
-        )),
+        } => runtime.block_on(remote::delete(target.endpoint(), names, files)),
         Cmd::Compile {
             component,
             output,
@@ -349,15 +363,7 @@ pub fn main() -> ExitCode {
 }
 
 /// `setpoint daemon`: runs until SIGINT or SIGTERM.
-async fn daemon(
-    state_dir: Option<PathBuf>,
-    socket: Option<PathBuf>,
-    engine: EngineArgs,
-) -> ExitCode {
-    let config = setpoint::daemon::DaemonConfig {
-        state_dir: state_dir.unwrap_or_else(setpoint::daemon::default_state_dir),
-        socket,
-    };
+async fn daemon(config: setpoint::daemon::DaemonConfig, engine: EngineArgs) -> ExitCode {
     let builder = engine.apply(Host::builder());
     let mut signals = match StopSignals::new() {
         Ok(s) => s,

@@ -13,7 +13,7 @@ use setpoint::daemon::store::{Document, digest_of};
 use setpoint::host::Change;
 use setpoint::manifest::{ManifestLimits, load_str_resolving};
 
-use super::client::{ApiError, Client, local_error};
+use super::client::{ApiError, Client, Endpoint, local_error};
 
 /// Output formats of `get` and `describe`.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,11 +28,37 @@ pub enum GetOutput {
     Yaml,
 }
 
-/// The socket to talk to: `--socket`, else `$SETPOINT_SOCKET`, else the default
-/// daemon's.
-pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("SETPOINT_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| setpoint::daemon::default_socket(&setpoint::daemon::default_state_dir()))
+/// The daemon to talk to: `--server` (or `$SETPOINT_SERVER`) over TCP with the token
+/// from `--token-file` (or `$SETPOINT_TOKEN`); else the Unix socket `--socket`, else
+/// `$SETPOINT_SOCKET`, else the default daemon's.
+pub fn endpoint(
+    socket: Option<PathBuf>,
+    server: Option<String>,
+    token_file: Option<PathBuf>,
+) -> Endpoint {
+    let server = server.or_else(|| std::env::var("SETPOINT_SERVER").ok());
+    if let (Some(server), None) = (server, &socket) {
+        let addr = server
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let token = match token_file {
+            Some(file) => std::fs::read_to_string(&file)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("cannot read the token file {}: {e}", file.display())),
+            None => std::env::var("SETPOINT_TOKEN").map_err(|_| {
+                "the TCP API needs the daemon's token: set SETPOINT_TOKEN or pass --token-file (the daemon keeps it in STATE_DIR/api-token)".to_string()
+            }),
+        };
+        return Endpoint::Tcp { addr, token };
+    }
+    Endpoint::Unix(
+        socket
+            .or_else(|| std::env::var_os("SETPOINT_SOCKET").map(PathBuf::from))
+            .unwrap_or_else(|| {
+                setpoint::daemon::default_socket(&setpoint::daemon::default_state_dir())
+            }),
+    )
 }
 
 fn fail(e: &ApiError) -> ExitCode {
@@ -135,8 +161,8 @@ async fn build_request(
 }
 
 /// `setpoint apply -f FILE|DIR... [--dry-run]`.
-pub async fn apply(socket: PathBuf, files: Vec<PathBuf>, dry_run: bool) -> ExitCode {
-    let client = Client::new(socket);
+pub async fn apply(endpoint: Endpoint, files: Vec<PathBuf>, dry_run: bool) -> ExitCode {
+    let client = Client::new(endpoint);
     let request = match build_request(&client, &files, dry_run).await {
         Ok(r) => r,
         Err(e) => return fail(&e),
@@ -305,12 +331,12 @@ impl Listing {
 
 /// `setpoint get [workloads|jobs|instances|all] [NAME] [-o ...]`.
 pub async fn get(
-    socket: PathBuf,
+    endpoint: Endpoint,
     listing: Listing,
     name: Option<String>,
     output: GetOutput,
 ) -> ExitCode {
-    let client = Client::new(socket);
+    let client = Client::new(endpoint);
     let status: Value = match client.get_json("/v1/workloads").await {
         Ok(s) => s,
         Err(e) => return fail(&e),
@@ -494,8 +520,8 @@ fn job_duration(job: &Value) -> String {
 }
 
 /// `setpoint describe KIND/NAME`.
-pub async fn describe(socket: PathBuf, target: String, output: GetOutput) -> ExitCode {
-    let client = Client::new(socket);
+pub async fn describe(endpoint: Endpoint, target: String, output: GetOutput) -> ExitCode {
+    let client = Client::new(endpoint);
     let (kind, w) = match fetch(&client, &target).await {
         Ok(found) => found,
         Err(e) => return fail(&e),
@@ -572,7 +598,7 @@ pub async fn describe(socket: PathBuf, target: String, output: GetOutput) -> Exi
 }
 
 /// `setpoint delete KIND/NAME... | -f FILE...`.
-pub async fn delete(socket: PathBuf, targets: Vec<String>, files: Vec<PathBuf>) -> ExitCode {
+pub async fn delete(endpoint: Endpoint, targets: Vec<String>, files: Vec<PathBuf>) -> ExitCode {
     let mut names = Vec::new();
     for t in &targets {
         if let Err(e) = parse_target(t) {
@@ -609,7 +635,7 @@ pub async fn delete(socket: PathBuf, targets: Vec<String>, files: Vec<PathBuf>) 
                 .to_string(),
         ));
     }
-    let client = Client::new(socket);
+    let client = Client::new(endpoint);
     let mut code = ExitCode::SUCCESS;
     for target in names {
         let deleted = async {

@@ -31,7 +31,7 @@ use crate::{Host, HostStatus, WorkloadStatus};
 
 /// A request to apply manifest documents.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplyRequest {
     /// The manifest files, each with the name errors should use.
     pub documents: Vec<Document>,
@@ -96,7 +96,61 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Every error answer is JSON (`{"error", "diagnostics"}`), including the framework's
+/// own rejections (a body over the limit, a wrong method, a malformed path).
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.is_success() || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("error");
+    let message = if text.is_empty() {
+        reason.to_string()
+    } else {
+        format!("{reason}: {text}")
+    };
+    error(status, message)
+}
+
+/// The TCP API's guard: the request must carry `Authorization: Bearer TOKEN`, compared
+/// in constant time; otherwise 401 and nothing runs.
+pub async fn require_bearer(
+    State(token): State<Arc<String>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use subtle::ConstantTimeEq as _;
+    let offered = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(offered.as_bytes().ct_eq(token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "this API needs `Authorization: Bearer TOKEN` with the daemon's token (the CLI sends SETPOINT_TOKEN or --token-file)",
+    );
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 /// An error answer.
@@ -187,7 +241,18 @@ pub(super) fn load(
     }
 }
 
-async fn apply(State(state): State<Arc<ApiState>>, Json(request): Json<ApplyRequest>) -> Response {
+async fn apply(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
+    let request: ApplyRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body is not an apply request: {e}; send JSON {{\"documents\": [{{\"source\", \"text\"}}], \"files\": {{path: digest}}, \"dryRun\": bool}}"
+                ),
+            );
+        }
+    };
     if request.documents.is_empty() {
         return error(StatusCode::BAD_REQUEST, "no documents to apply");
     }

@@ -25,6 +25,53 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// The Unix socket of the control API (default: `STATE_DIR/setpoint.sock`).
     pub socket: Option<PathBuf>,
+    /// Also serve the API over TCP on this address; every request must then carry the
+    /// bearer token.
+    pub tcp: Option<std::net::SocketAddr>,
+    /// The file holding the TCP API's bearer token (default: `STATE_DIR/api-token`,
+    /// created with a random token, mode 0600, when missing).
+    pub token_file: Option<PathBuf>,
+}
+
+/// The default TCP address of the API: loopback only.
+pub const DEFAULT_TCP: &str = "127.0.0.1:7390";
+
+/// Where the daemon with state directory `state_dir` keeps its API token by default.
+pub fn default_token_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("api-token")
+}
+
+/// Reads the bearer token from `path`, creating the file (mode 0600, 32 random bytes as
+/// hex) when it does not exist. A token shorter than 16 characters is refused.
+pub fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_string();
+            anyhow::ensure!(
+                token.len() >= 16,
+                "the API token in {} is shorter than 16 characters",
+                path.display()
+            );
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            writeln!(file, "{token}")?;
+            file.sync_all()?;
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 impl DaemonConfig {
@@ -86,11 +133,55 @@ pub async fn run(
     });
     let socket = config.socket_path();
     let listener = bind_private(&socket)?;
+    let tcp = match config.tcp {
+        Some(addr) => {
+            let token_file = config
+                .token_file
+                .clone()
+                .unwrap_or_else(|| default_token_file(&config.state_dir));
+            let token = load_or_create_token(&token_file)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the TCP API to {addr}"))?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "the API listens on {addr}, beyond this machine: anyone with the token in {} controls this host; the connection is not encrypted",
+                    token_file.display()
+                );
+            }
+            eprintln!(
+                "setpoint daemon: serving TCP on {} (bearer token in {})",
+                listener.local_addr().unwrap_or(addr),
+                token_file.display()
+            );
+            Some((listener, token))
+        }
+        None => None,
+    };
     ready(&socket);
-    axum::serve(listener, api::router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the API")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let unix = axum::serve(listener, api::router(state.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    match tcp {
+        Some((listener, token)) => {
+            let router = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+                Arc::new(token),
+                api::require_bearer,
+            ));
+            let tcp = axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx));
+            let (a, b) = tokio::join!(unix, tcp);
+            a.context("serving the API")?;
+            b.context("serving the TCP API")?;
+        }
+        None => unix.await.context("serving the API")?,
+    }
     let _ = std::fs::remove_file(&socket);
     let state = Arc::into_inner(state).context("API handlers still running at shutdown")?;
     Ok(state.host.shutdown().await)
