@@ -139,11 +139,61 @@ impl Client {
         if status.is_success() {
             return Ok(bytes);
         }
-        let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
-            error: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-            diagnostics: Vec::new(),
-        });
-        Err(ApiError { body })
+        Err(error_answer(status, &bytes))
+    }
+
+    /// GETs `path`, an answer of JSON lines, and hands each line to `each` as it
+    /// arrives (a following answer ends only when the daemon ends it).
+    pub async fn stream_lines(
+        &self,
+        path: &str,
+        mut each: impl FnMut(serde_json::Value),
+    ) -> Result<(), ApiError> {
+        let (stream, token) = self.connect().await?;
+        let unreachable = |e| unreachable_daemon(&self.endpoint, e);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(unreachable)?;
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://setpoint{path}"))
+            .header("host", "setpoint");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| unreachable_daemon(&self.endpoint, e))?
+                .to_bytes();
+            return Err(error_answer(status, &bytes));
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| unreachable_daemon(&self.endpoint, e))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(value) = serde_json::from_slice(&line) {
+                    each(value);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// GETs `path` and decodes the JSON answer.
@@ -168,6 +218,15 @@ impl Client {
             .await?;
         decode(&bytes)
     }
+}
+
+/// The daemon's error answer.
+fn error_answer(status: hyper::StatusCode, bytes: &[u8]) -> ApiError {
+    let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| ErrorBody {
+        error: format!("{status}: {}", String::from_utf8_lossy(bytes)),
+        diagnostics: Vec::new(),
+    });
+    ApiError { body }
 }
 
 /// An error found on this side, in the API's error shape.

@@ -125,6 +125,37 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Print a workload's or job's recent output (the daemon keeps the last 1000
+    /// lines of each); with -f, keep printing new lines.
+    Logs {
+        /// `workload/NAME` or `job/NAME` (or just `NAME`).
+        target_name: String,
+        /// Only this instance's lines.
+        #[arg(long, value_name = "ID")]
+        instance: Option<String>,
+        /// Only the last N kept lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Keep following new output until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print recent events (the daemon keeps the last 1000, across restarts); with -w,
+    /// keep printing new ones.
+    Events {
+        /// Only this workload's or job's events: `KIND/NAME` or `NAME`.
+        target_name: Option<String>,
+        /// Keep watching for new events until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+        /// `table` (default) or `json` (one event per line).
+        #[arg(short, long, value_enum, default_value_t = remote::GetOutput::Table)]
+        output: remote::GetOutput,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Check manifests and their components without running anything.
     Validate {
         /// Manifest files.
@@ -307,6 +338,30 @@ pub fn main() -> ExitCode {
             };
             runtime.block_on(remote::get(target.endpoint(), listing, name, output))
         }
+        Cmd::Logs {
+            target_name,
+            instance,
+            tail,
+            follow,
+            target,
+        } => runtime.block_on(remote::logs(
+            target.endpoint(),
+            target_name,
+            instance,
+            tail,
+            follow,
+        )),
+        Cmd::Events {
+            target_name,
+            watch,
+            output,
+            target,
+        } => runtime.block_on(remote::events(
+            target.endpoint(),
+            target_name,
+            watch,
+            output,
+        )),
         Cmd::Describe {
             target_name,
             output,

@@ -653,3 +653,107 @@ pub async fn delete(endpoint: Endpoint, targets: Vec<String>, files: Vec<PathBuf
     }
     code
 }
+
+/// `setpoint logs KIND/NAME [--instance ID] [--tail N] [-f]`.
+pub async fn logs(
+    endpoint: Endpoint,
+    target: String,
+    instance: Option<String>,
+    tail: Option<usize>,
+    follow: bool,
+) -> ExitCode {
+    let client = Client::new(endpoint);
+    // By name alone: a deleted job's kept output is still there to read.
+    let name = match parse_target(&target) {
+        Ok((_, name)) => name.to_string(),
+        Err(e) => return fail(&e),
+    };
+    let mut query = vec![format!("follow={follow}")];
+    if let Some(i) = &instance {
+        query.push(format!("instance={}", url_word(i)));
+    }
+    if let Some(t) = tail {
+        query.push(format!("tail={t}"));
+    }
+    let path = format!("/v1/logs/{}?{}", url_word(&name), query.join("&"));
+    let prefixed = instance.is_none();
+    let printed = client
+        .stream_lines(&path, |l| {
+            if l["skipped"].is_number() {
+                eprintln!("({} lines skipped: this client fell behind)", l["skipped"]);
+            } else if prefixed {
+                println!("{} | {}", text(&l, "instance"), text(&l, "line"));
+            } else {
+                println!("{}", text(&l, "line"));
+            }
+        })
+        .await;
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// `setpoint events [KIND/NAME] [-w] [-o json]`.
+pub async fn events(
+    endpoint: Endpoint,
+    target: Option<String>,
+    watch: bool,
+    output: GetOutput,
+) -> ExitCode {
+    let client = Client::new(endpoint);
+    let mut query = vec![format!("watch={watch}")];
+    if let Some(t) = &target {
+        match parse_target(t) {
+            Ok((_, name)) => query.push(format!("workload={}", url_word(name))),
+            Err(e) => return fail(&e),
+        }
+    }
+    let path = format!("/v1/events?{}", query.join("&"));
+    let json = matches!(output, GetOutput::Json | GetOutput::Yaml);
+    let mut any = false;
+    let printed = client
+        .stream_lines(&path, |e| {
+            any = true;
+            if json {
+                println!("{e}");
+            } else if e["skipped"].is_number() {
+                eprintln!("({} events skipped: this client fell behind)", e["skipped"]);
+            } else {
+                let object = match &e["instance"] {
+                    Value::String(i) => i.clone(),
+                    _ => text(&e, "workload"),
+                };
+                println!(
+                    "{:<24}  {:<7}  {:<22}  {:<28}  {}",
+                    text(&e, "time"),
+                    text(&e, "type"),
+                    text(&e, "reason"),
+                    object,
+                    text(&e, "message")
+                );
+            }
+        })
+        .await;
+    if let Err(e) = printed {
+        return fail(&e);
+    }
+    if !any && !json {
+        println!("no events");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `word` made safe for a URL path segment or query value (names are DNS labels and
+/// instance ids; anything else is percent-encoded).
+fn url_word(word: &str) -> String {
+    word.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -69,6 +69,8 @@ pub struct ApiState {
     pub host: Host,
     /// Its durable state.
     pub store: Arc<Store>,
+    /// Recent output and events.
+    pub logbook: Arc<super::logbook::Logbook>,
     /// Bounds on manifests.
     pub limits: ManifestLimits,
     /// Applies and deletes run one at a time, so the store and the host agree.
@@ -89,6 +91,8 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/apply", post(apply))
         .route("/v1/workloads", get(list))
         .route("/v1/workloads/{name}", get(describe).delete(delete))
+        .route("/v1/logs/{name}", get(logs))
+        .route("/v1/events", get(events))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -151,6 +155,117 @@ pub async fn require_bearer(
         axum::http::HeaderValue::from_static("Bearer"),
     );
     response
+}
+
+/// Query of `GET /v1/logs/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Only this instance's lines.
+    pub instance: Option<String>,
+    /// At most this many of the kept lines (default: all kept).
+    pub tail: Option<usize>,
+    /// Keep the answer open and stream new lines as they come.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only this workload's or job's events.
+    pub workload: Option<String>,
+    /// Keep the answer open and stream new events as they come.
+    #[serde(default)]
+    pub watch: bool,
+}
+
+/// Kept output of a workload or job, as JSON lines; with `follow`, then new lines.
+async fn logs(
+    State(state): State<Arc<ApiState>>,
+    UrlPath(name): UrlPath<String>,
+    query: Result<axum::extract::Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(q) => q.0,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (kept, live) = state.logbook.logs(
+        &name,
+        query.instance.as_deref(),
+        query.tail.unwrap_or(usize::MAX),
+    );
+    if kept.is_empty() && state.host.status().await.workload(&name).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no workload or job `{name}`, and no output kept for one"),
+        );
+    }
+    let instance = query.instance;
+    let keep = move |l: &super::logbook::LogEntry| {
+        *l.workload == *name && instance.as_deref().is_none_or(|i| *l.instance == *i)
+    };
+    ndjson(kept, query.follow.then_some(live), keep)
+}
+
+/// Kept events (of one workload, if asked), as JSON lines; with `watch`, then new ones.
+async fn events(
+    State(state): State<Arc<ApiState>>,
+    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(q) => q.0,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (kept, live) = state.logbook.events(query.workload.as_deref());
+    let workload = query.workload;
+    let keep = move |e: &serde_json::Value| workload.as_deref().is_none_or(|w| e["workload"] == w);
+    ndjson(kept, query.watch.then_some(live), keep)
+}
+
+/// A newline-delimited JSON answer: `kept`, then (if following) each item `live` brings
+/// that `keep` accepts, until the client goes away. A follower too slow for the
+/// broadcast is told how many items it missed.
+fn ndjson<T: Serialize + Clone + Send + 'static>(
+    kept: Vec<T>,
+    live: Option<tokio::sync::broadcast::Receiver<T>>,
+    keep: impl Fn(&T) -> bool + Send + 'static,
+) -> Response {
+    use futures_util::StreamExt as _;
+    let head = futures_util::stream::iter(
+        kept.into_iter()
+            .map(|v| Ok::<_, std::convert::Infallible>(json_line(&v))),
+    );
+    let tail = futures_util::stream::unfold((live, keep), |(live, keep)| async move {
+        let mut rx = live?;
+        loop {
+            match rx.recv().await {
+                Ok(item) if keep(&item) => {
+                    return Some((Ok(json_line(&item)), (Some(rx), keep)));
+                }
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let note = serde_json::json!({"skipped": n}).to_string() + "\n";
+                    return Some((Ok(Bytes::from(note)), (Some(rx), keep)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(head.chain(tail));
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response()
+}
+
+/// One JSON line.
+fn json_line<T: Serialize>(value: &T) -> Bytes {
+    let mut text = serde_json::to_string(value).unwrap_or_default();
+    text.push('\n');
+    text.into()
 }
 
 /// An error answer.

@@ -8,6 +8,7 @@
 //! is forgotten before the host stops it. A restart replays what is stored.
 
 pub mod api;
+pub mod logbook;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -123,8 +124,16 @@ pub async fn run(
         .job_ledger(store.clone())
         .build()?;
     let limits = ManifestLimits::default();
+    let stored_events = store.recent_events().unwrap_or_else(|e| {
+        tracing::warn!("cannot read the stored events: {e}");
+        Vec::new()
+    });
+    let logbook = Arc::new(logbook::Logbook::new(stored_events));
+    // Following from before the replay: the restored workloads' first lines are kept.
+    logbook.run(&host, store.clone());
     restore(&host, &store, &limits).await;
     let state = Arc::new(api::ApiState {
+        logbook,
         host,
         store,
         limits,

@@ -27,6 +27,8 @@ const OWNERS: TableDefinition<&str, u64> = TableDefinition::new("owners");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Job name → the JSON of its [`crate::job::JobProgress`].
 const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
+/// Sequence number → the JSON of a recent event (the newest few only).
+const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
 
 /// One manifest document set as applied.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,6 +123,7 @@ impl Store {
         txn.open_table(OWNERS).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.open_table(JOBS).map_err(db_err)?;
+        txn.open_table(EVENTS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(store)
     }
@@ -195,6 +198,47 @@ impl Store {
         collect_unowned(&txn)?;
         txn.commit().map_err(db_err)?;
         Ok(removed)
+    }
+
+    /// Appends events, keeping only the newest `keep`.
+    pub fn append_events(
+        &self,
+        events: &[serde_json::Value],
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(EVENTS).map_err(db_err)?;
+            let mut next = table
+                .last()
+                .map_err(db_err)?
+                .map_or(0, |(k, _)| k.value() + 1);
+            for event in events {
+                table
+                    .insert(next, event.to_string().as_str())
+                    .map_err(db_err)?;
+                next += 1;
+            }
+            let first_kept = next.saturating_sub(keep as u64);
+            table
+                .retain_in(..first_kept, |_, _| false)
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The stored events, oldest first.
+    pub fn recent_events(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(EVENTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (_, json) = entry.map_err(db_err)?;
+            if let Ok(value) = serde_json::from_str(json.value()) {
+                out.push(value);
+            }
+        }
+        Ok(out)
     }
 
     /// The desired state: each live apply with the workload names it still defines.
