@@ -188,10 +188,12 @@ fn revision_in(output: &str, object: &str) -> String {
         .lines()
         .find(|l| l.starts_with(&format!("{object} ")))
         .unwrap_or_else(|| panic!("no line for {object} in:\n{output}"));
+    // The new revision: the last one named (`configured (revision OLD → NEW)`).
     let at = line.find("revision ").expect("a revision") + "revision ".len();
     line[at..]
         .split(|c: char| !c.is_ascii_hexdigit())
-        .next()
+        .filter(|word| word.len() == 10)
+        .last()
         .expect("hex")
         .to_string()
 }
@@ -483,4 +485,105 @@ fn logs_and_events_are_kept_followed_and_survive_a_crash() {
     assert!(seen.is_some(), "the watcher saw the deletion");
     let _ = watcher.kill();
     let _ = watcher.wait();
+}
+
+/// `rollout status`, `history` and `undo` through the real binary, across a crash.
+#[test]
+fn rollout_status_history_and_undo_survive_a_crash() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("web.yaml");
+    let write = |version: u32| {
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: web\nspec:\n  component: {}\n  replicas: 2\n  env: {{TICK_MS: '1000', VERSION: '{version}'}}\n",
+                guest("ticker").display()
+            ),
+        )
+        .expect("write");
+    };
+    let stdout = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut daemon = Daemon::start(state.path());
+    let mut revisions = Vec::new();
+    for version in 1..=2 {
+        write(version);
+        let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        revisions.push(revision_in(&stdout(&out), "workload/web"));
+        let out = daemon.cli(&["rollout", "status", "workload/web", "--timeout", "60s"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout(&out).contains(&format!(
+                "successfully rolled out (revision {})",
+                revisions[version as usize - 1]
+            )),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let (r1, r2) = (revisions[0].clone(), revisions[1].clone());
+    let history = |daemon: &Daemon| -> Vec<(String, bool)> {
+        let out = daemon.cli(&["rollout", "history", "web", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<Value>>(&out.stdout)
+            .expect("json")
+            .iter()
+            .map(|r| {
+                (
+                    r["revision"].as_str().unwrap().to_string(),
+                    r["current"] == true,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(history(&daemon), [(r1.clone(), false), (r2.clone(), true)]);
+
+    let out = daemon.cli(&["rollout", "undo", "workload/web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains(&format!("rolled back (revision {r2} → {r1})")),
+        "{}",
+        stdout(&out)
+    );
+    let out = daemon.cli(&["rollout", "status", "web"]);
+    assert!(
+        stdout(&out).contains(&format!("revision {r1})")),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(history(&daemon), [(r2.clone(), false), (r1.clone(), true)]);
+
+    // The undo is durable, and so is the history.
+    daemon.kill9();
+    let daemon = Daemon::start(state.path());
+    assert_eq!(daemon.wait_ready("web", 2)["revision"], r1.as_str());
+    let out = daemon.cli(&["rollout", "undo", "web", "--to-revision", &r2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(history(&daemon), [(r1.clone(), false), (r2.clone(), true)]);
+    let out = daemon.cli(&["rollout", "undo", "web", "--to-revision", "0000000000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no revision 0000000000"));
+    let out = daemon.cli(&["rollout", "history", "job/web"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jobs have no rollouts"));
 }

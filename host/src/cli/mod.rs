@@ -156,6 +156,11 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Watch, list or undo a workload's rollouts.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutCmd,
+    },
     /// Check manifests and their components without running anything.
     Validate {
         /// Manifest files.
@@ -228,6 +233,43 @@ impl Target {
     fn endpoint(self) -> client::Endpoint {
         remote::endpoint(self.socket, self.server, self.token_file)
     }
+}
+
+/// `setpoint rollout ...`.
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Wait for the rollout in progress to finish, showing its progress; fails if it is
+    /// rolled back or does not finish in time.
+    Status {
+        /// `workload/NAME` (or just `NAME`).
+        target_name: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the revisions the workload has had (the last 10), oldest first.
+    History {
+        /// `workload/NAME` (or just `NAME`).
+        target_name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = remote::GetOutput::Table)]
+        output: remote::GetOutput,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Go back to the previous revision (or to --to-revision): its manifest is applied
+    /// again, as it was, and rolls out.
+    Undo {
+        /// `workload/NAME` (or just `NAME`).
+        target_name: String,
+        /// The revision to go back to (see `rollout history`).
+        #[arg(long, value_name = "REVISION")]
+        to_revision: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// Engine options shared by the commands that load components.
@@ -338,6 +380,35 @@ pub fn main() -> ExitCode {
             };
             runtime.block_on(remote::get(target.endpoint(), listing, name, output))
         }
+        Cmd::Rollout { action } => match action {
+            RolloutCmd::Status {
+                target_name,
+                timeout,
+                target,
+            } => runtime.block_on(remote::rollout_status(
+                target.endpoint(),
+                target_name,
+                timeout,
+            )),
+            RolloutCmd::History {
+                target_name,
+                output,
+                target,
+            } => runtime.block_on(remote::rollout_history(
+                target.endpoint(),
+                target_name,
+                output,
+            )),
+            RolloutCmd::Undo {
+                target_name,
+                to_revision,
+                target,
+            } => runtime.block_on(remote::rollout_undo(
+                target.endpoint(),
+                target_name,
+                to_revision,
+            )),
+        },
         Cmd::Logs {
             target_name,
             instance,

@@ -757,3 +757,155 @@ fn url_word(word: &str) -> String {
         })
         .collect()
 }
+
+/// `setpoint rollout status KIND/NAME`: waits until the rollout in progress ends, showing
+/// its progress; fails if it ends rolled back, or after `timeout`.
+pub async fn rollout_status(
+    endpoint: Endpoint,
+    target: String,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let client = Client::new(endpoint);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut aim: Option<String> = None;
+    let mut last = String::new();
+    loop {
+        let (kind, w) = match fetch(&client, &target).await {
+            Ok(found) => found,
+            Err(e) => return fail(&e),
+        };
+        if kind == Kind::Job {
+            return fail(&local_error(format!(
+                "{target} is a job: jobs have no rollouts"
+            )));
+        }
+        let name = text(&w, "name");
+        let rollout = &w["rollout"];
+        if aim.is_none() {
+            aim = Some(match rollout {
+                Value::Null => text(&w, "revision"),
+                r => text(r, "to"),
+            });
+        }
+        let line = match rollout {
+            Value::Null if w["ready"] == w["desired"] => {
+                let revision = text(&w, "revision");
+                if aim.as_deref() == Some(revision.as_str()) {
+                    println!("workload/{name} successfully rolled out (revision {revision})");
+                    return ExitCode::SUCCESS;
+                }
+                return fail(&local_error(format!(
+                    "workload/{name} was rolled back to revision {revision}; see `setpoint events workload/{name}`"
+                )));
+            }
+            Value::Null => format!(
+                "Waiting for workload/{name}: {} of {} replicas ready...",
+                text(&w, "ready"),
+                text(&w, "desired")
+            ),
+            r if r["rollback"] == true => format!(
+                "Rolling back workload/{name} to {}: {} of {} updated, {} ready...",
+                text(r, "to"),
+                text(r, "updated"),
+                text(&w, "desired"),
+                text(&w, "ready")
+            ),
+            r => format!(
+                "Waiting for workload/{name} rollout to {}: {} of {} updated, {} ready...",
+                text(r, "to"),
+                text(r, "updated"),
+                text(&w, "desired"),
+                text(&w, "ready")
+            ),
+        };
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return fail(&local_error(format!(
+                "workload/{name}: the rollout did not finish within {}",
+                humantime::format_duration(timeout)
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `setpoint rollout history KIND/NAME`.
+pub async fn rollout_history(endpoint: Endpoint, target: String, output: GetOutput) -> ExitCode {
+    let client = Client::new(endpoint);
+    let name = match parse_target(&target) {
+        Ok((Some(Kind::Job), _)) => {
+            return fail(&local_error(format!(
+                "{target} is a job: jobs have no rollouts"
+            )));
+        }
+        Ok((_, name)) => name.to_string(),
+        Err(e) => return fail(&e),
+    };
+    let history: Value = match client
+        .get_json(&format!("/v1/workloads/{}/history", url_word(&name)))
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => return fail(&e),
+    };
+    if print_value(&history, output) {
+        return ExitCode::SUCCESS;
+    }
+    let mut rows = vec![row(&["REVISION", "APPLIED", "CURRENT"])];
+    for r in history.as_array().into_iter().flatten() {
+        rows.push(vec![
+            text(r, "revision"),
+            text(r, "appliedAt"),
+            if r["current"] == true {
+                "*".into()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    print_rows(&rows, "no revisions recorded");
+    ExitCode::SUCCESS
+}
+
+/// `setpoint rollout undo KIND/NAME [--to-revision R]`.
+pub async fn rollout_undo(
+    endpoint: Endpoint,
+    target: String,
+    to_revision: Option<String>,
+) -> ExitCode {
+    let client = Client::new(endpoint);
+    let name = match parse_target(&target) {
+        Ok((Some(Kind::Job), _)) => {
+            return fail(&local_error(format!(
+                "{target} is a job: jobs have no rollouts"
+            )));
+        }
+        Ok((_, name)) => name.to_string(),
+        Err(e) => return fail(&e),
+    };
+    let request = setpoint::daemon::api::UndoRequest { to_revision };
+    let response: ApplyResponse = match client
+        .send_json(
+            Method::POST,
+            &format!("/v1/workloads/{}/undo", url_word(&name)),
+            &request,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    for c in &response.changes {
+        match &c.change {
+            Change::Update { from_revision } => println!(
+                "workload/{} rolled back (revision {from_revision} → {})",
+                c.name, c.revision
+            ),
+            _ => println!("workload/{} unchanged", c.name),
+        }
+    }
+    ExitCode::SUCCESS
+}

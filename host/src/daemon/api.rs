@@ -91,6 +91,8 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/apply", post(apply))
         .route("/v1/workloads", get(list))
         .route("/v1/workloads/{name}", get(describe).delete(delete))
+        .route("/v1/workloads/{name}/history", get(history))
+        .route("/v1/workloads/{name}/undo", post(undo))
         .route("/v1/logs/{name}", get(logs))
         .route("/v1/events", get(events))
         .fallback(|| async {
@@ -372,15 +374,33 @@ async fn apply(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
         return error(StatusCode::BAD_REQUEST, "no documents to apply");
     }
     let _writing = state.writes.lock().await;
-    let workloads = match load(
-        &state.store,
-        &request.documents,
-        &request.files,
-        &state.limits,
-    ) {
+    apply_documents(
+        &state,
+        request.documents,
+        request.files,
+        request.dry_run,
+        None,
+    )
+    .await
+}
+
+/// Loads, plans, stores (with each new revision in its workload's history) and runs
+/// documents, all or nothing; `only` keeps one workload of them (a rollback). The
+/// caller holds the write lock.
+async fn apply_documents(
+    state: &ApiState,
+    documents: Vec<Document>,
+    files: BTreeMap<String, String>,
+    dry_run: bool,
+    only: Option<&str>,
+) -> Response {
+    let mut workloads = match load(&state.store, &documents, &files, &state.limits) {
         Ok(w) => w,
         Err(e) => return rejected(&e),
     };
+    if let Some(only) = only {
+        workloads.retain(|w| w.name == only);
+    }
     let names: Vec<String> = workloads.iter().map(|w| w.name.clone()).collect();
     // The plan checks everything `apply` checks, so a rejection happens here, before
     // anything is stored.
@@ -388,7 +408,7 @@ async fn apply(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
         Ok(c) => c,
         Err(e) => return rejected(&e),
     };
-    if request.dry_run {
+    if dry_run {
         return Json(ApplyResponse {
             changes,
             dry_run: true,
@@ -399,13 +419,21 @@ async fn apply(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     // (the restart replays the store); a crash before the commit loses an apply the
     // client was never told had succeeded.
     let record = ApplyRecord {
-        documents: request.documents,
-        files: request.files,
+        documents,
+        files,
         applied_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    if let Err(e) = tokio::task::block_in_place(|| state.store.record_apply(&record, &names)) {
+    // Jobs have no rollouts, so no history.
+    let revisions: Vec<(String, String)> = changes
+        .iter()
+        .filter(|c| c.kind == "Workload")
+        .map(|c| (c.name.clone(), c.revision.clone()))
+        .collect();
+    if let Err(e) =
+        tokio::task::block_in_place(|| state.store.record_apply(&record, &names, &revisions))
+    {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     match state.host.apply(workloads).await {
@@ -417,6 +445,141 @@ async fn apply(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
         // Planned a moment ago, so only a host shutting down gets here.
         Err(e) => rejected(&e),
     }
+}
+
+/// One revision in `GET /v1/workloads/{name}/history`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionInfo {
+    /// The revision.
+    pub revision: String,
+    /// When it was applied (RFC 3339).
+    pub applied_at: String,
+    /// Whether it is the revision the workload runs now.
+    pub current: bool,
+}
+
+/// Body of `POST /v1/workloads/{name}/undo`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UndoRequest {
+    /// The revision to go back to (default: the one before the current).
+    pub to_revision: Option<String>,
+}
+
+/// The revisions a workload has had, oldest first.
+async fn history(State(state): State<Arc<ApiState>>, UrlPath(name): UrlPath<String>) -> Response {
+    let current = match state.host.status().await.workload(&name) {
+        Some(w) if w.kind == "Job" => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`{name}` is a job: jobs have no rollouts"),
+            );
+        }
+        Some(w) => w.revision.clone(),
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("workload `{name}` not found"),
+            );
+        }
+    };
+    match state.store.history(&name) {
+        Ok(entries) => Json(
+            entries
+                .into_iter()
+                .map(|e| RevisionInfo {
+                    current: e.revision == current,
+                    revision: e.revision,
+                    applied_at: humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.applied_at),
+                    )
+                    .to_string(),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Goes back to an earlier revision of a workload: the documents that defined it are
+/// applied again (a new rollout), and that becomes the newest history entry.
+async fn undo(
+    State(state): State<Arc<ApiState>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let request: UndoRequest = if body.is_empty() {
+        UndoRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not an undo request: {e}"),
+                );
+            }
+        }
+    };
+    let _writing = state.writes.lock().await;
+    let current = match state.host.status().await.workload(&name) {
+        Some(w) if w.kind == "Job" => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`{name}` is a job: jobs have no rollouts"),
+            );
+        }
+        Some(w) => w.revision.clone(),
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("workload `{name}` not found"),
+            );
+        }
+    };
+    let entries = match state.store.history(&name) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let target = match &request.to_revision {
+        Some(wanted) => entries.iter().rev().find(|e| e.revision == *wanted),
+        None => entries.iter().rev().find(|e| e.revision != current),
+    };
+    let Some(target) = target else {
+        let known: Vec<&str> = entries.iter().map(|e| e.revision.as_str()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            match &request.to_revision {
+                Some(r) => format!(
+                    "`{name}` has no revision {r} in its history ({})",
+                    known.join(", ")
+                ),
+                None => format!("`{name}` has no earlier revision to go back to"),
+            },
+        );
+    };
+    if target.revision == current {
+        return error(
+            StatusCode::CONFLICT,
+            format!("`{name}` already runs revision {current}"),
+        );
+    }
+    let record = match state.store.apply_record(target.apply) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the apply of revision {} is no longer stored",
+                    target.revision
+                ),
+            );
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    apply_documents(&state, record.documents, record.files, false, Some(&name)).await
 }
 
 async fn list(State(state): State<Arc<ApiState>>) -> Json<HostStatus> {

@@ -27,6 +27,11 @@ const OWNERS: TableDefinition<&str, u64> = TableDefinition::new("owners");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Job name → the JSON of its [`crate::job::JobProgress`].
 const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
+/// (workload name, sequence number) → the JSON of a [`HistoryEntry`]: the revisions a
+/// workload has had, newest last, at most [`HISTORY_LIMIT`].
+const HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::new("history");
+/// Revisions kept per workload (Kubernetes' revisionHistoryLimit default).
+pub const HISTORY_LIMIT: usize = 10;
 /// Sequence number → the JSON of a recent event (the newest few only).
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
 
@@ -38,6 +43,18 @@ pub struct ApplyRecord {
     /// Each component or plugin path the documents name (joined onto the manifest's
     /// directory, as the client resolved it) → the `sha256:` digest of its bytes.
     pub files: BTreeMap<String, String>,
+    /// When it was applied, in seconds since the Unix epoch.
+    pub applied_at: u64,
+}
+
+/// One revision a workload has had: which apply defined it, and when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The revision.
+    pub revision: String,
+    /// The apply whose documents define it (kept while the history names it).
+    pub apply: u64,
     /// When it was applied, in seconds since the Unix epoch.
     pub applied_at: u64,
 }
@@ -124,6 +141,7 @@ impl Store {
         txn.open_table(META).map_err(db_err)?;
         txn.open_table(JOBS).map_err(db_err)?;
         txn.open_table(EVENTS).map_err(db_err)?;
+        txn.open_table(HISTORY).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(store)
     }
@@ -161,8 +179,14 @@ impl Store {
     }
 
     /// Records an apply that defines `names` (replacing whatever defined them before)
-    /// and returns its id.
-    pub fn record_apply(&self, record: &ApplyRecord, names: &[String]) -> Result<u64, StoreError> {
+    /// and returns its id. `revisions` (name, revision) are added to the workloads'
+    /// histories where they are new.
+    pub fn record_apply(
+        &self,
+        record: &ApplyRecord,
+        names: &[String],
+        revisions: &[(String, String)],
+    ) -> Result<u64, StoreError> {
         let json = serde_json::to_string(record).map_err(db_err)?;
         let txn = self.db.begin_write().map_err(db_err)?;
         let id = {
@@ -177,6 +201,42 @@ impl Store {
             let mut owners = txn.open_table(OWNERS).map_err(db_err)?;
             for name in names {
                 owners.insert(name.as_str(), id).map_err(db_err)?;
+            }
+            let mut history = txn.open_table(HISTORY).map_err(db_err)?;
+            for (name, revision) in revisions {
+                // A revision appears once: applied again (a rollback, a scale), it
+                // moves to the end with the newer apply.
+                history
+                    .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, json| {
+                        serde_json::from_str::<HistoryEntry>(json)
+                            .is_ok_and(|e| e.revision != *revision)
+                    })
+                    .map_err(db_err)?;
+                let seq = history
+                    .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                    .map_err(db_err)?
+                    .next_back()
+                    .transpose()
+                    .map_err(db_err)?
+                    .map_or(0, |(k, _)| k.value().1 + 1);
+                let entry = HistoryEntry {
+                    revision: revision.clone(),
+                    apply: id,
+                    applied_at: record.applied_at,
+                };
+                let json = serde_json::to_string(&entry).map_err(db_err)?;
+                history
+                    .insert((name.as_str(), seq), json.as_str())
+                    .map_err(db_err)?;
+                let seqs: Vec<u64> = history
+                    .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                    .map_err(db_err)?
+                    .map(|e| e.map(|(k, _)| k.value().1))
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?;
+                for old in &seqs[..seqs.len().saturating_sub(HISTORY_LIMIT)] {
+                    history.remove((name.as_str(), *old)).map_err(db_err)?;
+                }
             }
             id
         };
@@ -193,11 +253,46 @@ impl Store {
             let mut owners = txn.open_table(OWNERS).map_err(db_err)?;
             let mut jobs = txn.open_table(JOBS).map_err(db_err)?;
             jobs.remove(name).map_err(db_err)?;
+            let mut history = txn.open_table(HISTORY).map_err(db_err)?;
+            history
+                .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
+                .map_err(db_err)?;
             owners.remove(name).map_err(db_err)?.is_some()
         };
         collect_unowned(&txn)?;
         txn.commit().map_err(db_err)?;
         Ok(removed)
+    }
+
+    /// The revisions workload `name` has had, oldest first.
+    pub fn history(&self, name: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(HISTORY).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.range((name, 0)..=(name, u64::MAX)).map_err(db_err)? {
+            let (_, json) = entry.map_err(db_err)?;
+            let entry = serde_json::from_str(json.value()).map_err(|e| StoreError::Corrupt {
+                id: 0,
+                message: format!("history of `{name}`: {e}"),
+            })?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// The apply with id `id`, if it is still kept.
+    pub fn apply_record(&self, id: u64) -> Result<Option<ApplyRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(APPLIES).map_err(db_err)?;
+        let Some(json) = table.get(id).map_err(db_err)? else {
+            return Ok(None);
+        };
+        serde_json::from_str(json.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                id,
+                message: e.to_string(),
+            })
     }
 
     /// Appends events, keeping only the newest `keep`.
@@ -281,6 +376,14 @@ fn collect_unowned(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     for entry in owners.iter().map_err(db_err)? {
         owned.insert(entry.map_err(db_err)?.1.value());
     }
+    // A revision in a history can be rolled back to: its apply stays too.
+    let history = txn.open_table(HISTORY).map_err(db_err)?;
+    for entry in history.iter().map_err(db_err)? {
+        let (_, json) = entry.map_err(db_err)?;
+        if let Ok(e) = serde_json::from_str::<HistoryEntry>(json.value()) {
+            owned.insert(e.apply);
+        }
+    }
     let mut applies = txn.open_table(APPLIES).map_err(db_err)?;
     applies
         .retain(|id, _| owned.contains(&id))
@@ -363,10 +466,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let first = store
-            .record_apply(&record("a.yaml"), &["a".into(), "b".into()])
+            .record_apply(&record("a.yaml"), &["a".into(), "b".into()], &[])
             .unwrap();
         let second = store
-            .record_apply(&record("b.yaml"), &["b".into()])
+            .record_apply(&record("b.yaml"), &["b".into()], &[])
             .unwrap();
         assert!(second > first);
         let desired = store.desired().unwrap();
@@ -382,6 +485,52 @@ mod tests {
         // Reopened, the state is the same.
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.desired().unwrap()[0].1, record("b.yaml"));
+    }
+
+    #[test]
+    fn history_keeps_each_revision_once_the_last_ten_and_their_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let revisions = |store: &Store| -> Vec<String> {
+            store
+                .history("w")
+                .unwrap()
+                .into_iter()
+                .map(|e| e.revision)
+                .collect()
+        };
+        let apply = |rev: &str| {
+            store
+                .record_apply(&record(rev), &["w".into()], &[("w".into(), rev.into())])
+                .unwrap()
+        };
+        let first = apply("r1");
+        apply("r2");
+        assert_eq!(revisions(&store), ["r1", "r2"]);
+        // The first apply owns nothing now, but the history keeps it for a rollback.
+        assert_eq!(store.apply_record(first).unwrap(), Some(record("r1")));
+        apply("r1");
+        assert_eq!(
+            revisions(&store),
+            ["r2", "r1"],
+            "a revision appears once, newest last"
+        );
+        for i in 3..=13 {
+            apply(&format!("r{i}"));
+        }
+        let kept = revisions(&store);
+        assert_eq!(kept.len(), HISTORY_LIMIT);
+        assert_eq!(kept.first().map(String::as_str), Some("r4"));
+        assert_eq!(kept.last().map(String::as_str), Some("r13"));
+        assert!(
+            store.apply_record(first).unwrap().is_none(),
+            "forgotten with its entry"
+        );
+        assert!(store.delete("w").unwrap());
+        assert!(
+            revisions(&store).is_empty(),
+            "a delete takes the history along"
+        );
     }
 
     #[test]
