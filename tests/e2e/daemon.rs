@@ -192,8 +192,7 @@ fn revision_in(output: &str, object: &str) -> String {
     let at = line.find("revision ").expect("a revision") + "revision ".len();
     line[at..]
         .split(|c: char| !c.is_ascii_hexdigit())
-        .filter(|word| word.len() == 10)
-        .last()
+        .rfind(|word| word.len() == 10)
         .expect("hex")
         .to_string()
 }
