@@ -205,6 +205,7 @@ impl HostBuilder {
         let (events, _) = broadcast::channel(1024);
         let (logs, _) = broadcast::channel(4096);
         let (commands, commands_rx) = mpsc::channel(64);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let controller = Controller::new(
             runtime.clone(),
             policy,
@@ -212,6 +213,7 @@ impl HostBuilder {
             events.clone(),
             logs.clone(),
             self.ledger.map(|l| l.0),
+            metrics.clone(),
         );
         let task = tokio::spawn(controller.run(commands_rx));
         Ok(Host {
@@ -221,6 +223,7 @@ impl HostBuilder {
             logs,
             task,
             manifest_limits: self.manifests,
+            metrics,
         })
     }
 }
@@ -293,6 +296,7 @@ pub struct Host {
     logs: broadcast::Sender<LogLine>,
     task: tokio::task::JoinHandle<()>,
     manifest_limits: ManifestLimits,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Host {
@@ -434,6 +438,14 @@ impl Host {
             return Vec::new();
         }
         done.await.unwrap_or_default()
+    }
+
+    /// The host's metrics in the Prometheus (OpenMetrics) text format: reconcile, policy
+    /// call and spawn latency histograms, and per-workload instance counts, desired
+    /// replicas, restarts and failure.
+    pub async fn metrics(&self) -> String {
+        let counts = self.counts().await;
+        self.metrics.encode(&counts)
     }
 
     /// Waits until `condition` holds for the host's status (checked on every event, and

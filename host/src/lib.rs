@@ -106,6 +106,7 @@ pub mod daemon;
 pub mod host;
 pub mod job;
 pub mod manifest;
+pub mod metrics;
 pub mod policy;
 pub mod runtime;
 pub mod status;

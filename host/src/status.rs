@@ -226,6 +226,8 @@ pub struct WorkloadCounts {
     pub name: String,
     /// Replicas desired.
     pub desired: u32,
+    /// Instances in any phase (starting, running, stopping).
+    pub live: u32,
     /// Instances instantiated and running (spawned ones still instantiating excluded).
     pub running: u32,
     /// Instances ready.

@@ -1,6 +1,7 @@
 //! The daemon's API through real sockets: the TCP listener refuses requests without the
 //! right bearer token, the token file is private, the CLI reaches the daemon over TCP
-//! with the token, and malformed requests get a 4xx JSON error and change nothing.
+//! with the token, `/metrics` counts what runs, and malformed requests get a 4xx JSON
+//! error and change nothing.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
@@ -59,6 +60,21 @@ impl TcpDaemon {
             .expect("token file")
             .trim()
             .to_string()
+    }
+
+    /// The body of a GET, as text.
+    fn raw_body(&self, path: &str, token: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(&self.addr).expect("connects");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: setpoint\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        answer
+            .split_once("\r\n\r\n")
+            .map_or(answer.clone(), |(_, b)| b.to_string())
     }
 
     /// One HTTP/1.1 request on a fresh connection: (status, headers, body).
@@ -156,7 +172,86 @@ fn tcp_needs_the_token_and_bad_requests_get_json_errors_and_change_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SETPOINT_TOKEN"));
 
+    // Metrics need the token too; after an apply over TCP they count its instance.
+    let (status, _, _) = daemon.request("GET", "/metrics", None, b"");
+    assert_eq!(status, 401);
+    let manifest = state.path().join("one.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: one\nspec:\n  component: {}\n",
+            crate::common::guest("ticker").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args([
+            "apply",
+            "-f",
+            manifest.to_str().unwrap(),
+            "--server",
+            &daemon.addr,
+        ])
+        .env("SETPOINT_TOKEN", &token)
+        .output()
+        .expect("apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = daemon.raw_body("/metrics", &token);
+        if text.contains(r#"setpoint_instances{workload="one",state="ready"} 1"#) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never one ready instance:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for expected in [
+        "# TYPE setpoint_spawn_duration_seconds histogram",
+        "setpoint_spawn_duration_seconds_count 1",
+        "# TYPE setpoint_reconcile_duration_seconds histogram",
+        "# TYPE setpoint_policy_call_duration_seconds histogram",
+        r#"setpoint_desired_replicas{workload="one"} 1"#,
+        r#"setpoint_restarts_total{workload="one"} 0"#,
+        "# EOF",
+    ] {
+        assert!(
+            text.contains(expected),
+            "`{expected}` missing from:\n{text}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["delete", "workload/one", "--server", &daemon.addr])
+        .env("SETPOINT_TOKEN", &token)
+        .output()
+        .expect("delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.request("GET", "/v1/workloads", Some(&token), b"").2["workloads"]
+        != Value::Array(vec![])
+    {
+        assert!(Instant::now() < deadline, "`one` never went away");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // Malformed requests: each a 4xx with a JSON error.
+    let blobs = || {
+        std::fs::read_dir(state.path().join("blobs"))
+            .unwrap()
+            .count()
+    };
+    let blobs_before = blobs();
     let t = Some(token.as_str());
     let zero_digest = format!("sha256:{}", "0".repeat(64));
     let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
@@ -211,11 +306,5 @@ fn tcp_needs_the_token_and_bad_requests_get_json_errors_and_change_nothing() {
         Value::Array(vec![]),
         "nothing was applied"
     );
-    assert_eq!(
-        std::fs::read_dir(state.path().join("blobs"))
-            .unwrap()
-            .count(),
-        0,
-        "no blob was stored"
-    );
+    assert_eq!(blobs(), blobs_before, "no blob was stored");
 }

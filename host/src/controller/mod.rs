@@ -141,6 +141,8 @@ pub(crate) struct Controller {
     id_salt: u32,
     /// Where Jobs' progress is kept across restarts, if anywhere.
     ledger: Option<Arc<dyn crate::job::JobLedger>>,
+    /// Latency histograms.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Controller {
@@ -151,6 +153,7 @@ impl Controller {
         host_events: broadcast::Sender<Event>,
         logs: broadcast::Sender<LogLine>,
         ledger: Option<Arc<dyn crate::job::JobLedger>>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
         let mapping_warning_at = crate::runtime::mappings::instance_capacity(runtime.config())
@@ -172,6 +175,7 @@ impl Controller {
             next_id: 0,
             id_salt: fastrand::u32(..),
             ledger,
+            metrics,
         }
     }
 
@@ -276,6 +280,7 @@ impl Controller {
                     .map(|w| crate::status::WorkloadCounts {
                         name: w.name.to_string(),
                         desired: w.spec.replicas,
+                        live: w.live_count() as u32,
                         running: w.running.iter().filter(|r| **r).count() as u32,
                         ready: w.ready_count(),
                         restarts: w.total_restarts,
@@ -505,6 +510,14 @@ impl Controller {
                 if is_main {
                     w.running[slot] = true;
                 }
+                let instance = if is_main {
+                    &w.slots[slot].instance
+                } else {
+                    &w.slots[slot].successor
+                };
+                if let Some(i) = instance {
+                    self.metrics.spawned(now.saturating_duration_since(i.since));
+                }
                 to_log = Some((
                     EventType::Normal,
                     "Started",
@@ -608,33 +621,42 @@ impl Controller {
         let dirty = std::mem::take(&mut self.dirty);
         let mut actions = Vec::new();
         for name in dirty {
-            if self.workloads.get(&name).is_some_and(|w| w.deleting) {
-                self.reconcile_deletion(&name);
-                continue;
-            }
-            let Some(w) = self.workloads.get_mut(&name) else {
-                continue;
-            };
-            w.requeue_at = None;
-            actions.clear();
-            if w.job.is_some() {
-                self.reconcile_job(&name, &mut actions);
-                continue;
-            }
-            // The plugin is held apart while it decides on the snapshot it is shown.
-            let mut plugin = w.plugin.take();
-            let input = w.policy_input(Instant::now());
-            match plugin.as_mut() {
-                Some(plugin) => plugin.reconcile(&input, &*self.policy, &mut actions).await,
-                None => self.policy.reconcile(&input, &mut actions),
-            }
-            w.plugin = plugin;
-            for action in actions.drain(..) {
-                self.execute(&name, action);
-            }
-            self.check_rollout(&name);
-            self.update_conditions(&name);
+            let started = Instant::now();
+            self.reconcile_one(&name, &mut actions).await;
+            self.metrics.reconciled(started.elapsed());
         }
+    }
+
+    /// Reconciles one workload: deletion, a job's runs, or its policy's decision.
+    async fn reconcile_one(&mut self, name: &Arc<str>, actions: &mut Vec<Action>) {
+        if self.workloads.get(name).is_some_and(|w| w.deleting) {
+            self.reconcile_deletion(name);
+            return;
+        }
+        let Some(w) = self.workloads.get_mut(name) else {
+            return;
+        };
+        w.requeue_at = None;
+        actions.clear();
+        if w.job.is_some() {
+            self.reconcile_job(name, actions);
+            return;
+        }
+        // The plugin is held apart while it decides on the snapshot it is shown.
+        let mut plugin = w.plugin.take();
+        let input = w.policy_input(Instant::now());
+        let deciding = Instant::now();
+        match plugin.as_mut() {
+            Some(plugin) => plugin.reconcile(&input, &*self.policy, actions).await,
+            None => self.policy.reconcile(&input, actions),
+        }
+        self.metrics.policy_called(deciding.elapsed());
+        w.plugin = plugin;
+        for action in actions.drain(..) {
+            self.execute(name, action);
+        }
+        self.check_rollout(name);
+        self.update_conditions(name);
     }
 
     /// A job: fails it at its deadline, removes it once its time-to-live after finishing
@@ -679,7 +701,9 @@ impl Controller {
         }
         let (spec, progress) = (w.spec.clone(), progress.clone());
         let input = w.policy_input(now);
+        let deciding = Instant::now();
         crate::job::reconcile(&spec, &job, &progress, &input, actions);
+        self.metrics.policy_called(deciding.elapsed());
         for action in actions.drain(..) {
             self.execute(name, action);
         }

@@ -95,6 +95,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/workloads/{name}/undo", post(undo))
         .route("/v1/logs/{name}", get(logs))
         .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -580,6 +581,18 @@ async fn undo(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     apply_documents(&state, record.documents, record.files, false, Some(&name)).await
+}
+
+/// Prometheus metrics (OpenMetrics text).
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.host.metrics().await,
+    )
+        .into_response()
 }
 
 async fn list(State(state): State<Arc<ApiState>>) -> Json<HostStatus> {

@@ -1,0 +1,129 @@
+//! Prometheus metrics of a host, in the OpenMetrics text format: latency histograms the
+//! controller fills as it works (reconcile, policy call, spawn to running), and
+//! per-workload gauges taken from the controller's counts at each scrape.
+//!
+//! `prometheus-client` (the Prometheus project's Rust client) does the encoding; the
+//! histograms are lock-free to observe.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::status::WorkloadCounts;
+
+/// The host's latency histograms.
+#[derive(Debug)]
+pub struct Metrics {
+    reconcile: Histogram,
+    policy: Histogram,
+    spawn: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabel {
+    workload: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    workload: String,
+    state: String,
+}
+
+/// 1 µs to about 8 s, doubling: recovery is microseconds, a slow plugin call seconds.
+fn buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1e-6, 2.0, 24)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            reconcile: Histogram::new(buckets()),
+            policy: Histogram::new(buckets()),
+            spawn: Histogram::new(buckets()),
+        }
+    }
+}
+
+impl Metrics {
+    /// One workload reconciled: its policy decided and the actions ran.
+    pub(crate) fn reconciled(&self, took: Duration) {
+        self.reconcile.observe(took.as_secs_f64());
+    }
+
+    /// One policy call (built-in or plugin).
+    pub(crate) fn policy_called(&self, took: Duration) {
+        self.policy.observe(took.as_secs_f64());
+    }
+
+    /// An instance reported running this long after the controller spawned it.
+    pub(crate) fn spawned(&self, took: Duration) {
+        self.spawn.observe(took.as_secs_f64());
+    }
+
+    /// The metrics as OpenMetrics text, with each workload's gauges from `counts`.
+    pub fn encode(&self, counts: &[WorkloadCounts]) -> String {
+        let mut registry = Registry::with_prefix("setpoint");
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile one workload: policy decision and its actions",
+            self.reconcile.clone(),
+        );
+        registry.register(
+            "policy_call_duration_seconds",
+            "Time of one policy decision (built-in or Wasm plugin)",
+            self.policy.clone(),
+        );
+        registry.register(
+            "spawn_duration_seconds",
+            "Time from the controller's spawn to the instance running",
+            self.spawn.clone(),
+        );
+        let instances = Family::<StateLabels, Gauge>::default();
+        let desired = Family::<WorkloadLabel, Gauge>::default();
+        let failed = Family::<WorkloadLabel, Gauge>::default();
+        // A fresh family per scrape, filled with the controller's running totals.
+        let restarts = Family::<WorkloadLabel, Counter>::default();
+        for c in counts {
+            let workload = || c.name.clone();
+            for (state, n) in [("live", c.live), ("running", c.running), ("ready", c.ready)] {
+                instances
+                    .get_or_create(&StateLabels {
+                        workload: workload(),
+                        state: state.into(),
+                    })
+                    .set(i64::from(n));
+            }
+            let label = WorkloadLabel {
+                workload: workload(),
+            };
+            desired.get_or_create(&label).set(i64::from(c.desired));
+            failed.get_or_create(&label).set(i64::from(c.failed));
+            restarts.get_or_create(&label).inc_by(c.restarts);
+        }
+        registry.register(
+            "restarts",
+            "Instances replaced since the workload was applied",
+            restarts,
+        );
+        registry.register(
+            "instances",
+            "Instances per workload: live (any phase), running, ready",
+            instances,
+        );
+        registry.register("desired_replicas", "Replicas desired per workload", desired);
+        registry.register(
+            "workload_failed",
+            "1 when the workload (or job) is marked Failed",
+            failed,
+        );
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
