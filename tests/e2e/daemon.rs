@@ -18,10 +18,16 @@ struct Daemon {
 impl Daemon {
     /// Starts `setpoint daemon` on `state` and waits until its socket answers.
     fn start(state: &Path) -> Self {
+        Self::start_with(state, &[])
+    }
+
+    /// Starts `setpoint daemon` with more arguments.
+    fn start_with(state: &Path, extra: &[&str]) -> Self {
         let socket = state.join("setpoint.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
             .args(["daemon", "--state-dir"])
             .arg(state)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -585,4 +591,77 @@ fn rollout_status_history_and_undo_survive_a_crash() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no revision 0000000000"));
     let out = daemon.cli(&["rollout", "history", "job/web"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("jobs have no rollouts"));
+}
+
+/// `--watch DIR`: files dropped in apply, a bad one is refused alone, a changed one
+/// rolls out, a removed one is deleted, even while the daemon was down.
+#[test]
+fn a_watched_directory_is_desired_state() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ticker = guest("ticker");
+    let drop_file = |file: &str, name: &str, version: u32| {
+        // Written aside and renamed in, as provisioning tools do.
+        let tmp = dir.path().join(format!(".{file}.tmp"));
+        std::fs::write(
+            &tmp,
+            format!(
+                "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\nspec:\n  component: {}\n  env: {{TICK_MS: '1000', VERSION: '{version}'}}\n",
+                ticker.display()
+            ),
+        )
+        .expect("write");
+        std::fs::rename(&tmp, dir.path().join(file)).expect("rename");
+    };
+    drop_file("a.yaml", "alpha", 1);
+    let watch = dir.path().to_str().unwrap();
+    let mut daemon = Daemon::start_with(state.path(), &["--watch", watch]);
+    let first = daemon.wait_ready("alpha", 1)["revision"].clone();
+
+    // A bad file is refused on its own; a good one beside it applies.
+    std::fs::write(dir.path().join("b.yaml"), "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: Not A Name\nspec:\n  component: x.wasm\n").unwrap();
+    drop_file("c.yaml", "gamma", 1);
+    daemon.wait_ready("gamma", 1);
+    let names = |d: &Daemon| -> Vec<String> {
+        let mut n: Vec<String> = d
+            .workloads()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&daemon), ["alpha", "gamma"]);
+
+    // A change rolls out; a removal deletes.
+    drop_file("a.yaml", "alpha", 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.wait_ready("alpha", 1)["revision"] == first {
+        assert!(Instant::now() < deadline, "the change never rolled out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while names(&daemon) != ["gamma"] {
+        assert!(
+            Instant::now() < deadline,
+            "alpha was never deleted: {:?}",
+            names(&daemon)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Removed while the daemon is down: deleted at the next start.
+    daemon.kill9();
+    std::fs::remove_file(dir.path().join("c.yaml")).unwrap();
+    let daemon = Daemon::start_with(state.path(), &["--watch", watch]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !names(&daemon).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "gamma was never deleted: {:?}",
+            names(&daemon)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -73,6 +73,10 @@ enum Cmd {
         /// token when missing).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// Apply the *.yaml files of this directory as they appear and change; removing
+        /// a file deletes what it defined.
+        #[arg(long, value_name = "DIR")]
+        watch: Option<PathBuf>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -315,10 +319,16 @@ enum Output {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A daemon says what it does (applies from --watch, say); commands only warn.
+    let default_level = if matches!(cli.command, Cmd::Daemon { .. }) {
+        "warn,setpoint::daemon=info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SETPOINT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -347,6 +357,7 @@ pub fn main() -> ExitCode {
             socket,
             tcp,
             token_file,
+            watch,
             engine,
         } => runtime.block_on(daemon(
             setpoint::daemon::DaemonConfig {
@@ -354,6 +365,7 @@ pub fn main() -> ExitCode {
                 socket,
                 tcp,
                 token_file,
+                watch,
             },
             engine,
         )),

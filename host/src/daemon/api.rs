@@ -375,29 +375,31 @@ async fn apply(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
         return error(StatusCode::BAD_REQUEST, "no documents to apply");
     }
     let _writing = state.writes.lock().await;
-    apply_documents(
-        &state,
-        request.documents,
-        request.files,
-        request.dry_run,
-        None,
+    applied(
+        apply_documents(
+            &state,
+            request.documents,
+            request.files,
+            request.dry_run,
+            None,
+        )
+        .await,
     )
-    .await
 }
 
 /// Loads, plans, stores (with each new revision in its workload's history) and runs
 /// documents, all or nothing; `only` keeps one workload of them (a rollback). The
 /// caller holds the write lock.
-async fn apply_documents(
+pub(super) async fn apply_documents(
     state: &ApiState,
     documents: Vec<Document>,
     files: BTreeMap<String, String>,
     dry_run: bool,
     only: Option<&str>,
-) -> Response {
+) -> Result<ApplyResponse, ApplyError> {
     let mut workloads = match load(&state.store, &documents, &files, &state.limits) {
         Ok(w) => w,
-        Err(e) => return rejected(&e),
+        Err(e) => return Err(ApplyError::Rejected(e)),
     };
     if let Some(only) = only {
         workloads.retain(|w| w.name == only);
@@ -407,14 +409,13 @@ async fn apply_documents(
     // anything is stored.
     let changes = match state.host.plan(workloads.clone()).await {
         Ok(c) => c,
-        Err(e) => return rejected(&e),
+        Err(e) => return Err(ApplyError::Rejected(e)),
     };
     if dry_run {
-        return Json(ApplyResponse {
+        return Ok(ApplyResponse {
             changes,
             dry_run: true,
-        })
-        .into_response();
+        });
     }
     // Durable first: once stored, a crash before the host runs it still converges
     // (the restart replays the store); a crash before the commit loses an apply the
@@ -435,17 +436,54 @@ async fn apply_documents(
     if let Err(e) =
         tokio::task::block_in_place(|| state.store.record_apply(&record, &names, &revisions))
     {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        return Err(ApplyError::Internal(e.to_string()));
     }
     match state.host.apply(workloads).await {
-        Ok(_) => Json(ApplyResponse {
+        Ok(_) => Ok(ApplyResponse {
             changes,
             dry_run: false,
-        })
-        .into_response(),
+        }),
         // Planned a moment ago, so only a host shutting down gets here.
-        Err(e) => rejected(&e),
+        Err(e) => Err(ApplyError::Rejected(e)),
     }
+}
+
+/// Why an apply changed nothing.
+#[derive(Debug)]
+pub(super) enum ApplyError {
+    /// The documents were refused, with located diagnostics.
+    Rejected(Rejected),
+    /// The store failed.
+    Internal(String),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rejected(r) => write!(f, "{r}"),
+            Self::Internal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// An apply's answer.
+fn applied(result: Result<ApplyResponse, ApplyError>) -> Response {
+    match result {
+        Ok(response) => Json(response).into_response(),
+        Err(ApplyError::Rejected(r)) => rejected(&r),
+        Err(ApplyError::Internal(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// Deletes a workload or job: forgotten durably first, so a crash after this does not
+/// bring it back, then stopped. False if it was neither stored nor running. The caller
+/// holds the write lock.
+pub(super) async fn delete_named(state: &ApiState, name: &str) -> Result<bool, String> {
+    let stored =
+        tokio::task::block_in_place(|| state.store.delete(name)).map_err(|e| e.to_string())?;
+    let running = state.host.delete(name).await.unwrap_or(false);
+    state.logbook.forget_logs(name);
+    Ok(stored || running)
 }
 
 /// One revision in `GET /v1/workloads/{name}/history`.
@@ -580,7 +618,7 @@ async fn undo(
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    apply_documents(&state, record.documents, record.files, false, Some(&name)).await
+    applied(apply_documents(&state, record.documents, record.files, false, Some(&name)).await)
 }
 
 /// Prometheus metrics (OpenMetrics text).
@@ -614,13 +652,11 @@ async fn describe(
 
 async fn delete(State(state): State<Arc<ApiState>>, UrlPath(name): UrlPath<String>) -> Response {
     let _writing = state.writes.lock().await;
-    // Forgotten durably first: a crash after this does not bring it back.
-    let stored = match tokio::task::block_in_place(|| state.store.delete(&name)) {
-        Ok(stored) => stored,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let found = match delete_named(&state, &name).await {
+        Ok(found) => found,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let running = state.host.delete(&name).await.unwrap_or(false);
-    if stored || running {
+    if found {
         Json(serde_json::json!({"deleted": name})).into_response()
     } else {
         error(

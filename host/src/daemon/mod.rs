@@ -10,6 +10,7 @@
 pub mod api;
 pub mod logbook;
 pub mod store;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct DaemonConfig {
     /// The file holding the TCP API's bearer token (default: `STATE_DIR/api-token`,
     /// created with a random token, mode 0600, when missing).
     pub token_file: Option<PathBuf>,
+    /// Apply the manifests in this directory as they appear, change and go.
+    pub watch: Option<PathBuf>,
 }
 
 /// The default TCP address of the API: loopback only.
@@ -115,6 +118,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(&Path),
 ) -> anyhow::Result<crate::HostStatus> {
+    let mut config = config;
+    // Absolute, so that paths derived from it stay right whatever the working directory.
+    config.state_dir = std::path::absolute(&config.state_dir)
+        .with_context(|| format!("state directory {}", config.state_dir.display()))?;
     let store = Arc::new(
         Store::open(&config.state_dir)
             .with_context(|| format!("state directory {}", config.state_dir.display()))?,
@@ -176,6 +183,18 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let watcher = match &config.watch {
+        Some(dir) => {
+            let dir = std::fs::canonicalize(dir)
+                .with_context(|| format!("the watched directory {}", dir.display()))?;
+            Some(tokio::spawn(watch::watch(
+                state.clone(),
+                dir,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let unix = axum::serve(listener, api::router(state.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     match tcp {
@@ -192,6 +211,9 @@ pub async fn run(
         None => unix.await.context("serving the API")?,
     }
     let _ = std::fs::remove_file(&socket);
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     let state = Arc::into_inner(state).context("API handlers still running at shutdown")?;
     Ok(state.host.shutdown().await)
 }

@@ -32,6 +32,8 @@ const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 const HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::new("history");
 /// Revisions kept per workload (Kubernetes' revisionHistoryLimit default).
 pub const HISTORY_LIMIT: usize = 10;
+/// A watched manifest file's path → the JSON list of the names it defines.
+const WATCHED: TableDefinition<&str, &str> = TableDefinition::new("watched");
 /// Sequence number → the JSON of a recent event (the newest few only).
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
 
@@ -142,6 +144,7 @@ impl Store {
         txn.open_table(JOBS).map_err(db_err)?;
         txn.open_table(EVENTS).map_err(db_err)?;
         txn.open_table(HISTORY).map_err(db_err)?;
+        txn.open_table(WATCHED).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(store)
     }
@@ -262,6 +265,37 @@ impl Store {
         collect_unowned(&txn)?;
         txn.commit().map_err(db_err)?;
         Ok(removed)
+    }
+
+    /// Each watched file applied so far, with the names it defines.
+    pub fn watched(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(WATCHED).map_err(db_err)?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (path, json) = entry.map_err(db_err)?;
+            let names = serde_json::from_str(json.value()).unwrap_or_default();
+            out.insert(path.value().to_string(), names);
+        }
+        Ok(out)
+    }
+
+    /// Records the names watched file `path` defines; `None` forgets the file.
+    pub fn set_watched(&self, path: &str, names: Option<&[String]>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(WATCHED).map_err(db_err)?;
+            match names {
+                Some(names) => {
+                    let json = serde_json::to_string(names).map_err(db_err)?;
+                    table.insert(path, json.as_str()).map_err(db_err)?;
+                }
+                None => {
+                    table.remove(path).map_err(db_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(db_err)
     }
 
     /// The revisions workload `name` has had, oldest first.
