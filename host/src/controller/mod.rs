@@ -355,7 +355,9 @@ impl Controller {
                 state.labels = w.labels;
                 if *state.revision != *w.revision {
                     // Restart history and any failure verdict belong to the old revision.
+                    // A job (deleted, applied again changed) never rolls: it starts over.
                     let rolling = w.spec.strategy.kind == StrategyKind::RollingUpdate
+                        && w.spec.job.is_none()
                         && state.live_count() > 0;
                     if rolling {
                         // The policy replaces old instances a few at a time.
