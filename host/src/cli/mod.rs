@@ -319,6 +319,16 @@ enum Output {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Client commands behave like Unix tools when their output is cut (`get | head`):
+    // they end quietly instead of panicking on a broken pipe. The daemon and `run`
+    // keep Rust's default (SIGPIPE ignored), so a vanished peer is an error, not death.
+    #[cfg(unix)]
+    if !matches!(cli.command, Cmd::Daemon { .. } | Cmd::Run { .. }) {
+        // SAFETY: setting a signal's disposition to the default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // A daemon says what it does (applies from --watch, say); commands only warn.
     let default_level = if matches!(cli.command, Cmd::Daemon { .. }) {
         "warn,setpoint::daemon=info"
