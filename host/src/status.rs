@@ -86,6 +86,8 @@ pub struct WorkloadStatus {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `Workload` or `Job`.
     pub kind: &'static str,
+    /// The spec it runs (for a daemon, `component` is the stored blob, named by digest).
+    pub spec: std::sync::Arc<crate::manifest::WorkloadSpec>,
     /// Desired replicas.
     pub desired: u32,
     /// Ready instances.

@@ -162,7 +162,11 @@ fn apply_get_describe_delete_and_survive_kill_9() {
     let out = daemon.cli(&["describe", "workload/ticks"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("Name:        ticks") && text.contains("Instances:"),
+        text.contains("Name:        ticks")
+            && text.contains("Instances:")
+            && text.contains("Spec:")
+            && text.contains("TICK_MS")
+            && text.contains("blobs/sha256-"),
         "{text}"
     );
 

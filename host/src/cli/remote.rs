@@ -557,6 +557,13 @@ pub async fn describe(endpoint: Endpoint, target: String, output: GetOutput) -> 
             text(&w, "restarts")
         );
     }
+    if let Some(spec) = w["spec"].as_object() {
+        println!("Spec:");
+        let yaml = serde_saphyr::to_string(&Value::Object(spec.clone())).unwrap_or_default();
+        for line in yaml.lines() {
+            println!("  {line}");
+        }
+    }
     println!("Conditions:");
     for c in w["conditions"].as_array().into_iter().flatten() {
         println!(

@@ -1353,6 +1353,7 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
         } else {
             "Workload"
         },
+        spec: w.spec.clone(),
         job,
         desired: w.spec.replicas,
         ready,
