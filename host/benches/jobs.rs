@@ -1,7 +1,8 @@
 //! Job benchmark: what durability costs. Prints (1) the latency of one job-progress
-//! record in the daemon's store (a redb commit, synced to disk), and (2) the throughput
-//! of a Job of short runs (`batch` with `WORK_MS=0`), with its progress kept in memory
-//! and kept in the daemon's store.
+//! record in the daemon's store (a redb commit, synced to disk), (2) the throughput of a
+//! Job of short runs (`batch` with `WORK_MS=0`), with its progress kept in memory and
+//! kept in the daemon's store, and (3) the recovery of a crash-looping workload alone,
+//! and beside such a job (the ledger's writes are off the controller's task).
 //!
 //! Run: `cargo xtask guests && cargo bench -p setpoint --bench jobs` (RUST_BACKTRACE
 //! unset). `JOB_COMPLETIONS` and `JOB_PARALLELISM` change the job (default 2000 and 4).
@@ -103,5 +104,70 @@ async fn main() -> anyhow::Result<()> {
             took / completions
         );
     }
+    for (label, beside) in [
+        ("alone", None),
+        ("beside a job, progress in memory", Some(None)),
+        (
+            "beside a job, progress in the daemon's store",
+            Some(Some(store.clone())),
+        ),
+    ] {
+        let (p50, p99) = recovery(beside, parallelism).await?;
+        println!(
+            "crash-loop recovery (exit → replacement spawned) {label}: p50 {p50:?}, p99 {p99:?}"
+        );
+    }
     Ok(())
+}
+
+/// Reaction of the controller to a crash-looping workload's ends (end → replacement
+/// spawned, event times), optionally beside an endless job of instant runs.
+async fn recovery(
+    beside: Option<Option<Arc<Store>>>,
+    parallelism: u32,
+) -> anyhow::Result<(Duration, Duration)> {
+    let guests = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest-examples/target/wasm32-wasip2/release/"
+    );
+    let mut builder = Host::builder().event_history(4);
+    if let Some(Some(ledger)) = &beside {
+        builder = builder.job_ledger(ledger.clone());
+    }
+    let host = builder.build()?;
+    let mut events = host.events();
+    let mut crash = WorkloadSpec::new(format!("{guests}crasher.wasm"));
+    crash.env = vec![
+        ("CRASH_AFTER_MS".into(), "0".into()),
+        ("MODE".into(), "exit".into()),
+    ];
+    crash.backoff.initial = Duration::ZERO;
+    crash.backoff.max = Duration::ZERO;
+    let mut workloads = vec![Workload::new("crashloop", crash)];
+    if beside.is_some() {
+        let mut job = JobSpec::new(1_000_000);
+        job.parallelism = parallelism;
+        let mut spec = WorkloadSpec::job(format!("{guests}batch.wasm"), job);
+        spec.env = vec![("WORK_MS".into(), "0".into())];
+        workloads.push(Workload::new("bench", spec));
+    }
+    host.apply(workloads).await?;
+    let mut reaction = Vec::new();
+    let mut last_end = None;
+    while reaction.len() < 3000 {
+        match events.recv().await {
+            Ok(e) if e.workload == "crashloop" && e.reason == "Exited" => last_end = Some(e.time),
+            Ok(e) if e.workload == "crashloop" && e.reason == "Replaced" => {
+                if let Some(end) = last_end.take() {
+                    reaction.push(e.time.duration_since(end).unwrap_or_default());
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => last_end = None,
+            Err(e) => anyhow::bail!("events closed: {e}"),
+        }
+    }
+    host.shutdown().await;
+    reaction.sort();
+    Ok((percentile(&reaction, 0.5), percentile(&reaction, 0.99)))
 }

@@ -18,14 +18,23 @@ use crate::runtime::EndReason;
 /// The name of the built-in job policy, as status shows it.
 pub const POLICY_NAME: &str = "builtin/job";
 
-/// Where a job's progress is kept between host restarts. The controller calls it on its
-/// own task, at the rate runs end: keep it short (the daemon's is one redb commit).
+/// Where a job's progress is kept between host restarts. The host writes to it from a
+/// thread of its own, in batches, and acts on a record only once it returned; `load` is
+/// called when a job is applied.
 pub trait JobLedger: Send + Sync {
     /// The progress recorded for `job`, if any.
     fn load(&self, job: &str) -> Option<JobProgress>;
     /// Records `job`'s progress; called when a job starts, after each counted run, and
     /// when it finishes, before the controller acts on the change.
     fn record(&self, job: &str, progress: &JobProgress) -> anyhow::Result<()>;
+    /// Records several jobs' progress at once, in order (the default records each);
+    /// a ledger that can make them durable in one commit should.
+    fn record_all(&self, records: &[(&str, &JobProgress)]) -> anyhow::Result<()> {
+        for (job, progress) in records {
+            self.record(job, progress)?;
+        }
+        Ok(())
+    }
     /// Forgets `job`: it was deleted, or its `ttlAfterFinished` has passed (and then it
     /// leaves the desired state too).
     fn forget(&self, job: &str) -> anyhow::Result<()>;

@@ -274,3 +274,112 @@ async fn job_and_workload_fields_do_not_mix_and_a_job_needs_a_command() {
     );
     host.shutdown().await;
 }
+
+/// An embedder's ledger: progress kept in a map, and every record counted; it can be
+/// told to fail.
+#[derive(Default)]
+struct MapLedger {
+    jobs: std::sync::Mutex<std::collections::HashMap<String, setpoint::JobProgress>>,
+    records: std::sync::atomic::AtomicUsize,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl setpoint::JobLedger for MapLedger {
+    fn load(&self, job: &str) -> Option<setpoint::JobProgress> {
+        self.jobs.lock().unwrap().get(job).cloned()
+    }
+    fn record(&self, job: &str, progress: &setpoint::JobProgress) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        anyhow::ensure!(!self.failing.load(Ordering::SeqCst), "the disk is full");
+        self.records.fetch_add(1, Ordering::SeqCst);
+        self.jobs
+            .lock()
+            .unwrap()
+            .insert(job.to_string(), progress.clone());
+        Ok(())
+    }
+    fn forget(&self, job: &str) -> anyhow::Result<()> {
+        self.jobs.lock().unwrap().remove(job);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedders_ledger_holds_what_status_shows_and_a_finished_job_never_reruns() {
+    use std::sync::atomic::Ordering;
+    let m = Manifests::new();
+    let file = m.write(
+        "job.yaml",
+        &job(
+            "ledgered",
+            "  completions: 3\n  parallelism: 2\n  env: {WORK_MS: \"5\"}\n",
+        ),
+    );
+    let ledger = std::sync::Arc::new(MapLedger::default());
+    let host = setpoint::Host::builder()
+        .job_ledger(ledger.clone())
+        .build()
+        .expect("host");
+    host.apply_files(std::slice::from_ref(&file))
+        .await
+        .expect("applied");
+    let done = wait_for(&host, "ledgered", "the job to finish", finished).await;
+    assert_eq!(done.phase, Phase::Succeeded);
+    // What status reported as finished is in the ledger already.
+    let stored = ledger.load_copy("ledgered");
+    assert_eq!(stored.succeeded, 3);
+    assert!(stored.finished.as_ref().is_some_and(|f| f.complete));
+    // The start and each of the 3 completions were recorded.
+    assert_eq!(ledger.records.load(Ordering::SeqCst), 4);
+    host.shutdown().await;
+
+    // A new host with the same ledger: the job is finished, nothing runs.
+    let host = setpoint::Host::builder()
+        .job_ledger(ledger.clone())
+        .build()
+        .expect("host");
+    host.apply_files(std::slice::from_ref(&file))
+        .await
+        .expect("applied");
+    let again = wait_for(&host, "ledgered", "the job to show finished", finished).await;
+    assert_eq!(again.phase, Phase::Succeeded);
+    assert_eq!(
+        again.job.as_ref().map(|j| (j.succeeded, j.active)),
+        Some((3, 0))
+    );
+    assert_eq!(host.live_stores(), 0, "a finished job starts nothing");
+    host.shutdown().await;
+
+    // A ledger that fails: the job goes on in memory, and says so.
+    ledger.failing.store(true, Ordering::SeqCst);
+    let other = m.write(
+        "other.yaml",
+        &job("unrecorded", "  env: {WORK_MS: \"1\"}\n"),
+    );
+    let host = setpoint::Host::builder()
+        .job_ledger(ledger.clone())
+        .build()
+        .expect("host");
+    host.apply_files(&[other]).await.expect("applied");
+    let w = wait_for(&host, "unrecorded", "the job to finish", finished).await;
+    assert_eq!(w.phase, Phase::Succeeded);
+    assert!(
+        w.events
+            .iter()
+            .any(|e| e.reason == "LedgerWriteFailed" && e.message.contains("the disk is full")),
+        "{:#?}",
+        w.events
+    );
+    host.shutdown().await;
+}
+
+impl MapLedger {
+    fn load_copy(&self, job: &str) -> setpoint::JobProgress {
+        self.jobs
+            .lock()
+            .unwrap()
+            .get(job)
+            .cloned()
+            .expect("recorded")
+    }
+}

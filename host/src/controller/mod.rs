@@ -7,6 +7,7 @@
 //! Architecture invariant: the controller never touches a `Store`; it knows instances
 //! through [`InstanceHandle`]s and [`InstanceEvent`]s from the runtime.
 
+mod ledger;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -139,8 +140,13 @@ pub(crate) struct Controller {
     mapping_check: Option<(usize, bool)>,
     next_id: u64,
     id_salt: u32,
-    /// Where Jobs' progress is kept across restarts, if anywhere.
+    /// Where Jobs' progress is kept across restarts, if anywhere (read when a job is
+    /// applied).
     ledger: Option<Arc<dyn crate::job::JobLedger>>,
+    /// Writes jobs' progress to the ledger, off this task.
+    writer: Option<ledger::LedgerWriter>,
+    /// Its acknowledgements.
+    durable_rx: tokio::sync::mpsc::UnboundedReceiver<ledger::Durable>,
     /// Latency histograms.
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -156,6 +162,16 @@ impl Controller {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
+        let (durable_tx, durable_rx) = mpsc::unbounded_channel();
+        let writer = ledger.clone().and_then(|ledger| {
+            ledger::LedgerWriter::start(ledger, durable_tx)
+                .map_err(|e| {
+                    tracing::error!(
+                        "cannot start the job ledger's writer, jobs' progress stays in memory: {e}"
+                    )
+                })
+                .ok()
+        });
         let mapping_warning_at = crate::runtime::mappings::instance_capacity(runtime.config())
             .map(|capacity| capacity * 4 / 5)
             .filter(|&at| at < config.max_instances);
@@ -174,6 +190,8 @@ impl Controller {
             mapping_check: None,
             next_id: 0,
             id_salt: fastrand::u32(..),
+            writer,
+            durable_rx,
             ledger,
             metrics,
         }
@@ -198,6 +216,7 @@ impl Controller {
                         return;
                     }
                 },
+                Some(durable) = self.durable_rx.recv() => self.handle_durable(durable),
                 Some(event) = self.events_rx.recv() => {
                     self.handle_instance_event(event);
                     // Take whatever else is already queued before reconciling once.
@@ -257,10 +276,9 @@ impl Controller {
                 let found = match self.workloads.get_mut(name.as_str()) {
                     Some(w) => {
                         if w.job.is_some()
-                            && let Some(ledger) = &self.ledger
-                            && let Err(e) = ledger.forget(&name)
+                            && let Some(writer) = &self.writer
                         {
-                            tracing::error!(job = %name, "cannot forget the job's progress: {e:#}");
+                            writer.send(ledger::LedgerOp::Forget(w.name.clone()));
                         }
                         w.deleting = true;
                         self.dirty.insert(w.name.clone());
@@ -329,24 +347,40 @@ impl Controller {
                     format!("revision {}", w.revision),
                 );
                 state.push_event(event, history);
+                let mut fresh_job = false;
                 if state.spec.job.is_some() {
-                    let progress = self.job_progress(&name, &w.revision);
-                    if let Some(outcome) = &progress.finished {
-                        // Finished before the host restarted: nothing runs again.
-                        state.job_done = true;
-                        if !outcome.complete {
-                            state.failed = Some((outcome.reason.clone(), outcome.message.clone()));
-                            state.failed_since = Some(outcome.at);
+                    match self.stored_job(&name, &w.revision) {
+                        Some(progress) => {
+                            if let Some(outcome) = &progress.finished {
+                                // Finished before the host restarted: nothing runs again.
+                                state.job_done = true;
+                                if !outcome.complete {
+                                    state.failed =
+                                        Some((outcome.reason.clone(), outcome.message.clone()));
+                                    state.failed_since = Some(outcome.at);
+                                }
+                            }
+                            state.job_durable = Some(progress.clone());
+                            state.job = Some(progress);
+                        }
+                        None => {
+                            state.job = Some(JobProgress::start(&w.revision));
+                            fresh_job = true;
                         }
                     }
-                    state.job = Some(progress);
                 }
                 self.workloads.insert(name.clone(), state);
+                if fresh_job {
+                    // Recorded at once, so that the deadline survives a crash.
+                    self.persist_job(&name);
+                }
             }
             Some(state) => {
                 if state.deleting && w.spec.job.is_some() {
-                    // A job deleted and applied again starts over.
+                    // A job deleted and applied again starts over (acknowledgements of
+                    // the old run's records are recognised by its start and ignored).
                     state.job = None;
+                    state.job_pending = 0;
                     state.job_done = false;
                     state.failed = None;
                     state.failed_since = None;
@@ -400,48 +434,65 @@ impl Controller {
                 }
                 state.spec = w.spec;
                 if state.spec.job.is_some() && state.job.is_none() {
-                    let progress = JobProgress::start(&w.revision);
-                    self.record_job(&name, &progress);
-                    if let Some(state) = self.workloads.get_mut(&name) {
-                        state.job = Some(progress);
-                    }
+                    state.job = Some(JobProgress::start(&w.revision));
+                    state.job_durable = None;
+                    self.persist_job(&name);
                 }
             }
         }
         self.dirty.insert(name);
     }
 
-    /// The progress a job applied now resumes from: the ledger's, if it kept this
-    /// revision's, else a new start (recorded at once, so the deadline survives a crash).
-    fn job_progress(&self, name: &str, revision: &str) -> JobProgress {
-        if let Some(progress) = self
-            .ledger
+    /// The progress the ledger kept for this revision of a job, if any.
+    fn stored_job(&self, name: &str, revision: &str) -> Option<JobProgress> {
+        self.ledger
             .as_ref()
             .and_then(|l| l.load(name))
             .filter(|p| p.revision == revision)
-        {
-            return progress;
-        }
-        let progress = JobProgress::start(revision);
-        self.record_job(name, &progress);
-        progress
     }
 
-    /// Records a job's progress in the ledger; a failure is logged and the job goes on
-    /// with its progress in memory.
-    fn record_job(&self, name: &str, progress: &JobProgress) {
-        if let Some(ledger) = &self.ledger
-            && let Err(e) = ledger.record(name, progress)
-        {
-            tracing::error!(job = %name, "cannot record the job's progress: {e:#}");
-            let _ = self.event(
-                name,
+    /// Makes a job's progress durable: queued to the ledger's writer (the job waits for
+    /// the acknowledgement before it acts on it), or at once without a ledger.
+    fn persist_job(&mut self, name: &str) {
+        let Some(w) = self.workloads.get_mut(name) else {
+            return;
+        };
+        let Some(progress) = w.job.clone() else {
+            return;
+        };
+        match &self.writer {
+            Some(writer) => {
+                w.job_pending += 1;
+                writer.send(ledger::LedgerOp::Record(w.name.clone(), progress));
+            }
+            None => self.job_durable(name, progress),
+        }
+    }
+
+    /// The ledger's writer made a record durable.
+    fn handle_durable(&mut self, durable: ledger::Durable) {
+        let Some(w) = self.workloads.get_mut(&durable.job) else {
+            return;
+        };
+        // A record of an earlier run of this job (deleted and applied again) is stale.
+        if w.job.as_ref().map(|p| p.started) != Some(durable.progress.started) {
+            return;
+        }
+        w.job_pending = w.job_pending.saturating_sub(1);
+        if let Some(e) = &durable.error {
+            tracing::error!(job = %durable.job, "cannot record the job's progress: {e}");
+            let event = self.event(
+                &durable.job,
                 None,
                 EventType::Warning,
                 "LedgerWriteFailed",
-                format!("the job's progress is kept in memory only: {e:#}"),
+                format!("the job's progress is kept in memory only: {e}"),
             );
+            if let Some(w) = self.workloads.get_mut(&durable.job) {
+                w.push_event(event, self.config.event_history);
+            }
         }
+        self.job_durable(&durable.job, durable.progress);
     }
 
     fn plugin_policy(
@@ -614,7 +665,7 @@ impl Controller {
         }
         // After the run's own event: the job's verdict follows from it.
         if job_changed {
-            self.job_progressed(&event.workload);
+            self.persist_job(&event.workload);
         }
         self.dirty.insert(event.workload);
     }
@@ -672,7 +723,7 @@ impl Controller {
             return;
         };
         if progress.check_deadline(&job, wall) {
-            self.job_progressed(name);
+            self.persist_job(name);
         }
         let Some(w) = self.workloads.get_mut(name) else {
             return;
@@ -680,12 +731,12 @@ impl Controller {
         let Some(progress) = w.job.as_ref() else {
             return;
         };
-        let due = progress.next_due(&job, now, wall);
-        if progress.finished.is_some() && due.is_some_and(|t| t <= now) {
-            if let Some(ledger) = &self.ledger
-                && let Err(e) = ledger.forget(name)
-            {
-                tracing::error!(job = %name, "cannot forget the finished job: {e:#}");
+        // Time to live counts from the finish as recorded.
+        let durable = w.job_durable.as_ref().unwrap_or(progress);
+        let due = durable.next_due(&job, now, wall);
+        if durable.finished.is_some() && due.is_some_and(|t| t <= now) {
+            if let Some(writer) = &self.writer {
+                writer.send(ledger::LedgerOp::Forget(w.name.clone()));
             }
             w.deleting = true;
             let e = self.event(
@@ -699,6 +750,11 @@ impl Controller {
                 w.push_event(e, self.config.event_history);
             }
             self.reconcile_deletion(name);
+            return;
+        }
+        if w.job_pending > 0 {
+            // Nothing starts until the last change is durable; its acknowledgement
+            // reconciles the job again.
             return;
         }
         let (spec, progress) = (w.spec.clone(), progress.clone());
@@ -716,16 +772,14 @@ impl Controller {
         }
     }
 
-    /// After a job's progress changed: records it, and once the job has finished, stops
-    /// its remaining runs and says how it ended.
-    fn job_progressed(&mut self, name: &str) {
+    /// A job's progress is durable: once the job has finished, its remaining runs stop
+    /// and how it ended is said; the job may start its next runs.
+    fn job_durable(&mut self, name: &str, progress: JobProgress) {
         let history = self.config.event_history;
         let Some(w) = self.workloads.get_mut(name) else {
             return;
         };
-        let Some(progress) = w.job.clone() else {
-            return;
-        };
+        self.dirty.insert(w.name.clone());
         let finished_now = progress.finished.clone().filter(|_| !w.job_done);
         if let Some(outcome) = &finished_now {
             stop_all(w, StopCause::Policy);
@@ -735,7 +789,7 @@ impl Controller {
                 w.failed_since = Some(outcome.at);
             }
         }
-        self.record_job(name, &progress);
+        w.job_durable = Some(progress);
         if let Some(outcome) = finished_now {
             let kind = if outcome.complete {
                 EventType::Normal
@@ -1177,6 +1231,10 @@ impl Controller {
             }
         }
         let status = self.status();
+        // What jobs counted is written before the host is gone.
+        if let Some(writer) = self.writer.as_mut() {
+            writer.finish();
+        }
         self.runtime.stop_ticker();
         status
     }
@@ -1209,7 +1267,9 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
     let any_failed_end = slots
         .iter()
         .any(|s| s.last_end.as_ref().is_some_and(|(_, r)| !r.is_success()));
-    let job_finished = w.job.as_ref().and_then(|p| p.finished.as_ref());
+    // What a job shows is what is durable: a finish is reported once it is recorded.
+    let job_progress = w.job_durable.as_ref().or(w.job.as_ref());
+    let job_finished = job_progress.and_then(|p| p.finished.as_ref());
     let phase = if let Some(outcome) = job_finished {
         if outcome.complete {
             Phase::Succeeded
@@ -1330,7 +1390,7 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
         .spec
         .job
         .as_ref()
-        .zip(w.job.as_ref())
+        .zip(job_progress)
         .map(|(spec, p)| JobStatus {
             completions: spec.completions,
             parallelism: spec.parallelism,

@@ -56,6 +56,10 @@ pub(super) struct WorkloadState {
     pub failed_since: Option<SystemTime>,
     /// A Job's progress (`None` for a Workload).
     pub job: Option<crate::job::JobProgress>,
+    /// The job's progress as last made durable (what status shows).
+    pub job_durable: Option<crate::job::JobProgress>,
+    /// Records of the job's progress queued and not yet durable.
+    pub job_pending: u32,
     /// Whether the job's finish has been acted on (runs stopped, event said).
     pub job_done: bool,
 }
@@ -92,6 +96,8 @@ impl WorkloadState {
             available: (false, SystemTime::now()),
             failed_since: None,
             job: None,
+            job_durable: None,
+            job_pending: 0,
             job_done: false,
         }
     }

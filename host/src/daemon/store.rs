@@ -458,17 +458,23 @@ impl crate::job::JobLedger for Store {
     }
 
     fn record(&self, job: &str, progress: &crate::job::JobProgress) -> anyhow::Result<()> {
-        let json = serde_json::to_string(progress)?;
+        self.record_all(&[(job, progress)])
+    }
+
+    fn record_all(&self, records: &[(&str, &crate::job::JobProgress)]) -> anyhow::Result<()> {
         let txn = self.db.begin_write()?;
         {
-            // Only jobs still in the desired state are recorded: a late record must not
-            // resurrect a deleted job's progress.
             let owners = txn.open_table(OWNERS)?;
-            if owners.get(job)?.is_none() {
-                return Ok(());
-            }
             let mut jobs = txn.open_table(JOBS)?;
-            jobs.insert(job, json.as_str())?;
+            for (job, progress) in records {
+                // Only jobs still in the desired state are recorded: a late record must
+                // not resurrect a deleted job's progress.
+                if owners.get(*job)?.is_none() {
+                    continue;
+                }
+                let json = serde_json::to_string(progress)?;
+                jobs.insert(*job, json.as_str())?;
+            }
         }
         txn.commit()?;
         Ok(())
