@@ -678,16 +678,18 @@ async fn run(args: RunArgs) -> ExitCode {
             interrupted = true;
         }
     }
-    let quiet = args.quiet;
+    let mut logs_open = !args.quiet;
     let mut printer = tokio::spawn(async move {
         loop {
             tokio::select! {
                 // Output first: an instance's last lines come before the event of its end.
                 biased;
-                line = logs.recv(), if !quiet => match line {
+                line = logs.recv(), if logs_open => match line {
                     Ok(l) => eprintln!("{} | {}", l.instance, l.line),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => eprintln!("log ({n} lines skipped)"),
-                    Err(_) => break,
+                    // Both channels close when the host is gone: drain the events still
+                    // buffered (the last instances' ends) before stopping.
+                    Err(_) => logs_open = false,
                 },
                 event = events.recv() => match event {
                     Ok(e) => {

@@ -3,7 +3,7 @@
 //! `job/backup`); workloads and jobs share one name space.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use hyper::Method;
@@ -11,7 +11,7 @@ use serde_json::Value;
 use setpoint::daemon::api::{ApplyRequest, ApplyResponse};
 use setpoint::daemon::store::{Document, digest_of};
 use setpoint::host::Change;
-use setpoint::manifest::{ManifestLimits, load_str_resolving};
+use setpoint::manifest::{ManifestLimits, load_str_with_files};
 
 use super::client::{ApiError, Client, Endpoint, local_error};
 
@@ -103,20 +103,14 @@ async fn build_request(
     let limits = ManifestLimits::default();
     let mut documents = Vec::new();
     // Joined path as the manifest names it → the file on this machine.
-    let referenced = std::cell::RefCell::new(BTreeMap::<String, PathBuf>::new());
-    let record = |joined: &Path| -> std::io::Result<PathBuf> {
-        let found = std::fs::canonicalize(joined)?;
-        referenced
-            .borrow_mut()
-            .insert(joined.to_string_lossy().into_owned(), found.clone());
-        Ok(found)
-    };
+    let mut referenced = BTreeMap::<String, PathBuf>::new();
     let mut problems = Vec::new();
     for file in manifest_files(files)? {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| local_error(format!("cannot read {}: {e}", file.display())))?;
-        if let Err(rejected) = load_str_resolving(&file, &text, &limits, &record) {
-            problems.extend(rejected.diagnostics.iter().map(|d| d.to_string()));
+        match load_str_with_files(&file, &text, &limits) {
+            Ok((_, found)) => referenced.extend(found),
+            Err(rejected) => problems.extend(rejected.diagnostics.iter().map(|d| d.to_string())),
         }
         documents.push(Document {
             source: file.to_string_lossy().into_owned(),
@@ -133,7 +127,7 @@ async fn build_request(
     }
     let mut digests = BTreeMap::new();
     let mut uploaded = BTreeMap::<PathBuf, String>::new();
-    for (joined, path) in referenced.into_inner() {
+    for (joined, path) in referenced {
         let digest = match uploaded.get(&path) {
             Some(d) => d.clone(),
             None => {
@@ -839,16 +833,21 @@ pub async fn rollout_status(
     }
 }
 
+/// The workload a rollout command names (a job has no rollouts).
+fn rollout_target(target: &str) -> Result<String, ApiError> {
+    match parse_target(target)? {
+        (Some(Kind::Job), _) => Err(local_error(format!(
+            "{target} is a job: jobs have no rollouts"
+        ))),
+        (_, name) => Ok(name.to_string()),
+    }
+}
+
 /// `setpoint rollout history KIND/NAME`.
 pub async fn rollout_history(endpoint: Endpoint, target: String, output: GetOutput) -> ExitCode {
     let client = Client::new(endpoint);
-    let name = match parse_target(&target) {
-        Ok((Some(Kind::Job), _)) => {
-            return fail(&local_error(format!(
-                "{target} is a job: jobs have no rollouts"
-            )));
-        }
-        Ok((_, name)) => name.to_string(),
+    let name = match rollout_target(&target) {
+        Ok(name) => name,
         Err(e) => return fail(&e),
     };
     let history: Value = match client
@@ -884,13 +883,8 @@ pub async fn rollout_undo(
     to_revision: Option<String>,
 ) -> ExitCode {
     let client = Client::new(endpoint);
-    let name = match parse_target(&target) {
-        Ok((Some(Kind::Job), _)) => {
-            return fail(&local_error(format!(
-                "{target} is a job: jobs have no rollouts"
-            )));
-        }
-        Ok((_, name)) => name.to_string(),
+    let name = match rollout_target(&target) {
+        Ok(name) => name,
         Err(e) => return fail(&e),
     };
     let request = setpoint::daemon::api::UndoRequest { to_revision };

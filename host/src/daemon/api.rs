@@ -506,22 +506,26 @@ pub struct UndoRequest {
     pub to_revision: Option<String>,
 }
 
+/// The revision workload `name` runs; a job or an unknown name is an error answer.
+async fn current_revision(state: &ApiState, name: &str) -> Result<String, Response> {
+    match state.host.status().await.workload(name) {
+        Some(w) if w.kind == "Job" => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("`{name}` is a job: jobs have no rollouts"),
+        )),
+        Some(w) => Ok(w.revision.clone()),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("workload `{name}` not found"),
+        )),
+    }
+}
+
 /// The revisions a workload has had, oldest first.
 async fn history(State(state): State<Arc<ApiState>>, UrlPath(name): UrlPath<String>) -> Response {
-    let current = match state.host.status().await.workload(&name) {
-        Some(w) if w.kind == "Job" => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("`{name}` is a job: jobs have no rollouts"),
-            );
-        }
-        Some(w) => w.revision.clone(),
-        None => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("workload `{name}` not found"),
-            );
-        }
+    let current = match current_revision(&state, &name).await {
+        Ok(r) => r,
+        Err(e) => return e,
     };
     match state.store.history(&name) {
         Ok(entries) => Json(
@@ -563,20 +567,9 @@ async fn undo(
         }
     };
     let _writing = state.writes.lock().await;
-    let current = match state.host.status().await.workload(&name) {
-        Some(w) if w.kind == "Job" => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("`{name}` is a job: jobs have no rollouts"),
-            );
-        }
-        Some(w) => w.revision.clone(),
-        None => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("workload `{name}` not found"),
-            );
-        }
+    let current = match current_revision(&state, &name).await {
+        Ok(r) => r,
+        Err(e) => return e,
     };
     let entries = match state.store.history(&name) {
         Ok(e) => e,

@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::api::{self, ApiState};
 use super::store::{Document, digest_of};
-use crate::manifest::load_str_resolving;
+use crate::manifest::load_str_with_files;
 
 /// Quiet time after a change before the directory is read (editors write in bursts).
 pub const SETTLE: Duration = Duration::from_millis(200);
@@ -176,22 +176,13 @@ fn read_file(file: &Path, limits: &crate::manifest::ManifestLimits) -> Result<Re
         ));
     }
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read it: {e}"))?;
-    // The component and plugin files it names, as the loader resolves them.
-    let referenced = std::cell::RefCell::new(BTreeMap::<String, PathBuf>::new());
-    let record = |joined: &Path| -> std::io::Result<PathBuf> {
-        let found = std::fs::canonicalize(joined)?;
-        referenced
-            .borrow_mut()
-            .insert(joined.to_string_lossy().into_owned(), found.clone());
-        Ok(found)
-    };
-    let workloads = load_str_resolving(file, &text, limits, &record)
-        .map_err(|rejected| rejected.to_string())?;
+    let (workloads, referenced) =
+        load_str_with_files(file, &text, limits).map_err(|rejected| rejected.to_string())?;
     let mut fingerprint = Sha256::new();
     fingerprint.update(text.as_bytes());
     let mut files = BTreeMap::new();
     let mut blobs = Vec::new();
-    for (joined, path) in referenced.into_inner() {
+    for (joined, path) in referenced {
         let bytes =
             std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let digest = digest_of(&bytes);

@@ -126,6 +126,26 @@ pub fn load_str(
     load_str_resolving(path, text, limits, &on_disk)
 }
 
+/// [`load_str`], also returning each component or plugin file the manifests name: the
+/// path joined onto the manifest's directory (as written, for the daemon to map) → the
+/// file found on disk. What a client uploads, and what `--watch` fingerprints.
+pub fn load_str_with_files(
+    path: &Path,
+    text: &str,
+    limits: &ManifestLimits,
+) -> Result<(Vec<Workload>, std::collections::BTreeMap<String, PathBuf>), Rejected> {
+    let referenced = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    let record = |joined: &Path| -> std::io::Result<PathBuf> {
+        let found = on_disk(joined)?;
+        referenced
+            .borrow_mut()
+            .insert(joined.to_string_lossy().into_owned(), found.clone());
+        Ok(found)
+    };
+    let workloads = load_str_resolving(path, text, limits, &record)?;
+    Ok((workloads, referenced.into_inner()))
+}
+
 /// [`load_str`] with component and plugin files found by `resolve` instead of on disk.
 pub fn load_str_resolving(
     path: &Path,

@@ -10,7 +10,7 @@ pub mod units;
 pub use diagnostic::{Diagnostic, Origin, Rejected};
 pub use load::{
     API_VERSION, ManifestLimits, Resolver, check_workloads, load_files, load_str,
-    load_str_resolving, parse_names,
+    load_str_resolving, load_str_with_files, parse_names,
 };
 pub use spec::{
     BackoffSpec, CpuBudget, DirGrant, ExitCodeOperator, FailureAction, FailureMatch, FailureRule,
