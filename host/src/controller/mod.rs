@@ -353,7 +353,6 @@ impl Controller {
                         Some(progress) => {
                             if let Some(outcome) = &progress.finished {
                                 // Finished before the host restarted: nothing runs again.
-                                state.job_done = true;
                                 if !outcome.complete {
                                     state.failed =
                                         Some((outcome.reason.clone(), outcome.message.clone()));
@@ -381,7 +380,7 @@ impl Controller {
                     // the old run's records are recognised by its start and ignored).
                     state.job = None;
                     state.job_pending = 0;
-                    state.job_done = false;
+                    state.job_durable = None;
                     state.failed = None;
                     state.failed_since = None;
                 }
@@ -719,10 +718,12 @@ impl Controller {
         let Some(w) = self.workloads.get_mut(name) else {
             return;
         };
-        let (Some(job), Some(progress)) = (w.spec.job.clone(), w.job.as_mut()) else {
+        // The spec is shared (an `Arc`): holding it costs no copy of the job's rules.
+        let spec = w.spec.clone();
+        let (Some(job), Some(progress)) = (spec.job.as_ref(), w.job.as_mut()) else {
             return;
         };
-        if progress.check_deadline(&job, wall) {
+        if progress.check_deadline(job, wall) {
             self.persist_job(name);
         }
         let Some(w) = self.workloads.get_mut(name) else {
@@ -733,7 +734,7 @@ impl Controller {
         };
         // Time to live counts from the finish as recorded.
         let durable = w.job_durable.as_ref().unwrap_or(progress);
-        let due = durable.next_due(&job, now, wall);
+        let due = durable.next_due(job, now, wall);
         if durable.finished.is_some() && due.is_some_and(|t| t <= now) {
             if let Some(writer) = &self.writer {
                 writer.send(ledger::LedgerOp::Forget(w.name.clone()));
@@ -757,10 +758,14 @@ impl Controller {
             // reconciles the job again.
             return;
         }
-        let (spec, progress) = (w.spec.clone(), progress.clone());
+        // Held apart while the policy input borrows the state, as a plugin is.
+        let Some(progress) = w.job.take() else {
+            return;
+        };
         let input = w.policy_input(now);
         let deciding = Instant::now();
-        crate::job::reconcile(&spec, &job, &progress, &input, actions);
+        crate::job::reconcile(&spec, job, &progress, &input, actions);
+        w.job = Some(progress);
         self.metrics.policy_called(deciding.elapsed());
         for action in actions.drain(..) {
             self.execute(name, action);
@@ -780,10 +785,9 @@ impl Controller {
             return;
         };
         self.dirty.insert(w.name.clone());
-        let finished_now = progress.finished.clone().filter(|_| !w.job_done);
+        let finished_now = progress.finished.clone().filter(|_| !w.job_finished());
         if let Some(outcome) = &finished_now {
             stop_all(w, StopCause::Policy);
-            w.job_done = true;
             if !outcome.complete {
                 w.failed = Some((outcome.reason.clone(), outcome.message.clone()));
                 w.failed_since = Some(outcome.at);
@@ -845,7 +849,7 @@ impl Controller {
                 Action::Spawn { .. } if w.failed.is_some() => {
                     Some("spawn: the workload is marked failed".to_string())
                 }
-                Action::Spawn { .. } if w.job_done => {
+                Action::Spawn { .. } if w.job_finished() => {
                     Some("spawn: the job has finished".to_string())
                 }
                 Action::Spawn { .. } if self.live >= self.config.max_instances => Some(format!(

@@ -60,8 +60,6 @@ pub(super) struct WorkloadState {
     pub job_durable: Option<crate::job::JobProgress>,
     /// Records of the job's progress queued and not yet durable.
     pub job_pending: u32,
-    /// Whether the job's finish has been acted on (runs stopped, event said).
-    pub job_done: bool,
 }
 
 impl WorkloadState {
@@ -98,8 +96,15 @@ impl WorkloadState {
             job: None,
             job_durable: None,
             job_pending: 0,
-            job_done: false,
         }
+    }
+
+    /// Whether this is a job whose finish is durable (and so was acted on: its runs
+    /// stopped, its end said).
+    pub fn job_finished(&self) -> bool {
+        self.job_durable
+            .as_ref()
+            .is_some_and(|p| p.finished.is_some())
     }
 
     /// Makes sure `slot` exists in the parallel vectors.
