@@ -96,17 +96,18 @@ impl Client {
         }
     }
 
-    /// Sends one request and returns the body of a 2xx answer.
-    pub async fn call(
+    /// Sends one request; a non-2xx answer becomes the daemon's error.
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
-    ) -> Result<Bytes, ApiError> {
+    ) -> Result<hyper::body::Incoming, ApiError> {
+        let unreachable = |e: &dyn std::fmt::Display| unreachable_daemon(&self.endpoint, e);
         let (stream, token) = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
+            .map_err(|e| unreachable(&e))?;
         tokio::spawn(connection);
         let mut request = Request::builder()
             .method(method)
@@ -122,24 +123,37 @@ impl Client {
             }
             None => Full::new(Bytes::new()),
         };
-        let request = request
-            .body(payload)
-            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
+        let request = request.body(payload).map_err(|e| unreachable(&e))?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
+            .map_err(|e| unreachable(&e))?;
         let status = response.status();
-        let bytes = response
-            .into_body()
+        let body = response.into_body();
+        if status.is_success() {
+            return Ok(body);
+        }
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        Err(error_answer(status, &bytes))
+    }
+
+    /// Sends one request and returns the body of a 2xx answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<Bytes, ApiError> {
+        let body = self.send(method, path, body).await?;
+        Ok(body
             .collect()
             .await
             .map_err(|e| unreachable_daemon(&self.endpoint, e))?
-            .to_bytes();
-        if status.is_success() {
-            return Ok(bytes);
-        }
-        Err(error_answer(status, &bytes))
+            .to_bytes())
     }
 
     /// GETs `path`, an answer of JSON lines, and hands each line to `each` as it
@@ -149,36 +163,7 @@ impl Client {
         path: &str,
         mut each: impl FnMut(serde_json::Value),
     ) -> Result<(), ApiError> {
-        let (stream, token) = self.connect().await?;
-        let unreachable = |e| unreachable_daemon(&self.endpoint, e);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(unreachable)?;
-        tokio::spawn(connection);
-        let mut request = Request::builder()
-            .method(Method::GET)
-            .uri(format!("http://setpoint{path}"))
-            .header("host", "setpoint");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unreachable_daemon(&self.endpoint, e))?;
-        let status = response.status();
-        let mut body = response.into_body();
-        if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| unreachable_daemon(&self.endpoint, e))?
-                .to_bytes();
-            return Err(error_answer(status, &bytes));
-        }
+        let mut body = self.send(Method::GET, path, None).await?;
         let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| unreachable_daemon(&self.endpoint, e))?;
