@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         documents: Vec::new(),
         files: Default::default(),
         applied_at: 0,
+        dirs: Default::default(),
     };
     store.record_apply(&record, &["bench".into(), "probe".into()], &[])?;
 

@@ -215,13 +215,24 @@ impl HostBuilder {
             self.ledger.map(|l| l.0),
             metrics.clone(),
         );
-        let task = tokio::spawn(controller.run(commands_rx));
+        // The controller's death must never leave a host serving nothing: a supervisor
+        // records why it died, and every call after that says so.
+        let (death_tx, death) = tokio::sync::watch::channel(None);
+        let controller = tokio::spawn(controller.run(commands_rx));
+        let task = tokio::spawn(async move {
+            if let Err(e) = controller.await {
+                let why: Arc<str> = Arc::from(panic_message(e));
+                tracing::error!("the host's controller died: {why}");
+                let _ = death_tx.send(Some(why));
+            }
+        });
         Ok(Host {
             runtime,
             commands,
             events,
             logs,
             task,
+            death,
             manifest_limits: self.manifests,
             metrics,
         })
@@ -295,6 +306,8 @@ pub struct Host {
     events: broadcast::Sender<Event>,
     logs: broadcast::Sender<LogLine>,
     task: tokio::task::JoinHandle<()>,
+    /// Why the controller died, once it has.
+    death: tokio::sync::watch::Receiver<Option<Arc<str>>>,
     manifest_limits: ManifestLimits,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -329,7 +342,10 @@ impl Host {
         let names = prepared.iter().map(|p| p.name.clone()).collect();
         let (reply, done) = oneshot::channel();
         self.send(Command::Apply(prepared, reply)).await?;
-        done.await.map_err(|_| host_gone())??;
+        match done.await {
+            Ok(result) => result?,
+            Err(_) => return Err(self.gone().await),
+        }
         Ok(names)
     }
 
@@ -392,6 +408,20 @@ impl Host {
         if !diagnostics.is_empty() {
             return Err(Rejected { diagnostics });
         }
+        let status = self.status().await;
+        let existing: Vec<crate::admission::GrantRef<'_>> = status
+            .workloads
+            .iter()
+            .filter(|s| !workloads.iter().any(|w| w.name == s.name))
+            .flat_map(|s| {
+                s.spec.dirs.iter().map(|grant| crate::admission::GrantRef {
+                    workload: &s.name,
+                    grant,
+                    origin: None,
+                })
+            })
+            .collect();
+        crate::admission::check_nesting(&crate::admission::grant_refs(&workloads), &existing)?;
         let runtime = self.runtime.clone();
         // A thread of its own (not tokio's blocking pool, which panics when the OS
         // refuses a thread, as it does when the process is out of memory mappings).
@@ -419,7 +449,10 @@ impl Host {
     pub async fn delete(&self, name: &str) -> Result<bool, Rejected> {
         let (reply, done) = oneshot::channel();
         self.send(Command::Delete(name.to_string(), reply)).await?;
-        done.await.map_err(|_| host_gone())
+        match done.await {
+            Ok(found) => Ok(found),
+            Err(_) => Err(self.gone().await),
+        }
     }
 
     /// A snapshot of every workload's status.
@@ -429,6 +462,17 @@ impl Host {
             return HostStatus::default();
         }
         done.await.unwrap_or_default()
+    }
+
+    /// Waits until the controller has handled everything sent before this call; an
+    /// error if it died or shut down meanwhile (then [`Host::failure`] says why).
+    pub async fn ping(&self) -> Result<(), Rejected> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Counts(reply)).await?;
+        match done.await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.gone().await),
+        }
     }
 
     /// Each workload's instance counts: a cheap status (no per-instance data) to poll.
@@ -467,7 +511,7 @@ impl Host {
         condition: impl Fn(&HostStatus) -> bool,
     ) -> Option<HostStatus> {
         let mut events = self.events();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::clock::after_tokio(tokio::time::Instant::now(), timeout);
         loop {
             if self.task.is_finished() {
                 return None;
@@ -528,12 +572,61 @@ impl Host {
     }
 
     async fn send(&self, command: Command) -> Result<(), Rejected> {
-        self.commands.send(command).await.map_err(|_| host_gone())
+        match self.commands.send(command).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.gone().await),
+        }
+    }
+
+    /// Why the controller died, if it has (a bug: it is never meant to).
+    pub fn failure(&self) -> Option<String> {
+        self.death.borrow().as_deref().map(str::to_string)
+    }
+
+    /// Waits until the controller dies, and says why; pending forever while it lives
+    /// (a normal shutdown included). An embedder selects on this to stop loudly
+    /// instead of serving a dead host.
+    pub async fn died(&self) -> String {
+        let mut death = self.death.clone();
+        match death.wait_for(Option::is_some).await {
+            Ok(why) => why.as_deref().unwrap_or_default().to_string(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// The error of a call the controller did not answer: it died (why, once the
+    /// supervisor has recorded it, which takes a moment) or it shut down.
+    async fn gone(&self) -> Rejected {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.failure().is_none()
+            && !self.task.is_finished()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Rejected::one(Diagnostic::at(
+            None,
+            match self.failure() {
+                Some(why) => format!("the host's controller died: {why}"),
+                None => "the host has shut down".to_string(),
+            },
+        ))
     }
 }
 
-fn host_gone() -> Rejected {
-    Rejected::one(Diagnostic::at(None, "the host has shut down"))
+/// The message a panicked task left, in words.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if e.is_cancelled() {
+        return "it was cancelled".into();
+    }
+    let payload = e.into_panic();
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".into()
+    }
 }
 
 /// Compiles and checks every workload's component; all diagnostics or all workloads.
@@ -544,6 +637,13 @@ fn prepare_all(
     let mut prepared = Vec::with_capacity(workloads.len());
     let mut diagnostics = Vec::new();
     for w in workloads {
+        let grants = match crate::admission::open_grants(&w) {
+            Ok(grants) => grants,
+            Err(problems) => {
+                diagnostics.extend(problems);
+                continue;
+            }
+        };
         let unknown = unknown_grants(runtime, &w);
         if !unknown.is_empty() {
             diagnostics.extend(unknown);
@@ -580,13 +680,14 @@ fn prepare_all(
                     },
                 };
                 let plugin_digest = plugin.as_ref().map(|p| p.digest.0);
-                let revision = revision(&w, &component.digest.0, plugin_digest.as_ref());
+                let revision = revision(&w, &component.digest.0, plugin_digest.as_ref(), &grants);
                 prepared.push(PreparedWorkload {
                     origin: w.origin.clone(),
                     name: w.name,
                     labels: w.labels,
                     spec: Arc::new(w.spec),
                     component,
+                    grants,
                     plugin,
                     revision,
                 });
@@ -726,8 +827,14 @@ fn style_mismatch(
 }
 
 /// The revision: a digest of the spec (without `replicas`, which scales rather than
-/// replaces) and of the component's bytes.
-fn revision(w: &Workload, component_digest: &[u8; 32], plugin_digest: Option<&[u8; 32]>) -> String {
+/// replaces), of the component's bytes, and of which directories the grants opened (a
+/// directory replaced under the same path is a new revision, not the old handle kept).
+fn revision(
+    w: &Workload,
+    component_digest: &[u8; 32],
+    plugin_digest: Option<&[u8; 32]>,
+    grants: &crate::runtime::Grants,
+) -> String {
     let mut spec = w.spec.clone();
     // Scaling and the update strategy change how, not what, runs: not a new revision.
     spec.replicas = 0;
@@ -737,6 +844,12 @@ fn revision(w: &Workload, component_digest: &[u8; 32], plugin_digest: Option<&[u
     hasher.update(component_digest);
     if let Some(plugin) = plugin_digest {
         hasher.update(plugin);
+    }
+    for grant in grants.iter() {
+        let id = grant.dir.identity();
+        hasher.update(id.device.to_le_bytes());
+        hasher.update(id.inode.to_le_bytes());
+        hasher.update(id.born_ns.to_le_bytes());
     }
     let digest = hasher.finalize();
     digest[..5].iter().map(|b| format!("{b:02x}")).collect()

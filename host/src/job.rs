@@ -209,7 +209,7 @@ impl JobProgress {
     ) -> Option<Instant> {
         let after = |from: SystemTime, wait: Duration| {
             let passed = wall.duration_since(from).unwrap_or_default();
-            now + wait.saturating_sub(passed)
+            crate::clock::after(now, wait.saturating_sub(passed))
         };
         match &self.finished {
             None => job.active_deadline.map(|d| after(self.started, d)),
@@ -252,7 +252,7 @@ pub(crate) fn reconcile(
             .filter(|(_, reason)| !reason.is_success() && !reason.is_host_stop());
         if let (Some((ended, _)), Some(o)) = (failed_last, obs) {
             let delay = spec.backoff.delay(o.consecutive_ends);
-            let due = *ended + delay;
+            let due = crate::clock::after(*ended, delay);
             if due > input.now {
                 let wait = due - input.now;
                 soonest = Some(soonest.map_or(wait, |s| s.min(wait)));

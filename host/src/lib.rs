@@ -100,6 +100,8 @@
 //! `controller` (the reconcile loop), [`job`] (run-to-completion), [`policy`] (decisions), [`runtime`] (wasmtime),
 //! [`status`] (what users see).
 
+mod admission;
+pub mod clock;
 mod controller;
 #[cfg(unix)]
 pub mod daemon;
@@ -107,6 +109,7 @@ pub mod host;
 pub mod job;
 pub mod manifest;
 pub mod metrics;
+pub mod opened_dir;
 pub mod policy;
 pub mod runtime;
 pub mod status;

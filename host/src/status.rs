@@ -12,6 +12,25 @@ use crate::runtime::InstanceEnd;
 pub struct HostStatus {
     /// One entry per workload, by name.
     pub workloads: Vec<WorkloadStatus>,
+    /// Stored applies the daemon keeps but does not run (empty for a plain host).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<QuarantinedApply>,
+}
+
+/// A stored apply that the daemon does not run: it no longer loads, was rejected, or
+/// the host died while it was being replayed. It stays stored until it is applied anew
+/// or deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantinedApply {
+    /// The apply's id in the store.
+    pub apply: u64,
+    /// The workloads and jobs it defines.
+    pub workloads: Vec<String>,
+    /// Why it does not run.
+    pub reason: String,
+    /// What to do about it.
+    pub help: String,
 }
 
 impl HostStatus {

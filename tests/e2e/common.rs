@@ -1,7 +1,10 @@
 //! Helpers shared by the end-to-end tests.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use setpoint::{Host, HostStatus, WorkloadStatus};
 
@@ -96,4 +99,85 @@ pub async fn wait_for_host(
 /// The `reason` of a workload's last termination.
 pub fn last_reason(w: &WorkloadStatus) -> Option<&'static str> {
     w.last_termination.as_ref().map(|t| t.end.reason.name())
+}
+
+/// A `setpoint daemon` started from the real binary on a state directory.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `setpoint daemon` on `state` and waits until its socket answers.
+    pub fn start(state: &Path) -> Self {
+        Self::start_with(state, &[])
+    }
+
+    /// Starts `setpoint daemon` with more arguments.
+    pub fn start_with(state: &Path, extra: &[&str]) -> Self {
+        let socket = state.join("setpoint.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(["daemon", "--state-dir"])
+            .arg(state)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon starts");
+        let daemon = Self { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while daemon.cli(&["get"]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "the daemon never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("the CLI runs")
+    }
+
+    /// `get -o json`: the workloads' statuses.
+    pub fn workloads(&self) -> Vec<Value> {
+        let out = self.cli(&["get", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .expect("json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn wait_ready(&self, name: &str, ready: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self.workloads().into_iter().find(|w| w["name"] == name);
+            if let Some(w) = found.filter(|w| w["ready"] == ready) {
+                return w;
+            }
+            assert!(Instant::now() < deadline, "{name} never had {ready} ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

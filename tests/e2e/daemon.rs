@@ -3,92 +3,12 @@
 //! `kill -9` then restart converging to the stored desired state.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::guest;
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    /// Starts `setpoint daemon` on `state` and waits until its socket answers.
-    fn start(state: &Path) -> Self {
-        Self::start_with(state, &[])
-    }
-
-    /// Starts `setpoint daemon` with more arguments.
-    fn start_with(state: &Path, extra: &[&str]) -> Self {
-        let socket = state.join("setpoint.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
-            .args(["daemon", "--state-dir"])
-            .arg(state)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("daemon starts");
-        let daemon = Self { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while daemon.cli(&["get"]).status.code() != Some(0) {
-            assert!(Instant::now() < deadline, "the daemon never answered");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_setpoint"))
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .expect("the CLI runs")
-    }
-
-    /// `get -o json`: the workloads' statuses.
-    fn workloads(&self) -> Vec<Value> {
-        let out = self.cli(&["get", "-o", "json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout)
-            .expect("json")
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn wait_ready(&self, name: &str, ready: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self.workloads().into_iter().find(|w| w["name"] == name);
-            if let Some(w) = found.filter(|w| w["ready"] == ready) {
-                return w;
-            }
-            assert!(Instant::now() < deadline, "{name} never had {ready} ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::{Daemon, guest};
 
 fn manifest(dir: &Path, name: &str, component: &str, replicas: u32) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));

@@ -13,3 +13,4 @@ mod manifests;
 mod policy;
 mod rollout;
 mod sandbox;
+mod security;

@@ -670,6 +670,10 @@ async fn run(args: RunArgs) -> ExitCode {
     let mut interrupted = false;
     tokio::select! {
         applied = host.apply(workloads) => if let Err(rejected) = applied {
+            if let Some(why) = host.failure() {
+                eprintln!("error: the host's controller died: {why}");
+                return ExitCode::FAILURE;
+            }
             host.shutdown().await;
             return report(&rejected);
         },
@@ -704,12 +708,19 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     });
     let live_table = args.output == Output::Table && std::io::stdout().is_terminal();
-    let deadline = args.run_for.map(|d| tokio::time::Instant::now() + d);
+    let deadline = args
+        .run_for
+        .map(|d| setpoint::clock::after_tokio(tokio::time::Instant::now(), d));
     let mut ticker = tokio::time::interval(args.status_every.max(Duration::from_millis(100)));
     let mut last_table = String::new();
     if !interrupted {
         loop {
             tokio::select! {
+                why = host.died() => {
+                    eprintln!("error: the host's controller died: {why}");
+                    printer.abort();
+                    return ExitCode::FAILURE;
+                }
                 _ = signals.recv() => break,
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
                 _ = ticker.tick(), if live_table => {

@@ -336,6 +336,24 @@ pub async fn get(
         Err(e) => return fail(&e),
     };
     let mut objects: Vec<Value> = status["workloads"].as_array().cloned().unwrap_or_default();
+    // Stored but not running: said on stderr whatever the output format.
+    for q in status["quarantined"].as_array().into_iter().flatten() {
+        let names: Vec<String> = q["workloads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(String::from))
+            .collect();
+        if name.as_ref().is_none_or(|n| names.contains(n)) {
+            eprintln!(
+                "warning: stored apply {} ({}) is quarantined, not running: {}\n  help: {}",
+                text(q, "apply"),
+                names.join(", "),
+                text(q, "reason"),
+                text(q, "help")
+            );
+        }
+    }
     if let Listing::Of(kind) = listing {
         objects.retain(|w| w["kind"] == kind.api_name());
     }
@@ -640,8 +658,16 @@ pub async fn delete(endpoint: Endpoint, targets: Vec<String>, files: Vec<PathBuf
     let mut code = ExitCode::SUCCESS;
     for target in names {
         let deleted = async {
-            let (kind, w) = fetch(&client, &target).await?;
-            let name = text(&w, "name");
+            let (kind, name) = match fetch(&client, &target).await {
+                Ok((kind, w)) => (kind, text(&w, "name")),
+                // Not running, but perhaps stored (a quarantined apply): the daemon
+                // decides whether it knows the name.
+                Err(e) if e.body.error.ends_with("not found") && !e.body.error.contains(": `") => {
+                    let (kind, name) = parse_target(&target)?;
+                    (kind.unwrap_or(Kind::Workload), name.to_string())
+                }
+                Err(e) => return Err(e),
+            };
             client
                 .call(Method::DELETE, &format!("/v1/workloads/{name}"), None)
                 .await?;
@@ -767,7 +793,7 @@ pub async fn rollout_status(
     timeout: std::time::Duration,
 ) -> ExitCode {
     let client = Client::new(endpoint);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = setpoint::clock::after_tokio(tokio::time::Instant::now(), timeout);
     let mut aim: Option<String> = None;
     let mut last = String::new();
     loop {

@@ -67,6 +67,8 @@ pub(crate) struct PreparedWorkload {
     pub labels: BTreeMap<String, String>,
     pub spec: Arc<WorkloadSpec>,
     pub component: Arc<PreparedComponent>,
+    /// The granted directories, opened at admission.
+    pub grants: crate::runtime::Grants,
     pub plugin: Option<Arc<PreparedPlugin>>,
     pub revision: String,
     /// Where the workload was written, for located errors.
@@ -199,7 +201,7 @@ impl Controller {
 
     /// Runs until a shutdown command has been served (or every `Host` handle is gone).
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut next_resync = Instant::now() + self.config.resync_interval;
+        let mut next_resync = crate::clock::from_now(self.config.resync_interval);
         loop {
             let next_requeue = self.workloads.values().filter_map(|w| w.requeue_at).min();
             let wake = next_requeue.map_or(next_resync, |r| r.min(next_resync));
@@ -231,7 +233,7 @@ impl Controller {
                     let now = Instant::now();
                     if now >= next_resync {
                         self.dirty.extend(self.workloads.keys().cloned());
-                        next_resync = now + self.config.resync_interval;
+                        next_resync = crate::clock::after(now, self.config.resync_interval);
                     }
                     for w in self.workloads.values() {
                         if w.requeue_at.is_some_and(|t| t <= now) {
@@ -265,6 +267,11 @@ impl Controller {
                     .collect();
                 if !diagnostics.is_empty() {
                     let _ = reply.send(Err(crate::manifest::Rejected { diagnostics }));
+                    return;
+                }
+                // Checked at admission too; here it is atomic with the apply.
+                if let Err(rejected) = self.check_grant_nesting(&workloads) {
+                    let _ = reply.send(Err(rejected));
                     return;
                 }
                 for w in workloads {
@@ -314,7 +321,51 @@ impl Controller {
         }
     }
 
+    /// Refuses grants of `batch` that nest with a writable one, in the batch or among
+    /// the workloads it leaves in place (those being deleted included: their instances
+    /// may still run).
+    fn check_grant_nesting(&self, batch: &[PreparedWorkload]) -> Result<(), crate::Rejected> {
+        use crate::admission::GrantRef;
+        let new: Vec<GrantRef<'_>> = batch
+            .iter()
+            .flat_map(|w| {
+                w.spec.dirs.iter().map(move |grant| GrantRef {
+                    workload: &w.name,
+                    grant,
+                    origin: w.origin.as_ref(),
+                })
+            })
+            .collect();
+        let existing: Vec<GrantRef<'_>> = self
+            .workloads
+            .values()
+            .filter(|s| !batch.iter().any(|w| *w.name == *s.name))
+            .flat_map(|s| {
+                // The previous revision's instances may still run during a rollout.
+                let previous = s.previous.iter().flat_map(|p| p.spec.dirs.iter());
+                s.spec
+                    .dirs
+                    .iter()
+                    .chain(previous)
+                    .map(move |grant| GrantRef {
+                        workload: &s.name,
+                        grant,
+                        origin: None,
+                    })
+            })
+            .collect();
+        crate::admission::check_nesting(&new, &existing)
+    }
+
     fn apply_one(&mut self, mut w: PreparedWorkload) {
+        // A fault for the tests of crash-only behaviour, in debug builds only.
+        #[cfg(debug_assertions)]
+        if std::env::var("SETPOINT_TEST_PANIC_ON_APPLY").is_ok_and(|n| n == w.name) {
+            panic!(
+                "SETPOINT_TEST_PANIC_ON_APPLY names `{}` (a test fault)",
+                w.name
+            );
+        }
         let name: Arc<str> = Arc::from(w.name.as_str());
         let history = self.config.event_history;
         let unchanged = self
@@ -335,6 +386,7 @@ impl Controller {
                     w.labels,
                     w.spec,
                     w.component,
+                    w.grants,
                     Arc::from(w.revision.as_str()),
                 );
                 state.plugin = plugin;
@@ -406,6 +458,7 @@ impl Controller {
                     state.previous = Some(RevisionRecord {
                         spec: state.spec.clone(),
                         component: state.component.clone(),
+                        grants: state.grants.clone(),
                         plugin: state.current_plugin.take(),
                         revision: state.revision.clone(),
                     });
@@ -420,6 +473,7 @@ impl Controller {
                     let message = format!("revision {} replaces {}", w.revision, state.revision);
                     state.revision = Arc::from(w.revision.as_str());
                     state.component = w.component;
+                    state.grants = w.grants;
                     let event = Event {
                         time: SystemTime::now(),
                         kind: EventType::Normal,
@@ -945,7 +999,7 @@ impl Controller {
                 let Some(w) = self.workloads.get_mut(name) else {
                     return;
                 };
-                let at = now + delay;
+                let at = crate::clock::after(now, delay);
                 w.requeue_at = Some(w.requeue_at.map_or(at, |t| t.min(at)));
             }
             Action::Event {
@@ -999,6 +1053,7 @@ impl Controller {
         w.previous = Some(RevisionRecord {
             spec: std::mem::replace(&mut w.spec, spec.clone()),
             component: std::mem::replace(&mut w.component, previous.component),
+            grants: std::mem::replace(&mut w.grants, previous.grants),
             plugin: std::mem::replace(&mut w.current_plugin, previous.plugin.clone()),
             revision: std::mem::replace(&mut w.revision, previous.revision.clone()),
         });
@@ -1093,6 +1148,7 @@ impl Controller {
             slot,
             component: w.component.clone(),
             spec: w.spec.clone(),
+            grants: w.grants.clone(),
             log_sink: Some(self.logs.clone()),
         };
         let handle = self.runtime.spawn(request, self.events_tx.clone());
@@ -1211,7 +1267,10 @@ impl Controller {
                 workload_status(w, &policy, now)
             })
             .collect();
-        HostStatus { workloads }
+        HostStatus {
+            workloads,
+            quarantined: Vec::new(),
+        }
     }
 
     async fn shutdown(&mut self) -> HostStatus {
@@ -1220,7 +1279,8 @@ impl Controller {
             longest_grace = longest_grace.max(w.spec.termination_grace_period);
             stop_all(w, StopCause::Shutdown);
         }
-        let deadline = Instant::now() + longest_grace + self.config.shutdown_slack;
+        let deadline =
+            crate::clock::from_now(longest_grace.saturating_add(self.config.shutdown_slack));
         while self.live > 0 {
             tokio::select! {
                 Some(event) = self.events_rx.recv() => self.handle_instance_event(event),

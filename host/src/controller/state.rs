@@ -18,6 +18,7 @@ const MIN_RESTART_HISTORY: usize = 64;
 pub(super) struct RevisionRecord {
     pub spec: Arc<WorkloadSpec>,
     pub component: Arc<PreparedComponent>,
+    pub grants: crate::runtime::Grants,
     pub plugin: Option<Arc<crate::runtime::plugin::PreparedPlugin>>,
     pub revision: Arc<str>,
 }
@@ -27,6 +28,8 @@ pub(super) struct WorkloadState {
     pub labels: std::collections::BTreeMap<String, String>,
     pub spec: Arc<WorkloadSpec>,
     pub component: Arc<PreparedComponent>,
+    /// The granted directories of the current revision, by handle.
+    pub grants: crate::runtime::Grants,
     /// Shared with every instance observation of this revision (spawns clone, not copy).
     pub revision: Arc<str>,
     /// What policies see; index = slot.
@@ -68,6 +71,7 @@ impl WorkloadState {
         labels: std::collections::BTreeMap<String, String>,
         spec: Arc<WorkloadSpec>,
         component: Arc<PreparedComponent>,
+        grants: crate::runtime::Grants,
         revision: Arc<str>,
     ) -> Self {
         Self {
@@ -75,6 +79,7 @@ impl WorkloadState {
             labels,
             spec,
             component,
+            grants,
             revision,
             slots: Vec::new(),
             handles: Vec::new(),

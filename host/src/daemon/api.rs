@@ -77,6 +77,31 @@ pub struct ApiState {
     pub writes: tokio::sync::Mutex<()>,
     /// Largest blob accepted.
     pub max_blob_bytes: usize,
+    /// Stored applies not run (see [`crate::status::QuarantinedApply`]); an apply or a
+    /// delete of the workloads they define ends them.
+    pub quarantined: std::sync::Mutex<Vec<crate::status::QuarantinedApply>>,
+}
+
+impl ApiState {
+    /// The host's status with the quarantined applies.
+    pub async fn status(&self) -> HostStatus {
+        let mut status = self.host.status().await;
+        status.quarantined = lock(&self.quarantined).clone();
+        status
+    }
+
+    /// Names applied anew or deleted are no longer quarantined.
+    fn release(&self, names: &[String]) {
+        let mut quarantined = lock(&self.quarantined);
+        for entry in quarantined.iter_mut() {
+            entry.workloads.retain(|w| !names.contains(w));
+        }
+        quarantined.retain(|e| !e.workloads.is_empty());
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The routes, ready to serve.
@@ -359,6 +384,40 @@ pub(super) fn load(
     }
 }
 
+/// Pins every directory `workloads` grant to the directory its path names: to the one
+/// `recorded` at apply when there is a record of it (a restart), else to the one there
+/// now. Returns what was pinned, for the apply's record.
+pub(super) fn pin_grants(
+    workloads: &mut [Workload],
+    recorded: Option<&BTreeMap<String, crate::opened_dir::DirIdentity>>,
+) -> Result<BTreeMap<String, crate::opened_dir::DirIdentity>, Rejected> {
+    let mut pinned = BTreeMap::new();
+    let mut diagnostics = Vec::new();
+    for w in workloads.iter_mut() {
+        for grant in &mut w.spec.dirs {
+            let key = grant.host.to_string_lossy().into_owned();
+            let identity = match recorded.and_then(|r| r.get(&key)) {
+                Some(identity) => *identity,
+                None => match crate::opened_dir::OpenedDir::open(&grant.host) {
+                    Ok(dir) => dir.identity(),
+                    Err(e) => {
+                        let origin = w.dir_origins.get(&grant.guest).or(w.origin.as_ref());
+                        diagnostics.push(crate::Diagnostic::at(origin.cloned(), e.to_string()));
+                        continue;
+                    }
+                },
+            };
+            grant.pinned = Some(identity);
+            pinned.insert(key, identity);
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(pinned)
+    } else {
+        Err(Rejected { diagnostics })
+    }
+}
+
 async fn apply(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     let request: ApplyRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -404,6 +463,7 @@ pub(super) async fn apply_documents(
     if let Some(only) = only {
         workloads.retain(|w| w.name == only);
     }
+    let dirs = pin_grants(&mut workloads, None).map_err(ApplyError::Rejected)?;
     let names: Vec<String> = workloads.iter().map(|w| w.name.clone()).collect();
     // The plan checks everything `apply` checks, so a rejection happens here, before
     // anything is stored.
@@ -426,6 +486,7 @@ pub(super) async fn apply_documents(
         applied_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        dirs,
     };
     // Jobs have no rollouts, so no history.
     let revisions: Vec<(String, String)> = changes
@@ -439,10 +500,13 @@ pub(super) async fn apply_documents(
         return Err(ApplyError::Internal(e.to_string()));
     }
     match state.host.apply(workloads).await {
-        Ok(_) => Ok(ApplyResponse {
-            changes,
-            dry_run: false,
-        }),
+        Ok(_) => {
+            state.release(&names);
+            Ok(ApplyResponse {
+                changes,
+                dry_run: false,
+            })
+        }
         // Planned a moment ago, so only a host shutting down gets here.
         Err(e) => Err(ApplyError::Rejected(e)),
     }
@@ -483,6 +547,7 @@ pub(super) async fn delete_named(state: &ApiState, name: &str) -> Result<bool, S
         tokio::task::block_in_place(|| state.store.delete(name)).map_err(|e| e.to_string())?;
     let running = state.host.delete(name).await.unwrap_or(false);
     state.logbook.forget_logs(name);
+    state.release(&[name.to_string()]);
     Ok(stored || running)
 }
 
@@ -627,7 +692,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn list(State(state): State<Arc<ApiState>>) -> Json<HostStatus> {
-    Json(state.host.status().await)
+    Json(state.status().await)
 }
 
 async fn describe(

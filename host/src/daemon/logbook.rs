@@ -152,6 +152,11 @@ impl Logbook {
         let _ = self.log_tx.send(entry);
     }
 
+    /// Keeps an event of the daemon's own (one the host did not send).
+    pub fn record(&self, event: &crate::Event) {
+        self.add_event(event);
+    }
+
     fn add_event(&self, event: &crate::Event) {
         let Ok(value) = serde_json::to_value(event) else {
             return;

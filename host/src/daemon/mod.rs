@@ -138,12 +138,13 @@ pub async fn run(
     let logbook = Arc::new(logbook::Logbook::new(stored_events));
     // Following from before the replay: the restored workloads' first lines are kept.
     logbook.run(&host, store.clone());
-    restore(&host, &store, &limits).await;
+    let quarantined = restore(&host, &store, &limits, &logbook).await?;
     let state = Arc::new(api::ApiState {
         logbook,
         host,
         store,
         limits,
+        quarantined: std::sync::Mutex::new(quarantined),
         writes: tokio::sync::Mutex::new(()),
         max_blob_bytes: 256 << 20,
     });
@@ -197,18 +198,30 @@ pub async fn run(
     };
     let unix = axum::serve(listener, api::router(state.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
-    match tcp {
-        Some((listener, token)) => {
-            let router = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
-                Arc::new(token),
-                api::require_bearer,
-            ));
-            let tcp = axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx));
-            let (a, b) = tokio::join!(unix, tcp);
-            a.context("serving the API")?;
-            b.context("serving the TCP API")?;
+    let serving = async {
+        match tcp {
+            Some((listener, token)) => {
+                let router = api::router(state.clone()).layer(
+                    axum::middleware::from_fn_with_state(Arc::new(token), api::require_bearer),
+                );
+                let tcp = axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx));
+                let (a, b) = tokio::join!(unix, tcp);
+                a.context("serving the API")?;
+                b.context("serving the TCP API")?;
+            }
+            None => unix.await.context("serving the API")?,
         }
-        None => unix.await.context("serving the API")?,
+        anyhow::Ok(())
+    };
+    // Crash-only: a dead controller ends the daemon loudly (a supervisor restarts it),
+    // never a daemon that answers every request with "shut down".
+    let watched = state.clone();
+    tokio::select! {
+        served = serving => served?,
+        why = async move { watched.host.died().await } => {
+            let _ = std::fs::remove_file(&socket);
+            anyhow::bail!("the host's controller died: {why}; the daemon stops so that its supervisor restarts it");
+        }
     }
     let _ = std::fs::remove_file(&socket);
     if let Some(watcher) = watcher {
@@ -218,33 +231,107 @@ pub async fn run(
     Ok(state.host.shutdown().await)
 }
 
-/// Replays the stored desired state. An apply that no longer loads (a blob deleted by
-/// hand, say) is reported and skipped; the rest still runs.
-async fn restore(host: &crate::Host, store: &Store, limits: &ManifestLimits) {
-    let desired = match store.desired() {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!("cannot read the stored desired state: {e}");
-            return;
+/// Deaths during the same apply's replay after which it is quarantined even though the
+/// daemon could not record why (an abort, a kill): a `kill -9` at a random moment must
+/// not quarantine a good apply, a host that dies on it every time must not loop forever.
+const REPLAY_DEATHS_BEFORE_QUARANTINE: u64 = 3;
+
+/// Replays the stored desired state, apply by apply. An apply that no longer loads or is
+/// rejected (a blob deleted by hand, a granted directory replaced) is kept but not run:
+/// it is returned as quarantined, and the rest still runs. If the host's controller dies
+/// while an apply is replayed, that apply is quarantined durably before the error is
+/// returned, so the next start runs everything else.
+async fn restore(
+    host: &crate::Host,
+    store: &Store,
+    limits: &ManifestLimits,
+    logbook: &logbook::Logbook,
+) -> anyhow::Result<Vec<crate::status::QuarantinedApply>> {
+    let help = |names: &[String]| {
+        let objects: Vec<String> = names.iter().map(|n| format!("workload/{n}")).collect();
+        format!(
+            "fix the manifest and apply it again, or remove it with `setpoint delete {}`",
+            objects.join(" ")
+        )
+    };
+    let durable = store.quarantined().unwrap_or_default();
+    let mut interrupted = store.replaying().ok().flatten();
+    let desired = store
+        .desired()
+        .context("cannot read the stored desired state")?;
+    let mut quarantined = Vec::new();
+    let mut quarantine = |id: u64, names: &[String], reason: String| {
+        let entry = crate::status::QuarantinedApply {
+            apply: id,
+            workloads: names.to_vec(),
+            reason,
+            help: help(names),
+        };
+        tracing::error!(
+            "stored apply {id} ({}) is not run: {}; {}",
+            names.join(", "),
+            entry.reason,
+            entry.help
+        );
+        for name in names {
+            logbook.record(&crate::Event {
+                time: std::time::SystemTime::now(),
+                kind: crate::EventType::Warning,
+                workload: name.clone(),
+                instance: None,
+                reason: "Quarantined".into(),
+                message: format!("{} ({})", entry.reason, entry.help),
+            });
         }
+        quarantined.push(entry);
     };
     for (id, record, names) in desired {
-        let workloads = match api::load(store, &record.documents, &record.files, limits) {
+        if let Some(reason) = durable.get(&id) {
+            quarantine(id, &names, reason.clone());
+            continue;
+        }
+        if interrupted == Some(id) {
+            interrupted = None;
+            let deaths = store.note_replay_death().unwrap_or(u64::MAX);
+            if deaths >= REPLAY_DEATHS_BEFORE_QUARANTINE {
+                let reason =
+                    format!("the daemon died {deaths} times in a row while replaying this apply");
+                store.quarantine(id, &reason)?;
+                quarantine(id, &names, reason);
+                continue;
+            }
+        }
+        let mut workloads = match api::load(store, &record.documents, &record.files, limits) {
             Ok(w) => w,
             Err(e) => {
-                tracing::error!("stored apply {id} no longer loads:\n{e}");
+                quarantine(id, &names, format!("it no longer loads: {e}"));
                 continue;
             }
         };
         // Only the workloads this apply still defines (a later apply may own others).
-        let workloads: Vec<_> = workloads
-            .into_iter()
-            .filter(|w| names.contains(&w.name))
-            .collect();
-        if let Err(e) = host.apply(workloads).await {
-            tracing::error!("stored apply {id} was rejected on restore:\n{e}");
+        workloads.retain(|w| names.contains(&w.name));
+        if let Err(e) = api::pin_grants(&mut workloads, Some(&record.dirs)) {
+            quarantine(id, &names, format!("it was rejected: {e}"));
+            continue;
+        }
+        store.set_replaying(Some(id))?;
+        let applied = host.apply(workloads).await;
+        // A round trip: the controller has acted on the apply without dying.
+        let _ = host.ping().await;
+        if let Some(why) = host.failure() {
+            let reason = format!("the host's controller died while replaying it: {why}");
+            store.quarantine(id, &reason)?;
+            anyhow::bail!(
+                "the host's controller died while replaying stored apply {id} ({}): {why}; it is quarantined, so the next start runs the rest",
+                names.join(", ")
+            );
+        }
+        if let Err(e) = applied {
+            quarantine(id, &names, format!("it was rejected: {e}"));
         }
     }
+    store.set_replaying(None)?;
+    Ok(quarantined)
 }
 
 /// Binds a Unix socket only its owner can connect to (mode 0600), replacing a stale

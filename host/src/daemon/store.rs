@@ -36,6 +36,12 @@ pub const HISTORY_LIMIT: usize = 10;
 const WATCHED: TableDefinition<&str, &str> = TableDefinition::new("watched");
 /// Sequence number → the JSON of a recent event (the newest few only).
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
+/// Apply id → why it is not replayed: the daemon died while replaying it.
+const QUARANTINED: TableDefinition<u64, &str> = TableDefinition::new("quarantined");
+/// The `META` key naming the apply being replayed (absent when none is).
+const REPLAYING: &str = "replaying";
+/// The `META` key counting deaths in a row during the recorded replay.
+const REPLAY_DEATHS: &str = "replay_deaths";
 
 /// One manifest document set as applied.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,6 +53,10 @@ pub struct ApplyRecord {
     pub files: BTreeMap<String, String>,
     /// When it was applied, in seconds since the Unix epoch.
     pub applied_at: u64,
+    /// Each granted host directory → which directory it was at apply. A restart grants
+    /// a path only while it still names that directory.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dirs: BTreeMap<String, crate::opened_dir::DirIdentity>,
 }
 
 /// One revision a workload has had: which apply defined it, and when.
@@ -145,8 +155,78 @@ impl Store {
         txn.open_table(EVENTS).map_err(db_err)?;
         txn.open_table(HISTORY).map_err(db_err)?;
         txn.open_table(WATCHED).map_err(db_err)?;
+        txn.open_table(QUARANTINED).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(store)
+    }
+
+    /// Records that apply `id` is being replayed (durably, before the host runs it), or
+    /// with `None` that no replay is under way. A start that finds a replay recorded
+    /// knows that the daemon died during it.
+    pub fn set_replaying(&self, id: Option<u64>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            match id {
+                Some(id) => meta.insert(REPLAYING, id).map(drop).map_err(db_err)?,
+                None => {
+                    meta.remove(REPLAYING).map_err(db_err)?;
+                    meta.remove(REPLAY_DEATHS).map_err(db_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Counts one more death during a replay (see [`Store::set_replaying`]) and returns
+    /// how many there have been in a row.
+    pub fn note_replay_death(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let deaths = {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let deaths = meta
+                .get(REPLAY_DEATHS)
+                .map_err(db_err)?
+                .map_or(0, |v| v.value())
+                .saturating_add(1);
+            meta.insert(REPLAY_DEATHS, deaths).map_err(db_err)?;
+            deaths
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(deaths)
+    }
+
+    /// The apply a replay was under way for, if the daemon died during it.
+    pub fn replaying(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        Ok(meta.get(REPLAYING).map_err(db_err)?.map(|v| v.value()))
+    }
+
+    /// Keeps apply `id` from being replayed again, for `reason`, until the workloads it
+    /// defines are applied anew or deleted; ends any replay record.
+    pub fn quarantine(&self, id: u64, reason: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(QUARANTINED).map_err(db_err)?;
+            table.insert(id, reason).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.remove(REPLAYING).map_err(db_err)?;
+            meta.remove(REPLAY_DEATHS).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The quarantined applies, with why.
+    pub fn quarantined(&self) -> Result<BTreeMap<u64, String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(QUARANTINED).map_err(db_err)?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (id, reason) = entry.map_err(db_err)?;
+            out.insert(id.value(), reason.value().to_string());
+        }
+        Ok(out)
     }
 
     /// Where the blob with `digest` lives (whether or not it exists).
@@ -422,6 +502,16 @@ fn collect_unowned(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     applies
         .retain(|id, _| owned.contains(&id))
         .map_err(db_err)?;
+    // A quarantine ends with its apply: what replaced or deleted it is replayed instead.
+    let mut quarantined = txn.open_table(QUARANTINED).map_err(db_err)?;
+    let by_owners: std::collections::BTreeSet<u64> = owners
+        .iter()
+        .map_err(db_err)?
+        .filter_map(|e| e.ok().map(|(_, id)| id.value()))
+        .collect();
+    quarantined
+        .retain(|id, _| by_owners.contains(&id))
+        .map_err(db_err)?;
     Ok(())
 }
 
@@ -498,6 +588,7 @@ mod tests {
             }],
             files: BTreeMap::new(),
             applied_at: 1,
+            dirs: BTreeMap::new(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_saphyr::{DuplicateKeyPolicy, Location, Spanned};
 
+use super::bounds::{self, self as b, DurationBound};
 use super::diagnostic::{Diagnostic, Origin, Rejected};
 use super::raw::{RawManifest, RawWorkloadSpec};
 use super::spec::{
@@ -328,6 +329,13 @@ impl Validator<'_> {
             .flatten()
             .map(|c| (c.value.clone(), self.origin(c.referenced)))
             .collect();
+        let dir_origins = doc
+            .spec
+            .dirs
+            .iter()
+            .flatten()
+            .map(|d| (d.guest.value.clone(), self.origin(d.host.referenced)))
+            .collect();
         let mut raw_spec = doc.spec;
         let job = if is_job {
             self.job(&mut raw_spec, doc.kind.referenced)
@@ -355,6 +363,7 @@ impl Validator<'_> {
             origin: Some(component_origin),
             policy_origin,
             capability_origins,
+            dir_origins,
         };
         Some((workload, name_origin))
     }
@@ -434,14 +443,11 @@ impl Validator<'_> {
             }
         }
         if let Some(cpu) = raw.resources.as_ref().and_then(|r| r.cpu.as_ref()) {
-            let time = self.duration_or(
-                &Some(cpu.budget.clone()),
-                Duration::ZERO,
-                Duration::from_millis(1),
-            );
-            let per = cpu.per.as_ref().map(|p| {
-                self.duration_or(&Some(p.clone()), Duration::ZERO, Duration::from_millis(1))
-            });
+            let time = self.duration_or(&Some(cpu.budget.clone()), Duration::ZERO, b::CPU_BUDGET);
+            let per = cpu
+                .per
+                .as_ref()
+                .map(|p| self.duration_or(&Some(p.clone()), Duration::ZERO, b::CPU_PER));
             if let (Some(per), Some(raw_per)) = (per, &cpu.per)
                 && per < time
             {
@@ -538,10 +544,10 @@ impl Validator<'_> {
                 progress_deadline: self.duration_or(
                     &s.progress_deadline,
                     d.progress_deadline,
-                    Duration::from_millis(1),
+                    b::PROGRESS_DEADLINE,
                 ),
                 auto_rollback: s.auto_rollback.unwrap_or(d.auto_rollback),
-                min_ready: self.duration_or(&s.min_ready, d.min_ready, Duration::ZERO),
+                min_ready: self.duration_or(&s.min_ready, d.min_ready, b::MIN_READY),
             };
         }
         if let Some(policy) = raw.policy {
@@ -554,38 +560,42 @@ impl Validator<'_> {
                     initial_delay: self.duration_or(
                         &p.initial_delay,
                         d.initial_delay,
-                        Duration::ZERO,
+                        b::PROBE_INITIAL_DELAY,
                     ),
-                    period: self.duration_or(&p.period, d.period, Duration::from_millis(1)),
-                    timeout: self.duration_or(&p.timeout, d.timeout, Duration::from_millis(1)),
+                    period: self.duration_or(&p.period, d.period, b::PROBE_PERIOD),
+                    timeout: self.duration_or(&p.timeout, d.timeout, b::PROBE_TIMEOUT),
                     failure_threshold: p
                         .failure_threshold
                         .as_ref()
-                        .and_then(|t| self.int_in(t, 1, 1000, "failureThreshold"))
+                        .and_then(|t| {
+                            self.int_in(t, 1, *THRESHOLDS.end() as i64, "failureThreshold")
+                        })
                         .map_or(d.failure_threshold, |v| v as u32),
                     success_threshold: p
                         .success_threshold
                         .as_ref()
-                        .and_then(|t| self.int_in(t, 1, 1000, "successThreshold"))
+                        .and_then(|t| {
+                            self.int_in(t, 1, *THRESHOLDS.end() as i64, "successThreshold")
+                        })
                         .map_or(d.success_threshold, |v| v as u32),
                 };
                 spec.probe = Some(probe);
             }
             if let Some(w) = health.watchdog {
                 let timeout =
-                    self.duration_or(&Some(w.timeout), Duration::ZERO, Duration::from_millis(1));
+                    self.duration_or(&Some(w.timeout), Duration::ZERO, b::WATCHDOG_TIMEOUT);
                 spec.watchdog = Some(WatchdogSpec { timeout });
             }
         }
         if let Some(b) = raw.backoff {
             let d = BackoffSpec::default();
             spec.backoff = BackoffSpec {
-                initial: self.duration_or(&b.initial, d.initial, Duration::ZERO),
-                max: self.duration_or(&b.max, d.max, Duration::ZERO),
+                initial: self.duration_or(&b.initial, d.initial, bounds::BACKOFF_INITIAL),
+                max: self.duration_or(&b.max, d.max, bounds::BACKOFF_MAX),
                 reset_after: self.duration_or(
                     &b.reset_after,
                     d.reset_after,
-                    Duration::from_millis(1),
+                    bounds::BACKOFF_RESET_AFTER,
                 ),
             };
             if spec.backoff.max < spec.backoff.initial
@@ -602,8 +612,7 @@ impl Validator<'_> {
             let max_restarts = self
                 .int_in(&b.max_restarts, 0, 1_000_000, "maxRestarts")
                 .unwrap_or(0) as u32;
-            let window =
-                self.duration_or(&Some(b.window), Duration::ZERO, Duration::from_millis(1));
+            let window = self.duration_or(&Some(b.window), Duration::ZERO, bounds::RESTART_WINDOW);
             spec.restart_budget = Some(RestartBudget {
                 max_restarts,
                 window,
@@ -611,7 +620,7 @@ impl Validator<'_> {
         }
         if let Some(g) = &raw.termination_grace_period {
             spec.termination_grace_period =
-                self.duration_or(&Some(g.clone()), Duration::ZERO, Duration::ZERO);
+                self.duration_or(&Some(g.clone()), Duration::ZERO, b::TERMINATION_GRACE);
         }
         component.map(|_| spec)
     }
@@ -658,14 +667,14 @@ impl Validator<'_> {
             job.active_deadline = Some(self.duration_or(
                 &raw.active_deadline.take(),
                 Duration::ZERO,
-                Duration::from_millis(1),
+                b::ACTIVE_DEADLINE,
             ));
         }
         if raw.ttl_after_finished.is_some() {
             job.ttl_after_finished = Some(self.duration_or(
                 &raw.ttl_after_finished.take(),
                 Duration::ZERO,
-                Duration::ZERO,
+                b::TTL_AFTER_FINISHED,
             ));
         }
         for rule in raw
@@ -871,47 +880,24 @@ impl Validator<'_> {
     }
 
     fn dir_grant(&mut self, raw: &super::raw::RawDir) -> Option<DirGrant> {
-        if !raw.guest.value.starts_with('/') {
+        if let Err(why) = check_guest_path(&raw.guest.value) {
             self.error(
                 raw.guest.referenced,
-                format!("guest path `{}` is not absolute", raw.guest.value),
+                why,
                 Some("write the path the guest will see, e.g. `/data`".into()),
             );
             return None;
         }
-        let joined = self.base_dir.join(&raw.host.value);
-        let host = match std::fs::canonicalize(&joined) {
-            Ok(p) if p.is_dir() => p,
-            Ok(p) => {
-                self.error(
-                    raw.host.referenced,
-                    format!("`{}` is not a directory", p.display()),
-                    None,
-                );
-                return None;
-            }
-            Err(e) => {
-                self.error(
-                    raw.host.referenced,
-                    format!("directory `{}` not found ({e})", joined.display()),
-                    Some("host paths are relative to the manifest file".into()),
-                );
+        let joined = std::path::absolute(self.base_dir.join(&raw.host.value))
+            .unwrap_or_else(|_| self.base_dir.join(&raw.host.value));
+        let host = match check_host_dir(&joined, &self.limits.dir_roots) {
+            Ok(host) => host,
+            Err((why, help)) => {
+                self.error(raw.host.referenced, why, help);
                 return None;
             }
         };
-        if let Err(why) = check_dir_root(&host, &self.limits.dir_roots) {
-            self.error(
-                raw.host.referenced,
-                why,
-                Some("grant a directory under one of the host's allowed roots".into()),
-            );
-            return None;
-        }
-        Some(DirGrant {
-            host,
-            guest: raw.guest.value.clone(),
-            read_only: raw.read_only,
-        })
+        Some(DirGrant::new(host, raw.guest.value.clone(), raw.read_only))
     }
 
     fn int_in(&mut self, v: &Spanned<i64>, min: i64, max: i64, what: &str) -> Option<i64> {
@@ -927,23 +913,23 @@ impl Validator<'_> {
         }
     }
 
+    /// The duration `v` says, checked against its field's range; `default` if absent
+    /// (or wrong, after recording why).
     fn duration_or(
         &mut self,
         v: &Option<Spanned<String>>,
         default: Duration,
-        min: Duration,
+        bound: DurationBound,
     ) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(&v.value) {
-            Ok(d) if d < min => {
-                self.error(
-                    v.referenced,
-                    format!("`{}` is too short; the minimum is {:?}", v.value, min),
-                    None,
-                );
-                default
-            }
-            Ok(d) => d,
+            Ok(d) => match bound.check(d) {
+                Ok(()) => d,
+                Err(why) => {
+                    self.error(v.referenced, format!("`{}`: {why}", v.value), None);
+                    default
+                }
+            },
             Err(why) => {
                 self.error(v.referenced, why, None);
                 default
@@ -1016,18 +1002,18 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
             problem(format!("`{}`: invalid env var `{key}`", w.name));
         }
         if let Some(p) = spec.probe
-            && (p.period.is_zero()
-                || p.timeout.is_zero()
-                || p.failure_threshold == 0
-                || p.success_threshold == 0)
+            && !(THRESHOLDS.contains(&p.failure_threshold)
+                && THRESHOLDS.contains(&p.success_threshold))
         {
             problem(format!(
-                "`{}`: probe period, timeout and thresholds must be above zero",
+                "`{}`: probe thresholds must be between 1 and 1000",
                 w.name
             ));
         }
-        if spec.watchdog.is_some_and(|w| w.timeout.is_zero()) {
-            problem(format!("`{}`: watchdog timeout must be above zero", w.name));
+        for (bound, d) in durations_of(spec) {
+            if let Err(why) = bound.check(d) {
+                problem(format!("`{}`: {why}", w.name));
+            }
         }
         if spec.backoff.max < spec.backoff.initial {
             problem(format!(
@@ -1055,23 +1041,18 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
             ));
         }
         for dir in &spec.dirs {
-            if !dir.guest.starts_with('/') {
-                problem(format!(
-                    "`{}`: guest path `{}` is not absolute",
-                    w.name, dir.guest
-                ));
+            if let Err(why) = check_guest_path(&dir.guest) {
+                problem(format!("`{}`: {why}", w.name));
             }
-            match std::fs::canonicalize(&dir.host) {
-                Ok(host) if host.is_dir() => {
-                    if let Err(why) = check_dir_root(&host, &limits.dir_roots) {
-                        problem(format!("`{}`: {why}", w.name));
-                    }
-                }
-                _ => problem(format!(
-                    "`{}`: `{}` is not a directory",
+            match check_host_dir(&dir.host, &limits.dir_roots) {
+                Ok(normal) if normal != dir.host => problem(format!(
+                    "`{}`: host path `{}` is not in normal form; write `{}`",
                     w.name,
-                    dir.host.display()
+                    dir.host.display(),
+                    normal.display()
                 )),
+                Ok(_) => {}
+                Err((why, _)) => problem(format!("`{}`: {why}", w.name)),
             }
         }
         if !spec.connect.is_empty() && !limits.allow_network {
@@ -1094,6 +1075,103 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
 }
 
 /// Errs unless `dir` (canonical) lies under one of `roots`; any directory when `roots` is empty.
+/// The range of a probe's failure and success thresholds.
+const THRESHOLDS: std::ops::RangeInclusive<u32> = 1..=1000;
+
+/// Every duration a typed spec holds, with its field's range.
+fn durations_of(spec: &WorkloadSpec) -> Vec<(DurationBound, Duration)> {
+    let mut out = vec![
+        (b::PROGRESS_DEADLINE, spec.strategy.progress_deadline),
+        (b::MIN_READY, spec.strategy.min_ready),
+        (b::BACKOFF_INITIAL, spec.backoff.initial),
+        (b::BACKOFF_MAX, spec.backoff.max),
+        (b::BACKOFF_RESET_AFTER, spec.backoff.reset_after),
+        (b::TERMINATION_GRACE, spec.termination_grace_period),
+    ];
+    if let Some(cpu) = spec.cpu_budget {
+        out.push((b::CPU_BUDGET, cpu.time));
+        out.extend(cpu.per.map(|per| (b::CPU_PER, per)));
+    }
+    if let Some(p) = spec.probe {
+        out.push((b::PROBE_INITIAL_DELAY, p.initial_delay));
+        out.push((b::PROBE_PERIOD, p.period));
+        out.push((b::PROBE_TIMEOUT, p.timeout));
+    }
+    out.extend(spec.watchdog.map(|w| (b::WATCHDOG_TIMEOUT, w.timeout)));
+    out.extend(spec.restart_budget.map(|r| (b::RESTART_WINDOW, r.window)));
+    if let Some(job) = &spec.job {
+        out.extend(job.active_deadline.map(|d| (b::ACTIVE_DEADLINE, d)));
+        out.extend(job.ttl_after_finished.map(|d| (b::TTL_AFTER_FINISHED, d)));
+    }
+    out
+}
+
+/// The rule for a guest path: absolute and in normal form (no `.`, `..`, doubled or
+/// trailing `/`), at most 1,024 bytes.
+pub(crate) fn check_guest_path(guest: &str) -> Result<(), String> {
+    if !guest.starts_with('/') {
+        return Err(format!("guest path `{guest}` is not absolute"));
+    }
+    if guest.len() > 1024 || guest.contains('\0') {
+        return Err("a guest path must be at most 1024 bytes, with no NUL".into());
+    }
+    let normal = crate::opened_dir::normalize(Path::new(guest));
+    if normal.as_deref() != Some(Path::new(guest)) {
+        return Err(match normal {
+            Some(n) => format!(
+                "guest path `{guest}` is not in normal form; write `{}`",
+                n.display()
+            ),
+            None => format!("guest path `{guest}` climbs above `/`"),
+        });
+    }
+    Ok(())
+}
+
+/// The rule for a granted host directory: an absolute path whose normal form names an
+/// existing directory with no symbolic link in any component, under one of the host's
+/// allowed roots. Returns the normal form; an error is (message, help).
+pub(crate) fn check_host_dir(
+    host: &Path,
+    roots: &[PathBuf],
+) -> Result<PathBuf, (String, Option<String>)> {
+    use crate::opened_dir::{OpenDirError, OpenedDir, normalize};
+    let Some(normal) = normalize(host) else {
+        return Err((
+            format!(
+                "host path `{}` is not absolute or climbs above `/`",
+                host.display()
+            ),
+            Some("host paths in a manifest are relative to the manifest file".into()),
+        ));
+    };
+    if let Err(why) = check_dir_root(&normal, roots) {
+        return Err((
+            why,
+            Some("grant a directory under one of the host's allowed roots".into()),
+        ));
+    }
+    match OpenedDir::open(&normal) {
+        Ok(_) => Ok(normal),
+        Err(OpenDirError::Symlink { link }) => {
+            let real = std::fs::canonicalize(&normal)
+                .map(|p| format!(" (`{}` today)", p.display()))
+                .unwrap_or_default();
+            Err((
+                OpenDirError::Symlink { link }.to_string(),
+                Some(format!(
+                    "grant the directory by its real path{real}, with no symbolic link in it"
+                )),
+            ))
+        }
+        Err(e @ OpenDirError::NotFound(_)) => Err((
+            e.to_string(),
+            Some("host paths in a manifest are relative to the manifest file".into()),
+        )),
+        Err(e) => Err((e.to_string(), None)),
+    }
+}
+
 fn check_dir_root(dir: &Path, roots: &[PathBuf]) -> Result<(), String> {
     if roots.is_empty() || roots.iter().any(|r| dir.starts_with(r)) {
         return Ok(());

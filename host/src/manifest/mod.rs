@@ -1,6 +1,7 @@
 //! Manifests: the YAML format users write, its validation, and the typed specs the host
 //! runs. Only this module knows YAML; everything else sees [`Workload`]s.
 
+pub mod bounds;
 mod diagnostic;
 mod load;
 mod raw;
@@ -20,5 +21,8 @@ pub use spec::{
 
 /// The JSON Schema of the manifest format, generated from the types that parse it.
 pub fn json_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(raw::RawManifest)).expect("a schema serializes")
+    let mut schema =
+        serde_json::to_value(schemars::schema_for!(raw::RawManifest)).expect("a schema serializes");
+    schema["x-duration-ranges"] = bounds::as_json();
+    schema
 }

@@ -36,6 +36,8 @@ pub struct Workload {
     pub policy_origin: Option<Origin>,
     /// Where each of `spec.capabilities` was written, for located errors.
     pub capability_origins: std::collections::BTreeMap<String, Origin>,
+    /// Where each of `spec.dirs` was written (by guest path), for located errors.
+    pub dir_origins: std::collections::BTreeMap<String, Origin>,
 }
 
 impl Workload {
@@ -48,6 +50,7 @@ impl Workload {
             origin: None,
             policy_origin: None,
             capability_origins: Default::default(),
+            dir_origins: Default::default(),
         }
     }
 }
@@ -351,16 +354,35 @@ pub struct CpuBudget {
     pub per: Option<Duration>,
 }
 
-/// A host directory preopened for the guest.
+/// A host directory preopened for the guest. The host opens it once, at apply, without
+/// following a symbolic link in any component of `host`, and hands every instance that
+/// handle (see [`crate::opened_dir`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DirGrant {
-    /// The directory on the host (absolute, resolved).
+    /// The directory on the host (absolute, normalized, no symbolic link in it).
     pub host: PathBuf,
-    /// Where the guest sees it (absolute guest path, e.g. `/data`).
+    /// Where the guest sees it (absolute normalized guest path, e.g. `/data`).
     pub guest: String,
     /// Whether the guest may only read.
     pub read_only: bool,
+    /// If set, the grant is refused unless `host` still names this directory (the
+    /// daemon pins what it recorded at apply, so a restart never grants a directory
+    /// put in the old one's place).
+    #[serde(skip)]
+    pub pinned: Option<crate::opened_dir::DirIdentity>,
+}
+
+impl DirGrant {
+    /// A grant of `host` at `guest`.
+    pub fn new(host: impl Into<PathBuf>, guest: impl Into<String>, read_only: bool) -> Self {
+        Self {
+            host: host.into(),
+            guest: guest.into(),
+            read_only,
+            pinned: None,
+        }
+    }
 }
 
 /// A health probe, in Kubernetes' vocabulary with millisecond resolution. The host calls

@@ -106,7 +106,7 @@ impl Policy for ReplicaPolicy {
                 return;
             }
             let consecutive = obs.map_or(0, |o| o.consecutive_ends);
-            let due = *ended_at + desired.backoff.delay(consecutive);
+            let due = crate::clock::after(*ended_at, desired.backoff.delay(consecutive));
             if due <= input.now {
                 actions.push(Action::Spawn { slot });
             } else {
@@ -208,7 +208,7 @@ fn roll(input: &PolicyInput<'_>, actions: &mut Vec<Action>) {
                     .last_end
                     .as_ref()
                     .map_or(std::time::Duration::ZERO, |(at, _)| {
-                        (*at + desired.backoff.delay(slot.consecutive_ends))
+                        crate::clock::after(*at, desired.backoff.delay(slot.consecutive_ends))
                             .saturating_duration_since(input.now)
                     });
                 if wait.is_zero() {

@@ -53,7 +53,7 @@ impl Vitals {
     fn last_beat(&self) -> Option<Instant> {
         match self.last_beat_ms.load(Ordering::Acquire) {
             u64::MAX => None,
-            ms => Some(self.started + Duration::from_millis(ms)),
+            ms => Some(crate::clock::after(self.started, Duration::from_millis(ms))),
         }
     }
 }
@@ -206,8 +206,13 @@ pub(super) fn spawn(
             instance: req.instance.clone(),
         };
         let vitals = Arc::new(Vitals::new());
-        let mut store = build_store(&rt, &req, &capture, vitals.clone());
-        let reason = drive(&rt, &mut store, &req, &vitals, &reporter, stop_rx).await;
+        let (mut store, refused) = build_store(&rt, &req, &capture, vitals.clone());
+        let reason = match refused {
+            // A grant that cannot be handed over fails the start (recorded, replaced):
+            // an instance never runs with less than its spec grants.
+            Some(message) => EndReason::StartFailed { message },
+            None => drive(&rt, &mut store, &req, &vitals, &reporter, stop_rx).await,
+        };
         let at = std::time::SystemTime::now();
         let state = store.data();
         let end = InstanceEnd {
@@ -287,8 +292,9 @@ fn build_store(
     req: &SpawnRequest,
     capture: &OutputCapture,
     vitals: Arc<Vitals>,
-) -> Store<InstanceState> {
+) -> (Store<InstanceState>, Option<String>) {
     let spec = &req.spec;
+    let mut refused = None;
     let mut wasi = WasiCtxBuilder::new();
     // argv[0] is the program name, as real programs expect; the user's args follow.
     wasi.arg(&*req.workload);
@@ -296,15 +302,22 @@ fn build_store(
     wasi.envs(&spec.env);
     wasi.stdout(capture.stream(Stream::Stdout));
     wasi.stderr(capture.stream(Stream::Stderr));
-    for dir in &spec.dirs {
-        let perms = if dir.read_only {
+    for grant in req.grants.iter() {
+        let perms = if grant.read_only {
             FsPerms::ReadOnly
         } else {
             FsPerms::ReadWrite
         };
-        if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, perms) {
-            // Checked at apply; a directory removed since then is simply not granted.
-            tracing::warn!(workload = %req.workload, dir = %dir.host.display(), "directory grant skipped: {e}");
+        // By the handle opened at apply, never by the path again: a link planted in
+        // the path since then leads nowhere.
+        if let Err(e) = wasi.preopened_dir(grant.dir.handle_path(), &grant.guest, perms) {
+            refused.get_or_insert_with(|| {
+                format!(
+                    "cannot grant `{}` at {}: {e}",
+                    grant.dir.path().display(),
+                    grant.guest
+                )
+            });
         }
     }
     wasi.allow_udp(false).allow_ip_name_lookup(false);
@@ -338,7 +351,7 @@ fn build_store(
         },
         _live: LiveStore::new(&rt.live_stores),
     };
-    store_with_limits(rt, state)
+    (store_with_limits(rt, state), refused)
 }
 
 /// Wraps `state` in a Store with its limiter and the epoch callback that meters CPU.
@@ -406,7 +419,7 @@ async fn drive_command(
     let mut run = pin!(command.wasi_cli_run().call_run(store));
     loop {
         let watchdog_due = watchdog.map(|t| vitals.last_beat().unwrap_or(vitals.started) + t);
-        let far = Instant::now() + Duration::from_secs(3600);
+        let far = crate::clock::from_now(Duration::from_secs(3600));
         tokio::select! {
             result = &mut run => {
                 let reason = match result {
@@ -441,7 +454,7 @@ async fn drive_command(
                     return EndReason::Stopped { cause, forced: false };
                 }
                 vitals.stop_requested.store(true, Ordering::Release);
-                stopping = Some((cause, Instant::now() + grace));
+                stopping = Some((cause, crate::clock::from_now(grace)));
             }
             _ = sleep_until(stopping.map_or(far, |(_, d)| d).into()), if stopping.is_some() => {
                 let (cause, _) = stopping.unwrap_or((StopCause::Deleted, far));
@@ -480,8 +493,8 @@ async fn drive_reactor(
         reporter.send(InstanceEventKind::Ready(true)).await;
     }
     let (mut successes, mut failures) = (0u32, 0u32);
-    let mut next_probe = Instant::now() + probe.map_or(Duration::ZERO, |p| p.initial_delay);
-    let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
+    let mut next_probe = crate::clock::from_now(probe.map_or(Duration::ZERO, |p| p.initial_delay));
+    let far = crate::clock::from_now(crate::clock::FAR);
     loop {
         tokio::select! {
             _ = sleep_until(next_probe.into()), if probe.is_some() => {
@@ -515,7 +528,7 @@ async fn drive_reactor(
                     ready = now_ready;
                     reporter.send(InstanceEventKind::Ready(ready)).await;
                 }
-                next_probe = Instant::now() + p.period;
+                next_probe = crate::clock::from_now(p.period);
             }
             _ = vitals.changed.notified() => {
                 if ready && !vitals.ready.load(Ordering::Acquire) {

@@ -408,9 +408,25 @@ pub struct SpawnRequest {
     pub component: Arc<PreparedComponent>,
     /// The workload's spec (grants, limits, probes).
     pub spec: Arc<WorkloadSpec>,
+    /// The granted directories, opened at apply (the spec's `dirs` by handle).
+    pub grants: Grants,
     /// Where complete output lines are forwarded.
     pub log_sink: Option<broadcast::Sender<LogLine>>,
 }
+
+/// A directory granted to a workload's instances, held open since apply.
+#[derive(Debug)]
+pub struct GrantedDir {
+    /// Where the guest sees it.
+    pub guest: String,
+    /// Whether the guest may only read.
+    pub read_only: bool,
+    /// The directory, by handle.
+    pub dir: crate::opened_dir::OpenedDir,
+}
+
+/// A revision's granted directories, shared by its instances.
+pub type Grants = Arc<[GrantedDir]>;
 
 /// Increments the engine's epoch on a dedicated thread, so that guests yield.
 struct EpochTicker {

@@ -1,0 +1,457 @@
+//! Attacks on the daemon through the real binary: a guest planting a symbolic link that
+//! climbs out of its grant, grant paths replaced while the daemon is down, and a
+//! controller that dies while a stored apply is replayed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Daemon, guest};
+
+/// A tree for one test: `secret/secret.txt` outside every grant, and the directories
+/// granted below `grants/`.
+struct Tree {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Tree {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(root.join("secret")).unwrap();
+        std::fs::write(root.join("secret/secret.txt"), "TOP-SECRET\n").unwrap();
+        std::fs::create_dir_all(root.join("grants/s/sub")).unwrap();
+        std::fs::write(root.join("grants/s/sub/marker.txt"), "original\n").unwrap();
+        std::fs::create_dir_all(root.join("state")).unwrap();
+        Self { _dir: dir, root }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// A planter workload's manifest document.
+    fn planter(&self, name: &str, env: &str, dirs: &[(&str, &str, bool)]) -> String {
+        let dirs: String = dirs
+            .iter()
+            .map(|(host, guest, ro)| {
+                format!(
+                    "    - {{host: '{}', guest: {guest}, readOnly: {ro}}}\n",
+                    self.path(host).display()
+                )
+            })
+            .collect();
+        format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\nspec:\n  component: {}\n  restartPolicy: Always\n  backoff: {{initial: 50ms, max: 200ms}}\n  env: {{{env}}}\n  dirs:\n{dirs}",
+            guest("planter").display()
+        )
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The output tails of every termination the daemon reports for `name` so far.
+fn tail(daemon: &Daemon, name: &str) -> Vec<String> {
+    daemon
+        .workloads()
+        .into_iter()
+        .find(|w| w["name"] == name)
+        .and_then(|w| w["lastTermination"]["output"]["tail"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|l| l.as_str().map(String::from))
+        .collect()
+}
+
+/// Waits until `name` has ended at least `restarts` times and returns its last tail.
+fn wait_restarts(daemon: &Daemon, name: &str, restarts: u64) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = daemon.workloads().into_iter().find(|w| w["name"] == name);
+        if w.as_ref()
+            .is_some_and(|w| w["restarts"].as_u64().unwrap_or(0) >= restarts)
+        {
+            let lines = tail(daemon, name);
+            assert!(!lines.is_empty(), "no output kept: {w:?}");
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never restarted {restarts} times: {w:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What `get` says on stderr about quarantined applies (empty when none is).
+fn quarantined(daemon: &Daemon) -> String {
+    let out = daemon.cli(&["get"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    if err.contains("warning: stored apply") {
+        err
+    } else {
+        String::new()
+    }
+}
+
+#[test]
+fn a_writable_grant_may_not_contain_another_grant_in_one_workload_or_across_two() {
+    let tree = Tree::new();
+    let daemon = Daemon::start(&tree.path("state"));
+    // The repro: the first instance replaces s/sub with a link climbing to /, the next
+    // reads through the read-only grant of s/sub. Refused at apply, located.
+    let one = tree.write(
+        "one.yaml",
+        &tree.planter(
+            "one",
+            "PLANT: /s, READ: /x/etc/passwd",
+            &[("grants/s", "/s", false), ("grants/s/sub", "/x", true)],
+        ),
+    );
+    let out = daemon.cli(&["apply", "-f", one.to_str().unwrap()]);
+    assert!(!out.status.success(), "nested grants were accepted");
+    let err = stderr(&out);
+    assert!(
+        err.contains("one.yaml:") && err.contains("lies inside") && err.contains("writable"),
+        "{err}"
+    );
+    // Across two workloads, in one apply and in two.
+    let planter = tree.write(
+        "planter.yaml",
+        &tree.planter("planter", "PLANT: /s", &[("grants/s", "/s", false)]),
+    );
+    let reader = tree.write(
+        "reader.yaml",
+        &tree.planter(
+            "reader",
+            "READ: /x/secret.txt",
+            &[("grants/s/sub", "/x", true)],
+        ),
+    );
+    let both = daemon.cli(&[
+        "apply",
+        "-f",
+        planter.to_str().unwrap(),
+        "-f",
+        reader.to_str().unwrap(),
+    ]);
+    assert!(
+        !both.status.success(),
+        "nested grants across workloads were accepted"
+    );
+    assert!(stderr(&both).contains("lies inside"), "{}", stderr(&both));
+    assert!(
+        daemon.workloads().is_empty(),
+        "a rejected apply changed something"
+    );
+    let first = daemon.cli(&["apply", "-f", planter.to_str().unwrap()]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = daemon.cli(&["apply", "-f", reader.to_str().unwrap()]);
+    assert!(
+        !second.status.success(),
+        "a grant inside a running writable grant was accepted"
+    );
+    assert!(
+        stderr(&second).contains("granted to `planter`"),
+        "{}",
+        stderr(&second)
+    );
+    // Two read-only grants may overlap.
+    let ro = tree.write(
+        "ro.yaml",
+        &tree.planter(
+            "ro",
+            "READ: /x/marker.txt",
+            &[("grants/s/sub", "/x", true), ("secret", "/y", true)],
+        ),
+    );
+    let ro2 = tree.write(
+        "ro2.yaml",
+        &tree.planter(
+            "ro-two",
+            "READ: /x/sub/marker.txt",
+            &[("grants/s", "/x", true)],
+        ),
+    );
+    let delete = daemon.cli(&["delete", "workload/planter"]);
+    assert!(delete.status.success(), "{}", stderr(&delete));
+    let out = daemon.cli(&[
+        "apply",
+        "-f",
+        ro.to_str().unwrap(),
+        "-f",
+        ro2.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_grant_path_with_a_symlink_is_refused_and_instances_keep_the_directory_granted() {
+    let tree = Tree::new();
+    let daemon = Daemon::start(&tree.path("state"));
+    // A path through a link is refused at apply, with the real path as help.
+    std::os::unix::fs::symlink("grants/s", tree.path("via-link")).unwrap();
+    let linked = tree.write(
+        "linked.yaml",
+        &tree.planter("linked", "", &[("via-link/sub", "/x", true)]),
+    );
+    let out = daemon.cli(&["apply", "-f", linked.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "a grant through a symlink was accepted"
+    );
+    assert!(
+        stderr(&out).contains("is a symbolic link") && stderr(&out).contains("real path"),
+        "{}",
+        stderr(&out)
+    );
+    // A reader granted s/sub runs again and again. Its directory is moved away and a
+    // link to the secret takes its name: later instances still see the directory that
+    // was granted (by handle), never the link's target.
+    let reader = tree.write(
+        "reader.yaml",
+        &tree.planter(
+            "reader",
+            "READ: '/x/marker.txt,/x/secret.txt', WRITE: /x/planted.txt",
+            &[("grants/s/sub", "/x", false)],
+        ),
+    );
+    let out = daemon.cli(&["apply", "-f", reader.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = wait_restarts(&daemon, "reader", 1);
+    assert!(
+        before
+            .iter()
+            .any(|l| l == "read /x/marker.txt: ALLOWED original"),
+        "{before:?}"
+    );
+    std::fs::rename(tree.path("grants/s/sub"), tree.path("moved")).unwrap();
+    std::os::unix::fs::symlink("../../secret", tree.path("grants/s/sub")).unwrap();
+    std::fs::remove_file(tree.path("moved/planted.txt")).unwrap();
+    let restarts = daemon
+        .workloads()
+        .into_iter()
+        .find(|w| w["name"] == "reader")
+        .and_then(|w| w["restarts"].as_u64())
+        .unwrap();
+    let after = wait_restarts(&daemon, "reader", restarts + 2);
+    assert!(
+        after
+            .iter()
+            .any(|l| l == "read /x/marker.txt: ALLOWED original"),
+        "{after:?}"
+    );
+    assert!(after.iter().all(|l| !l.contains("TOP-SECRET")), "{after:?}");
+    assert!(
+        tree.path("moved/planted.txt").is_file(),
+        "the instance wrote somewhere else than its granted directory"
+    );
+    assert!(
+        !tree.path("secret/planted.txt").exists(),
+        "the guest wrote outside its grant"
+    );
+}
+
+#[test]
+fn a_grant_replaced_while_the_daemon_is_down_is_not_granted_after_a_restart() {
+    let tree = Tree::new();
+    std::fs::create_dir_all(tree.path("grants/t")).unwrap();
+    let mut daemon = Daemon::start(&tree.path("state"));
+    let linked = tree.write(
+        "linked.yaml",
+        &tree.planter(
+            "linked",
+            "READ: /x/secret.txt",
+            &[("grants/s/sub", "/x", true)],
+        ),
+    );
+    let swapped = tree.write(
+        "swapped.yaml",
+        &tree.planter(
+            "swapped",
+            "READ: /y/secret.txt",
+            &[("grants/t", "/y", true)],
+        ),
+    );
+    let other = tree.write(
+        "other.yaml",
+        &tree.planter("other", "READ: /z/marker.txt", &[("grants/s", "/z", true)]),
+    );
+    for file in [&linked, &swapped, &other] {
+        let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    daemon.kill9();
+    // While it is down: one grant becomes a link to the secret, the other's directory
+    // is replaced by a copy of the secret (same path, another directory).
+    std::fs::rename(tree.path("grants/s/sub"), tree.path("moved")).unwrap();
+    std::os::unix::fs::symlink("../../secret", tree.path("grants/s/sub")).unwrap();
+    std::fs::remove_dir(tree.path("grants/t")).unwrap();
+    std::fs::create_dir(tree.path("grants/t")).unwrap();
+    std::fs::write(tree.path("grants/t/secret.txt"), "TOP-SECRET\n").unwrap();
+    let daemon = Daemon::start(&tree.path("state"));
+    let text = quarantined(&daemon);
+    assert!(
+        text.contains("(linked)") && text.contains("symbolic link"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(swapped)") && text.contains("no longer the directory granted"),
+        "{text}"
+    );
+    assert!(text.contains("setpoint delete workload/linked"), "{text}");
+    // The others run; the refused ones run nothing.
+    wait_restarts(&daemon, "other", 1);
+    let names: Vec<Value> = daemon
+        .workloads()
+        .into_iter()
+        .map(|w| w["name"].clone())
+        .collect();
+    assert_eq!(names, vec![Value::from("other")]);
+    let events = daemon.cli(&["events", "-o", "json"]);
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("Quarantined") && l.contains("linked")),
+        "{events}"
+    );
+    // Deleting a quarantined workload ends its quarantine.
+    let out = daemon.cli(&["delete", "workload/linked"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = quarantined(&daemon);
+    assert!(
+        !text.contains("(linked)") && text.contains("(swapped)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_controller_that_dies_while_replaying_ends_the_daemon_and_its_apply_is_quarantined() {
+    let tree = Tree::new();
+    let state = tree.path("state");
+    let daemon = Daemon::start(&state);
+    let fine = tree.write("fine.yaml", &tree.planter("fine", "", &[]));
+    let fatal = tree.write("fatal.yaml", &tree.planter("fatal", "", &[]));
+    for file in [&fine, &fatal] {
+        let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    drop(daemon);
+    // This start's controller panics when `fatal` is applied: the daemon must exit
+    // non-zero, saying why, instead of serving a dead host.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["daemon", "--state-dir"])
+        .arg(&state)
+        .env("SETPOINT_TEST_PANIC_ON_APPLY", "fatal")
+        .output()
+        .expect("daemon runs");
+    assert!(!out.status.success(), "the daemon served a dead host");
+    assert!(
+        stderr(&out).contains("controller died") && stderr(&out).contains("fatal"),
+        "{}",
+        stderr(&out)
+    );
+    // The next start runs the rest and says what it left out and how to get it back.
+    let daemon = Daemon::start_with(&state, &[]);
+    wait_restarts(&daemon, "fine", 1);
+    let text = quarantined(&daemon);
+    assert!(
+        text.contains("(fatal)") && text.contains("died while replaying"),
+        "{text}"
+    );
+    // Applying it anew ends the quarantine.
+    let out = daemon.cli(&["apply", "-f", fatal.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(quarantined(&daemon).is_empty());
+}
+
+#[test]
+fn setpoint_run_exits_non_zero_when_the_controller_dies() {
+    let tree = Tree::new();
+    let file = tree.write("fatal.yaml", &tree.planter("fatal", "", &[]));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["run", "--for", "30s"])
+        .arg(&file)
+        .env("SETPOINT_TEST_PANIC_ON_APPLY", "fatal")
+        .output()
+        .expect("run runs");
+    assert!(!out.status.success(), "run exited 0 with a dead controller");
+    assert!(stderr(&out).contains("controller died"), "{}", stderr(&out));
+}
+
+#[test]
+fn durations_past_their_maximum_are_refused_located_and_the_daemon_keeps_serving() {
+    let tree = Tree::new();
+    let component = guest("planter");
+    let workload = |extra: &str| {
+        format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: huge\nspec:\n  component: {}\n{extra}",
+            component.display()
+        )
+    };
+    let job = |extra: &str| {
+        format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Job\nmetadata:\n  name: huge\nspec:\n  component: {}\n{extra}",
+            component.display()
+        )
+    };
+    let cases = [
+        (
+            workload("  backoff: {initial: 300000000000y, max: 300000000000y}\n"),
+            "backoff.initial is too long",
+        ),
+        (
+            workload("  terminationGracePeriod: 300000000000y\n"),
+            "terminationGracePeriod is too long",
+        ),
+        (
+            workload("  restartBudget: {maxRestarts: 3, window: 300000000000y}\n"),
+            "restartBudget.window is too long",
+        ),
+        (
+            job("  activeDeadline: 300000000000y\n"),
+            "activeDeadline is too long",
+        ),
+        (
+            job("  ttlAfterFinished: 300000000000y\n"),
+            "ttlAfterFinished is too long",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let file = tree.write(&format!("huge-{i}.yaml"), text);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "accepted: {text}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("huge-{i}.yaml:")) && err.contains(expected),
+            "{expected}: {err}"
+        );
+    }
+    // Through the daemon: refused, and it still answers with nothing applied.
+    let daemon = Daemon::start(&tree.path("state"));
+    let file = tree.path("huge-0.yaml");
+    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("too long"), "{}", stderr(&out));
+    assert!(daemon.workloads().is_empty());
+    let fine = tree.write("fine.yaml", &tree.planter("fine", "", &[]));
+    let out = daemon.cli(&["apply", "-f", fine.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_restarts(&daemon, "fine", 1);
+}
