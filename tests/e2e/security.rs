@@ -455,3 +455,179 @@ fn durations_past_their_maximum_are_refused_located_and_the_daemon_keeps_serving
     assert!(out.status.success(), "{}", stderr(&out));
     wait_restarts(&daemon, "fine", 1);
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` on a new directory; `None` (with the reason printed)
+    /// where this process may not mount.
+    fn mount(size: &str) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a small tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        if !mounted.is_ok_and(|s| s.success()) {
+            eprintln!("SKIPPED: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system with `filler` until the OS says it is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let filler = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The job's status from `get -o json`.
+fn job_status(daemon: &Daemon, name: &str) -> Value {
+    daemon
+        .workloads()
+        .into_iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+fn wait_job(daemon: &Daemon, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = job_status(daemon, name);
+        if check(&job) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "{what}: {job}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_full_disk_pauses_jobs_visibly_and_the_store_recovers_without_a_restart() {
+    let Some(disk) = SmallDisk::mount("48m") else {
+        return;
+    };
+    let tree = Tree::new();
+    let ledger = tree.path("ledger");
+    std::fs::create_dir_all(&ledger).unwrap();
+    let state = disk.path().join("state");
+    let mut daemon = Daemon::start(&state);
+    const COMPLETIONS: u64 = 150;
+    let job = tree.write(
+        "job.yaml",
+        &format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Job\nmetadata:\n  name: crunch\nspec:\n  component: {}\n  completions: {COMPLETIONS}\n  parallelism: 2\n  env: {{WORK_MS: '20'}}\n  dirs: [{{host: '{}', guest: /state}}]\n",
+            guest("batch").display(),
+            ledger.display()
+        ),
+    );
+    let out = daemon.cli(&["apply", "-f", job.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The disk fills while the job runs. redb reuses its own free pages, so some writes
+    // may still succeed; those that need room fail, and then the job pauses, visibly.
+    let filler = disk.fill();
+    let other = tree.write("other.yaml", &tree.planter("other", "", &[]));
+    let out = daemon.cli(&["apply", "-f", other.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "an apply was acknowledged on a full disk"
+    );
+    assert!(stderr(&out).contains("space"), "{}", stderr(&out));
+    let seen = wait_job(&daemon, "crunch", "a pause or the end", |j| {
+        let conditions = j["conditions"].to_string();
+        j["phase"] == "Succeeded"
+            || conditions.contains("ProgressDurable") && conditions.contains("space")
+    });
+    if seen["phase"] == "Succeeded" {
+        eprintln!("NOTE: every ledger write found room in redb's own free pages; no pause");
+        std::fs::remove_file(&filler).unwrap();
+    } else {
+        let message = seen["conditions"].to_string();
+        assert!(message.contains("space"), "{message}");
+        // Killed while writes fail: every completion it showed was durable, so none is
+        // lost after the restart.
+        let shown = seen["job"]["succeeded"].as_u64().unwrap();
+        daemon.kill9();
+        std::fs::remove_file(&filler).unwrap();
+        daemon = Daemon::start(&state);
+        let restored = job_status(&daemon, "crunch")["job"]["succeeded"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            restored >= shown,
+            "{shown} completions were shown, {restored} survived a crash"
+        );
+        // Full again: the pause ends without a restart once there is room.
+        if restored < COMPLETIONS {
+            let filler = disk.fill();
+            let paused = wait_job(&daemon, "crunch", "a pause or the end", |j| {
+                j["phase"] == "Succeeded" || j["conditions"].to_string().contains("ProgressDurable")
+            });
+            std::fs::remove_file(&filler).unwrap();
+            if paused["phase"] != "Succeeded" {
+                wait_job(&daemon, "crunch", "progress to resume", |j| {
+                    !j["conditions"].to_string().contains("ProgressDurable")
+                });
+                let events = daemon.cli(&["events", "-o", "json"]);
+                let events = String::from_utf8_lossy(&events.stdout).into_owned();
+                assert!(events.contains("LedgerWriteResumed"), "{events}");
+            }
+        }
+    }
+    let done = wait_job(&daemon, "crunch", "the job to finish", |j| {
+        j["phase"] == "Succeeded"
+    });
+    assert_eq!(done["job"]["succeeded"].as_u64(), Some(COMPLETIONS));
+    let successes = std::fs::read_to_string(ledger.join("done"))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert!(
+        successes >= COMPLETIONS,
+        "{successes} runs succeeded, {COMPLETIONS} counted"
+    );
+    let out = daemon.cli(&["apply", "-f", other.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A finished job never runs again: after a crash it is still done, and no run starts.
+    let runs = std::fs::read_to_string(ledger.join("runs"))
+        .unwrap()
+        .lines()
+        .count();
+    daemon.kill9();
+    let daemon = Daemon::start(&state);
+    let after = job_status(&daemon, "crunch");
+    assert_eq!(after["phase"], "Succeeded", "{after}");
+    assert_eq!(after["job"]["succeeded"].as_u64(), Some(COMPLETIONS));
+    std::thread::sleep(Duration::from_millis(300));
+    let runs_after = std::fs::read_to_string(ledger.join("runs"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(runs, runs_after, "a finished job ran again");
+}

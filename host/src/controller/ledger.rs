@@ -3,9 +3,15 @@
 //! when each record is durable. The controller never waits on the disk; a job acts on
 //! its progress (starts its next run, stops the others when finished, reports it) only
 //! once the record is durable.
+//!
+//! A write that fails is never acknowledged: the writer keeps it, and everything queued
+//! after it, and retries in order with back-off (50 ms doubling to 5 s) until the
+//! ledger takes it. It tells the controller when writes stall and when they resume, so
+//! that jobs pause visibly instead of running ahead of what is durable.
 
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -19,12 +25,20 @@ pub(super) enum LedgerOp {
     Forget(Arc<str>),
 }
 
-/// A record made durable (or not: `error` says why).
-pub(super) struct Durable {
-    pub job: Arc<str>,
-    pub progress: JobProgress,
-    pub error: Option<String>,
+/// What the writer tells the controller.
+pub(super) enum Notice {
+    /// A record is durable.
+    Durable(Arc<str>, JobProgress),
+    /// Writes fail (the OS error, in words); nothing more is durable until `Resumed`.
+    Stalled(String),
+    /// Writes succeed again.
+    Resumed,
 }
+
+/// The first wait before a failed write is tried again.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// The longest wait between tries.
+const LAST_RETRY: Duration = Duration::from_secs(5);
 
 /// The writer thread and its queue.
 pub(super) struct LedgerWriter {
@@ -36,7 +50,7 @@ impl LedgerWriter {
     /// Starts the writer; each durable record is reported on `acks`.
     pub fn start(
         ledger: Arc<dyn JobLedger>,
-        acks: UnboundedSender<Durable>,
+        acks: UnboundedSender<Notice>,
     ) -> std::io::Result<Self> {
         let (queue, ops) = mpsc::channel::<LedgerOp>();
         let thread = std::thread::Builder::new()
@@ -70,43 +84,83 @@ impl Drop for LedgerWriter {
     }
 }
 
-fn write(ledger: &dyn JobLedger, ops: &mpsc::Receiver<LedgerOp>, acks: &UnboundedSender<Durable>) {
-    while let Ok(first) = ops.recv() {
-        let mut batch = vec![first];
-        batch.extend(ops.try_iter());
-        let mut records: Vec<(Arc<str>, JobProgress)> = Vec::new();
-        for op in batch {
-            match op {
-                LedgerOp::Record(job, progress) => records.push((job, progress)),
-                LedgerOp::Forget(job) => {
-                    // What was queued before the forget is written first.
-                    flush(ledger, &mut records, acks);
-                    if let Err(e) = ledger.forget(&job) {
-                        tracing::error!(job = %job, "cannot forget the job's progress: {e:#}");
-                    }
-                }
+fn write(ledger: &dyn JobLedger, ops: &mpsc::Receiver<LedgerOp>, acks: &UnboundedSender<Notice>) {
+    let mut pending: Vec<LedgerOp> = Vec::new();
+    let mut stalled: Option<String> = None;
+    let mut wait = FIRST_RETRY;
+    let mut closed = false;
+    loop {
+        if pending.is_empty() {
+            if closed {
+                return;
+            }
+            match ops.recv() {
+                Ok(op) => pending.push(op),
+                Err(_) => return,
             }
         }
-        flush(ledger, &mut records, acks);
+        pending.extend(ops.try_iter());
+        match apply(ledger, &mut pending, acks) {
+            Ok(()) => {
+                if stalled.take().is_some() {
+                    tracing::info!("the job ledger writes again");
+                    let _ = acks.send(Notice::Resumed);
+                }
+                wait = FIRST_RETRY;
+            }
+            Err(e) => {
+                if stalled.as_deref() != Some(e.as_str()) {
+                    tracing::error!("cannot record jobs' progress, retrying: {e}");
+                    let _ = acks.send(Notice::Stalled(e.clone()));
+                    stalled = Some(e);
+                }
+                if closed {
+                    // Stopping, and the ledger still fails: what is not durable stays
+                    // undone, so a restart runs it again rather than counting it twice.
+                    tracing::error!("stopping with {} job record(s) not durable", pending.len());
+                    return;
+                }
+                match ops.recv_timeout(wait) {
+                    Ok(op) => pending.push(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+                }
+                wait = (wait * 2).min(LAST_RETRY);
+            }
+        }
     }
 }
 
-/// Commits `records` at once and acknowledges each.
-fn flush(
+/// Writes `pending` in order: records in batches (one commit each), forgets between
+/// them. What succeeded is removed and acknowledged; the first failure stops it.
+fn apply(
     ledger: &dyn JobLedger,
-    records: &mut Vec<(Arc<str>, JobProgress)>,
-    acks: &UnboundedSender<Durable>,
-) {
-    if records.is_empty() {
-        return;
+    pending: &mut Vec<LedgerOp>,
+    acks: &UnboundedSender<Notice>,
+) -> Result<(), String> {
+    while !pending.is_empty() {
+        let records = pending
+            .iter()
+            .take_while(|op| matches!(op, LedgerOp::Record(..)))
+            .count();
+        if let Some(LedgerOp::Forget(job)) = pending.first() {
+            ledger.forget(job).map_err(|e| format!("{e:#}"))?;
+            pending.remove(0);
+            continue;
+        }
+        let batch: Vec<(&str, &JobProgress)> = pending[..records]
+            .iter()
+            .filter_map(|op| match op {
+                LedgerOp::Record(job, progress) => Some((&**job, progress)),
+                LedgerOp::Forget(_) => None,
+            })
+            .collect();
+        ledger.record_all(&batch).map_err(|e| format!("{e:#}"))?;
+        for op in pending.drain(..records) {
+            if let LedgerOp::Record(job, progress) = op {
+                let _ = acks.send(Notice::Durable(job, progress));
+            }
+        }
     }
-    let batch: Vec<(&str, &JobProgress)> = records.iter().map(|(j, p)| (&**j, p)).collect();
-    let error = ledger.record_all(&batch).err().map(|e| format!("{e:#}"));
-    for (job, progress) in records.drain(..) {
-        let _ = acks.send(Durable {
-            job,
-            progress,
-            error: error.clone(),
-        });
-    }
+    Ok(())
 }

@@ -148,7 +148,9 @@ pub(crate) struct Controller {
     /// Writes jobs' progress to the ledger, off this task.
     writer: Option<ledger::LedgerWriter>,
     /// Its acknowledgements.
-    durable_rx: tokio::sync::mpsc::UnboundedReceiver<ledger::Durable>,
+    durable_rx: tokio::sync::mpsc::UnboundedReceiver<ledger::Notice>,
+    /// Why the job ledger cannot write, while it cannot.
+    ledger_stalled: Option<String>,
     /// Latency histograms.
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -194,6 +196,7 @@ impl Controller {
             id_salt: fastrand::u32(..),
             writer,
             durable_rx,
+            ledger_stalled: None,
             ledger,
             metrics,
         }
@@ -218,7 +221,7 @@ impl Controller {
                         return;
                     }
                 },
-                Some(durable) = self.durable_rx.recv() => self.handle_durable(durable),
+                Some(notice) = self.durable_rx.recv() => self.handle_ledger(notice),
                 Some(event) = self.events_rx.recv() => {
                     self.handle_instance_event(event);
                     // Take whatever else is already queued before reconciling once.
@@ -517,35 +520,92 @@ impl Controller {
             Some(writer) => {
                 w.job_pending += 1;
                 writer.send(ledger::LedgerOp::Record(w.name.clone(), progress));
+                if let Some(why) = self.ledger_stalled.clone() {
+                    let name = w.name.clone();
+                    self.note_ledger_stall(&name, &why);
+                }
             }
             None => self.job_durable(name, progress),
         }
     }
 
+    /// What the ledger's writer reports: a record durable, or writes stalled or resumed.
+    fn handle_ledger(&mut self, notice: ledger::Notice) {
+        match notice {
+            ledger::Notice::Durable(job, progress) => self.handle_durable(&job, progress),
+            ledger::Notice::Stalled(why) => {
+                let waiting: Vec<Arc<str>> = self
+                    .workloads
+                    .values()
+                    .filter(|w| w.job_pending > 0)
+                    .map(|w| w.name.clone())
+                    .collect();
+                for name in waiting {
+                    self.note_ledger_stall(&name, &why);
+                }
+                self.ledger_stalled = Some(why);
+            }
+            ledger::Notice::Resumed => {
+                self.ledger_stalled = None;
+                let paused: Vec<Arc<str>> = self
+                    .workloads
+                    .values()
+                    .filter(|w| w.ledger_stall.is_some())
+                    .map(|w| w.name.clone())
+                    .collect();
+                for name in paused {
+                    let event = self.event(
+                        &name,
+                        None,
+                        EventType::Normal,
+                        "LedgerWriteResumed",
+                        "the job ledger writes again; progress resumes".into(),
+                    );
+                    if let Some(w) = self.workloads.get_mut(&name) {
+                        w.ledger_stall = None;
+                        w.push_event(event, self.config.event_history);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Job `name` waits on a ledger that cannot write: said once as an event, and as
+    /// a condition (with the newest reason) until writes resume.
+    fn note_ledger_stall(&mut self, name: &Arc<str>, why: &str) {
+        let Some(w) = self.workloads.get_mut(name) else {
+            return;
+        };
+        if let Some((reason, _)) = &mut w.ledger_stall {
+            *reason = why.to_string();
+            return;
+        }
+        let event = self.event(
+            name,
+            None,
+            EventType::Warning,
+            "LedgerWriteFailed",
+            format!(
+                "progress is paused: the job ledger cannot write ({why}); nothing more is counted until a write succeeds"
+            ),
+        );
+        if let Some(w) = self.workloads.get_mut(name) {
+            w.ledger_stall = Some((why.to_string(), SystemTime::now()));
+            w.push_event(event, self.config.event_history);
+        }
+    }
+
     /// The ledger's writer made a record durable.
-    fn handle_durable(&mut self, durable: ledger::Durable) {
-        let Some(w) = self.workloads.get_mut(&durable.job) else {
+    fn handle_durable(&mut self, job: &Arc<str>, progress: JobProgress) {
+        let Some(w) = self.workloads.get_mut(job) else {
             return;
         };
         // A record of an earlier run of this job (deleted and applied again) is stale.
-        if w.job.as_ref().map(|p| p.started) != Some(durable.progress.started) {
+        if w.job.as_ref().map(|p| p.started) != Some(progress.started) {
             return;
         }
         w.job_pending = w.job_pending.saturating_sub(1);
-        if let Some(e) = &durable.error {
-            tracing::error!(job = %durable.job, "cannot record the job's progress: {e}");
-            let event = self.event(
-                &durable.job,
-                None,
-                EventType::Warning,
-                "LedgerWriteFailed",
-                format!("the job's progress is kept in memory only: {e}"),
-            );
-            if let Some(w) = self.workloads.get_mut(&durable.job) {
-                w.push_event(event, self.config.event_history);
-            }
-        }
-        self.job_durable(&durable.job, durable.progress);
+        self.job_durable(job, progress);
     }
 
     fn plugin_policy(
@@ -1380,6 +1440,15 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
             last_transition: w.available.1,
         }]
     };
+    if let Some((why, since)) = &w.ledger_stall {
+        conditions.push(Condition {
+            kind: "ProgressDurable",
+            status: false,
+            reason: "LedgerWriteFailed".into(),
+            message: format!("progress is paused until the job ledger can write: {why}"),
+            last_transition: *since,
+        });
+    }
     if let Some(outcome) = job_finished {
         conditions.push(Condition {
             kind: if outcome.complete {

@@ -63,6 +63,8 @@ pub(super) struct WorkloadState {
     pub job_durable: Option<crate::job::JobProgress>,
     /// Records of the job's progress queued and not yet durable.
     pub job_pending: u32,
+    /// Why the job's records cannot be made durable, and since when (the ledger stalls).
+    pub ledger_stall: Option<(String, SystemTime)>,
 }
 
 impl WorkloadState {
@@ -101,6 +103,7 @@ impl WorkloadState {
             job: None,
             job_durable: None,
             job_pending: 0,
+            ledger_stall: None,
         }
     }
 

@@ -497,7 +497,9 @@ pub(super) async fn apply_documents(
     if let Err(e) =
         tokio::task::block_in_place(|| state.store.record_apply(&record, &names, &revisions))
     {
-        return Err(ApplyError::Internal(e.to_string()));
+        return Err(ApplyError::Internal(format!(
+            "the daemon cannot store the apply, so nothing was applied: {e}; make room on the state directory's file system and apply again"
+        )));
     }
     match state.host.apply(workloads).await {
         Ok(_) => {
@@ -544,7 +546,9 @@ fn applied(result: Result<ApplyResponse, ApplyError>) -> Response {
 /// holds the write lock.
 pub(super) async fn delete_named(state: &ApiState, name: &str) -> Result<bool, String> {
     let stored =
-        tokio::task::block_in_place(|| state.store.delete(name)).map_err(|e| e.to_string())?;
+        tokio::task::block_in_place(|| state.store.delete(name)).map_err(|e| {
+            format!("the daemon cannot store the delete, so nothing was deleted: {e}; make room on the state directory's file system and delete again")
+        })?;
     let running = state.host.delete(name).await.unwrap_or(false);
     state.logbook.forget_logs(name);
     state.release(&[name.to_string()]);

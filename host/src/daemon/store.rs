@@ -82,7 +82,13 @@ pub struct Document {
 
 /// The state directory's store.
 pub struct Store {
-    db: Database,
+    /// The database, or `None` while it could not be reopened.
+    db: std::sync::RwLock<Option<Database>>,
+    /// Its file.
+    path: PathBuf,
+    /// Set when a write failed: redb then refuses every later write ("previous I/O
+    /// error"), so the next operation reopens the database first.
+    broken: std::sync::atomic::AtomicBool,
     blobs: PathBuf,
 }
 
@@ -102,6 +108,9 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The database failed to write and could not be reopened yet.
+    #[error("the state database is unavailable: {0}")]
+    Unavailable(String),
     /// A stored record could not be read back.
     #[error("stored apply {id} is unreadable: {message}")]
     Corrupt {
@@ -145,9 +154,14 @@ impl Store {
         restrict(state_dir)?;
         let path = state_dir.join("state.redb");
         let db = Database::create(&path).map_err(db_err)?;
-        let store = Self { db, blobs };
+        let store = Self {
+            db: std::sync::RwLock::new(Some(db)),
+            path,
+            broken: std::sync::atomic::AtomicBool::new(false),
+            blobs,
+        };
         // Create the tables, so that readers never meet a missing one.
-        let txn = store.db.begin_write().map_err(db_err)?;
+        let txn = store.begin_write()?;
         txn.open_table(APPLIES).map_err(db_err)?;
         txn.open_table(OWNERS).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
@@ -156,15 +170,76 @@ impl Store {
         txn.open_table(HISTORY).map_err(db_err)?;
         txn.open_table(WATCHED).map_err(db_err)?;
         txn.open_table(QUARANTINED).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
+        store.commit(txn)?;
         Ok(store)
+    }
+
+    /// Reopens the database if a write failed since it was opened.
+    fn heal(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.broken.load(Ordering::Acquire) {
+            return;
+        }
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.broken.load(Ordering::Acquire) {
+            return;
+        }
+        // The old handle must be gone before the file can be opened again.
+        *db = None;
+        match Database::create(&self.path) {
+            Ok(fresh) => {
+                tracing::info!("the state database was reopened after a failed write");
+                *db = Some(fresh);
+                self.broken.store(false, Ordering::Release);
+            }
+            Err(e) => tracing::warn!("the state database cannot be reopened yet: {e}"),
+        }
+    }
+
+    /// Notes that a write failed, and passes its error on.
+    fn broke(&self, e: impl std::fmt::Display) -> StoreError {
+        self.broken
+            .store(true, std::sync::atomic::Ordering::Release);
+        StoreError::Db(e.to_string())
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        self.heal();
+        let db = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db = db.as_ref().ok_or_else(|| {
+            StoreError::Unavailable("a write failed and it could not be reopened yet".into())
+        })?;
+        db.begin_write().map_err(|e| self.broke(e))
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.heal();
+        let db = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db = db.as_ref().ok_or_else(|| {
+            StoreError::Unavailable("a write failed and it could not be reopened yet".into())
+        })?;
+        db.begin_read().map_err(db_err)
+    }
+
+    /// Commits `txn`; a failure marks the database for reopening.
+    fn commit(&self, txn: redb::WriteTransaction) -> Result<(), StoreError> {
+        txn.commit().map_err(|e| self.broke(e))
     }
 
     /// Records that apply `id` is being replayed (durably, before the host runs it), or
     /// with `None` that no replay is under way. A start that finds a replay recorded
     /// knows that the daemon died during it.
     pub fn set_replaying(&self, id: Option<u64>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             match id {
@@ -175,13 +250,13 @@ impl Store {
                 }
             }
         }
-        txn.commit().map_err(db_err)
+        self.commit(txn)
     }
 
     /// Counts one more death during a replay (see [`Store::set_replaying`]) and returns
     /// how many there have been in a row.
     pub fn note_replay_death(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.begin_write()?;
         let deaths = {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let deaths = meta
@@ -192,13 +267,13 @@ impl Store {
             meta.insert(REPLAY_DEATHS, deaths).map_err(db_err)?;
             deaths
         };
-        txn.commit().map_err(db_err)?;
+        self.commit(txn)?;
         Ok(deaths)
     }
 
     /// The apply a replay was under way for, if the daemon died during it.
     pub fn replaying(&self) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META).map_err(db_err)?;
         Ok(meta.get(REPLAYING).map_err(db_err)?.map(|v| v.value()))
     }
@@ -206,7 +281,7 @@ impl Store {
     /// Keeps apply `id` from being replayed again, for `reason`, until the workloads it
     /// defines are applied anew or deleted; ends any replay record.
     pub fn quarantine(&self, id: u64, reason: &str) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(QUARANTINED).map_err(db_err)?;
             table.insert(id, reason).map_err(db_err)?;
@@ -214,12 +289,12 @@ impl Store {
             meta.remove(REPLAYING).map_err(db_err)?;
             meta.remove(REPLAY_DEATHS).map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)
+        self.commit(txn)
     }
 
     /// The quarantined applies, with why.
     pub fn quarantined(&self) -> Result<BTreeMap<u64, String>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(QUARANTINED).map_err(db_err)?;
         let mut out = BTreeMap::new();
         for entry in table.iter().map_err(db_err)? {
@@ -271,7 +346,7 @@ impl Store {
         revisions: &[(String, String)],
     ) -> Result<u64, StoreError> {
         let json = serde_json::to_string(record).map_err(db_err)?;
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.begin_write()?;
         let id = {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let id = meta
@@ -324,14 +399,14 @@ impl Store {
             id
         };
         collect_unowned(&txn)?;
-        txn.commit().map_err(db_err)?;
+        self.commit(txn)?;
         Ok(id)
     }
 
     /// Forgets workload or job `name` (a job's progress with it); false if it was not
     /// stored.
     pub fn delete(&self, name: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.begin_write()?;
         let removed = {
             let mut owners = txn.open_table(OWNERS).map_err(db_err)?;
             let mut jobs = txn.open_table(JOBS).map_err(db_err)?;
@@ -343,13 +418,13 @@ impl Store {
             owners.remove(name).map_err(db_err)?.is_some()
         };
         collect_unowned(&txn)?;
-        txn.commit().map_err(db_err)?;
+        self.commit(txn)?;
         Ok(removed)
     }
 
     /// Each watched file applied so far, with the names it defines.
     pub fn watched(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(WATCHED).map_err(db_err)?;
         let mut out = BTreeMap::new();
         for entry in table.iter().map_err(db_err)? {
@@ -362,7 +437,7 @@ impl Store {
 
     /// Records the names watched file `path` defines; `None` forgets the file.
     pub fn set_watched(&self, path: &str, names: Option<&[String]>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(WATCHED).map_err(db_err)?;
             match names {
@@ -375,12 +450,12 @@ impl Store {
                 }
             }
         }
-        txn.commit().map_err(db_err)
+        self.commit(txn)
     }
 
     /// The revisions workload `name` has had, oldest first.
     pub fn history(&self, name: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(HISTORY).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in table.range((name, 0)..=(name, u64::MAX)).map_err(db_err)? {
@@ -396,7 +471,7 @@ impl Store {
 
     /// The apply with id `id`, if it is still kept.
     pub fn apply_record(&self, id: u64) -> Result<Option<ApplyRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(APPLIES).map_err(db_err)?;
         let Some(json) = table.get(id).map_err(db_err)? else {
             return Ok(None);
@@ -415,7 +490,7 @@ impl Store {
         events: &[serde_json::Value],
         keep: usize,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(EVENTS).map_err(db_err)?;
             let mut next = table
@@ -433,12 +508,12 @@ impl Store {
                 .retain_in(..first_kept, |_, _| false)
                 .map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)
+        self.commit(txn)
     }
 
     /// The stored events, oldest first.
     pub fn recent_events(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(EVENTS).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
@@ -452,7 +527,7 @@ impl Store {
 
     /// The desired state: each live apply with the workload names it still defines.
     pub fn desired(&self) -> Result<Vec<(u64, ApplyRecord, Vec<String>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.begin_read()?;
         let owners = txn.open_table(OWNERS).map_err(db_err)?;
         let mut by_apply: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for entry in owners.iter().map_err(db_err)? {
@@ -535,7 +610,7 @@ fn restrict(dir: &Path) -> Result<(), StoreError> {
 /// record and its deletion commit atomically with the desired state.
 impl crate::job::JobLedger for Store {
     fn load(&self, job: &str) -> Option<crate::job::JobProgress> {
-        let txn = self.db.begin_read().ok()?;
+        let txn = self.begin_read().ok()?;
         let jobs = txn.open_table(JOBS).ok()?;
         let json = jobs.get(job).ok()??;
         match serde_json::from_str(json.value()) {
@@ -552,7 +627,7 @@ impl crate::job::JobLedger for Store {
     }
 
     fn record_all(&self, records: &[(&str, &crate::job::JobProgress)]) -> anyhow::Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let owners = txn.open_table(OWNERS)?;
             let mut jobs = txn.open_table(JOBS)?;
@@ -566,7 +641,7 @@ impl crate::job::JobLedger for Store {
                 jobs.insert(*job, json.as_str())?;
             }
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(())
     }
 
