@@ -178,6 +178,12 @@ impl HostBuilder {
         self
     }
 
+    /// The manifest bounds this builder will give the host (dir roots and network
+    /// grants included), for an embedder that loads manifests itself.
+    pub fn manifest_limits_in_effect(&self) -> &ManifestLimits {
+        &self.manifests
+    }
+
     /// Bounds on manifest input.
     pub fn manifest_limits(mut self, limits: ManifestLimits) -> Self {
         self.manifests = limits;

@@ -631,3 +631,188 @@ fn a_full_disk_pauses_jobs_visibly_and_the_store_recovers_without_a_restart() {
         .count();
     assert_eq!(runs, runs_after, "a finished job ran again");
 }
+
+#[test]
+fn the_state_directory_is_guarded_blobs_are_private_checked_and_collected() {
+    let tree = Tree::new();
+    let state = tree.path("state");
+    // --socket naming a file that is not a socket is refused, and the file is kept.
+    std::fs::write(tree.path("precious"), "keep me").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["daemon", "--state-dir"])
+        .arg(&state)
+        .arg("--socket")
+        .arg(tree.path("precious"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a socket"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(tree.path("precious")).unwrap(),
+        "keep me"
+    );
+
+    let mut daemon = Daemon::start(&state);
+    // A file that is not Wasm is refused without echoing its bytes.
+    let secret = tree.write(
+        "shadow.yaml",
+        &format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: shadow\nspec:\n  component: {}\n",
+            tree.path("secret/secret.txt").display()
+        ),
+    );
+    let out = daemon.cli(&["apply", "-f", secret.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+    assert!(!err.contains("TOP") && !err.contains("0x54"), "{err}");
+    let app = tree.write("app.yaml", &tree.planter("app", "", &[]));
+    let out = daemon.cli(&["apply", "-f", app.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let blobs: Vec<PathBuf> = std::fs::read_dir(state.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    use std::os::unix::fs::PermissionsExt as _;
+    for blob in &blobs {
+        let mode = std::fs::metadata(blob).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is readable by others", blob.display());
+    }
+    // A blob damaged on disk is detected at load and uploaded again.
+    let app_blob = blobs
+        .iter()
+        .find(|b| std::fs::read(b).unwrap() == std::fs::read(guest("planter")).unwrap())
+        .expect("the component's blob")
+        .clone();
+    daemon.kill9();
+    std::fs::write(&app_blob, b"\0asm damaged").unwrap();
+    // Leftovers: an unreferenced blob and an interrupted upload's temp file, both old.
+    let stale = state
+        .join("blobs/sha256-0000000000000000000000000000000000000000000000000000000000000000.wasm");
+    let temp = state.join("blobs/sha256-1111.tmp-42");
+    for file in [&stale, &temp] {
+        std::fs::write(file, b"left over").unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let daemon = Daemon::start(&state);
+    assert!(
+        !stale.exists() && !temp.exists(),
+        "leftover blobs were not collected"
+    );
+    assert!(
+        quarantined(&daemon).contains("(app)"),
+        "a damaged blob was loaded"
+    );
+    let out = daemon.cli(&["apply", "-f", app.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&app_blob).unwrap(),
+        std::fs::read(guest("planter")).unwrap()
+    );
+    wait_restarts(&daemon, "app", 1);
+    drop(daemon);
+    // A store that vanished beside stored blobs: refused, unless asked for.
+    std::fs::write(state.join("state.redb"), b"").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["daemon", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started empty beside stored blobs");
+    assert!(
+        stderr(&out).contains("--accept-empty-store"),
+        "{}",
+        stderr(&out)
+    );
+    let daemon = Daemon::start_with(&state, &["--accept-empty-store"]);
+    assert!(daemon.workloads().is_empty());
+}
+
+#[test]
+fn operators_bound_grants_and_loose_manifests_are_refused_located() {
+    let tree = Tree::new();
+    let daemon = Daemon::start_with(
+        &tree.path("state"),
+        &[
+            "--allow-dir-root",
+            tree.path("grants").to_str().unwrap(),
+            "--no-network-grants",
+        ],
+    );
+    let outside = tree.write(
+        "outside.yaml",
+        &tree.planter("outside", "", &[("secret", "/x", true)]),
+    );
+    let out = daemon.cli(&["apply", "-f", outside.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("outside the directories this host grants"),
+        "{}",
+        stderr(&out)
+    );
+    let network = tree.write(
+        "network.yaml",
+        &format!(
+            "{}  network:\n    connect: ['127.0.0.1:9']\n",
+            tree.planter("network", "", &[]).replace("  dirs:\n", "")
+        ),
+    );
+    let out = daemon.cli(&["apply", "-f", network.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("grants no network access"),
+        "{}",
+        stderr(&out)
+    );
+    // Loose input: a guest path that climbs, a label key with a space.
+    let climbing = tree.write(
+        "climbing.yaml",
+        &tree.planter("climbing", "", &[("grants/s", "/../../etc", true)]),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .arg("validate")
+        .arg(&climbing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("climbing.yaml:") && stderr(&out).contains("guest path"),
+        "{}",
+        stderr(&out)
+    );
+    let labelled = tree.write(
+        "labelled.yaml",
+        &tree.planter("labelled", "", &[]).replace(
+            "  name: labelled\n",
+            "  name: labelled\n  labels: {'bad key': x}\n",
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .arg("validate")
+        .arg(&labelled)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("labelled.yaml:") && stderr(&out).contains("label key `bad key`"),
+        "{}",
+        stderr(&out)
+    );
+    let wordy = tree.write(
+        "wordy.yaml",
+        "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {component: x.wasm, replicas: lots}\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .arg("validate")
+        .arg(&wordy)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!stderr(&out).contains("i64"), "{}", stderr(&out));
+}

@@ -77,6 +77,17 @@ enum Cmd {
         /// a file deletes what it defined.
         #[arg(long, value_name = "DIR")]
         watch: Option<PathBuf>,
+        /// Only directories under DIR may be granted to workloads (repeatable; default:
+        /// any directory).
+        #[arg(long = "allow-dir-root", value_name = "DIR")]
+        dir_roots: Vec<PathBuf>,
+        /// Refuse every manifest that grants network access.
+        #[arg(long)]
+        no_network_grants: bool,
+        /// Start even though the state database is missing or empty while component
+        /// blobs are present (the acknowledged desired state is then lost).
+        #[arg(long)]
+        accept_empty_store: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -368,6 +379,9 @@ pub fn main() -> ExitCode {
             tcp,
             token_file,
             watch,
+            dir_roots,
+            no_network_grants,
+            accept_empty_store,
             engine,
         } => runtime.block_on(daemon(
             setpoint::daemon::DaemonConfig {
@@ -376,6 +390,9 @@ pub fn main() -> ExitCode {
                 tcp,
                 token_file,
                 watch,
+                dir_roots,
+                network_grants: !no_network_grants,
+                accept_empty_store,
             },
             engine,
         )),

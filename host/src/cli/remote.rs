@@ -131,6 +131,19 @@ async fn build_request(
         let digest = match uploaded.get(&path) {
             Some(d) => d.clone(),
             None => {
+                // The daemon's limit, checked before a byte is read.
+                let limit = setpoint::runtime::RuntimeConfig::default().max_component_bytes;
+                let size = std::fs::metadata(&path)
+                    .map_err(|e| local_error(format!("cannot read {}: {e}", path.display())))?
+                    .len();
+                if size > limit {
+                    return Err(local_error(format!(
+                        "{} is {}, larger than the {} a component may be; nothing was sent",
+                        path.display(),
+                        bytesize::ByteSize(size),
+                        bytesize::ByteSize(limit)
+                    )));
+                }
                 let bytes = std::fs::read(&path)
                     .map_err(|e| local_error(format!("cannot read {}: {e}", path.display())))?;
                 let digest = digest_of(&bytes);

@@ -552,6 +552,12 @@ pub(super) async fn delete_named(state: &ApiState, name: &str) -> Result<bool, S
     let running = state.host.delete(name).await.unwrap_or(false);
     state.logbook.forget_logs(name);
     state.release(&[name.to_string()]);
+    if stored {
+        let collected = tokio::task::block_in_place(|| state.store.collect_blobs());
+        if let Err(e) = collected {
+            tracing::warn!("cannot collect unused blobs: {e}");
+        }
+    }
     Ok(stored || running)
 }
 

@@ -35,6 +35,12 @@ pub struct DaemonConfig {
     pub token_file: Option<PathBuf>,
     /// Apply the manifests in this directory as they appear, change and go.
     pub watch: Option<PathBuf>,
+    /// Only directories under these may be granted (empty: any).
+    pub dir_roots: Vec<PathBuf>,
+    /// Whether manifests may grant network access at all.
+    pub network_grants: bool,
+    /// Start even when the store is missing or empty beside stored blobs.
+    pub accept_empty_store: bool,
 }
 
 /// The default TCP address of the API: loopback only.
@@ -98,8 +104,11 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SETPOINT_STATE_DIR") {
         return PathBuf::from(dir);
     }
+    // By the effective uid, not `$USER`: a service started with an empty environment
+    // is still root.
+    // SAFETY: geteuid has no preconditions and cannot fail.
     #[cfg(unix)]
-    if std::env::var("USER").is_ok_and(|u| u == "root") {
+    if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/var/lib/setpoint");
     }
     std::env::var_os("XDG_STATE_HOME")
@@ -123,14 +132,17 @@ pub async fn run(
     config.state_dir = std::path::absolute(&config.state_dir)
         .with_context(|| format!("state directory {}", config.state_dir.display()))?;
     let store = Arc::new(
-        Store::open(&config.state_dir)
+        Store::open_checked(&config.state_dir, config.accept_empty_store)
             .with_context(|| format!("state directory {}", config.state_dir.display()))?,
     );
+    let builder = builder
+        .allowed_dir_roots(config.dir_roots.clone())?
+        .allow_network_grants(config.network_grants);
+    let limits = builder.manifest_limits_in_effect().clone();
     let host = builder
         .cache_dir(config.state_dir.join("cache"))
         .job_ledger(store.clone())
         .build()?;
-    let limits = ManifestLimits::default();
     let stored_events = store.recent_events().unwrap_or_else(|e| {
         tracing::warn!("cannot read the stored events: {e}");
         Vec::new()
@@ -139,6 +151,11 @@ pub async fn run(
     // Following from before the replay: the restored workloads' first lines are kept.
     logbook.run(&host, store.clone());
     let quarantined = restore(&host, &store, &limits, &logbook).await?;
+    match store.collect_blobs() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} unused blob or temporary file(s)"),
+        Err(e) => tracing::warn!("cannot collect unused blobs: {e}"),
+    }
     let state = Arc::new(api::ApiState {
         logbook,
         host,
@@ -346,7 +363,19 @@ fn bind_private(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
             path.display()
         ),
         Err(_) => {
-            let _ = std::fs::remove_file(path);
+            use std::os::unix::fs::FileTypeExt as _;
+            match std::fs::symlink_metadata(path) {
+                // Only a stale socket is ever removed: anything else at the path is
+                // someone's file.
+                Ok(meta) if meta.file_type().is_socket() => {
+                    let _ = std::fs::remove_file(path);
+                }
+                Ok(_) => anyhow::bail!(
+                    "{} exists and is not a socket; refusing to replace it (choose another --socket)",
+                    path.display()
+                ),
+                Err(_) => {}
+            }
         }
     }
     let listener = tokio::net::UnixListener::bind(path)

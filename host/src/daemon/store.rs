@@ -30,6 +30,8 @@ const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 /// (workload name, sequence number) → the JSON of a [`HistoryEntry`]: the revisions a
 /// workload has had, newest last, at most [`HISTORY_LIMIT`].
 const HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::new("history");
+/// How old an unreferenced blob or temporary file must be before it is collected.
+pub const BLOB_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 /// Revisions kept per workload (Kubernetes' revisionHistoryLimit default).
 pub const HISTORY_LIMIT: usize = 10;
 /// A watched manifest file's path → the JSON list of the names it defines.
@@ -108,6 +110,20 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The database is missing or empty, though blobs are stored beside it.
+    #[error(
+        "{} is missing or empty, but {blobs} component blob(s) are stored beside it: the desired state was lost or moved. Restore the file, or move {} aside to start afresh, or start with --accept-empty-store to begin empty here",
+        db.display(),
+        state_dir.display()
+    )]
+    Lost {
+        /// The database file.
+        db: PathBuf,
+        /// How many blobs there are.
+        blobs: usize,
+        /// The state directory.
+        state_dir: PathBuf,
+    },
     /// The database failed to write and could not be reopened yet.
     #[error("the state database is unavailable: {0}")]
     Unavailable(String),
@@ -143,6 +159,25 @@ pub fn is_digest(digest: &str) -> bool {
 }
 
 impl Store {
+    /// Opens the store like [`Store::open`], but refuses a database that is missing or
+    /// empty while component blobs are stored (state lost or moved: starting empty
+    /// would silently forget every acknowledged apply), unless `accept_empty`.
+    pub fn open_checked(state_dir: &Path, accept_empty: bool) -> Result<Self, StoreError> {
+        let db = state_dir.join("state.redb");
+        let empty = std::fs::metadata(&db).map_or(true, |m| m.len() == 0);
+        let blobs = std::fs::read_dir(state_dir.join("blobs"))
+            .map(|d| d.flatten().count())
+            .unwrap_or(0);
+        if empty && blobs > 0 && !accept_empty {
+            return Err(StoreError::Lost {
+                db,
+                blobs,
+                state_dir: state_dir.to_path_buf(),
+            });
+        }
+        Self::open(state_dir)
+    }
+
     /// Opens (or creates) the store in `state_dir`, which is created with mode 0700.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let blobs = state_dir.join("blobs");
@@ -312,15 +347,66 @@ impl Store {
     }
 
     /// Whether the blob with `digest` is stored.
+    /// Whether the blob is stored whole: its bytes still hash to `digest`. A blob that
+    /// does not (damaged on disk, or changed by hand) is removed, so that it is
+    /// uploaded again.
     pub fn has_blob(&self, digest: &str) -> bool {
-        is_digest(digest) && self.blob_path(digest).is_file()
+        if !is_digest(digest) {
+            return false;
+        }
+        let path = self.blob_path(digest);
+        match std::fs::read(&path) {
+            Ok(bytes) if digest_of(&bytes) == digest => true,
+            Ok(_) => {
+                tracing::warn!(
+                    "blob {} no longer matches its digest; removed, to be uploaded again",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&path);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Removes blobs no stored apply names, and temporary files an interrupted upload
+    /// left, once they are older than [`BLOB_GRACE`] (a blob just uploaded for an apply
+    /// still on its way stays); returns how many files went.
+    pub fn collect_blobs(&self) -> Result<usize, StoreError> {
+        let mut named = std::collections::BTreeSet::new();
+        let txn = self.begin_read()?;
+        let applies = txn.open_table(APPLIES).map_err(db_err)?;
+        for entry in applies.iter().map_err(db_err)? {
+            let (_, json) = entry.map_err(db_err)?;
+            if let Ok(record) = serde_json::from_str::<ApplyRecord>(json.value()) {
+                named.extend(record.files.values().map(|d| self.blob_path(d)));
+            }
+        }
+        drop(txn);
+        let entries = std::fs::read_dir(&self.blobs).map_err(|source| StoreError::Io {
+            what: "cannot list",
+            path: self.blobs.clone(),
+            source,
+        })?;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let young = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < BLOB_GRACE));
+            if !named.contains(&path) && !young && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Stores `bytes` under their digest (whole or not at all) and returns the digest.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<String, StoreError> {
         let digest = digest_of(bytes);
         let path = self.blob_path(&digest);
-        if path.is_file() {
+        if self.has_blob(&digest) {
             return Ok(digest);
         }
         let tmp = path.with_extension(format!("tmp-{}", fastrand::u64(..)));
@@ -329,7 +415,16 @@ impl Store {
             path: tmp.clone(),
             source,
         };
-        let mut file = std::fs::File::create(&tmp).map_err(|e| io("cannot create", e))?;
+        // Private to the daemon's user: a blob may be whatever a client uploaded.
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io("cannot create", e))?
+        };
         file.write_all(bytes).map_err(|e| io("cannot write", e))?;
         file.sync_all().map_err(|e| io("cannot sync", e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io("cannot rename", e))?;

@@ -240,13 +240,56 @@ pub fn parse_documents(
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
         let message = e.without_snippet().to_string();
-        let message = strip_location_suffix(&message)
-            .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        let message = plain_words(
+            &strip_location_suffix(&message)
+                .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
+            limits,
+        );
         Rejected::one(
             Diagnostic::at(Some(Origin::new(path, line, column)), message)
-                .with_help("see specs/manifest.schema.json for the format"),
+                .with_help("`setpoint schema` prints the manifest format"),
         )
     })
+}
+
+/// The parser's messages in the words of a manifest's author, not of Rust types.
+fn plain_words(message: &str, limits: &ManifestLimits) -> String {
+    if message.contains("budget breached") {
+        return if message.contains("Documents") {
+            format!(
+                "the file has more than {} YAML documents, the most this host reads from one file",
+                limits.max_documents
+            )
+        } else if message.contains("Depth") {
+            "the YAML nests deeper than 64 levels, the most this host reads".into()
+        } else if message.contains("ScalarBytes") || message.contains("scalar") {
+            format!(
+                "the file's values add up to more than {} bytes, the most this host reads",
+                limits.max_file_bytes
+            )
+        } else {
+            "the YAML has more nodes than this host reads from one file (1,000,000)".into()
+        };
+    }
+    let mut text = message
+        .replace(
+            "cannot deserialize null into string; use Option<String>",
+            "a value is missing here: write a text value",
+        )
+        .replace("use Option<String>", "write a text value");
+    for (rust, plain) in [
+        ("i64", "a whole number"),
+        ("u64", "a whole number"),
+        ("u32", "a whole number"),
+        ("u8", "a whole number"),
+        ("f64", "a number"),
+        ("a string", "text"),
+    ] {
+        text = text
+            .replace(&format!("invalid {rust}"), &format!("not {plain}"))
+            .replace(&format!("expected {rust}"), &format!("expected {plain}"));
+    }
+    text
 }
 
 /// serde-saphyr appends " at line L, column C" to messages; we print the location up front.
@@ -315,6 +358,18 @@ impl Validator<'_> {
                 "use lowercase letters, digits and `-`, starting and ending with a letter or digit".to_string(),
             ));
         }
+        let labels = doc.metadata.labels.map(|l| {
+            for (key, value) in &l.value {
+                if let Err(why) = check_label(key, value) {
+                    self.error(
+                        l.referenced,
+                        why,
+                        Some("keys are `[prefix/]name`, e.g. `app.example.com/tier`; names and values use letters, digits, `-`, `_` and `.`".into()),
+                    );
+                }
+            }
+            l.value
+        });
         let component_origin = self.origin(doc.spec.component.referenced);
         let policy_origin = doc
             .spec
@@ -358,7 +413,7 @@ impl Validator<'_> {
         }
         let workload = Workload {
             name: name.value,
-            labels: doc.metadata.labels,
+            labels: labels.unwrap_or_default(),
             spec,
             origin: Some(component_origin),
             policy_origin,
@@ -949,6 +1004,11 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
         if let Err(why) = check_dns_label(&w.name) {
             problem(format!("invalid workload name `{}`: {why}", w.name));
         }
+        for (key, value) in &w.labels {
+            if let Err(why) = check_label(key, value) {
+                problem(format!("`{}`: {why}", w.name));
+            }
+        }
         if !seen.insert(w.name.as_str()) {
             problem(format!("workload `{}` appears twice in one apply", w.name));
         }
@@ -1182,6 +1242,35 @@ fn check_dir_root(dir: &Path, roots: &[PathBuf]) -> Result<(), String> {
         dir.display(),
         shown.join(", ")
     ))
+}
+
+/// Kubernetes' label syntax: a key `[prefix/]name` (prefix a DNS subdomain of at most
+/// 253 characters, name at most 63 alphanumerics, `-`, `_`, `.`, starting and ending
+/// alphanumeric) and a value of the same form as a name, or empty.
+pub(crate) fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix
+        .is_none_or(|p| p.len() <= 253 && p.split('.').all(|part| check_dns_label(part).is_ok()));
+    if !prefix_ok || !name_ok(name) {
+        return Err(format!("label key `{key}` is not a valid label key"));
+    }
+    if !value.is_empty() && !name_ok(value) {
+        return Err(format!(
+            "label `{key}` has the value `{value}`, which is not a valid label value (at most 63 letters, digits, `-`, `_` and `.`)"
+        ));
+    }
+    Ok(())
 }
 
 /// Kubernetes' DNS-1123 label rule.

@@ -35,9 +35,12 @@ pub struct RawMetadata {
     /// A DNS label: lowercase letters, digits and `-`, at most 63 characters.
     #[schemars(with = "String")]
     pub name: Spanned<String>,
-    /// Free-form labels.
+    /// Labels in Kubernetes' syntax: keys `[prefix/]name` (a DNS subdomain prefix, a
+    /// name of at most 63 letters, digits, `-`, `_` and `.`), values of at most 63 such
+    /// characters.
+    #[schemars(with = "BTreeMap<String, String>")]
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 /// `spec` of a `Workload` or a `Job`. `replicas`, `restartPolicy`, `strategy`, `policy`

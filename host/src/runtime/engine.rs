@@ -145,6 +145,11 @@ pub fn load_component(
             path: path.to_path_buf(),
             message: "it is a precompiled core module, not a component".into(),
         }),
+        // Not Wasm at all: said without echoing any of its bytes (it may be a secret).
+        None if !bytes.starts_with(b"\0asm") => Err(PrepareError::Compile {
+            path: path.to_path_buf(),
+            message: "it is not a WebAssembly file (no `\\0asm` header)".into(),
+        }),
         None => compile(engine, path, bytes),
     }
 }
