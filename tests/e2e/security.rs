@@ -816,3 +816,53 @@ fn operators_bound_grants_and_loose_manifests_are_refused_located() {
     assert!(!out.status.success());
     assert!(!stderr(&out).contains("i64"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_flood_of_idle_tcp_connections_does_not_starve_the_unix_socket() {
+    let tree = Tree::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with(&tree.path("state"), &["--tcp", &addr]);
+    // Room for the flood in this process: more connections than the daemon's default
+    // descriptor limit (1,024), so without a per-listener cap it could accept nothing.
+    const FLOOD: usize = 1500;
+    // SAFETY: plain getrlimit/setrlimit calls on a local struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max.min(8192);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(s) => flood.push(s),
+            Err(e) => {
+                eprintln!("flood stopped at {} connections: {e}", flood.len());
+                break;
+            }
+        }
+    }
+    assert!(
+        flood.len() >= 1100,
+        "only {} connections opened",
+        flood.len()
+    );
+    let started = Instant::now();
+    let out = daemon.cli(&["get"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    eprintln!(
+        "get over the socket beside {} idle TCP connections: {took:?}",
+        flood.len()
+    );
+    assert!(took < Duration::from_secs(10), "get took {took:?}");
+    drop(flood);
+}

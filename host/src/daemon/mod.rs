@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod logbook;
+pub mod serve;
 pub mod store;
 mod watch;
 
@@ -198,9 +199,6 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let watcher = match &config.watch {
         Some(dir) => {
             let dir = std::fs::canonicalize(dir)
@@ -213,20 +211,23 @@ pub async fn run(
         }
         None => None,
     };
-    let unix = axum::serve(listener, api::router(state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let limits = serve::ServeLimits::default();
+    let unix = serve::serve(
+        listener,
+        api::router(state.clone()),
+        limits,
+        stop_rx.clone(),
+    );
     let serving = async {
         match tcp {
             Some((listener, token)) => {
                 let router = api::router(state.clone()).layer(
                     axum::middleware::from_fn_with_state(Arc::new(token), api::require_bearer),
                 );
-                let tcp = axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx));
-                let (a, b) = tokio::join!(unix, tcp);
-                a.context("serving the API")?;
-                b.context("serving the TCP API")?;
+                let tcp = serve::serve(listener, router, limits, stop_rx);
+                tokio::join!(unix, tcp);
             }
-            None => unix.await.context("serving the API")?,
+            None => unix.await,
         }
         anyhow::Ok(())
     };
