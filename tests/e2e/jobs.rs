@@ -350,7 +350,8 @@ async fn an_embedders_ledger_holds_what_status_shows_and_a_finished_job_never_re
     assert_eq!(host.live_stores(), 0, "a finished job starts nothing");
     host.shutdown().await;
 
-    // A ledger that fails: the job goes on in memory, and says so.
+    // A ledger that fails: the job pauses (nothing is counted that is not durable) and
+    // says so; once the ledger writes again, it finishes.
     ledger.failing.store(true, Ordering::SeqCst);
     let other = m.write(
         "other.yaml",
@@ -361,14 +362,31 @@ async fn an_embedders_ledger_holds_what_status_shows_and_a_finished_job_never_re
         .build()
         .expect("host");
     host.apply_files(&[other]).await.expect("applied");
-    let w = wait_for(&host, "unrecorded", "the job to finish", finished).await;
-    assert_eq!(w.phase, Phase::Succeeded);
+    let paused = wait_for(&host, "unrecorded", "the job to pause", |w| {
+        w.conditions.iter().any(|c| {
+            c.kind == "ProgressDurable" && !c.status && c.message.contains("the disk is full")
+        })
+    })
+    .await;
+    assert_ne!(
+        paused.phase,
+        Phase::Succeeded,
+        "finished on a ledger that cannot write"
+    );
     assert!(
-        w.events
+        paused
+            .events
             .iter()
             .any(|e| e.reason == "LedgerWriteFailed" && e.message.contains("the disk is full")),
         "{:#?}",
-        w.events
+        paused.events
+    );
+    ledger.failing.store(false, Ordering::SeqCst);
+    let w = wait_for(&host, "unrecorded", "the job to finish", finished).await;
+    assert_eq!(w.phase, Phase::Succeeded);
+    assert!(
+        ledger.load_copy("unrecorded").finished.is_some(),
+        "finished but not recorded"
     );
     host.shutdown().await;
 }
