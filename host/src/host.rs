@@ -414,7 +414,13 @@ impl Host {
         if !diagnostics.is_empty() {
             return Err(Rejected { diagnostics });
         }
-        let status = self.status().await;
+        // Only a batch that grants directories needs what the others grant (and a
+        // status round trip is not free on a large host).
+        let status = if workloads.iter().any(|w| !w.spec.dirs.is_empty()) {
+            self.status().await
+        } else {
+            HostStatus::default()
+        };
         let existing: Vec<crate::admission::GrantRef<'_>> = status
             .workloads
             .iter()
@@ -603,7 +609,8 @@ impl Host {
     /// The error of a call the controller did not answer: it died (why, once the
     /// supervisor has recorded it, which takes a moment) or it shut down.
     async fn gone(&self) -> Rejected {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let deadline =
+            crate::clock::after_tokio(tokio::time::Instant::now(), Duration::from_secs(1));
         while self.failure().is_none()
             && !self.task.is_finished()
             && tokio::time::Instant::now() < deadline

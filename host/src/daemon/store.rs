@@ -241,7 +241,11 @@ impl Store {
         StoreError::Db(e.to_string())
     }
 
-    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+    /// Runs `f` on the database, reopened first if a write failed since.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.heal();
         let db = self
             .db
@@ -250,19 +254,15 @@ impl Store {
         let db = db.as_ref().ok_or_else(|| {
             StoreError::Unavailable("a write failed and it could not be reopened yet".into())
         })?;
-        db.begin_write().map_err(|e| self.broke(e))
+        f(db)
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        self.with_db(|db| db.begin_write().map_err(|e| self.broke(e)))
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        self.heal();
-        let db = self
-            .db
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let db = db.as_ref().ok_or_else(|| {
-            StoreError::Unavailable("a write failed and it could not be reopened yet".into())
-        })?;
-        db.begin_read().map_err(db_err)
+        self.with_db(|db| db.begin_read().map_err(db_err))
     }
 
     /// Commits `txn`; a failure marks the database for reopening.
