@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         files: Default::default(),
         applied_at: 0,
         dirs: Default::default(),
+        replicas: Default::default(),
     };
     store.record_apply(&record, &["bench".into(), "probe".into()], &[])?;
 

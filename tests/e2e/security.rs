@@ -866,3 +866,74 @@ fn a_flood_of_idle_tcp_connections_does_not_starve_the_unix_socket() {
     assert!(took < Duration::from_secs(10), "get took {took:?}");
     drop(flood);
 }
+
+#[test]
+fn an_automatic_rollback_is_recorded_and_survives_a_restart_at_the_current_scale() {
+    let tree = Tree::new();
+    let state = tree.path("state");
+    let mut daemon = Daemon::start(&state);
+    let strategy = "  strategy: {progressDeadline: 1s, minReady: 300ms}\n";
+    let file = tree.path("api.yaml");
+    let write = |guest_name: &str, replicas: u32, env: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: api\nspec:\n  component: {}\n  replicas: {replicas}\n  env: {{{env}}}\n{strategy}",
+                guest(guest_name).display()
+            ),
+        )
+        .unwrap();
+    };
+    write("ticker", 2, "TICK_MS: '1000'");
+    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let good = daemon.wait_ready("api", 2)["revision"].clone();
+    // The new revision crashes at start, at a new scale: the controller rolls it back
+    // by itself, keeping 3 replicas.
+    write("crasher", 3, "CRASH_AFTER_MS: '0', MODE: exit");
+    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = daemon
+            .workloads()
+            .into_iter()
+            .find(|w| w["name"] == "api")
+            .unwrap();
+        if w["revision"] == good && w["rollout"].is_null() && w["ready"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never rolled back: {w}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The store knows, soon after (the daemon records it on the event).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = daemon.cli(&["rollout", "history", "api", "-o", "json"]);
+        let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if entries.last().is_some_and(|e| e["revision"] == good) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollback was not recorded: {entries:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.kill9();
+    let daemon = Daemon::start(&state);
+    let w = daemon.wait_ready("api", 3);
+    assert_eq!(w["revision"], good, "the abandoned revision came back: {w}");
+    assert_eq!(w["desired"], 3, "the scale went back: {w}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let w = daemon
+        .workloads()
+        .into_iter()
+        .find(|w| w["name"] == "api")
+        .unwrap();
+    let events = w["events"].to_string();
+    assert!(
+        !events.contains("RolledBack") && !events.contains("Updated"),
+        "it rolled out again after the restart: {events}"
+    );
+}

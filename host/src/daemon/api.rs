@@ -487,6 +487,7 @@ pub(super) async fn apply_documents(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         dirs,
+        replicas: BTreeMap::new(),
     };
     // Jobs have no rollouts, so no history.
     let revisions: Vec<(String, String)> = changes

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod logbook;
+mod rollbacks;
 pub mod serve;
 pub mod store;
 mod watch;
@@ -199,6 +200,11 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let rollbacks = tokio::spawn(rollbacks::record_rollbacks(
+        state.clone(),
+        state.host.events(),
+        stop_rx.clone(),
+    ));
     let watcher = match &config.watch {
         Some(dir) => {
             let dir = std::fs::canonicalize(dir)
@@ -245,6 +251,7 @@ pub async fn run(
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }
+    let _ = rollbacks.await;
     let state = Arc::into_inner(state).context("API handlers still running at shutdown")?;
     Ok(state.host.shutdown().await)
 }
@@ -326,6 +333,11 @@ async fn restore(
                 continue;
             }
         };
+        for w in workloads.iter_mut().filter(|w| w.spec.job.is_none()) {
+            if let Some(replicas) = record.replicas.get(&w.name) {
+                w.spec.replicas = *replicas;
+            }
+        }
         // Only the workloads this apply still defines (a later apply may own others).
         workloads.retain(|w| names.contains(&w.name));
         if let Err(e) = api::pin_grants(&mut workloads, Some(&record.dirs)) {

@@ -59,6 +59,10 @@ pub struct ApplyRecord {
     /// a path only while it still names that directory.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dirs: BTreeMap<String, crate::opened_dir::DirIdentity>,
+    /// Replica counts that replace what the documents say, by workload (an automatic
+    /// rollback keeps the scale the workload had).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replicas: BTreeMap<String, u32>,
 }
 
 /// One revision a workload has had: which apply defined it, and when.
@@ -759,6 +763,7 @@ mod tests {
             files: BTreeMap::new(),
             applied_at: 1,
             dirs: BTreeMap::new(),
+            replicas: BTreeMap::new(),
         }
     }
 
