@@ -937,3 +937,94 @@ fn an_automatic_rollback_is_recorded_and_survives_a_restart_at_the_current_scale
         "it rolled out again after the restart: {events}"
     );
 }
+
+/// `setpoint run` of `replicas` tickers with only about `free` memory mappings left
+/// under the kernel's limit (a debug-build fault fills the rest), stopped by `--for`
+/// or by SIGTERM after `term_after`. Returns the exit status, how long it took, the
+/// final status (JSON) and stderr.
+fn run_at_the_wall(
+    replicas: u32,
+    free: usize,
+    extra: &[&str],
+    term_after: Option<Duration>,
+) -> (std::process::ExitStatus, Duration, Value, String) {
+    let tree = Tree::new();
+    let file = tree.write(
+        "wall.yaml",
+        &format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata: {{name: steady}}\nspec:\n  component: {}\n  replicas: {replicas}\n  env: {{TICK_MS: '100000'}}\n",
+            guest("ticker").display()
+        ),
+    );
+    // Output goes to files: a pipe nobody reads would stall the host's own printing.
+    let (out_path, err_path) = (tree.path("stdout"), tree.path("stderr"));
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["run", "-o", "json", "--quiet"])
+        .args(extra)
+        .arg(&file)
+        .env("SETPOINT_TEST_FREE_MAPPINGS", free.to_string())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    if let Some(after) = term_after {
+        std::thread::sleep(after);
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    // Bounded: a host that never stops is killed here, and the test fails.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("setpoint run at the mapping wall did not stop within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    let exit = child.wait().unwrap();
+    let status = serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap_or(Value::Null);
+    let err = String::from_utf8_lossy(&std::fs::read(&err_path).unwrap()).into_owned();
+    (exit, took, status, err)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn at_the_mapping_wall_spawns_are_refused_the_host_survives_and_stops_in_bounded_time() {
+    if setpoint::runtime::mappings::limit().is_none() {
+        eprintln!("SKIPPED: vm.max_map_count cannot be read");
+        return;
+    }
+    for (extra, term) in [
+        (&["--compact-memory", "--for", "4s"][..], None),
+        (&[][..], Some(Duration::from_secs(3))),
+    ] {
+        let (exit, took, status, err) = run_at_the_wall(5000, 6000, extra, term);
+        assert!(
+            exit.success(),
+            "{extra:?}: {exit:?} after {took:?}; stderr ends {}",
+            &err[err.len().saturating_sub(2000)..]
+        );
+        let w = &status["workloads"][0];
+        let running = w["running"].as_u64().unwrap_or(0);
+        assert!(
+            running > 100 && running < 5000,
+            "{extra:?}: {running} running"
+        );
+        let events = w["events"].to_string();
+        assert!(
+            events.contains("ActionRefused") && events.contains("limit of memory mappings"),
+            "{extra:?}: {events}"
+        );
+        // The room kept free means the wall itself is never touched.
+        assert!(
+            !events.contains("InstantiationFailed"),
+            "{extra:?}: {events}"
+        );
+        if extra.contains(&"--compact-memory") {
+            assert!(!events.contains("run with compact memories"), "{events}");
+        }
+        eprintln!("{extra:?}: {running} instances at the wall, stopped after {took:?}");
+    }
+}

@@ -330,6 +330,8 @@ enum Output {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(all(debug_assertions, target_os = "linux"))]
+    fill_mappings_for_tests();
     // Client commands behave like Unix tools when their output is cut (`get | head`):
     // they end quietly instead of panicking on a broken pipe. The daemon and `run`
     // keep Rust's default (SIGPIPE ignored), so a vanished peer is an error, not death.
@@ -353,8 +355,11 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A bounded blocking pool: near the kernel's mapping limit no burst of new threads
+    // may take the room the host keeps for itself (see runtime::mappings::reserve).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(setpoint::runtime::mappings::BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,
@@ -751,13 +756,32 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     }
     // The status users want is the one they were running, taken before instances stop.
-    let status = host.status().await;
+    // Stopping is bounded at any load: a host that does not answer, or does not stop
+    // within its longest grace period and a margin, or a second signal, ends the
+    // process at once.
+    let status = tokio::select! {
+        status = host.status() => status,
+        _ = tokio::time::sleep(STOP_MARGIN) => force_exit("the host did not answer within 10 s"),
+        _ = signals.recv() => force_exit("a second signal"),
+    };
     if let Some(dir) = &args.snapshots
         && let Err(e) = write_snapshots(&host, &status, dir).await
     {
         eprintln!("error: writing snapshots to {}: {e}", dir.display());
     }
-    host.shutdown().await;
+    let grace = status
+        .workloads
+        .iter()
+        .map(|w| w.spec.termination_grace_period)
+        .max()
+        .unwrap_or_default();
+    tokio::select! {
+        _ = host.shutdown() => {}
+        _ = tokio::time::sleep(grace.saturating_add(STOP_MARGIN)) => {
+            force_exit("the host did not stop within its grace period and 10 s")
+        }
+        _ = signals.recv() => force_exit("a second signal"),
+    }
     // The host is gone, so its event and log channels close: let the printer drain what is
     // still buffered (the last instances' ends) instead of cutting it off.
     if tokio::time::timeout(Duration::from_secs(2), &mut printer)
@@ -774,6 +798,64 @@ async fn run(args: RunArgs) -> ExitCode {
         Output::Table => println!("{}", table::render(&status)),
     }
     ExitCode::SUCCESS
+}
+
+/// A fault for the tests at the kernel's mapping limit, in debug builds only: with
+/// `SETPOINT_TEST_FREE_MAPPINGS=N`, the process first maps small regions until only
+/// about N mappings are left under `vm.max_map_count`, so the wall comes after a few
+/// hundred instances instead of tens of thousands.
+#[cfg(all(debug_assertions, target_os = "linux"))]
+fn fill_mappings_for_tests() {
+    let Some(free) = std::env::var("SETPOINT_TEST_FREE_MAPPINGS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    let (Some(limit), Some(in_use)) = (
+        setpoint::runtime::mappings::limit(),
+        setpoint::runtime::mappings::in_use(),
+    ) else {
+        return;
+    };
+    let wanted = limit.saturating_sub(in_use).saturating_sub(free);
+    // One region, every other page made inaccessible: each protection change splits
+    // it, so `wanted` mappings cost one mmap and wanted/2 mprotect calls.
+    let pages = wanted + 1;
+    // SAFETY: an anonymous private mapping that nothing else refers to, and changes of
+    // its own pages' protection; it is never unmapped (it lives as long as the process).
+    unsafe {
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let base = libc::mmap(
+            std::ptr::null_mut(),
+            pages * page,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if base == libc::MAP_FAILED {
+            return;
+        }
+        for i in (1..pages).step_by(2) {
+            libc::mprotect(
+                base.cast::<u8>().add(i * page).cast(),
+                page,
+                libc::PROT_NONE,
+            );
+        }
+    }
+}
+
+/// The margin a stopping host gets beyond its longest grace period.
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+/// Ends the process now, saying why (a stop that would otherwise not be bounded).
+fn force_exit(why: &str) -> ! {
+    eprintln!("error: stopping at once: {why}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::process::exit(1)
 }
 
 async fn write_snapshots(

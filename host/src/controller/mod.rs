@@ -134,12 +134,9 @@ pub(crate) struct Controller {
     host_events: broadcast::Sender<Event>,
     logs: broadcast::Sender<LogLine>,
     live: usize,
-    /// The live count at which the host warns that it nears the kernel's limit on
-    /// memory mappings (80% of the estimated capacity at start), if known.
-    mapping_warning_at: Option<usize>,
-    /// Past the warning, the live count at the last look at the mappings in use, and
-    /// whether they left too little room for another instance.
-    mapping_check: Option<(usize, bool)>,
+    /// Whether another instance fits under the kernel's limit on memory mappings
+    /// (`None` where it cannot be reached before `max_instances`, or is not known).
+    mappings: Option<crate::runtime::mappings::MappingGuard>,
     next_id: u64,
     id_salt: u32,
     /// Where Jobs' progress is kept across restarts, if anywhere (read when a job is
@@ -176,9 +173,8 @@ impl Controller {
                 })
                 .ok()
         });
-        let mapping_warning_at = crate::runtime::mappings::instance_capacity(runtime.config())
-            .map(|capacity| capacity * 4 / 5)
-            .filter(|&at| at < config.max_instances);
+        let mappings = crate::runtime::mappings::MappingGuard::new(runtime.config())
+            .filter(|g| g.warning_at() < config.max_instances);
         Self {
             runtime,
             policy,
@@ -190,8 +186,7 @@ impl Controller {
             host_events,
             logs,
             live: 0,
-            mapping_warning_at,
-            mapping_check: None,
+            mappings,
             next_id: 0,
             id_salt: fastrand::u32(..),
             writer,
@@ -971,16 +966,14 @@ impl Controller {
                     self.config.max_instances
                 )),
                 Action::Spawn { .. } | Action::SpawnSuccessor { .. }
-                    if at_mapping_wall(
-                        self.live,
-                        self.mapping_warning_at,
-                        &mut self.mapping_check,
-                    ) =>
+                    if self.mappings.as_mut().is_some_and(|g| g.full(self.live)) =>
                 {
                     Some(format!(
                         "spawn: the host is at the kernel's limit of memory mappings \
-                         (vm.max_map_count) with {} instances; raise the limit",
-                        self.live
+                         (vm.max_map_count) with {} instances, keeping the rest for \
+                         itself; {}",
+                        self.live,
+                        crate::runtime::mappings::advice(self.runtime.config())
                     ))
                 }
                 Action::Stop { slot, .. }
@@ -1228,7 +1221,7 @@ impl Controller {
             w.slots[slot as usize].instance = Some(observation);
         }
         self.live += 1;
-        if self.mapping_warning_at == Some(self.live) {
+        if self.mappings.as_ref().map(|g| g.warning_at()) == Some(self.live) {
             self.warn_mapping_limit(name, &id);
         }
         // Spawns are frequent in a crash loop: they go to subscribers, not the bounded history.
@@ -1249,13 +1242,17 @@ impl Controller {
     /// Tells (once per crossing) that the host nears the kernel's mapping limit, past
     /// which spawns fail.
     fn warn_mapping_limit(&mut self, name: &Arc<str>, id: &str) {
-        let limit = crate::runtime::mappings::limit().unwrap_or_default();
+        let (limit, capacity) = self
+            .mappings
+            .as_ref()
+            .map_or((0, 0), |g| (g.limit(), g.capacity()));
         let message = format!(
             "{} live instances: near the most this host can map under the kernel's \
-             vm.max_map_count of {limit} (about {} at start); past it spawns fail. Raise \
-             vm.max_map_count, or run with compact memories",
+             vm.max_map_count of {limit} (about {} at start); past it spawns are \
+             refused. To hold more, {}",
             self.live,
-            self.mapping_warning_at.unwrap_or_default() * 5 / 4
+            capacity,
+            crate::runtime::mappings::advice(self.runtime.config())
         );
         tracing::warn!(workload = %name, "{message}");
         let e = self.event(
@@ -1562,37 +1559,3 @@ fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> WorkloadSta
         events: w.events.iter().cloned().collect(),
     }
 }
-
-/// Whether the process is too close to the kernel's mapping limit for another instance.
-/// Below the warning point this costs nothing; past it, the mappings in use are counted
-/// again every [`MAPPING_RECHECK`] spawns or ends (reading `/proc/self/maps` takes
-/// milliseconds at that size). The room kept free serves the host itself: thread
-/// stacks, compiled code of the next apply, files.
-fn at_mapping_wall(
-    live: usize,
-    warning_at: Option<usize>,
-    check: &mut Option<(usize, bool)>,
-) -> bool {
-    const RESERVE: usize = 1024;
-    let Some(warning_at) = warning_at else {
-        return false;
-    };
-    if live < warning_at {
-        *check = None;
-        return false;
-    }
-    match *check {
-        Some((checked_at, full)) if live.abs_diff(checked_at) < MAPPING_RECHECK => full,
-        _ => {
-            let limit = crate::runtime::mappings::limit().unwrap_or(usize::MAX);
-            let in_use = crate::runtime::mappings::in_use().unwrap_or(0);
-            let full = in_use.saturating_add(RESERVE) >= limit;
-            *check = Some((live, full));
-            full
-        }
-    }
-}
-
-/// Spawns (or ends) between two counts of the mappings in use, past the warning point.
-/// An instance costs at most 4 mappings, so 64 of them stay well inside the reserve.
-const MAPPING_RECHECK: usize = 64;

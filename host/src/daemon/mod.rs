@@ -253,7 +253,20 @@ pub async fn run(
     }
     let _ = rollbacks.await;
     let state = Arc::into_inner(state).context("API handlers still running at shutdown")?;
-    Ok(state.host.shutdown().await)
+    // Bounded at any load: the longest grace period, and a margin.
+    let grace = state
+        .host
+        .status()
+        .await
+        .workloads
+        .iter()
+        .map(|w| w.spec.termination_grace_period)
+        .max()
+        .unwrap_or_default();
+    let bound = grace.saturating_add(std::time::Duration::from_secs(10));
+    tokio::time::timeout(bound, state.host.shutdown())
+        .await
+        .map_err(|_| anyhow::anyhow!("the host did not stop within {bound:?}"))
 }
 
 /// Deaths during the same apply's replay after which it is quarantined even though the

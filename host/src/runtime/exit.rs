@@ -162,9 +162,9 @@ impl EndReason {
     }
 
     /// An instantiation failure.
-    pub fn instantiation(err: &wasmtime::Error) -> Self {
+    pub fn instantiation(err: &wasmtime::Error, config: &super::RuntimeConfig) -> Self {
         let mut message = error_text(err);
-        if let Some(hint) = super::mappings::exhaustion_hint(&message) {
+        if let Some(hint) = super::mappings::exhaustion_hint(&message, config) {
             message = format!("{hint}; {message}");
         }
         Self::InstantiationFailed {

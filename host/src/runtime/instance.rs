@@ -381,14 +381,14 @@ async fn drive(
         Prepared::Command(pre) => {
             let command = match pre.instantiate_async(&mut *store).await {
                 Ok(c) => c,
-                Err(e) => return EndReason::instantiation(&e),
+                Err(e) => return EndReason::instantiation(&e, &rt.config),
             };
             drive_command(store, &command, req, vitals, reporter, stop_rx).await
         }
         Prepared::Reactor(pre) => {
             let reactor = match pre.instantiate_async(&mut *store).await {
                 Ok(r) => r,
-                Err(e) => return EndReason::instantiation(&e),
+                Err(e) => return EndReason::instantiation(&e, &rt.config),
             };
             drive_reactor(rt, store, &reactor, req, vitals, reporter, stop_rx).await
         }
