@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod daemon;
 mod edge;
+mod generated;
 mod hostile;
 mod jobs;
 mod lifecycle;
