@@ -1028,3 +1028,31 @@ fn at_the_mapping_wall_spawns_are_refused_the_host_survives_and_stops_in_bounded
         eprintln!("{extra:?}: {running} instances at the wall, stopped after {took:?}");
     }
 }
+
+#[test]
+fn a_component_over_the_size_limit_is_refused_before_a_byte_is_read_or_sent() {
+    let tree = Tree::new();
+    let daemon = Daemon::start(&tree.path("state"));
+    // Sparse: 1 GiB on paper, nothing on disk.
+    let huge = tree.path("huge.wasm");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let file = tree.write(
+        "huge.yaml",
+        &format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata: {{name: huge}}\nspec:\n  component: {}\n",
+            huge.display()
+        ),
+    );
+    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("larger than") && stderr(&out).contains("nothing was sent"),
+        "{}",
+        stderr(&out)
+    );
+    let blobs = std::fs::read_dir(tree.path("state/blobs")).unwrap().count();
+    assert_eq!(blobs, 0, "something was uploaded");
+}

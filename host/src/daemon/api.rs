@@ -317,31 +317,65 @@ fn rejected(rejected: &Rejected) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
 }
 
+/// Stores an uploaded component as it arrives (never whole in memory): written to a
+/// private temporary file while hashed, put in place only if the digest matches and the
+/// size is within the limit.
 async fn put_blob(
     State(state): State<Arc<ApiState>>,
     UrlPath(digest): UrlPath<String>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    use futures_util::StreamExt as _;
     if !is_digest(&digest) {
         return error(
             StatusCode::BAD_REQUEST,
             format!("`{digest}` is not a digest; expected sha256: and 64 lowercase hex digits"),
         );
     }
-    let actual = super::store::digest_of(&body);
-    if actual != digest {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("the body's digest is {actual}, not {digest}"),
-        );
-    }
-    let store_result = tokio::task::block_in_place(|| state.store.put_blob(&body));
-    match store_result {
-        Ok(_) => (
+    let created = || {
+        (
             StatusCode::CREATED,
             Json(serde_json::json!({"digest": digest})),
         )
-            .into_response(),
+            .into_response()
+    };
+    if tokio::task::block_in_place(|| state.store.has_blob(&digest)) {
+        return created();
+    }
+    let mut blob = match state.store.new_blob() {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the upload broke off: {e}"),
+                );
+            }
+        };
+        if blob.len() + chunk.len() as u64 > state.max_blob_bytes as u64 {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the component is larger than {}, the most this daemon stores",
+                    bytesize::ByteSize(state.max_blob_bytes as u64)
+                ),
+            );
+        }
+        if let Err(e) = tokio::task::block_in_place(|| blob.write(&chunk)) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    }
+    match tokio::task::block_in_place(|| blob.finish(Some(&digest))) {
+        Ok(_) => created(),
+        Err(e @ super::store::StoreError::Mismatch { .. }) => error(
+            StatusCode::BAD_REQUEST,
+            format!("the upload does not match: {e}"),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -86,6 +86,71 @@ pub struct Document {
     pub text: String,
 }
 
+/// A blob being written: bytes go to a temporary file and into its digest; `finish`
+/// puts it in place under its digest. Dropped unfinished, the temporary file goes.
+pub struct BlobWriter<'a> {
+    store: &'a Store,
+    tmp: PathBuf,
+    file: std::fs::File,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl BlobWriter<'_> {
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        self.file.write_all(bytes).map_err(|source| StoreError::Io {
+            what: "cannot write",
+            path: self.tmp.clone(),
+            source,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Syncs the blob and puts it in place, whole or not at all; with `expected`, only
+    /// if its bytes hash to that digest. Returns the digest.
+    pub fn finish(mut self, expected: Option<&str>) -> Result<String, StoreError> {
+        let hash = std::mem::take(&mut self.hasher).finalize();
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let digest = format!("sha256:{hex}");
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(StoreError::Mismatch {
+                expected: expected.to_string(),
+                actual: digest,
+            });
+        }
+        let io = |what, source| StoreError::Io {
+            what,
+            path: self.tmp.clone(),
+            source,
+        };
+        self.file.sync_all().map_err(|e| io("cannot sync", e))?;
+        let path = self.store.blob_path(&digest);
+        std::fs::rename(&self.tmp, &path).map_err(|e| io("cannot rename", e))?;
+        Ok(digest)
+    }
+}
+
+impl Drop for BlobWriter<'_> {
+    fn drop(&mut self) {
+        // After `finish` the file was renamed away and this does nothing.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 /// The state directory's store.
 pub struct Store {
     /// The database, or `None` while it could not be reopened.
@@ -113,6 +178,14 @@ pub enum StoreError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// An uploaded blob's bytes do not hash to the digest it was sent under.
+    #[error("the bytes' digest is {actual}, not {expected}")]
+    Mismatch {
+        /// The digest named.
+        expected: String,
+        /// The digest of the bytes.
+        actual: String,
     },
     /// The database is missing or empty, though blobs are stored beside it.
     #[error(
@@ -409,30 +482,38 @@ impl Store {
     /// Stores `bytes` under their digest (whole or not at all) and returns the digest.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<String, StoreError> {
         let digest = digest_of(bytes);
-        let path = self.blob_path(&digest);
         if self.has_blob(&digest) {
             return Ok(digest);
         }
-        let tmp = path.with_extension(format!("tmp-{}", fastrand::u64(..)));
-        let io = |what, source| StoreError::Io {
-            what,
-            path: tmp.clone(),
-            source,
-        };
-        // Private to the daemon's user: a blob may be whatever a client uploaded.
-        let mut file = {
+        let mut blob = self.new_blob()?;
+        blob.write(bytes)?;
+        blob.finish(Some(&digest))
+    }
+
+    /// Starts writing a blob piece by piece (an upload streamed as it arrives): into a
+    /// temporary file private to the daemon's user, hashed as it is written.
+    pub fn new_blob(&self) -> Result<BlobWriter<'_>, StoreError> {
+        let tmp = self.blobs.join(format!("upload.tmp-{}", fastrand::u64(..)));
+        let file = {
             use std::os::unix::fs::OpenOptionsExt as _;
             std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)
-                .map_err(|e| io("cannot create", e))?
+                .map_err(|source| StoreError::Io {
+                    what: "cannot create",
+                    path: tmp.clone(),
+                    source,
+                })?
         };
-        file.write_all(bytes).map_err(|e| io("cannot write", e))?;
-        file.sync_all().map_err(|e| io("cannot sync", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("cannot rename", e))?;
-        Ok(digest)
+        Ok(BlobWriter {
+            store: self,
+            tmp,
+            file,
+            hasher: Sha256::new(),
+            len: 0,
+        })
     }
 
     /// Records an apply that defines `names` (replacing whatever defined them before)
@@ -850,5 +931,26 @@ mod tests {
         assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), b"\0asm");
         assert!(!store.has_blob("sha256:../../etc/passwd"));
         assert!(!is_digest("sha256:ABC"));
+    }
+
+    #[test]
+    fn a_streamed_blob_lands_only_under_its_own_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut blob = store.new_blob().unwrap();
+        blob.write(b"\0as").unwrap();
+        blob.write(b"m").unwrap();
+        let wrong = digest_of(b"other");
+        assert!(matches!(
+            blob.finish(Some(&wrong)),
+            Err(StoreError::Mismatch { .. })
+        ));
+        let files = || std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert_eq!(files(), 0, "a refused upload left a file behind");
+        let mut blob = store.new_blob().unwrap();
+        blob.write(b"\0asm").unwrap();
+        let digest = blob.finish(Some(&digest_of(b"\0asm"))).unwrap();
+        assert!(store.has_blob(&digest));
+        assert_eq!(files(), 1);
     }
 }
