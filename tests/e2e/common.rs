@@ -115,15 +115,41 @@ impl Daemon {
 
     /// Starts `setpoint daemon` with more arguments.
     pub fn start_with(state: &Path, extra: &[&str]) -> Self {
+        Self::spawn(state, extra, None)
+    }
+
+    /// Starts `setpoint daemon` with its open-file limit set to `max_files`.
+    pub fn start_limited(state: &Path, extra: &[&str], max_files: u64) -> Self {
+        Self::spawn(state, extra, Some(max_files))
+    }
+
+    fn spawn(state: &Path, extra: &[&str], max_files: Option<u64>) -> Self {
+        use std::os::unix::process::CommandExt as _;
         let socket = state.join("setpoint.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_setpoint"));
+        command
             .args(["daemon", "--state-dir"])
             .arg(state)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("daemon starts");
+            .stderr(Stdio::null());
+        if let Some(max) = max_files {
+            // SAFETY: setrlimit is async-signal-safe, and only this child's limit changes.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: max,
+                        rlim_max: max,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command.spawn().expect("daemon starts");
         let daemon = Self { child, socket };
         let deadline = Instant::now() + Duration::from_secs(30);
         while daemon.cli(&["get"]).status.code() != Some(0) {
