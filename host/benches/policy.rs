@@ -82,8 +82,7 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..rounds {
             let t = Instant::now();
             let snapshot = Snapshot::capture(&input, "r", &serde_json::Value::Null);
-            let records = plugin
-                .decide(&snapshot)
+            let records = setpoint::policy::ask_plugin(&mut plugin, &snapshot)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let decided = validate(&records, &input).map_err(|e| anyhow::anyhow!(e))?;

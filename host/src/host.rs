@@ -366,7 +366,7 @@ impl Host {
                 let current = status
                     .workload(&p.name)
                     .map(|w| (w.kind == "Job", w.revision.as_str()));
-                crate::controller::apply_conflict(
+                crate::admission::apply_conflict(
                     &p.name,
                     current,
                     p.spec.job.is_some(),

@@ -208,7 +208,7 @@ fn the_replica_plugin_decides_exactly_like_the_builtin() {
         let mut builtin = Vec::new();
         ReplicaPolicy.reconcile(&replay.input(), &mut builtin);
         let builtin: Vec<ActionRecord> = builtin.iter().map(ActionRecord::from).collect();
-        let from_plugin = rt.block_on(plugin.borrow_mut().decide(&snapshot)).expect("the plugin decides");
+        let from_plugin = rt.block_on(setpoint::policy::ask_plugin(&mut plugin.borrow_mut(), &snapshot)).expect("the plugin decides");
         prop_assert_eq!(&from_plugin, &builtin, "snapshot: {}", serde_json::to_string(&snapshot).unwrap());
         compared.set(compared.get() + 1);
     });

@@ -8,11 +8,13 @@
 mod plugin;
 mod replicas;
 pub mod snapshot;
+mod wit;
 
 use std::time::{Duration, Instant};
 
 pub use plugin::{MAX_CONSECUTIVE_FAILURES, PluginPolicy, dry_run, validate};
 pub use replicas::ReplicaPolicy;
+pub use wit::ask_plugin;
 
 use crate::manifest::WorkloadSpec;
 use crate::runtime::{EndReason, StopCause};

@@ -81,7 +81,7 @@ impl PluginPolicy {
             return;
         }
         let snapshot = Snapshot::capture(input, &self.revision, &self.config);
-        let outcome = match self.instance.decide(&snapshot).await {
+        let outcome = match super::wit::ask_plugin(&mut self.instance, &snapshot).await {
             Ok(records) => validate(&records, input)
                 .map_err(|why| format!("returned an invalid decision: {why}")),
             Err(failure) => Err(describe_failure(&failure)),
@@ -241,8 +241,10 @@ pub async fn dry_run(
     let prepared = tokio::task::spawn_blocking(move || rt.prepare_plugin(&path)).await??;
     let mut instance = PluginInstance::new(runtime, prepared, limits, "dry-run".into(), None);
     let replay = snapshot.replay(std::time::Instant::now());
-    Ok(match instance.decide(snapshot).await {
-        Ok(records) => validate(&records, &replay.input()).map(|_| records),
-        Err(failure) => Err(describe_failure(&failure)),
-    })
+    Ok(
+        match super::wit::ask_plugin(&mut instance, snapshot).await {
+            Ok(records) => validate(&records, &replay.input()).map(|_| records),
+            Err(failure) => Err(describe_failure(&failure)),
+        },
+    )
 }

@@ -1,9 +1,10 @@
 //! The plugin host: policy plugins are components of the `setpoint:policy/plugin` world,
 //! compiled once per digest and run in their own Store with no grants at all (no env, no
 //! files, no sockets; stderr is captured as the plugin's log), a memory cap, and a CPU and
-//! wall-clock deadline per call. This module converts between the snapshot types of
-//! [`crate::policy::snapshot`] and the WIT records, and reports every failure as a
-//! [`PluginFailure`]; deciding what to do about a failure is the policy adapter's job.
+//! wall-clock deadline per call. It speaks the WIT records only (what they mean to a
+//! policy, and the conversion from snapshots, is [`crate::policy`]'s), and reports every
+//! failure as a [`PluginFailure`]; deciding what to do about a failure is the policy
+//! adapter's job.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +17,9 @@ use super::instance::{InstanceState, build_plugin_store};
 use super::output::{LogLine, OutputCapture};
 use super::{Digest, PrepareError, Runtime};
 use crate::manifest::CpuBudget;
-use crate::policy::snapshot::{ActionRecord, Snapshot};
 
-mod wit {
+/// The `setpoint:policy/plugin` world's bindings.
+pub mod wit {
     wasmtime::component::bindgen!({
         path: "../wit/policy",
         world: "plugin",
@@ -26,7 +27,7 @@ mod wit {
     });
 }
 
-use wit::setpoint::policy::types as t;
+pub use wit::setpoint::policy::types as t;
 
 /// The export by which a plugin is recognised.
 pub const RECONCILER_EXPORT: &str = "setpoint:policy/reconciler@0.1.0";
@@ -157,12 +158,14 @@ impl PluginInstance {
         }
     }
 
-    /// Asks the plugin to decide on `snapshot`.
+    /// Asks the plugin to decide on what it is shown, at `now_unix_ms`.
     pub async fn decide(
         &mut self,
-        snapshot: &Snapshot,
-    ) -> Result<Vec<ActionRecord>, PluginFailure> {
-        let result = self.call(snapshot).await;
+        desired: &t::Desired,
+        observed: &t::Observed,
+        now_unix_ms: u64,
+    ) -> Result<Vec<t::Action>, PluginFailure> {
+        let result = self.call(desired, observed, now_unix_ms).await;
         if result.is_err() {
             // A failed call may leave the instance mid-way: never call into it again.
             self.live = None;
@@ -170,7 +173,12 @@ impl PluginInstance {
         result
     }
 
-    async fn call(&mut self, snapshot: &Snapshot) -> Result<Vec<ActionRecord>, PluginFailure> {
+    async fn call(
+        &mut self,
+        desired: &t::Desired,
+        observed: &t::Observed,
+        now_unix_ms: u64,
+    ) -> Result<Vec<t::Action>, PluginFailure> {
         if self.live.is_none() {
             let capture = OutputCapture::new(
                 "policy".into(),
@@ -194,105 +202,16 @@ impl PluginInstance {
             time: self.limits.cpu_per_call,
             per: None,
         }));
-        let (desired, observed) = to_wit(snapshot);
         let call = instance.setpoint_policy_reconciler().call_reconcile(
             &mut *store,
-            &desired,
-            &observed,
-            snapshot.now_unix_ms,
+            desired,
+            observed,
+            now_unix_ms,
         );
         match tokio::time::timeout(self.limits.wall_per_call, call).await {
             Err(_) => Err(PluginFailure::Timeout(self.limits.wall_per_call)),
             Ok(Err(e)) => Err(PluginFailure::Trapped(EndReason::from_guest_error(&e))),
-            Ok(Ok(actions)) => Ok(actions.into_iter().map(from_wit).collect()),
+            Ok(Ok(actions)) => Ok(actions),
         }
-    }
-}
-
-fn to_wit(s: &Snapshot) -> (t::Desired, t::Observed) {
-    let d = &s.desired;
-    let desired = t::Desired {
-        workload: d.workload.clone(),
-        revision: d.revision.clone(),
-        replicas: d.replicas,
-        restart_policy: match d.restart_policy {
-            crate::manifest::RestartPolicy::Always => t::RestartPolicy::Always,
-            crate::manifest::RestartPolicy::OnFailure => t::RestartPolicy::OnFailure,
-            crate::manifest::RestartPolicy::Never => t::RestartPolicy::Never,
-        },
-        backoff: t::Backoff {
-            initial_ms: d.backoff.initial_ms,
-            max_ms: d.backoff.max_ms,
-            reset_after_ms: d.backoff.reset_after_ms,
-        },
-        restart_budget: d.restart_budget.map(|b| t::RestartBudget {
-            max_restarts: b.max_restarts,
-            window_ms: b.window_ms,
-        }),
-        config: d.config.to_string(),
-        strategy: t::Strategy {
-            recreate: d.strategy.recreate,
-            max_surge: d.strategy.max_surge,
-            max_unavailable: d.strategy.max_unavailable,
-            progress_deadline_ms: d.strategy.progress_deadline_ms,
-            auto_rollback: d.strategy.auto_rollback,
-            min_ready_ms: d.strategy.min_ready_ms,
-        },
-    };
-    let instance = |i: &crate::policy::snapshot::InstanceSnapshot| t::Instance {
-        id: i.id.clone(),
-        revision: i.revision.clone(),
-        age_ms: i.age_ms,
-        ready: i.ready,
-        stopping: i.stopping,
-    };
-    let slots = s
-        .observed
-        .slots
-        .iter()
-        .map(|slot| t::Slot {
-            index: slot.index,
-            instance: slot.instance.as_ref().map(instance),
-            successor: slot.successor.as_ref().map(instance),
-            restarts: slot.restarts,
-            consecutive_ends: slot.consecutive_ends,
-            last_end: slot.last_end.as_ref().map(|e| t::End {
-                reason: e.reason.clone(),
-                exit_code: e.exit_code,
-                success: e.success(),
-                host_stop: e.host_stop(),
-                deterministic: e.deterministic(),
-                ago_ms: e.ago_ms,
-            }),
-        })
-        .collect();
-    let observed = t::Observed {
-        slots,
-        recent_restarts_ago_ms: s.observed.recent_restarts_ago_ms.clone(),
-        failed: s.observed.failed,
-        rollout: s.observed.rollout.map(|r| t::Rollout {
-            started_ago_ms: r.started_ago_ms,
-            rolled_back: r.rolled_back,
-        }),
-    };
-    (desired, observed)
-}
-
-fn from_wit(a: t::Action) -> ActionRecord {
-    match a {
-        t::Action::Spawn(slot) => ActionRecord::Spawn { slot },
-        t::Action::Stop(slot) => ActionRecord::Stop { slot },
-        t::Action::SpawnSuccessor(slot) => ActionRecord::SpawnSuccessor { slot },
-        t::Action::RollBack(message) => ActionRecord::RollBack { message },
-        t::Action::RequeueAfterMs(ms) => ActionRecord::RequeueAfter { ms },
-        t::Action::Event(e) => ActionRecord::Event {
-            warning: e.warning,
-            reason: e.reason,
-            message: e.message,
-        },
-        t::Action::MarkFailed(f) => ActionRecord::MarkFailed {
-            reason: f.reason,
-            message: f.message,
-        },
     }
 }
