@@ -9,11 +9,12 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::controller::{Command, Controller, ControllerConfig, PreparedWorkload};
+use crate::manifest::unversioned;
 use crate::manifest::{
     Diagnostic, ManifestLimits, Rejected, Workload, check_workloads, load_files,
 };
 use crate::policy::{Policy, ReplicaPolicy};
-use crate::runtime::capability::{Capability, unversioned};
+use crate::runtime::capability::Capability;
 use crate::runtime::{ComponentStyle, LogLine, OutputLimits, Runtime, RuntimeConfig};
 use crate::status::{Event, HostStatus};
 

@@ -2,17 +2,21 @@
 //! runs. Only this module knows YAML; everything else sees [`Workload`]s.
 
 pub mod bounds;
+mod check;
 mod diagnostic;
 mod load;
 mod raw;
+pub(crate) mod rules;
 mod spec;
 pub mod units;
 
+pub use check::check_workloads;
 pub use diagnostic::{Diagnostic, Origin, Rejected};
 pub use load::{
-    API_VERSION, ManifestLimits, Resolver, check_workloads, load_files, load_str,
-    load_str_resolving, load_str_with_files, parse_names,
+    API_VERSION, ManifestLimits, Resolver, load_files, load_str, load_str_resolving,
+    load_str_with_files, parse_names,
 };
+pub use rules::{is_interface_name, unversioned};
 pub use spec::{
     BackoffSpec, CpuBudget, DirGrant, ExitCodeOperator, FailureAction, FailureMatch, FailureRule,
     IntOrPercent, JobSpec, PolicyPlugin, ProbeSpec, RestartBudget, RestartPolicy, StrategyKind,

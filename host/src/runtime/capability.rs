@@ -22,6 +22,7 @@
 //! assert_eq!(sensors.interface(), "device:sensors/read@0.1.0");
 //! ```
 
+use crate::manifest::unversioned;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -192,47 +193,4 @@ fn checked_caller<'a>(state: &'a InstanceState, grant: &str) -> wasmtime::Result
         workload: &identity.workload,
         instance: &identity.instance,
     })
-}
-
-/// An interface name without its `@version` suffix.
-pub fn unversioned(interface: &str) -> &str {
-    interface
-        .split_once('@')
-        .map_or(interface, |(name, _)| name)
-}
-
-/// Whether `name` has the shape `namespace:package/interface`, optionally `@version`.
-pub fn is_interface_name(name: &str) -> bool {
-    let base = unversioned(name);
-    let Some((package, interface)) = base.split_once('/') else {
-        return false;
-    };
-    let Some((namespace, package)) = package.split_once(':') else {
-        return false;
-    };
-    let word = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    };
-    word(namespace) && word(package) && word(interface)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interface_names_are_checked_and_unversioned() {
-        assert!(is_interface_name("device:sensors/read@0.1.0"));
-        assert!(is_interface_name("device:sensors/read"));
-        assert!(!is_interface_name("sensors/read"));
-        assert!(!is_interface_name("device:sensors"));
-        assert!(!is_interface_name("Device:sensors/read"));
-        assert_eq!(
-            unversioned("device:sensors/read@0.1.0"),
-            "device:sensors/read"
-        );
-        assert_eq!(unversioned("device:sensors/read"), "device:sensors/read");
-    }
 }

@@ -233,7 +233,7 @@ impl Runtime {
         )?;
         let mut seen = std::collections::HashSet::new();
         for cap in &config.capabilities {
-            if !capability::is_interface_name(cap.interface()) {
+            if !crate::manifest::is_interface_name(cap.interface()) {
                 anyhow::bail!(
                     "capability `{}` is not a WIT interface name (`namespace:package/interface@version`)",
                     cap.interface()
@@ -338,7 +338,7 @@ impl Runtime {
 
     /// The embedder capability an import name refers to, compared without versions.
     pub fn capability(&self, interface: &str) -> Option<&capability::Capability> {
-        let wanted = capability::unversioned(interface);
+        let wanted = crate::manifest::unversioned(interface);
         self.config
             .capabilities
             .iter()

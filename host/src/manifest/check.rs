@@ -1,0 +1,146 @@
+//! The check of typed workloads, whether they came from YAML or were built in code:
+//! every rule of [`super::rules`] applied to the spec, plus what only a batch can say
+//! (names unique within it).
+
+use std::time::Duration;
+
+use super::bounds::{self as b, DurationBound};
+use super::diagnostic::Diagnostic;
+use super::load::ManifestLimits;
+use super::rules::{self, THRESHOLDS};
+use super::spec::{Workload, WorkloadSpec};
+
+/// Checks the invariants of typed workloads, whether they came from YAML or were built in
+/// code, including that names are unique within the batch. Problems are located at each
+/// workload's origin when it has one.
+/// Checks the invariants of typed workloads, whether they came from YAML or were built in
+/// code, including that names are unique within the batch. Problems are located at each
+/// workload's origin when it has one.
+pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for w in workloads {
+        let mut problems: Vec<rules::Broken> = Vec::new();
+        let mut problem = |message: String| problems.push(rules::Broken::new(message));
+        if let Err(why) = rules::check_dns_label(&w.name) {
+            problem(format!("invalid workload name `{}`: {why}", w.name));
+        }
+        for (key, value) in &w.labels {
+            if let Err(why) = rules::check_label(key, value) {
+                problem(why);
+            }
+        }
+        if !seen.insert(w.name.as_str()) {
+            problem(format!("workload `{}` appears twice in one apply", w.name));
+        }
+        let spec = &w.spec;
+        if let Some(job) = &spec.job {
+            if job.completions == 0 || job.parallelism == 0 {
+                problem("a job's completions and parallelism must be at least 1".into());
+            }
+            if spec.replicas != job.parallelism.min(job.completions) {
+                problem(format!(
+                    "a job's replicas must be min(parallelism, completions) = {}; build the spec with WorkloadSpec::job",
+                    job.parallelism.min(job.completions)
+                ));
+            }
+            if spec.policy.is_some() || spec.probe.is_some() {
+                problem("a Job takes no policy plugin and no health probe".into());
+            }
+        }
+        if spec.replicas > limits.max_replicas {
+            problem(format!(
+                "{} replicas, over the limit of {}",
+                spec.replicas, limits.max_replicas
+            ));
+        }
+        if spec.env.len() > limits.max_grants || spec.args.len() > limits.max_grants {
+            problem(format!("more than {} env vars or args", limits.max_grants));
+        }
+        if let Some(p) = spec.probe
+            && !(THRESHOLDS.contains(&p.failure_threshold)
+                && THRESHOLDS.contains(&p.success_threshold))
+        {
+            problem(format!(
+                "probe thresholds must be between {} and {}",
+                THRESHOLDS.start(),
+                THRESHOLDS.end()
+            ));
+        }
+        for (bound, d) in durations_of(spec) {
+            if let Err(why) = bound.check(d) {
+                problem(why);
+            }
+        }
+        for dir in &spec.dirs {
+            if let Err(why) = rules::check_guest_path(&dir.guest) {
+                problem(why);
+            }
+            match rules::check_host_dir(&dir.host, &limits.dir_roots) {
+                Ok(normal) if normal != dir.host => problem(format!(
+                    "host path `{}` is not in normal form; write `{}`",
+                    dir.host.display(),
+                    normal.display()
+                )),
+                Ok(_) => {}
+                Err((why, _)) => problem(why),
+            }
+        }
+        if !spec.connect.is_empty() && !limits.allow_network {
+            problem("this host grants no network access to workloads".into());
+        }
+        let shared = [
+            spec.memory_limit.map_or(Ok(()), |bytes| {
+                rules::memory_limit(bytes, limits.max_memory)
+            }),
+            spec.cpu_budget.as_ref().map_or(Ok(()), rules::cpu_budget),
+            rules::backoff(&spec.backoff),
+            rules::grant_counts(spec, limits.max_grants),
+        ];
+        let env = spec.env.iter().map(|(k, v)| rules::env_var(k, v));
+        let capabilities = spec.capabilities.iter().map(|c| rules::capability(c));
+        problems.extend(
+            shared
+                .into_iter()
+                .chain(env)
+                .chain(capabilities)
+                .filter_map(Result::err),
+        );
+        out.extend(problems.into_iter().map(|b| {
+            let d = Diagnostic::at(w.origin.clone(), format!("`{}`: {}", w.name, b.message));
+            match b.help {
+                Some(help) => d.with_help(help),
+                None => d,
+            }
+        }));
+    }
+    out
+}
+
+/// Every duration a typed spec holds, with its field's range.
+fn durations_of(spec: &WorkloadSpec) -> Vec<(DurationBound, Duration)> {
+    let mut out = vec![
+        (b::PROGRESS_DEADLINE, spec.strategy.progress_deadline),
+        (b::MIN_READY, spec.strategy.min_ready),
+        (b::BACKOFF_INITIAL, spec.backoff.initial),
+        (b::BACKOFF_MAX, spec.backoff.max),
+        (b::BACKOFF_RESET_AFTER, spec.backoff.reset_after),
+        (b::TERMINATION_GRACE, spec.termination_grace_period),
+    ];
+    if let Some(cpu) = spec.cpu_budget {
+        out.push((b::CPU_BUDGET, cpu.time));
+        out.extend(cpu.per.map(|per| (b::CPU_PER, per)));
+    }
+    if let Some(p) = spec.probe {
+        out.push((b::PROBE_INITIAL_DELAY, p.initial_delay));
+        out.push((b::PROBE_PERIOD, p.period));
+        out.push((b::PROBE_TIMEOUT, p.timeout));
+    }
+    out.extend(spec.watchdog.map(|w| (b::WATCHDOG_TIMEOUT, w.timeout)));
+    out.extend(spec.restart_budget.map(|r| (b::RESTART_WINDOW, r.window)));
+    if let Some(job) = &spec.job {
+        out.extend(job.active_deadline.map(|d| (b::ACTIVE_DEADLINE, d)));
+        out.extend(job.ttl_after_finished.map(|d| (b::TTL_AFTER_FINISHED, d)));
+    }
+    out
+}
