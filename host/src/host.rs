@@ -849,12 +849,8 @@ fn revision(
     plugin_digest: Option<&[u8; 32]>,
     grants: &crate::runtime::Grants,
 ) -> String {
-    let mut spec = w.spec.clone();
-    // Scaling and the update strategy change how, not what, runs: not a new revision.
-    spec.replicas = 0;
-    spec.strategy = crate::manifest::UpdateStrategy::default();
     let mut hasher = Sha256::new();
-    hasher.update(serde_json::to_vec(&spec).unwrap_or_default());
+    hasher.update(crate::manifest::revision::projection(&w.spec));
     hasher.update(component_digest);
     if let Some(plugin) = plugin_digest {
         hasher.update(plugin);

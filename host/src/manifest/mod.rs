@@ -6,6 +6,7 @@ mod check;
 mod diagnostic;
 mod load;
 mod raw;
+pub mod revision;
 pub(crate) mod rules;
 mod spec;
 pub mod units;
