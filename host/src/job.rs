@@ -72,6 +72,36 @@ pub struct JobOutcome {
     pub at: SystemTime,
 }
 
+/// The format of a job's progress as a ledger stores it ([`JobProgress::to_stored`]).
+/// Records written before formats were numbered have the shape of format 1 and no
+/// number; a record of a later format (written by a newer setpoint) is never run over.
+pub const PROGRESS_FORMAT: u32 = 1;
+
+/// A stored record this host cannot read as progress.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoredProgressError {
+    /// Not the JSON of any format.
+    #[error("stored job progress is unreadable: {0}")]
+    Unreadable(String),
+    /// Written in a format newer than this host reads.
+    #[error(
+        "stored job progress is in format {format}, written by a newer setpoint; this one reads format {PROGRESS_FORMAT} and older"
+    )]
+    Newer {
+        /// The record's format.
+        format: u64,
+        /// The revision it belongs to, if it says.
+        revision: Option<String>,
+    },
+}
+
+#[derive(Serialize)]
+struct Stored<'a> {
+    format: u32,
+    #[serde(flatten)]
+    progress: &'a JobProgress,
+}
+
 /// How one ended run counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RunVerdict {
@@ -123,6 +153,52 @@ impl JobProgress {
             failed: 0,
             ignored: 0,
             finished: None,
+        }
+    }
+
+    /// The JSON a ledger stores, in format [`PROGRESS_FORMAT`].
+    pub fn to_stored(&self) -> String {
+        let stored = Stored {
+            format: PROGRESS_FORMAT,
+            progress: self,
+        };
+        // Plain numbers, strings and times: serializing to a string cannot fail.
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    /// Reads what [`Self::to_stored`] wrote, in this format or an older one.
+    pub fn from_stored(json: &str) -> Result<Self, StoredProgressError> {
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| StoredProgressError::Unreadable(e.to_string()))?;
+        let format = value.get("format").and_then(serde_json::Value::as_u64);
+        if let Some(format) = format.filter(|f| *f > u64::from(PROGRESS_FORMAT)) {
+            let revision = value
+                .get("revision")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string);
+            return Err(StoredProgressError::Newer { format, revision });
+        }
+        serde_json::from_value(value).map_err(|e| StoredProgressError::Unreadable(e.to_string()))
+    }
+
+    /// What a job shows when its record is of a newer format: failed, so that it never
+    /// runs again over (or instead of) what a newer host counted.
+    pub fn unreadable(revision: String, why: &StoredProgressError) -> Self {
+        let now = SystemTime::now();
+        Self {
+            revision,
+            started: now,
+            succeeded: 0,
+            failed: 0,
+            ignored: 0,
+            finished: Some(JobOutcome {
+                complete: false,
+                reason: "ProgressUnreadable".into(),
+                message: format!(
+                    "{why}; the job does not run, so that nothing is counted twice (run the newer setpoint, or delete the job to start it over)"
+                ),
+                at: now,
+            }),
         }
     }
 
@@ -279,6 +355,33 @@ pub(crate) fn reconcile(
 mod tests {
     use super::*;
     use crate::manifest::{ExitCodeOperator, FailureMatch, FailureRule};
+
+    #[test]
+    fn stored_progress_round_trips_reads_the_unnumbered_format_and_refuses_newer_ones() {
+        let mut progress = JobProgress::start("abc");
+        progress.succeeded = 2;
+        let stored = progress.to_stored();
+        assert!(stored.contains("\"format\":1"), "{stored}");
+        assert_eq!(JobProgress::from_stored(&stored), Ok(progress.clone()));
+        // What earlier versions wrote: the same fields, no number.
+        let unnumbered = serde_json::to_string(&progress).expect("serializes");
+        assert_eq!(JobProgress::from_stored(&unnumbered), Ok(progress.clone()));
+        let newer = stored.replace("\"format\":1", "\"format\":2");
+        let err = JobProgress::from_stored(&newer).expect_err("a newer format");
+        assert_eq!(
+            err,
+            StoredProgressError::Newer {
+                format: 2,
+                revision: Some("abc".into())
+            }
+        );
+        let held = JobProgress::unreadable("abc".into(), &err);
+        assert!(held.finished.as_ref().is_some_and(|f| !f.complete));
+        assert!(matches!(
+            JobProgress::from_stored("{not json"),
+            Err(StoredProgressError::Unreadable(_))
+        ));
+    }
 
     fn exited(code: i32) -> EndReason {
         EndReason::Exited { code }

@@ -25,7 +25,7 @@ const APPLIES: TableDefinition<u64, &str> = TableDefinition::new("applies");
 const OWNERS: TableDefinition<&str, u64> = TableDefinition::new("owners");
 /// Counters (`next_apply`).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Job name → the JSON of its [`crate::job::JobProgress`].
+/// Job name → its [`crate::job::JobProgress`], as [`crate::job::JobProgress::to_stored`] writes it.
 const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 /// (workload name, sequence number) → the JSON of a [`HistoryEntry`]: the revisions a
 /// workload has had, newest last, at most [`HISTORY_LIMIT`].
@@ -793,10 +793,22 @@ impl crate::job::JobLedger for Store {
         let txn = self.begin_read().ok()?;
         let jobs = txn.open_table(JOBS).ok()?;
         let json = jobs.get(job).ok()??;
-        match serde_json::from_str(json.value()) {
+        use crate::job::{JobProgress, StoredProgressError};
+        match JobProgress::from_stored(json.value()) {
             Ok(progress) => Some(progress),
+            Err(e @ StoredProgressError::Newer { .. }) => {
+                tracing::error!(job, "{e}; the job is held failed and not run");
+                let StoredProgressError::Newer {
+                    revision: Some(revision),
+                    ..
+                } = &e
+                else {
+                    return None;
+                };
+                Some(JobProgress::unreadable(revision.clone(), &e))
+            }
             Err(e) => {
-                tracing::error!(job, "stored job progress is unreadable, starting over: {e}");
+                tracing::error!(job, "{e}; starting the job over");
                 None
             }
         }
@@ -817,8 +829,7 @@ impl crate::job::JobLedger for Store {
                 if owners.get(*job)?.is_none() {
                     continue;
                 }
-                let json = serde_json::to_string(progress)?;
-                jobs.insert(*job, json.as_str())?;
+                jobs.insert(*job, progress.to_stored().as_str())?;
             }
         }
         self.commit(txn)?;
