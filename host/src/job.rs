@@ -125,15 +125,12 @@ pub(crate) fn classify(job: &JobSpec, reason: &EndReason) -> RunVerdict {
     if reason.is_success() {
         return RunVerdict::Succeeded;
     }
-    let code = match reason {
-        EndReason::Exited { code } => Some(*code),
-        _ => None,
-    };
+    let end = reason.summary();
     let rule = job
         .failure_rules
         .iter()
         .enumerate()
-        .find(|(_, rule)| rule.matches(reason.name(), code));
+        .find(|(_, rule)| rule.matches(end));
     match rule.map(|(i, r)| (i, r.action)) {
         Some((i, FailureAction::FailJob)) => RunVerdict::FailJob(format!(
             "failurePolicy rule {i} fails the job: a run {reason}"

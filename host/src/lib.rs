@@ -105,6 +105,7 @@ pub mod clock;
 mod controller;
 #[cfg(unix)]
 pub mod daemon;
+pub mod end;
 pub mod host;
 pub mod job;
 pub mod manifest;
@@ -112,6 +113,7 @@ pub mod metrics;
 pub mod opened_dir;
 pub mod policy;
 pub mod runtime;
+pub mod serde_time;
 pub mod status;
 
 pub use controller::ControllerConfig;

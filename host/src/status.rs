@@ -1,19 +1,21 @@
 //! What users see: per-workload status with phase, conditions, instances and recent
-//! events. These types are the JSON contract of `setpoint run -o json` and of the library.
+//! events. These types are the JSON contract of `setpoint run -o json`, of the daemon's
+//! API and of the library; each reads back what it writes (the CLI decodes the API's
+//! answers into them), and every closed set of names is an enum.
 
 use std::time::{Duration, SystemTime};
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::runtime::InstanceEnd;
 
 /// The status of every workload on a host.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct HostStatus {
     /// One entry per workload, by name.
     pub workloads: Vec<WorkloadStatus>,
     /// Stored applies the daemon keeps but does not run (empty for a plain host).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<QuarantinedApply>,
 }
 
@@ -40,8 +42,78 @@ impl HostStatus {
     }
 }
 
+/// Whether a workload keeps replicas running or runs to completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub enum WorkloadKind {
+    /// Keeps `replicas` instances running.
+    Workload,
+    /// Runs until `completions` runs succeed.
+    Job,
+}
+
+impl WorkloadKind {
+    /// The kind of a workload with this spec.
+    pub fn of(spec: &crate::manifest::WorkloadSpec) -> Self {
+        if spec.job.is_some() {
+            Self::Job
+        } else {
+            Self::Workload
+        }
+    }
+
+    /// `Workload` or `Job`, as written in manifests and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Workload => "Workload",
+            Self::Job => "Job",
+        }
+    }
+
+    /// `workload` or `job`, as in `setpoint get job/NAME`.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Workload => "workload",
+            Self::Job => "job",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Names shown as written in JSON (the variant's name).
+macro_rules! display_as_name {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(&format!("{self:?}"))
+            }
+        }
+    )*};
+}
+
+display_as_name!(Phase, ConditionType, InstancePhase, EventType);
+
+/// Well-known event and condition reasons, named once for who emits them and who
+/// reacts to them. Policies and plugins may use other reasons too.
+pub mod reason {
+    /// The controller went back to the previous revision by itself.
+    pub const ROLLED_BACK: &str = "RolledBack";
+    /// A rollout finished.
+    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    /// A policy asked for something the controller refused.
+    pub const ACTION_REFUSED: &str = "ActionRefused";
+    /// A stored apply is kept but not run.
+    pub const QUARANTINED: &str = "Quarantined";
+    /// A job's progress cannot be made durable.
+    pub const LEDGER_WRITE_FAILED: &str = "LedgerWriteFailed";
+}
+
 /// Coarse state of a workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum Phase {
     /// Not all replicas have been ready yet, and none has ended.
     Pending,
@@ -55,13 +127,27 @@ pub enum Phase {
     Failed,
 }
 
+/// The kinds of conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum ConditionType {
+    /// A Workload: enough replicas are ready.
+    Available,
+    /// Given up on (a Workload or a Job).
+    Failed,
+    /// A Job: enough runs succeeded.
+    Complete,
+    /// A Job: its progress reaches the ledger.
+    ProgressDurable,
+}
+
 /// A Kubernetes-style condition.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Available` or `Failed` for a Workload, `Complete` or `Failed` for a Job.
+    /// `Available` or `Failed` for a Workload; `Complete`, `Failed` or
+    /// `ProgressDurable` for a Job.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: ConditionType,
     /// Whether the condition holds.
     pub status: bool,
     /// A stable CamelCase reason.
@@ -69,12 +155,25 @@ pub struct Condition {
     /// A human explanation.
     pub message: String,
     /// When `status` last changed.
-    #[serde(serialize_with = "serialize_time")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub last_transition: SystemTime,
 }
 
+/// What a live instance is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum InstancePhase {
+    /// Spawned, not yet running.
+    Starting,
+    /// Running.
+    Running,
+    /// Asked to stop.
+    Stopping,
+    /// A rollout's new instance starting beside the slot's old one.
+    Surge,
+}
+
 /// The state of one live instance.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
     /// Opaque generated id.
@@ -83,28 +182,27 @@ pub struct InstanceStatus {
     pub slot: u32,
     /// The revision it runs.
     pub revision: String,
-    /// `Starting`, `Running`, `Stopping`, or `Surge` (a rollout's new instance starting
-    /// beside the slot's old one).
-    pub phase: &'static str,
+    /// What it is doing.
+    pub phase: InstancePhase,
     /// Whether it counts as ready.
     pub ready: bool,
     /// Replacements of this slot so far.
     pub restarts: u32,
     /// Time since it was spawned.
-    #[serde(serialize_with = "serialize_millis", rename = "ageMs")]
+    #[serde(with = "crate::serde_time::millis", rename = "ageMs")]
     pub age: Duration,
 }
 
 /// The status of one workload.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadStatus {
     /// The workload's name.
     pub name: String,
     /// Labels from `metadata.labels`.
     pub labels: std::collections::BTreeMap<String, String>,
-    /// `Workload` or `Job`.
-    pub kind: &'static str,
+    /// Workload or Job.
+    pub kind: WorkloadKind,
     /// The spec it runs (for a daemon, `component` is the stored blob, named by digest).
     pub spec: std::sync::Arc<crate::manifest::WorkloadSpec>,
     /// Desired replicas.
@@ -137,7 +235,7 @@ pub struct WorkloadStatus {
 }
 
 /// A Job's progress, as shown in status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
     /// Successful runs needed.
@@ -153,15 +251,15 @@ pub struct JobStatus {
     /// Failed runs a failure rule ignored.
     pub ignored: u32,
     /// When the job started.
-    #[serde(serialize_with = "serialize_time")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub start_time: SystemTime,
     /// When it finished, if it has.
-    #[serde(serialize_with = "serialize_opt_time")]
+    #[serde(with = "crate::serde_time::opt_rfc3339")]
     pub completion_time: Option<SystemTime>,
 }
 
 /// A rollout in progress.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     /// The revision being replaced.
@@ -171,14 +269,14 @@ pub struct RolloutStatus {
     /// Whether this rollout is an automatic rollback.
     pub rollback: bool,
     /// Time since it started.
-    #[serde(serialize_with = "serialize_millis", rename = "ageMs")]
+    #[serde(with = "crate::serde_time::millis", rename = "ageMs")]
     pub age: Duration,
     /// Live instances already on the new revision.
     pub updated: u32,
 }
 
 /// An ended instance, as kept in status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TerminationRecord {
     /// Its id.
@@ -186,7 +284,7 @@ pub struct TerminationRecord {
     /// Its slot.
     pub slot: u32,
     /// When it ended.
-    #[serde(serialize_with = "serialize_time")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub at: SystemTime,
     /// Why, how long it ran, and its last output.
     #[serde(flatten)]
@@ -194,7 +292,7 @@ pub struct TerminationRecord {
 }
 
 /// Severity of an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum EventType {
     /// Expected operation.
     Normal,
@@ -203,11 +301,11 @@ pub enum EventType {
 }
 
 /// An append-only record of what happened and why (Kubernetes' Events).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// When.
-    #[serde(serialize_with = "serialize_time")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub time: SystemTime,
     /// Normal or Warning.
     #[serde(rename = "type")]
@@ -222,25 +320,9 @@ pub struct Event {
     pub message: String,
 }
 
-fn serialize_time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
-}
-
-fn serialize_opt_time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => serialize_time(t, s),
-        None => s.serialize_none(),
-    }
-}
-
-/// Serializes a duration as whole milliseconds.
-pub(crate) fn serialize_millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_millis() as u64)
-}
-
 /// A workload's instance counts: what [`crate::Host::counts`] returns, cheap enough to
 /// poll at any size (no per-instance data).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadCounts {
     /// The workload's name.

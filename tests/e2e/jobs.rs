@@ -2,6 +2,7 @@
 //! retries within the back-off limit, the limit exceeded, the active deadline, exit-code
 //! rules, time-to-live after finishing, and the rules on what a Job may be.
 
+use setpoint::status::ConditionType;
 use std::time::Duration;
 
 use setpoint::Phase;
@@ -19,7 +20,7 @@ fn finished(w: &setpoint::WorkloadStatus) -> bool {
     matches!(w.phase, Phase::Succeeded | Phase::Failed)
 }
 
-fn condition<'a>(w: &'a setpoint::WorkloadStatus, kind: &str) -> &'a setpoint::status::Condition {
+fn condition(w: &setpoint::WorkloadStatus, kind: ConditionType) -> &setpoint::status::Condition {
     w.conditions
         .iter()
         .find(|c| c.kind == kind)
@@ -43,12 +44,12 @@ async fn a_job_runs_until_its_completions_succeed_with_retries_counted() {
     let host = host();
     host.apply_files(&[file]).await.expect("applied");
     let w = wait_for(&host, "crunch", "the job to finish", finished).await;
-    assert_eq!(w.kind, "Job");
+    assert_eq!(w.kind, setpoint::status::WorkloadKind::Job);
     assert_eq!(w.phase, Phase::Succeeded, "{:#?}", w.events);
     let j = w.job.clone().expect("job status");
     assert_eq!((j.succeeded, j.failed, j.ignored, j.active), (5, 2, 0, 0));
     assert!(j.completion_time.is_some());
-    let complete = condition(&w, "Complete");
+    let complete = condition(&w, ConditionType::Complete);
     assert_eq!(complete.reason, "Completed");
     // Exactly the runs the job counted, and never more than two at once.
     let runs = std::fs::read_to_string(state.path().join("runs")).expect("runs");
@@ -83,7 +84,7 @@ async fn a_job_fails_past_its_backoff_limit_and_at_its_deadline() {
     host.apply_files(&[file]).await.expect("applied");
     let flaky = wait_for(&host, "flaky", "flaky to fail", finished).await;
     assert_eq!(flaky.phase, Phase::Failed);
-    let failed = condition(&flaky, "Failed");
+    let failed = condition(&flaky, ConditionType::Failed);
     assert_eq!(failed.reason, "BackoffLimitExceeded");
     assert!(
         failed.message.contains("exiting with 1"),
@@ -97,7 +98,10 @@ async fn a_job_fails_past_its_backoff_limit_and_at_its_deadline() {
     );
 
     let slow = wait_for(&host, "slow", "slow to pass its deadline", finished).await;
-    assert_eq!(condition(&slow, "Failed").reason, "DeadlineExceeded");
+    assert_eq!(
+        condition(&slow, ConditionType::Failed).reason,
+        "DeadlineExceeded"
+    );
     let j = slow.job.clone().expect("job status");
     assert_eq!(
         (j.succeeded, j.failed),
@@ -135,7 +139,7 @@ async fn exit_code_rules_fail_a_job_at_once_or_ignore_a_failure() {
     let host = host();
     host.apply_files(&[file]).await.expect("applied");
     let fatal = wait_for(&host, "fatal", "fatal to fail", finished).await;
-    let failed = condition(&fatal, "Failed");
+    let failed = condition(&fatal, ConditionType::Failed);
     assert_eq!(failed.reason, "FailurePolicy");
     assert!(
         failed.message.contains("rule 0") && failed.message.contains("status 42"),
@@ -364,7 +368,9 @@ async fn an_embedders_ledger_holds_what_status_shows_and_a_finished_job_never_re
     host.apply_files(&[other]).await.expect("applied");
     let paused = wait_for(&host, "unrecorded", "the job to pause", |w| {
         w.conditions.iter().any(|c| {
-            c.kind == "ProgressDurable" && !c.status && c.message.contains("the disk is full")
+            c.kind == ConditionType::ProgressDurable
+                && !c.status
+                && c.message.contains("the disk is full")
         })
     })
     .await;

@@ -30,7 +30,7 @@ async fn replicas_converge_to_the_declared_count() {
     assert!(
         w.conditions
             .iter()
-            .any(|c| c.kind == "Available" && c.status)
+            .any(|c| c.kind == setpoint::status::ConditionType::Available && c.status)
     );
     host.shutdown().await;
 }
@@ -146,7 +146,9 @@ async fn readiness_waits_for_the_probe() {
     let host = host();
     host.apply_files(&[file]).await.expect("valid manifest");
     let running = wait_for(&host, "warm", "a running instance", |w| {
-        w.instances.iter().any(|i| i.phase == "Running")
+        w.instances
+            .iter()
+            .any(|i| i.phase == setpoint::status::InstancePhase::Running)
     })
     .await;
     assert_eq!(running.ready, 0, "not ready before the probe says so");
@@ -321,7 +323,7 @@ async fn over_its_restart_budget_a_workload_fails_and_others_keep_running() {
     let failed = w
         .conditions
         .iter()
-        .find(|c| c.kind == "Failed")
+        .find(|c| c.kind == setpoint::status::ConditionType::Failed)
         .expect("Failed condition");
     assert_eq!(failed.reason, "RestartBudgetExceeded");
     let healthy = wait_for(&host, "healthy", "2 ready", |w| w.ready == 2).await;
@@ -352,7 +354,7 @@ async fn an_instance_that_cannot_be_instantiated_fails_without_retries() {
     let failed = w
         .conditions
         .iter()
-        .find(|c| c.kind == "Failed")
+        .find(|c| c.kind == setpoint::status::ConditionType::Failed)
         .expect("Failed condition");
     assert_eq!(failed.reason, "InstantiationFailed");
     assert!(

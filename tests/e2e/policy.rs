@@ -22,21 +22,10 @@ fn plugin_path(name: &str) -> String {
 }
 
 fn end_strategy() -> impl Strategy<Value = EndSnapshot> {
-    let reasons = prop::sample::select(vec![
-        "Exited",
-        "Trapped",
-        "OutOfMemory",
-        "CpuBudgetExceeded",
-        "StartFailed",
-        "InstantiationFailed",
-        "ProbeFailed",
-        "ProbeTimeout",
-        "WatchdogTimeout",
-        "Stopped",
-    ]);
+    let reasons = prop::sample::select(setpoint::end::EndKind::ALL.to_vec());
     (reasons, 0..3i32, 0..3000u64).prop_map(|(reason, code, ago_ms)| EndSnapshot {
-        reason: reason.to_string(),
-        exit_code: (reason == "Exited").then_some(code),
+        reason,
+        exit_code: (reason == setpoint::end::EndKind::Exited).then_some(code),
         ago_ms,
     })
 }
@@ -423,7 +412,9 @@ async fn the_canary_plugin_promotes_a_good_revision_and_rolls_back_a_bad_one() {
         let on_new = w
             .instances
             .iter()
-            .filter(|i| i.revision == w.revision && i.phase != "Stopping")
+            .filter(|i| {
+                i.revision == w.revision && i.phase != setpoint::status::InstancePhase::Stopping
+            })
             .count();
         canary_phase |= on_new == 1 && w.events.iter().any(|e| e.reason == "CanaryAnalysis");
         if w.revision != first.revision && w.rollout.is_none() && w.ready == 4 {

@@ -1,5 +1,7 @@
 //! The CLI's side of the control API: HTTP/1.1 requests over the daemon's Unix socket,
-//! or over TCP with the daemon's bearer token.
+//! or over TCP with the daemon's bearer token. Every answer is decoded into the API's
+//! own types ([`setpoint::daemon::wire`], [`setpoint::status`]); a field the CLI needs
+//! that the daemon does not send is an error here, not a `-` in a table.
 
 use std::path::PathBuf;
 
@@ -7,7 +9,60 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use setpoint::daemon::api::ErrorBody;
+use setpoint::daemon::wire::{ErrorBody, StreamLine};
+
+/// Which daemon a client command talks to.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Target {
+    /// The daemon's socket (default: $SETPOINT_SOCKET, else the default daemon's).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The daemon's TCP API, `HOST:PORT` (default: $SETPOINT_SERVER; the socket when
+    /// neither is set). Needs the daemon's token.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "socket")]
+    server: Option<String>,
+    /// A file holding the daemon's API token, for --server (default: $SETPOINT_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// The daemon to talk to: `--server` (or `$SETPOINT_SERVER`) over TCP with the
+    /// token from `--token-file` (or `$SETPOINT_TOKEN`); else the Unix socket
+    /// `--socket`, else `$SETPOINT_SOCKET`, else the default daemon's.
+    pub fn endpoint(self) -> Endpoint {
+        let server = self
+            .server
+            .or_else(|| std::env::var("SETPOINT_SERVER").ok());
+        if let (Some(server), None) = (server, &self.socket) {
+            let addr = server
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            let token = match self.token_file {
+                Some(file) => std::fs::read_to_string(&file)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| format!("cannot read the token file {}: {e}", file.display())),
+                None => std::env::var("SETPOINT_TOKEN").map_err(|_| {
+                    "the TCP API needs the daemon's token: set SETPOINT_TOKEN or pass --token-file (the daemon keeps it in STATE_DIR/api-token)".to_string()
+                }),
+            };
+            return Endpoint::Tcp { addr, token };
+        }
+        Endpoint::Unix(
+            self.socket
+                .or_else(|| std::env::var_os("SETPOINT_SOCKET").map(PathBuf::from))
+                .unwrap_or_else(|| {
+                    setpoint::daemon::default_socket(&setpoint::daemon::default_state_dir())
+                }),
+        )
+    }
+
+    /// A client of the daemon these options name.
+    pub fn client(self) -> Client {
+        Client::new(self.endpoint())
+    }
+}
 
 /// Where the daemon's API is.
 #[derive(Debug, Clone)]
@@ -44,6 +99,8 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> S
 /// A failed request: the daemon's error answer, or why it could not be asked.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status of the daemon's answer (`None`: found on this side).
+    pub status: Option<u16>,
     /// The error, with located diagnostics if any.
     pub body: ErrorBody,
 }
@@ -158,10 +215,10 @@ impl Client {
 
     /// GETs `path`, an answer of JSON lines, and hands each line to `each` as it
     /// arrives (a following answer ends only when the daemon ends it).
-    pub async fn stream_lines(
+    pub async fn stream_lines<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
-        mut each: impl FnMut(serde_json::Value),
+        mut each: impl FnMut(StreamLine<T>),
     ) -> Result<(), ApiError> {
         let mut body = self.send(Method::GET, path, None).await?;
         let mut pending = Vec::new();
@@ -173,9 +230,7 @@ impl Client {
             pending.extend_from_slice(data);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                if let Ok(value) = serde_json::from_slice(&line) {
-                    each(value);
-                }
+                each(decode(&line)?);
             }
         }
         Ok(())
@@ -211,17 +266,27 @@ fn error_answer(status: hyper::StatusCode, bytes: &[u8]) -> ApiError {
         error: format!("{status}: {}", String::from_utf8_lossy(bytes)),
         diagnostics: Vec::new(),
     });
-    ApiError { body }
+    ApiError {
+        status: Some(status.as_u16()),
+        body,
+    }
 }
 
 /// An error found on this side, in the API's error shape.
-pub fn local_error(message: String) -> ApiError {
+pub fn local_error(message: impl Into<String>) -> ApiError {
     ApiError {
+        status: None,
         body: ErrorBody {
-            error: message,
+            error: message.into(),
             diagnostics: Vec::new(),
         },
     }
+}
+
+/// Prints a failed command's error; the exit status to end with.
+pub fn fail(e: &ApiError) -> std::process::ExitCode {
+    eprintln!("{e}");
+    std::process::ExitCode::FAILURE
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

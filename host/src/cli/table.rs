@@ -28,7 +28,7 @@ pub fn render(status: &HostStatus) -> String {
         let failed = w
             .conditions
             .iter()
-            .find(|c| c.kind == "Failed")
+            .find(|c| c.kind == setpoint::status::ConditionType::Failed)
             .map(|c| format!(" [{}]", c.reason));
         rows.push([
             w.name.clone(),

@@ -8,7 +8,7 @@ use super::effects::{Ctx, Effect};
 use super::state::{Failure, Kind, PreviousRevision, WorkloadState};
 use crate::policy::{Action, InstanceObservation, RolloutObservation};
 use crate::runtime::StopCause;
-use crate::status::EventType;
+use crate::status::{EventType, reason};
 
 impl WorkloadState {
     /// Checks and carries out `actions` (drained), which `decider` asked for.
@@ -22,7 +22,7 @@ impl WorkloadState {
             match self.refusal(&action, ctx) {
                 Some(why) => {
                     let message = format!("{} asked to {why}", decider());
-                    self.say(ctx, EventType::Warning, "ActionRefused", message);
+                    self.say(ctx, EventType::Warning, reason::ACTION_REFUSED, message);
                 }
                 None => self.execute(action, ctx),
             }
@@ -218,7 +218,7 @@ impl WorkloadState {
         self.forget_failures();
         ctx.push(Effect::NewDecider);
         let message = format!("{message}; rolling back to revision {}", previous.revision);
-        self.say(ctx, EventType::Warning, "RolledBack", message);
+        self.say(ctx, EventType::Warning, reason::ROLLED_BACK, message);
     }
 
     /// After a workload's decision: ends the rollout once every live instance runs
@@ -253,7 +253,7 @@ impl WorkloadState {
         } else {
             format!("every instance runs revision {}", self.revision)
         };
-        self.say(ctx, EventType::Normal, "RolloutComplete", message);
+        self.say(ctx, EventType::Normal, reason::ROLLOUT_COMPLETE, message);
     }
 
     /// Asks every live instance (successors included) to stop.

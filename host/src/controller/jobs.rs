@@ -158,7 +158,7 @@ impl WorkloadState {
         self.say(
             ctx,
             EventType::Warning,
-            "LedgerWriteFailed",
+            crate::status::reason::LEDGER_WRITE_FAILED,
             format!(
                 "progress is paused: the job ledger cannot write ({why}); nothing more is counted until a write succeeds"
             ),

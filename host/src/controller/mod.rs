@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
-use crate::manifest::WorkloadSpec;
+pub(crate) use crate::admission::PreparedWorkload;
 use crate::policy::snapshot::Snapshot;
 use crate::policy::{Action, Policy};
 use crate::runtime::plugin::{PluginLimits, PreparedPlugin};
@@ -75,20 +75,6 @@ impl Default for ControllerConfig {
             plugin_limits: PluginLimits::default(),
         }
     }
-}
-
-/// A workload whose component is compiled, ready for the controller.
-pub(crate) struct PreparedWorkload {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub spec: Arc<WorkloadSpec>,
-    pub component: Arc<PreparedComponent>,
-    /// The granted directories, opened at admission.
-    pub grants: crate::runtime::Grants,
-    pub plugin: Option<Arc<PreparedPlugin>>,
-    pub revision: String,
-    /// Where the workload was written, for located errors.
-    pub origin: Option<crate::manifest::Origin>,
 }
 
 /// Requests from the [`crate::Host`] handle to the controller task.

@@ -138,7 +138,7 @@ impl WorkloadState {
                 obs.consecutive_ends.saturating_add(1)
             };
         }
-        obs.last_end = Some((ctx.now, end.reason.clone()));
+        obs.last_end = Some((ctx.now, end.reason.summary()));
         let (kind, reason) = match &end.reason {
             r if r.is_success() => (EventType::Normal, "Completed"),
             r if r.is_host_stop() => (EventType::Normal, "Stopped"),

@@ -585,3 +585,38 @@ fn actions_the_state_cannot_take_are_refused_with_an_event() {
             .is_some_and(|e| e.message.contains("limit of 1 instances"))
     );
 }
+
+#[test]
+fn status_reads_back_what_it_writes() {
+    let mut world = World::new();
+    let mut spec = spec(2);
+    spec.probe = Some(crate::manifest::ProbeSpec::default());
+    spec.dirs = vec![crate::manifest::DirGrant::new("/srv", "/data", true)];
+    let (mut state, _) = world.create(spec, "r1");
+    let ids = running(&mut world, &mut state);
+    world.end(&mut state, 0, &ids[0], trapped(), Duration::from_millis(7));
+    let (mut job, _) = world.create(WorkloadSpec::job("work.wasm", JobSpec::new(3)), "j1");
+    world.pass(&mut job);
+    let host = crate::status::HostStatus {
+        workloads: [&state, &job]
+            .into_iter()
+            .map(|s| super::view::workload_status(s, "builtin/replicas", Instant::now()))
+            .collect(),
+        quarantined: vec![crate::status::QuarantinedApply {
+            apply: 7,
+            workloads: vec!["old".into()],
+            reason: "it no longer loads".into(),
+            help: "apply it again".into(),
+        }],
+    };
+    assert!(host.workloads[0].last_termination.is_some());
+    assert!(host.workloads[1].job.is_some());
+    let json = serde_json::to_string(&host).expect("serializes");
+    let back: crate::status::HostStatus = serde_json::from_str(&json).expect("reads back");
+    assert_eq!(serde_json::to_string(&back).expect("serializes"), json);
+    assert_eq!(back.workloads[1].kind, crate::status::WorkloadKind::Job);
+    // What is left out when empty reads back too.
+    let empty = serde_json::to_string(&crate::status::HostStatus::default()).expect("serializes");
+    let back: crate::status::HostStatus = serde_json::from_str(&empty).expect("reads back");
+    assert!(back.workloads.is_empty() && back.quarantined.is_empty());
+}

@@ -6,7 +6,8 @@ use std::time::Instant;
 use super::state::WorkloadState;
 use crate::manifest::RestartPolicy;
 use crate::status::{
-    Condition, InstanceStatus, JobStatus, Phase, RolloutStatus, WorkloadCounts, WorkloadStatus,
+    Condition, ConditionType, InstancePhase, InstanceStatus, JobStatus, Phase, RolloutStatus,
+    WorkloadCounts, WorkloadKind, WorkloadStatus,
 };
 
 /// A workload's instance counts, without per-instance data.
@@ -73,7 +74,7 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
         Vec::new()
     } else {
         vec![Condition {
-            kind: "Available",
+            kind: ConditionType::Available,
             status: w.available.status,
             reason: if w.available.status {
                 "MinimumReplicasAvailable".into()
@@ -86,9 +87,9 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
     };
     if let Some(stall) = w.job().and_then(|j| j.stall.as_ref()) {
         conditions.push(Condition {
-            kind: "ProgressDurable",
+            kind: ConditionType::ProgressDurable,
             status: false,
-            reason: "LedgerWriteFailed".into(),
+            reason: crate::status::reason::LEDGER_WRITE_FAILED.into(),
             message: format!(
                 "progress is paused until the job ledger can write: {}",
                 stall.why
@@ -99,9 +100,9 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
     if let Some(outcome) = job_finished {
         conditions.push(Condition {
             kind: if outcome.complete {
-                "Complete"
+                ConditionType::Complete
             } else {
-                "Failed"
+                ConditionType::Failed
             },
             status: true,
             reason: outcome.reason.clone(),
@@ -110,7 +111,7 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
         });
     } else if let Some(failure) = &w.failed {
         conditions.push(Condition {
-            kind: "Failed",
+            kind: ConditionType::Failed,
             status: true,
             reason: failure.reason.clone(),
             message: failure.message.clone(),
@@ -124,18 +125,22 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
         .flat_map(|(slot, s)| {
             let main = s.instance.as_ref().map(|i| {
                 let phase = if i.stopping {
-                    "Stopping"
+                    InstancePhase::Stopping
                 } else if w.running.get(slot).copied().unwrap_or(false) {
-                    "Running"
+                    InstancePhase::Running
                 } else {
-                    "Starting"
+                    InstancePhase::Starting
                 };
                 (i, phase)
             });
-            let successor = s
-                .successor
-                .as_ref()
-                .map(|i| (i, if i.stopping { "Stopping" } else { "Surge" }));
+            let successor = s.successor.as_ref().map(|i| {
+                let phase = if i.stopping {
+                    InstancePhase::Stopping
+                } else {
+                    InstancePhase::Surge
+                };
+                (i, phase)
+            });
             main.into_iter()
                 .chain(successor)
                 .map(move |(i, phase)| InstanceStatus {
@@ -188,11 +193,7 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
     WorkloadStatus {
         name: w.name.to_string(),
         labels: w.labels.clone(),
-        kind: if w.spec.job.is_some() {
-            "Job"
-        } else {
-            "Workload"
-        },
+        kind: WorkloadKind::of(&w.spec),
         spec: w.spec.clone(),
         job,
         desired: w.spec.replicas,

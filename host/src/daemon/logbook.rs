@@ -26,11 +26,11 @@ pub const MAX_EVENTS: usize = 1000;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 /// One line of guest output as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
     /// When the daemon received it.
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub time: SystemTime,
     /// The workload or job.
     pub workload: Arc<str>,
@@ -40,10 +40,6 @@ pub struct LogEntry {
     pub stream: crate::runtime::output::Stream,
     /// The line.
     pub line: String,
-}
-
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
 struct Logs {

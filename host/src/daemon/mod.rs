@@ -1,18 +1,21 @@
 //! `setpoint daemon`: a long-lived host whose desired state survives its own crash. It
 //! keeps applied manifests and their components in a state directory ([`store`]),
-//! replays them on start, and serves the control API ([`api`]) on a Unix socket that
-//! only its owner can open.
+//! replays them on start, and serves the control API ([`api`], its bodies in [`wire`])
+//! on a Unix socket that only its owner can open. Every change of the desired state
+//! goes through one use-case layer ([`desired`]), whoever asks for it.
 //!
 //! Crash-only: there is no shutdown path that must run for the state to be right. An
 //! apply is stored (atomically) before the host runs it and acknowledged after; a delete
 //! is forgotten before the host stops it. A restart replays what is stored.
 
 pub mod api;
+pub mod desired;
 pub mod logbook;
 mod rollbacks;
 pub mod serve;
 pub mod store;
 mod watch;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +23,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::HostBuilder;
-use crate::manifest::ManifestLimits;
 use store::Store;
 
 /// Where and how the daemon runs.
@@ -120,14 +122,23 @@ pub fn default_state_dir() -> PathBuf {
         .join("setpoint")
 }
 
+/// Where a running daemon listens, as told to `run`'s `ready` callback.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// The Unix socket.
+    pub socket: PathBuf,
+    /// The TCP listener's address and the file holding its bearer token, if asked for.
+    pub tcp: Option<(std::net::SocketAddr, PathBuf)>,
+}
+
 /// Runs the daemon until `shutdown` resolves: opens the store, builds the host from
 /// `builder` (with the compile cache in the state directory), replays the stored
-/// desired state, and serves the API. `ready` is called once the socket accepts.
+/// desired state, and serves the API. `ready` is called once the listeners accept.
 pub async fn run(
     config: DaemonConfig,
     builder: HostBuilder,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(&Path),
+    ready: impl FnOnce(&Listening),
 ) -> anyhow::Result<crate::HostStatus> {
     let mut config = config;
     // Absolute, so that paths derived from it stay right whatever the working directory.
@@ -152,19 +163,21 @@ pub async fn run(
     let logbook = Arc::new(logbook::Logbook::new(stored_events));
     // Following from before the replay: the restored workloads' first lines are kept.
     logbook.run(&host, store.clone());
-    let quarantined = restore(&host, &store, &limits, &logbook).await?;
+    let desired = Arc::new(desired::Desired::new(
+        host,
+        store.clone(),
+        limits,
+        logbook.clone(),
+    ));
+    desired.write().await.restore().await?;
     match store.collect_blobs() {
         Ok(0) => {}
         Ok(n) => tracing::info!("removed {n} unused blob or temporary file(s)"),
         Err(e) => tracing::warn!("cannot collect unused blobs: {e}"),
     }
     let state = Arc::new(api::ApiState {
+        desired: desired.clone(),
         logbook,
-        host,
-        store,
-        limits,
-        quarantined: std::sync::Mutex::new(quarantined),
-        writes: tokio::sync::Mutex::new(()),
         max_blob_bytes: 256 << 20,
     });
     let socket = config.socket_path();
@@ -185,24 +198,23 @@ pub async fn run(
                     token_file.display()
                 );
             }
-            eprintln!(
-                "setpoint daemon: serving TCP on {} (bearer token in {})",
-                listener.local_addr().unwrap_or(addr),
-                token_file.display()
-            );
-            Some((listener, token))
+            let local = listener.local_addr().unwrap_or(addr);
+            Some((listener, token, (local, token_file)))
         }
         None => None,
     };
-    ready(&socket);
+    ready(&Listening {
+        socket: socket.clone(),
+        tcp: tcp.as_ref().map(|(_, _, told)| told.clone()),
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     let rollbacks = tokio::spawn(rollbacks::record_rollbacks(
-        state.clone(),
-        state.host.events(),
+        desired.clone(),
+        desired.host().events(),
         stop_rx.clone(),
     ));
     let watcher = match &config.watch {
@@ -210,7 +222,7 @@ pub async fn run(
             let dir = std::fs::canonicalize(dir)
                 .with_context(|| format!("the watched directory {}", dir.display()))?;
             Some(tokio::spawn(watch::watch(
-                state.clone(),
+                desired.clone(),
                 dir,
                 stop_rx.clone(),
             )))
@@ -226,7 +238,7 @@ pub async fn run(
     );
     let serving = async {
         match tcp {
-            Some((listener, token)) => {
+            Some((listener, token, _)) => {
                 let router = api::router(state.clone()).layer(
                     axum::middleware::from_fn_with_state(Arc::new(token), api::require_bearer),
                 );
@@ -239,10 +251,10 @@ pub async fn run(
     };
     // Crash-only: a dead controller ends the daemon loudly (a supervisor restarts it),
     // never a daemon that answers every request with "shut down".
-    let watched = state.clone();
+    let watched = desired.clone();
     tokio::select! {
         served = serving => served?,
-        why = async move { watched.host.died().await } => {
+        why = async move { watched.host().died().await } => {
             let _ = std::fs::remove_file(&socket);
             anyhow::bail!("the host's controller died: {why}; the daemon stops so that its supervisor restarts it");
         }
@@ -252,10 +264,12 @@ pub async fn run(
         let _ = watcher.await;
     }
     let _ = rollbacks.await;
-    let state = Arc::into_inner(state).context("API handlers still running at shutdown")?;
+    drop(state);
+    let host = Arc::into_inner(desired)
+        .context("API handlers still running at shutdown")?
+        .into_host();
     // Bounded at any load: the longest grace period, and a margin.
-    let grace = state
-        .host
+    let grace = host
         .status()
         .await
         .workloads
@@ -264,117 +278,9 @@ pub async fn run(
         .max()
         .unwrap_or_default();
     let bound = grace.saturating_add(std::time::Duration::from_secs(10));
-    tokio::time::timeout(bound, state.host.shutdown())
+    tokio::time::timeout(bound, host.shutdown())
         .await
         .map_err(|_| anyhow::anyhow!("the host did not stop within {bound:?}"))
-}
-
-/// Deaths during the same apply's replay after which it is quarantined even though the
-/// daemon could not record why (an abort, a kill): a `kill -9` at a random moment must
-/// not quarantine a good apply, a host that dies on it every time must not loop forever.
-const REPLAY_DEATHS_BEFORE_QUARANTINE: u64 = 3;
-
-/// Replays the stored desired state, apply by apply. An apply that no longer loads or is
-/// rejected (a blob deleted by hand, a granted directory replaced) is kept but not run:
-/// it is returned as quarantined, and the rest still runs. If the host's controller dies
-/// while an apply is replayed, that apply is quarantined durably before the error is
-/// returned, so the next start runs everything else.
-async fn restore(
-    host: &crate::Host,
-    store: &Store,
-    limits: &ManifestLimits,
-    logbook: &logbook::Logbook,
-) -> anyhow::Result<Vec<crate::status::QuarantinedApply>> {
-    let help = |names: &[String]| {
-        let objects: Vec<String> = names.iter().map(|n| format!("workload/{n}")).collect();
-        format!(
-            "fix the manifest and apply it again, or remove it with `setpoint delete {}`",
-            objects.join(" ")
-        )
-    };
-    let durable = store.quarantined().unwrap_or_default();
-    let mut interrupted = store.replaying().ok().flatten();
-    let desired = store
-        .desired()
-        .context("cannot read the stored desired state")?;
-    let mut quarantined = Vec::new();
-    let mut quarantine = |id: u64, names: &[String], reason: String| {
-        let entry = crate::status::QuarantinedApply {
-            apply: id,
-            workloads: names.to_vec(),
-            reason,
-            help: help(names),
-        };
-        tracing::error!(
-            "stored apply {id} ({}) is not run: {}; {}",
-            names.join(", "),
-            entry.reason,
-            entry.help
-        );
-        for name in names {
-            logbook.record(&crate::Event {
-                time: std::time::SystemTime::now(),
-                kind: crate::EventType::Warning,
-                workload: name.clone(),
-                instance: None,
-                reason: "Quarantined".into(),
-                message: format!("{} ({})", entry.reason, entry.help),
-            });
-        }
-        quarantined.push(entry);
-    };
-    for (id, record, names) in desired {
-        if let Some(reason) = durable.get(&id) {
-            quarantine(id, &names, reason.clone());
-            continue;
-        }
-        if interrupted == Some(id) {
-            interrupted = None;
-            let deaths = store.note_replay_death().unwrap_or(u64::MAX);
-            if deaths >= REPLAY_DEATHS_BEFORE_QUARANTINE {
-                let reason =
-                    format!("the daemon died {deaths} times in a row while replaying this apply");
-                store.quarantine(id, &reason)?;
-                quarantine(id, &names, reason);
-                continue;
-            }
-        }
-        let mut workloads = match api::load(store, &record.documents, &record.files, limits) {
-            Ok(w) => w,
-            Err(e) => {
-                quarantine(id, &names, format!("it no longer loads: {e}"));
-                continue;
-            }
-        };
-        for w in workloads.iter_mut().filter(|w| w.spec.job.is_none()) {
-            if let Some(replicas) = record.replicas.get(&w.name) {
-                w.spec.replicas = *replicas;
-            }
-        }
-        // Only the workloads this apply still defines (a later apply may own others).
-        workloads.retain(|w| names.contains(&w.name));
-        if let Err(e) = api::pin_grants(&mut workloads, Some(&record.dirs)) {
-            quarantine(id, &names, format!("it was rejected: {e}"));
-            continue;
-        }
-        store.set_replaying(Some(id))?;
-        let applied = host.apply(workloads).await;
-        // A round trip: the controller has acted on the apply without dying.
-        let _ = host.ping().await;
-        if let Some(why) = host.failure() {
-            let reason = format!("the host's controller died while replaying it: {why}");
-            store.quarantine(id, &reason)?;
-            anyhow::bail!(
-                "the host's controller died while replaying stored apply {id} ({}): {why}; it is quarantined, so the next start runs the rest",
-                names.join(", ")
-            );
-        }
-        if let Err(e) = applied {
-            quarantine(id, &names, format!("it was rejected: {e}"));
-        }
-    }
-    store.set_replaying(None)?;
-    Ok(quarantined)
 }
 
 /// Binds a Unix socket only its owner can connect to (mode 0600), replacing a stale

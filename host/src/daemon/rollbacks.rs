@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch};
 
-use super::api::ApiState;
-use super::store::ApplyRecord;
+use super::desired::Desired;
+use crate::status::reason;
 
 /// Follows the host's events until `stop`, recording rollbacks as they happen.
 pub(super) async fn record_rollbacks(
-    state: Arc<ApiState>,
+    desired: Arc<Desired>,
     mut events: broadcast::Receiver<crate::Event>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -29,64 +29,14 @@ pub(super) async fn record_rollbacks(
             _ = stop.wait_for(|s| *s) => return,
         };
         match event {
-            Ok(e) if e.reason == "RolledBack" => sync(&state).await,
+            Ok(e) if e.reason == reason::ROLLED_BACK => {
+                desired.write().await.record_rollbacks().await;
+            }
             Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(_)) => sync(&state).await,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                desired.write().await.record_rollbacks().await;
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
-}
-
-/// Records every rollback the store does not know of yet.
-async fn sync(state: &ApiState) {
-    let _writing = state.writes.lock().await;
-    let status = state.host.status().await;
-    for w in status.workloads.iter().filter(|w| w.kind == "Workload") {
-        if let Err(e) =
-            tokio::task::block_in_place(|| record(state, &w.name, &w.revision, w.desired))
-        {
-            tracing::warn!(workload = %w.name, "cannot record the rollback: {e}");
-        }
-    }
-}
-
-/// Makes the apply of `revision` the current one of `name` again, at `replicas`, unless
-/// the store already names it.
-fn record(state: &ApiState, name: &str, revision: &str, replicas: u32) -> Result<(), String> {
-    let history = state.store.history(name).map_err(|e| e.to_string())?;
-    if history.last().is_none_or(|last| last.revision == revision) {
-        return Ok(());
-    }
-    let Some(entry) = history.iter().rev().find(|e| e.revision == revision) else {
-        return Ok(());
-    };
-    let Some(old) = state
-        .store
-        .apply_record(entry.apply)
-        .map_err(|e| e.to_string())?
-    else {
-        return Err(format!(
-            "the apply of revision {revision} is no longer stored"
-        ));
-    };
-    let record = ApplyRecord {
-        applied_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        replicas: [(name.to_string(), replicas)].into(),
-        ..old
-    };
-    state
-        .store
-        .record_apply(
-            &record,
-            &[name.to_string()],
-            &[(name.to_string(), revision.to_string())],
-        )
-        .map_err(|e| e.to_string())?;
-    tracing::info!(
-        workload = name,
-        "the rollback to revision {revision} is recorded"
-    );
-    Ok(())
 }

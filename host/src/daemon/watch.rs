@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
-use super::api::{self, ApiState};
+use super::desired::{Desired, Writing};
 use super::store::{Document, digest_of};
 use crate::manifest::load_str_with_files;
 
@@ -36,7 +36,7 @@ struct Seen {
 
 /// Watches `dir` until `stop` turns true.
 pub(super) async fn watch(
-    state: Arc<ApiState>,
+    desired: Arc<Desired>,
     dir: PathBuf,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -66,7 +66,7 @@ pub(super) async fn watch(
     tracing::info!("watching {} for manifests", dir.display());
     let mut seen = Seen::default();
     loop {
-        scan(&state, &dir, &mut seen).await;
+        scan(&desired, &dir, &mut seen).await;
         tokio::select! {
             _ = changed.recv() => {}
             _ = tokio::time::sleep(RESCAN) => {}
@@ -96,7 +96,7 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// One pass: applies new and changed files, deletes what removed files defined.
-async fn scan(state: &ApiState, dir: &Path, seen: &mut Seen) {
+async fn scan(desired: &Desired, dir: &Path, seen: &mut Seen) {
     let files = match manifest_files(dir) {
         Ok(f) => f,
         Err(e) => {
@@ -104,8 +104,8 @@ async fn scan(state: &ApiState, dir: &Path, seen: &mut Seen) {
             return;
         }
     };
-    let _writing = state.writes.lock().await;
-    let mut watched = match state.store.watched() {
+    let writing = desired.write().await;
+    let mut watched = match desired.store().watched() {
         Ok(w) => w,
         Err(e) => {
             tracing::error!("cannot read the watched files' records: {e}");
@@ -114,13 +114,13 @@ async fn scan(state: &ApiState, dir: &Path, seen: &mut Seen) {
     };
     for file in &files {
         let key = file.to_string_lossy().into_owned();
-        match apply_file(state, file, seen).await {
+        match apply_file(&writing, desired, file, seen).await {
             Ok(Some(names)) => {
                 let before = watched.remove(&key).unwrap_or_default();
                 for gone in before.iter().filter(|n| !names.contains(n)) {
-                    delete(state, gone, &key).await;
+                    delete(&writing, gone, &key).await;
                 }
-                if let Err(e) = state.store.set_watched(&key, Some(&names)) {
+                if let Err(e) = desired.store().set_watched(&key, Some(&names)) {
                     tracing::error!("cannot record what {key} defines: {e}");
                 }
                 seen.reported.remove(file);
@@ -140,9 +140,9 @@ async fn scan(state: &ApiState, dir: &Path, seen: &mut Seen) {
     // What is left was defined by files that are gone.
     for (key, names) in watched {
         for name in &names {
-            delete(state, name, &key).await;
+            delete(&writing, name, &key).await;
         }
-        if let Err(e) = state.store.set_watched(&key, None) {
+        if let Err(e) = desired.store().set_watched(&key, None) {
             tracing::error!("cannot forget {key}: {e}");
         }
         seen.applied.remove(Path::new(&key));
@@ -150,8 +150,8 @@ async fn scan(state: &ApiState, dir: &Path, seen: &mut Seen) {
     }
 }
 
-async fn delete(state: &ApiState, name: &str, file: &str) {
-    match api::delete_named(state, name).await {
+async fn delete(writing: &Writing<'_>, name: &str, file: &str) {
+    match writing.delete(name).await {
         Ok(_) => tracing::info!("{name} deleted: {file} no longer defines it"),
         Err(e) => tracing::error!("cannot delete {name}: {e}"),
     }
@@ -202,29 +202,32 @@ fn read_file(file: &Path, limits: &crate::manifest::ManifestLimits) -> Result<Re
 /// Applies `file` if it or a component it names changed since it was last applied:
 /// `Some(names)` it defines when applied, `None` when unchanged, or why it was refused.
 async fn apply_file(
-    state: &ApiState,
+    writing: &Writing<'_>,
+    desired: &Desired,
     file: &Path,
     seen: &mut Seen,
 ) -> Result<Option<Vec<String>>, String> {
-    let read = read_file(file, &state.limits)?;
+    let read = read_file(file, desired.limits())?;
     if seen.applied.get(file) == Some(&read.fingerprint) {
         return Ok(None);
     }
     for bytes in &read.blobs {
-        tokio::task::block_in_place(|| state.store.put_blob(bytes)).map_err(|e| e.to_string())?;
+        tokio::task::block_in_place(|| desired.store().put_blob(bytes))
+            .map_err(|e| e.to_string())?;
     }
     let document = Document {
         source: file.to_string_lossy().into_owned(),
         text: read.text,
     };
-    let response = api::apply_documents(state, vec![document], read.files, false, None)
+    let response = writing
+        .apply(vec![document], read.files, false)
         .await
         .map_err(|e| e.to_string())?;
     for c in &response.changes {
         tracing::info!(
             "{}: {}/{} {:?} (revision {})",
             file.display(),
-            c.kind.to_lowercase(),
+            c.kind.noun(),
             c.name,
             c.change,
             c.revision

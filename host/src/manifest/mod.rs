@@ -10,6 +10,8 @@ pub mod revision;
 pub(crate) mod rules;
 mod spec;
 pub mod units;
+mod validate;
+mod validate_job;
 
 pub use check::check_workloads;
 pub use diagnostic::{Diagnostic, Origin, Rejected};

@@ -135,7 +135,9 @@ impl<'a> SpecV1<'a> {
                                 },
                                 values,
                             },
-                            FailureMatch::Reasons(reasons) => MatchV1::Reasons(reasons),
+                            FailureMatch::Reasons(reasons) => {
+                                MatchV1::Reasons(reasons.iter().map(|r| r.name()).collect())
+                            }
                         },
                     })
                     .collect(),
@@ -277,7 +279,7 @@ enum MatchV1<'a> {
         operator: &'static str,
         values: &'a [u8],
     },
-    Reasons(&'a [String]),
+    Reasons(Vec<&'static str>),
 }
 
 #[cfg(test)]
@@ -348,7 +350,7 @@ mod tests {
             },
             FailureRule {
                 action: FailureAction::FailJob,
-                on: FailureMatch::Reasons(vec!["OutOfMemory".into()]),
+                on: FailureMatch::Reasons(vec![crate::end::EndKind::OutOfMemory]),
             },
         ];
         WorkloadSpec::job("/opt/batch.wasm", job)

@@ -72,7 +72,7 @@ impl Workload {
 /// let workload = Workload::new("thermostat", spec);
 /// assert_eq!(workload.spec.replicas, 2);
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
     /// Absolute path of the component (`.wasm`) to run.
@@ -105,7 +105,7 @@ pub struct WorkloadSpec {
     /// Optional restart budget; when exceeded the workload is marked `Failed`.
     pub restart_budget: Option<RestartBudget>,
     /// How long a stopping instance may take before it is dropped.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub termination_grace_period: Duration,
     /// A policy plugin deciding for this workload; `None` means the built-in policy.
     pub policy: Option<PolicyPlugin>,
@@ -120,7 +120,7 @@ pub struct WorkloadSpec {
 /// A run-to-completion Job (Kubernetes' Job, for instances): start runs until
 /// `completions` of them succeed, at most `parallelism` at once, and give up after
 /// `backoff_limit` counted failures or once `active_deadline` has passed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     /// Successful runs needed.
@@ -130,10 +130,10 @@ pub struct JobSpec {
     /// Counted failures tolerated; one more fails the job (`BackoffLimitExceeded`).
     pub backoff_limit: u32,
     /// Longest the job may take from its start (`DeadlineExceeded`).
-    #[serde(with = "opt_millis")]
+    #[serde(with = "crate::serde_time::opt_millis")]
     pub active_deadline: Option<Duration>,
     /// How long a finished job is kept before it is deleted.
-    #[serde(with = "opt_millis")]
+    #[serde(with = "crate::serde_time::opt_millis")]
     pub ttl_after_finished: Option<Duration>,
     /// What a failed run means; the first matching rule wins.
     pub failure_rules: Vec<FailureRule>,
@@ -178,7 +178,7 @@ pub enum ExitCodeOperator {
 }
 
 /// One rule of a Job's failure policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FailureRule {
     /// What to do with a matching failed run.
@@ -188,7 +188,7 @@ pub struct FailureRule {
 }
 
 /// What a failure rule matches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum FailureMatch {
     /// Runs that exited with a non-zero code, `In` or `NotIn` these.
@@ -198,23 +198,22 @@ pub enum FailureMatch {
         /// The codes.
         values: Vec<u8>,
     },
-    /// Runs that ended for one of these reasons (`EndReason` names such as `Trapped`).
-    Reasons(Vec<String>),
+    /// Runs that ended in one of these ways (`Trapped`, `OutOfMemory`, ...).
+    Reasons(Vec<crate::end::EndKind>),
 }
 
 impl FailureRule {
-    /// Whether a run that ended with `reason` (named `reason_name`, exit code `code` if
-    /// it exited) matches this rule.
-    pub fn matches(&self, reason_name: &str, code: Option<i32>) -> bool {
+    /// Whether a run that ended so matches this rule.
+    pub fn matches(&self, end: crate::end::EndSummary) -> bool {
         match &self.on {
-            FailureMatch::ExitCodes { operator, values } => match code {
+            FailureMatch::ExitCodes { operator, values } => match end.exit_code {
                 Some(code) if code != 0 => {
                     let listed = values.iter().any(|v| i32::from(*v) == code);
                     listed == (*operator == ExitCodeOperator::In)
                 }
                 _ => false,
             },
-            FailureMatch::Reasons(reasons) => reasons.iter().any(|r| r == reason_name),
+            FailureMatch::Reasons(reasons) => reasons.contains(&end.kind),
         }
     }
 }
@@ -231,7 +230,7 @@ pub enum StrategyKind {
 }
 
 /// An absolute count or a percentage of `replicas`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum IntOrPercent {
     /// So many instances.
     Count(u32),
@@ -240,7 +239,7 @@ pub enum IntOrPercent {
 }
 
 /// The update strategy (Kubernetes' Deployment vocabulary, plus automatic rollback).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateStrategy {
     /// Rolling or recreate.
@@ -250,13 +249,13 @@ pub struct UpdateStrategy {
     /// Instances that may be unavailable during a rollout (default 25%).
     pub max_unavailable: IntOrPercent,
     /// A rollout not complete within this long has failed (default 10 minutes).
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub progress_deadline: Duration,
     /// Roll back to the previous revision when the progress deadline passes (default true).
     pub auto_rollback: bool,
     /// A new instance takes over a slot only once it is ready and has run this long
     /// (Kubernetes' `minReadySeconds`; default 0).
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub min_ready: Duration,
 }
 
@@ -298,7 +297,7 @@ impl UpdateStrategy {
 }
 
 /// A Wasm policy plugin and its configuration.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PolicyPlugin {
     /// Absolute path of the plugin component.
     pub plugin: PathBuf,
@@ -343,21 +342,21 @@ impl WorkloadSpec {
 
 /// CPU an instance may use: `time` in any window of `per`, or `time` over its whole life
 /// without `per`. Measured by sampling epoch ticks, so the resolution is one tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuBudget {
     /// CPU time allowed.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub time: Duration,
     /// The window it refills over; `None` for a lifetime budget.
-    #[serde(with = "opt_millis")]
+    #[serde(with = "crate::serde_time::opt_millis")]
     pub per: Option<Duration>,
 }
 
 /// A host directory preopened for the guest. The host opens it once, at apply, without
 /// following a symbolic link in any component of `host`, and hands every instance that
 /// handle (see [`crate::opened_dir`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DirGrant {
     /// The directory on the host (absolute, normalized, no symbolic link in it).
@@ -387,18 +386,18 @@ impl DirGrant {
 
 /// A health probe, in Kubernetes' vocabulary with millisecond resolution. The host calls
 /// the component's `lifecycle.health` every `period`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeSpec {
     /// Delay before the first probe.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub initial_delay: Duration,
     /// Time between probes.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub period: Duration,
     /// A probe call that takes longer ends the instance (`ProbeTimeout`): the call cannot
     /// be resumed, so the instance cannot be probed again.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub timeout: Duration,
     /// Consecutive `failing` answers that make the instance be replaced.
     pub failure_threshold: u32,
@@ -419,27 +418,27 @@ impl Default for ProbeSpec {
 }
 
 /// Heartbeat watchdog: an instance silent for longer than `timeout` is replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchdogSpec {
     /// Longest allowed gap between beats (and before the first beat).
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub timeout: Duration,
 }
 
 /// Crash-loop back-off: the first replacement of a slot is immediate, then the delay
 /// doubles from `initial` up to `max`; it resets once an instance has run for `reset_after`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackoffSpec {
     /// Delay before the second consecutive replacement.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub initial: Duration,
     /// Upper bound of the delay.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub max: Duration,
     /// Run time after which an instance's end no longer counts as part of a crash loop.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub reset_after: Duration,
 }
 
@@ -468,35 +467,14 @@ impl BackoffSpec {
 
 /// At most `max_restarts` replacements within any `window`; one more marks the workload
 /// `Failed` (systemd's StartLimitBurst / OTP's intensity).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RestartBudget {
     /// Replacements allowed within the window.
     pub max_restarts: u32,
     /// The sliding window.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub window: Duration,
-}
-
-mod opt_millis {
-    use serde::Serializer;
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
-            None => s.serialize_none(),
-        }
-    }
-}
-
-mod millis {
-    use serde::Serializer;
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
 }
 
 #[cfg(test)]

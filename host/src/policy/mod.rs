@@ -16,8 +16,9 @@ pub use plugin::{MAX_CONSECUTIVE_FAILURES, PluginPolicy, dry_run, validate};
 pub use replicas::ReplicaPolicy;
 pub use wit::ask_plugin;
 
+use crate::end::EndSummary;
 use crate::manifest::WorkloadSpec;
-use crate::runtime::{EndReason, StopCause};
+use crate::runtime::StopCause;
 
 /// What the policy knows about one slot.
 #[derive(Debug, Clone, Default)]
@@ -32,7 +33,7 @@ pub struct SlotObservation {
     /// Ends in a row without a long healthy run in between (drives back-off).
     pub consecutive_ends: u32,
     /// When the last instance of this slot ended, and why.
-    pub last_end: Option<(Instant, EndReason)>,
+    pub last_end: Option<(Instant, EndSummary)>,
 }
 
 /// What the policy knows about one live instance.

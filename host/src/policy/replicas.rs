@@ -74,11 +74,10 @@ impl Policy for ReplicaPolicy {
             };
             if reason.is_deterministic() {
                 actions.push(Action::MarkFailed {
-                    reason: reason.name().to_string(),
-                    message: format!(
-                        "slot {slot} ended with {}; retrying cannot help",
-                        summary(reason)
-                    ),
+                    reason: reason.kind.name().to_string(),
+                    // Only what a snapshot carries (name and exit code), so that a
+                    // plugin given the snapshot can say exactly the same.
+                    message: format!("slot {slot} ended with {reason}; retrying cannot help"),
                 });
                 return;
             }
@@ -100,7 +99,7 @@ impl Policy for ReplicaPolicy {
                         "{spent} restarts within {:?} spent the budget of {}; slot {slot} ended with {}",
                         budget.window,
                         budget.max_restarts,
-                        summary(reason)
+                        reason
                     ),
                 });
                 return;
@@ -230,15 +229,6 @@ fn roll(input: &PolicyInput<'_>, actions: &mut Vec<Action>) {
     }
     if let Some(wait) = soonest {
         actions.push(Action::RequeueAfter(wait));
-    }
-}
-
-/// How an end is named in messages: only what a snapshot carries (name and exit code),
-/// so that a plugin given the snapshot can say exactly the same.
-fn summary(reason: &crate::runtime::EndReason) -> String {
-    match reason {
-        crate::runtime::EndReason::Exited { code } => format!("Exited ({code})"),
-        other => other.name().to_string(),
     }
 }
 
@@ -379,6 +369,7 @@ mod tests {
     }
 
     fn ended(at: Instant, reason: EndReason, consecutive: u32) -> SlotObservation {
+        let reason = reason.summary();
         SlotObservation {
             last_end: Some((at, reason)),
             consecutive_ends: consecutive,

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{Action, InstanceObservation, PolicyInput, RolloutObservation, SlotObservation};
+use crate::end::{EndKind, EndSummary};
 use crate::manifest::{
     BackoffSpec, IntOrPercent, RestartBudget, RestartPolicy, StrategyKind, UpdateStrategy,
     WorkloadSpec,
 };
-use crate::runtime::{EndReason, StopCause};
 
 /// Desired state, observed state and the time of one decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,8 +178,8 @@ pub struct InstanceSnapshot {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndSnapshot {
-    /// Stable reason name (`Exited`, `Trapped`, ...).
-    pub reason: String,
+    /// How it ended, by name (`Exited`, `Trapped`, ...).
+    pub reason: EndKind,
     /// Exit status, for `Exited`.
     #[serde(default)]
     pub exit_code: Option<i32>,
@@ -190,54 +190,24 @@ pub struct EndSnapshot {
 impl EndSnapshot {
     /// Exited with status 0.
     pub fn success(&self) -> bool {
-        self.reason == "Exited" && self.exit_code == Some(0)
+        self.summary().is_success()
     }
 
     /// Stopped by the host.
     pub fn host_stop(&self) -> bool {
-        self.reason == "Stopped"
+        self.summary().is_host_stop()
     }
 
     /// Retrying cannot help.
     pub fn deterministic(&self) -> bool {
-        self.reason == "InstantiationFailed"
+        self.summary().is_deterministic()
     }
 
-    /// An `EndReason` with the same name and code (details are not part of snapshots).
-    fn to_reason(&self) -> EndReason {
-        match self.reason.as_str() {
-            "Exited" => EndReason::Exited {
-                code: self.exit_code.unwrap_or(1),
-            },
-            "Stopped" => EndReason::Stopped {
-                cause: StopCause::Policy,
-                forced: false,
-            },
-            "InstantiationFailed" => EndReason::InstantiationFailed {
-                message: String::new(),
-            },
-            "ProbeTimeout" => EndReason::ProbeTimeout { after_ms: 0 },
-            "WatchdogTimeout" => EndReason::WatchdogTimeout { after_ms: 0 },
-            "ProbeFailed" => EndReason::ProbeFailed {
-                message: String::new(),
-            },
-            "StartFailed" => EndReason::StartFailed {
-                message: String::new(),
-            },
-            "OutOfMemory" => EndReason::OutOfMemory {
-                requested: 0,
-                limit: 0,
-                message: String::new(),
-            },
-            "CpuBudgetExceeded" => EndReason::CpuBudgetExceeded {
-                used_ms: 0,
-                budget_ms: 0,
-                message: String::new(),
-            },
-            other => EndReason::Trapped {
-                trap: other.to_string(),
-                message: String::new(),
-            },
+    /// What a policy knows of this end.
+    pub fn summary(&self) -> EndSummary {
+        EndSummary {
+            kind: self.reason,
+            exit_code: self.exit_code,
         }
     }
 }
@@ -270,11 +240,8 @@ impl Snapshot {
                 restarts: s.restarts,
                 consecutive_ends: s.consecutive_ends,
                 last_end: s.last_end.as_ref().map(|(at, r)| EndSnapshot {
-                    reason: r.name().to_string(),
-                    exit_code: match r {
-                        EndReason::Exited { code } => Some(*code),
-                        _ => None,
-                    },
+                    reason: r.kind,
+                    exit_code: r.exit_code,
                     ago_ms: ago(*at),
                 }),
             })
@@ -373,7 +340,7 @@ impl Snapshot {
                 successor: s.successor.as_ref().map(observe),
                 restarts: s.restarts,
                 consecutive_ends: s.consecutive_ends,
-                last_end: s.last_end.as_ref().map(|e| (at(e.ago_ms), e.to_reason())),
+                last_end: s.last_end.as_ref().map(|e| (at(e.ago_ms), e.summary())),
             };
         }
         ReplayInput {

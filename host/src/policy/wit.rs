@@ -66,7 +66,7 @@ pub(super) fn to_wit(s: &Snapshot) -> (t::Desired, t::Observed) {
             restarts: slot.restarts,
             consecutive_ends: slot.consecutive_ends,
             last_end: slot.last_end.as_ref().map(|e| t::End {
-                reason: e.reason.clone(),
+                reason: e.reason.name().to_string(),
                 exit_code: e.exit_code,
                 success: e.success(),
                 host_stop: e.host_stop(),

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{ComponentNamedList, Lift, LinkerInstance, Lower};
 
-use super::instance::InstanceState;
+use super::store_data::InstanceState;
 
 type Register =
     Arc<dyn Fn(&mut LinkerInstance<'_, InstanceState>) -> wasmtime::Result<()> + Send + Sync>;

@@ -7,12 +7,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::limits::{CpuBudgetExceeded, LimitExceeded, Resource};
+use crate::end::{EndKind, EndSummary};
 
 /// Longest error message kept for an ended instance.
 const MAX_MESSAGE_BYTES: usize = 2048;
 
 /// Why the host stopped an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum StopCause {
     /// The workload was scaled down and this slot is surplus.
     ScaleDown,
@@ -27,7 +28,7 @@ pub enum StopCause {
 }
 
 /// Every way an instance can end.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "reason", rename_all_fields = "camelCase")]
 pub enum EndReason {
     /// `run` returned, or the guest called `exit`; 0 is success.
@@ -95,35 +96,43 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Which kind of end this is.
+    pub fn kind(&self) -> EndKind {
+        match self {
+            Self::Exited { .. } => EndKind::Exited,
+            Self::Trapped { .. } => EndKind::Trapped,
+            Self::OutOfMemory { .. } => EndKind::OutOfMemory,
+            Self::CpuBudgetExceeded { .. } => EndKind::CpuBudgetExceeded,
+            Self::StartFailed { .. } => EndKind::StartFailed,
+            Self::InstantiationFailed { .. } => EndKind::InstantiationFailed,
+            Self::ProbeFailed { .. } => EndKind::ProbeFailed,
+            Self::ProbeTimeout { .. } => EndKind::ProbeTimeout,
+            Self::WatchdogTimeout { .. } => EndKind::WatchdogTimeout,
+            Self::Stopped { .. } => EndKind::Stopped,
+        }
+    }
+
+    /// What a policy knows of this end: its kind and exit status.
+    pub fn summary(&self) -> EndSummary {
+        match self {
+            Self::Exited { code } => EndSummary::exited(*code),
+            other => EndSummary::of(other.kind()),
+        }
+    }
+
     /// The stable, machine-readable reason name (`Exited`, `Trapped`, ...).
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Exited { .. } => "Exited",
-            Self::Trapped { .. } => "Trapped",
-            Self::OutOfMemory { .. } => "OutOfMemory",
-            Self::CpuBudgetExceeded { .. } => "CpuBudgetExceeded",
-            Self::StartFailed { .. } => "StartFailed",
-            Self::InstantiationFailed { .. } => "InstantiationFailed",
-            Self::ProbeFailed { .. } => "ProbeFailed",
-            Self::ProbeTimeout { .. } => "ProbeTimeout",
-            Self::WatchdogTimeout { .. } => "WatchdogTimeout",
-            Self::Stopped { .. } => "Stopped",
-        }
+        self.kind().name()
     }
 
     /// An exit with status 0.
     pub fn is_success(&self) -> bool {
-        matches!(self, Self::Exited { code: 0 })
+        self.summary().is_success()
     }
 
     /// Ended because the host asked it to (not a failure, never counted as a restart).
     pub fn is_host_stop(&self) -> bool {
-        matches!(self, Self::Stopped { .. })
-    }
-
-    /// A failure that would recur identically on every retry.
-    pub fn is_deterministic(&self) -> bool {
-        matches!(self, Self::InstantiationFailed { .. })
+        self.kind().is_host_stop()
     }
 
     /// Classifies an error returned by a call into the guest.

@@ -1,113 +1,24 @@
-//! One instance: its `Store`, its WASI context built only from its grants, and the task
-//! that drives it (run a command; or start, probe and stop a reactor) and reports what
-//! happens to the controller. An instance is never repaired: when it ends, its Store is
-//! dropped with it.
+//! One instance's task: it builds the instance's Store ([`super::store_data`]), drives
+//! it (runs a command; or starts, probes and stops a reactor) and reports what happens
+//! to the controller. An instance is never repaired: when it ends, its Store is dropped
+//! with it.
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout};
-use wasmtime::component::ResourceTable;
-use wasmtime::{Store, UpdateDeadline};
-use wasmtime_wasi::sockets::SocketAddrUse;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::Store;
 
 use super::bindings::HealthStatus;
 use super::exit::{EndReason, StopCause};
-use super::limits::{CpuMeter, InstanceLimiter};
-use super::output::{OutputCapture, OutputSummary, Stream};
+use super::output::{OutputCapture, OutputSummary};
+use super::store_data::{InstanceState, build_store};
+use super::vitals::Vitals;
 use super::{Prepared, Runtime, SpawnRequest};
-
-/// Liveness and readiness signals a guest sends through `heartbeat`, shared between the
-/// Store (host functions) and the task that watches it.
-pub(crate) struct Vitals {
-    started: Instant,
-    /// Milliseconds since start of the last beat; `u64::MAX` before the first.
-    last_beat_ms: AtomicU64,
-    pub(crate) ready: AtomicBool,
-    pub(crate) stop_requested: AtomicBool,
-    pub(crate) changed: Notify,
-}
-
-impl Vitals {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            last_beat_ms: AtomicU64::new(u64::MAX),
-            ready: AtomicBool::new(true),
-            stop_requested: AtomicBool::new(false),
-            changed: Notify::new(),
-        }
-    }
-
-    /// Records a beat; true if it was the first.
-    pub(crate) fn record_beat(&self) -> bool {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.last_beat_ms.swap(now, Ordering::AcqRel) == u64::MAX
-    }
-
-    fn last_beat(&self) -> Option<Instant> {
-        match self.last_beat_ms.load(Ordering::Acquire) {
-            u64::MAX => None,
-            ms => Some(crate::clock::after(self.started, Duration::from_millis(ms))),
-        }
-    }
-}
-
-/// The data of one instance's Store.
-pub struct InstanceState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: InstanceLimiter,
-    cpu: CpuMeter,
-    pub(crate) vitals: Arc<Vitals>,
-    pub(crate) identity: Identity,
-    _live: LiveStore,
-}
-
-/// Who an instance is, for capability calls: its names and the spec holding its grants
-/// (`None` for policy plugins, which are granted nothing).
-pub(crate) struct Identity {
-    pub workload: Arc<str>,
-    pub instance: Arc<str>,
-    pub spec: Option<Arc<crate::manifest::WorkloadSpec>>,
-}
-
-/// Counts live Stores of a runtime: +1 when created, -1 when dropped.
-struct LiveStore(Arc<AtomicUsize>);
-
-impl LiveStore {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter.clone())
-    }
-}
-
-impl Drop for LiveStore {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl InstanceState {
-    /// Starts a fresh CPU meter (a plugin call's budget starts anew with each call).
-    pub(crate) fn reset_cpu(&mut self, budget: Option<crate::manifest::CpuBudget>) {
-        self.cpu = CpuMeter::new(self.cpu.tick(), budget);
-    }
-}
-
-impl WasiView for InstanceState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
 
 /// What happened to an instance, as told to the controller.
 #[derive(Debug)]
@@ -137,25 +48,29 @@ pub enum InstanceEventKind {
 }
 
 /// The record of an ended instance.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceEnd {
     /// Why it ended.
     #[serde(flatten)]
     pub reason: EndReason,
     /// When it ended (its guest code returned, trapped or was stopped).
-    #[serde(skip)]
+    #[serde(skip, default = "unix_epoch")]
     pub at: std::time::SystemTime,
     /// How long it existed.
-    #[serde(serialize_with = "crate::status::serialize_millis")]
+    #[serde(with = "crate::serde_time::millis")]
     pub ran_for: Duration,
     /// The most linear memory it had, in bytes.
     pub peak_memory_bytes: u64,
     /// CPU time it spent executing Wasm (sampled at the epoch tick).
-    #[serde(serialize_with = "crate::status::serialize_millis", rename = "cpuMs")]
+    #[serde(with = "crate::serde_time::millis", rename = "cpuMs")]
     pub cpu: Duration,
     /// Its output counters and last lines.
     pub output: OutputSummary,
+}
+
+fn unix_epoch() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH
 }
 
 /// The controller's grip on a live instance: ask it to stop, or abort it.
@@ -255,118 +170,6 @@ impl Reporter {
         // The controller is gone only during shutdown; nothing is left to tell.
         let _ = self.events.send(event).await;
     }
-}
-
-/// A Store for a policy plugin: no env, no args beyond its name, no files, no sockets;
-/// stderr and stdout are its log. CPU is metered per call (see `reset_cpu`).
-pub(crate) fn build_plugin_store(
-    rt: &Runtime,
-    capture: &OutputCapture,
-    memory: u64,
-) -> Store<InstanceState> {
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.arg("policy");
-    wasi.stdout(capture.stream(Stream::Stdout));
-    wasi.stderr(capture.stream(Stream::Stderr));
-    wasi.allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
-    let state = InstanceState {
-        wasi: wasi.build(),
-        table: ResourceTable::new(),
-        limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
-        cpu: CpuMeter::new(rt.config.epoch_tick, None),
-        vitals: Arc::new(Vitals::new()),
-        identity: Identity {
-            workload: "policy".into(),
-            instance: "policy".into(),
-            spec: None,
-        },
-        _live: LiveStore::new(&rt.live_stores),
-    };
-    store_with_limits(rt, state)
-}
-
-fn build_store(
-    rt: &Runtime,
-    req: &SpawnRequest,
-    capture: &OutputCapture,
-    vitals: Arc<Vitals>,
-) -> (Store<InstanceState>, Option<String>) {
-    let spec = &req.spec;
-    let mut refused = None;
-    let mut wasi = WasiCtxBuilder::new();
-    // argv[0] is the program name, as real programs expect; the user's args follow.
-    wasi.arg(&*req.workload);
-    wasi.args(&spec.args);
-    wasi.envs(&spec.env);
-    wasi.stdout(capture.stream(Stream::Stdout));
-    wasi.stderr(capture.stream(Stream::Stderr));
-    for grant in req.grants.iter() {
-        let perms = if grant.read_only {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        // By the handle opened at apply, never by the path again: a link planted in
-        // the path since then leads nowhere.
-        if let Err(e) = wasi.preopened_dir(grant.dir.handle_path(), &grant.guest, perms) {
-            refused.get_or_insert_with(|| {
-                format!(
-                    "cannot grant `{}` at {}: {e}",
-                    grant.dir.path().display(),
-                    grant.guest
-                )
-            });
-        }
-    }
-    wasi.allow_udp(false).allow_ip_name_lookup(false);
-    if spec.connect.is_empty() {
-        wasi.allow_tcp(false);
-    } else {
-        let allowed: Arc<[std::net::SocketAddr]> = spec.connect.clone().into();
-        wasi.allow_tcp(true);
-        wasi.socket_addr_check(move |addr, usage| {
-            // A connect first binds an ephemeral local port (unspecified address, port 0);
-            // that bind is allowed, any other bind is not.
-            let ok = match usage {
-                SocketAddrUse::TcpConnect => allowed.contains(&addr),
-                SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
-                _ => false,
-            };
-            Box::pin(async move { ok })
-        });
-    }
-    let memory = spec.memory_limit.unwrap_or(rt.config.default_memory_limit);
-    let state = InstanceState {
-        wasi: wasi.build(),
-        table: ResourceTable::new(),
-        limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
-        cpu: CpuMeter::new(rt.config.epoch_tick, spec.cpu_budget),
-        vitals,
-        identity: Identity {
-            workload: req.workload.clone(),
-            instance: req.instance.clone(),
-            spec: Some(req.spec.clone()),
-        },
-        _live: LiveStore::new(&rt.live_stores),
-    };
-    (store_with_limits(rt, state), refused)
-}
-
-/// Wraps `state` in a Store with its limiter and the epoch callback that meters CPU.
-fn store_with_limits(rt: &Runtime, state: InstanceState) -> Store<InstanceState> {
-    let mut store = Store::new(&rt.engine, state);
-    store.limiter(|s| &mut s.limiter);
-    // Every epoch tick that finds the guest running Wasm is one tick of CPU; the guest then
-    // yields to the scheduler, so a spinning guest cannot hold a worker thread for longer
-    // than one tick, and a spent CPU budget ends it.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|mut ctx| {
-        ctx.data_mut().cpu.on_tick().map_err(wasmtime::Error::new)?;
-        Ok(UpdateDeadline::Yield(1))
-    });
-    store
 }
 
 async fn drive(

@@ -14,6 +14,8 @@ pub mod limits;
 pub mod mappings;
 pub mod output;
 pub mod plugin;
+pub(crate) mod store_data;
+mod vitals;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +31,9 @@ use wasmtime::component::{Linker, types::ComponentItem};
 
 use crate::manifest::WorkloadSpec;
 pub use exit::{EndReason, StopCause};
-use instance::InstanceState;
 pub use instance::{InstanceEnd, InstanceEvent, InstanceEventKind, InstanceHandle};
 pub use output::{LogLine, OutputLimits, OutputSummary};
+use store_data::InstanceState;
 
 /// Runtime settings; every field has a default.
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ use tokio::sync::broadcast;
 use wasmtime::Store;
 
 use super::exit::{EndReason, error_text};
-use super::instance::{InstanceState, build_plugin_store};
 use super::output::{LogLine, OutputCapture};
+use super::store_data::{InstanceState, build_plugin_store};
 use super::{Digest, PrepareError, Runtime};
 use crate::manifest::CpuBudget;
 

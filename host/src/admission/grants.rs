@@ -1,6 +1,4 @@
-//! Admission: what the host checks before a workload may run, beyond what a manifest
-//! alone can say: that a name keeps its kind and a job its spec ([`apply_conflict`]),
-//! and its directory grants:
+//! Admission of directory grants:
 //!
 //! - Each grant is opened once, here, without following a symbolic link
 //!   ([`crate::opened_dir`]); instances get that handle, never the path again.
@@ -139,39 +137,4 @@ fn nested_diagnostic(a: &GrantRef<'_>, b: &GrantRef<'_>) -> Diagnostic {
     .with_help(
         "a writable grant may not overlap another grant (a guest could plant links or swap directories under it); grant disjoint directories, or make both read-only",
     )
-}
-
-/// Why a prepared workload may not replace the one of the same name: a Job's spec cannot
-/// change once applied, and a name keeps its kind until it is deleted. `current` is the
-/// applied one's (is a job, revision), unless it is being deleted.
-pub(crate) fn apply_conflict(
-    name: &str,
-    current: Option<(bool, &str)>,
-    new_is_job: bool,
-    new_revision: &str,
-) -> Option<(String, String)> {
-    let (is_job, revision) = current?;
-    let kind = |job: bool| if job { "job" } else { "workload" };
-    if is_job != new_is_job {
-        return Some((
-            format!(
-                "`{name}` is applied as a {}; it cannot become a {}",
-                kind(is_job),
-                kind(new_is_job)
-            ),
-            format!(
-                "delete {}/{name} first, or choose another name",
-                kind(is_job)
-            ),
-        ));
-    }
-    if is_job && revision != new_revision {
-        return Some((
-            format!(
-                "job `{name}` is applied with revision {revision}; a Job's spec cannot change once applied"
-            ),
-            format!("delete job/{name} first (its progress goes with it), then apply"),
-        ));
-    }
-    None
 }

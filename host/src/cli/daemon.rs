@@ -1,0 +1,90 @@
+//! `setpoint daemon`: the long-lived host serving the control API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use setpoint::Host;
+
+use super::EngineArgs;
+use super::signals::StopSignals;
+
+/// `setpoint daemon`.
+#[derive(clap::Args)]
+pub struct DaemonArgs {
+    /// The state directory: applied manifests, component blobs, compile cache.
+    /// Default: $SETPOINT_STATE_DIR, /var/lib/setpoint for root, else
+    /// $XDG_STATE_HOME/setpoint.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The API's Unix socket (default: STATE_DIR/setpoint.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Also serve the API over TCP, on loopback unless an address says otherwise
+    /// (`--tcp` alone: 127.0.0.1:7390). Every TCP request needs the bearer token.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = setpoint::daemon::DEFAULT_TCP)]
+    tcp: Option<std::net::SocketAddr>,
+    /// The TCP API's token file (default: STATE_DIR/api-token, created with a random
+    /// token when missing).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Apply the *.yaml files of this directory as they appear and change; removing
+    /// a file deletes what it defined.
+    #[arg(long, value_name = "DIR")]
+    watch: Option<PathBuf>,
+    /// Only directories under DIR may be granted to workloads (repeatable; default:
+    /// any directory).
+    #[arg(long = "allow-dir-root", value_name = "DIR")]
+    dir_roots: Vec<PathBuf>,
+    /// Refuse every manifest that grants network access.
+    #[arg(long)]
+    no_network_grants: bool,
+    /// Start even though the state database is missing or empty while component
+    /// blobs are present (the acknowledged desired state is then lost).
+    #[arg(long)]
+    accept_empty_store: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn daemon(args: DaemonArgs) -> ExitCode {
+    let config = setpoint::daemon::DaemonConfig {
+        state_dir: args
+            .state_dir
+            .unwrap_or_else(setpoint::daemon::default_state_dir),
+        socket: args.socket,
+        tcp: args.tcp,
+        token_file: args.token_file,
+        watch: args.watch,
+        dir_roots: args.dir_roots,
+        network_grants: !args.no_network_grants,
+        accept_empty_store: args.accept_empty_store,
+    };
+    let engine = args.engine;
+    let builder = engine.apply(Host::builder());
+    let mut signals = match StopSignals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = async move { signals.recv().await };
+    let result = setpoint::daemon::run(config, builder, stop, |listening| {
+        eprintln!("setpoint daemon: serving on {}", listening.socket.display());
+        if let Some((addr, token_file)) = &listening.tcp {
+            eprintln!(
+                "setpoint daemon: serving TCP on {addr} (bearer token in {})",
+                token_file.display()
+            );
+        }
+    })
+    .await;
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

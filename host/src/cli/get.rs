@@ -1,0 +1,287 @@
+//! `setpoint get` and `setpoint describe`: what the daemon runs, as tables, JSON or YAML.
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+use setpoint::status::{HostStatus, InstanceStatus, JobStatus, WorkloadKind, WorkloadStatus};
+
+use super::client::{Target, fail, local_error};
+use super::objects::{Listing, fetch};
+use super::output::{GetOutput, age, print_rows, print_value, row, time};
+
+/// `setpoint get`.
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// `workloads`, `jobs`, `instances` or `all` (the default), optionally followed by a
+    /// name (for `instances`, the workload or job they belong to).
+    #[arg(value_name = "KIND [NAME]", num_args = 0..=2)]
+    what: Vec<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = GetOutput::Table)]
+    output: GetOutput,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `setpoint describe`.
+#[derive(clap::Args)]
+pub struct DescribeArgs {
+    /// `workload/NAME` or `job/NAME` (or just `NAME`).
+    target_name: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = GetOutput::Table)]
+    output: GetOutput,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// An instance with the workload or job it belongs to, as `get instances` shows it.
+#[derive(Serialize)]
+struct OwnedInstance<'a> {
+    owner: &'a str,
+    #[serde(flatten)]
+    instance: &'a InstanceStatus,
+}
+
+/// `setpoint get [workloads|jobs|instances|all] [NAME] [-o ...]`.
+pub async fn get(args: GetArgs) -> ExitCode {
+    let (listing, name) = match args.what.as_slice() {
+        [] => (Ok(Listing::All), None),
+        [kind, rest @ ..] => (Listing::parse(kind), rest.first().cloned()),
+    };
+    let listing = match listing {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let output = args.output;
+    let status: HostStatus = match args.target.client().get_json("/v1/workloads").await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    // Stored but not running: said on stderr whatever the output format.
+    for q in &status.quarantined {
+        if name.as_ref().is_none_or(|n| q.workloads.contains(n)) {
+            eprintln!(
+                "warning: stored apply {} ({}) is quarantined, not running: {}\n  help: {}",
+                q.apply,
+                q.workloads.join(", "),
+                q.reason,
+                q.help
+            );
+        }
+    }
+    let mut objects = status.workloads;
+    if let Listing::Of(kind) = listing {
+        objects.retain(|w| w.kind == kind);
+    }
+    if let Some(name) = &name {
+        objects.retain(|w| w.name == *name);
+        if objects.is_empty() {
+            let what = match listing {
+                Listing::Of(kind) => kind.noun(),
+                _ => "object",
+            };
+            return fail(&local_error(format!("{what} `{name}` not found")));
+        }
+    }
+    let wide = output == GetOutput::Wide;
+    if listing == Listing::Instances {
+        let instances: Vec<OwnedInstance<'_>> = objects
+            .iter()
+            .flat_map(|w| {
+                w.instances.iter().map(|instance| OwnedInstance {
+                    owner: &w.name,
+                    instance,
+                })
+            })
+            .collect();
+        if !print_value(&instances, output) {
+            print_instances(&instances, wide);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if print_value(&objects, output) {
+        return ExitCode::SUCCESS;
+    }
+    let (jobs, workloads): (Vec<&WorkloadStatus>, Vec<&WorkloadStatus>) =
+        objects.iter().partition(|w| w.kind == WorkloadKind::Job);
+    let show_workloads = matches!(listing, Listing::All | Listing::Of(WorkloadKind::Workload));
+    let show_jobs = matches!(listing, Listing::All | Listing::Of(WorkloadKind::Job));
+    if show_workloads && (!workloads.is_empty() || listing != Listing::All) {
+        print_workloads(&workloads, listing, wide);
+    }
+    if show_jobs && (!jobs.is_empty() || listing != Listing::All) {
+        if show_workloads && !workloads.is_empty() && !jobs.is_empty() {
+            println!();
+        }
+        print_jobs(&jobs, listing, wide);
+    }
+    if listing == Listing::All && objects.is_empty() {
+        println!("no workloads or jobs");
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_instances(instances: &[OwnedInstance<'_>], wide: bool) {
+    let mut rows = vec![row(&[
+        "INSTANCE", "OWNER", "SLOT", "PHASE", "READY", "RESTARTS", "AGE",
+    ])];
+    if wide {
+        rows[0].push("REVISION".into());
+    }
+    for OwnedInstance { owner, instance: i } in instances {
+        let mut r = vec![
+            i.id.clone(),
+            owner.to_string(),
+            i.slot.to_string(),
+            i.phase.to_string(),
+            i.ready.to_string(),
+            i.restarts.to_string(),
+            age(i.age),
+        ];
+        if wide {
+            r.push(i.revision.clone());
+        }
+        rows.push(r);
+    }
+    print_rows(&rows, "no instances");
+}
+
+fn print_workloads(workloads: &[&WorkloadStatus], listing: Listing, wide: bool) {
+    let mut header = row(&["NAME", "READY", "RESTARTS", "PHASE", "REVISION"]);
+    if wide {
+        header.extend(["RUNNING", "POLICY", "ROLLOUT"].map(String::from));
+    }
+    let mut rows = vec![header];
+    for w in workloads {
+        let mut r = vec![
+            prefixed(listing, w),
+            format!("{}/{}", w.ready, w.desired),
+            w.restarts.to_string(),
+            w.phase.to_string(),
+            w.revision.clone(),
+        ];
+        if wide {
+            r.push(w.running.to_string());
+            r.push(w.policy.clone());
+            r.push(
+                w.rollout
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |r| format!("{} → {}", r.from, r.to)),
+            );
+        }
+        rows.push(r);
+    }
+    print_rows(&rows, "no workloads");
+}
+
+fn print_jobs(jobs: &[&WorkloadStatus], listing: Listing, wide: bool) {
+    let mut header = row(&[
+        "NAME",
+        "COMPLETIONS",
+        "ACTIVE",
+        "FAILED",
+        "DURATION",
+        "PHASE",
+    ]);
+    if wide {
+        header.extend(["IGNORED", "REVISION"].map(String::from));
+    }
+    let mut rows = vec![header];
+    for w in jobs {
+        let Some(j) = &w.job else { continue };
+        let mut r = vec![
+            prefixed(listing, w),
+            format!("{}/{}", j.succeeded, j.completions),
+            j.active.to_string(),
+            j.failed.to_string(),
+            job_duration(j),
+            w.phase.to_string(),
+        ];
+        if wide {
+            r.push(j.ignored.to_string());
+            r.push(w.revision.clone());
+        }
+        rows.push(r);
+    }
+    print_rows(&rows, "no jobs");
+}
+
+/// The NAME cell: `kind/name` when several kinds are listed, as kubectl does.
+fn prefixed(listing: Listing, w: &WorkloadStatus) -> String {
+    if listing == Listing::All {
+        format!("{}/{}", w.kind.noun(), w.name)
+    } else {
+        w.name.clone()
+    }
+}
+
+/// How long a job has run: to its completion time, or until now.
+fn job_duration(job: &JobStatus) -> String {
+    let end = job
+        .completion_time
+        .unwrap_or_else(std::time::SystemTime::now);
+    age(end.duration_since(job.start_time).unwrap_or_default())
+}
+
+/// `setpoint describe KIND/NAME`.
+pub async fn describe(args: DescribeArgs) -> ExitCode {
+    let client = args.target.client();
+    let w = match fetch(&client, &args.target_name).await {
+        Ok(w) => w,
+        Err(e) => return fail(&e.error()),
+    };
+    if print_value(&w, args.output) {
+        return ExitCode::SUCCESS;
+    }
+    println!("Name:        {}", w.name);
+    println!("Kind:        {}", w.kind);
+    println!("Phase:       {}", w.phase);
+    println!("Revision:    {}", w.revision);
+    println!("Policy:      {}", w.policy);
+    match &w.job {
+        Some(j) => {
+            println!(
+                "Runs:        {}/{} succeeded, {} active, {} failed, {} ignored (parallelism {})",
+                j.succeeded, j.completions, j.active, j.failed, j.ignored, j.parallelism
+            );
+            println!("Started:     {}", time(Some(j.start_time)));
+            println!("Finished:    {}", time(j.completion_time));
+            println!("Duration:    {}", job_duration(j));
+        }
+        None => println!(
+            "Replicas:    {} desired, {} running, {} ready, {} restarts",
+            w.desired, w.running, w.ready, w.restarts
+        ),
+    }
+    println!("Spec:");
+    let yaml = serde_saphyr::to_string(&*w.spec).unwrap_or_default();
+    for line in yaml.lines() {
+        println!("  {line}");
+    }
+    println!("Conditions:");
+    for c in &w.conditions {
+        println!("  {:<10} {:<6} {}", c.kind, c.status, c.message);
+    }
+    println!("Instances:");
+    for i in &w.instances {
+        println!(
+            "  {:<24} slot {:<4} {:<10} revision {}",
+            i.id, i.slot, i.phase, i.revision
+        );
+    }
+    if let Some(t) = &w.last_termination {
+        println!("Last termination: {} ({})", t.end.reason.name(), t.instance);
+    }
+    println!("Events:");
+    for e in &w.events {
+        println!(
+            "  {:<8} {:<16} {:<24} {}",
+            e.kind,
+            e.reason,
+            e.instance.as_deref().unwrap_or("-"),
+            e.message
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,200 @@
+//! An instance's Store data and how it is built: a WASI context made only from the
+//! instance's grants (args, env, the directories opened at apply, the addresses it may
+//! connect to), its memory and table limiter, its CPU meter, and the heartbeat host
+//! functions. Policy plugins get a Store built the same way from nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::limits::{CpuMeter, InstanceLimiter};
+use super::output::{OutputCapture, Stream};
+use super::vitals::Vitals;
+use super::{Runtime, SpawnRequest};
+
+/// The data of one instance's Store.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limiter: InstanceLimiter,
+    pub(super) cpu: CpuMeter,
+    pub(crate) vitals: Arc<Vitals>,
+    pub(crate) identity: Identity,
+    _live: LiveStore,
+}
+
+/// Who an instance is, for capability calls: its names and the spec holding its grants
+/// (`None` for policy plugins, which are granted nothing).
+pub(crate) struct Identity {
+    pub workload: Arc<str>,
+    pub instance: Arc<str>,
+    pub spec: Option<Arc<crate::manifest::WorkloadSpec>>,
+}
+
+/// Counts live Stores of a runtime: +1 when created, -1 when dropped.
+struct LiveStore(Arc<AtomicUsize>);
+
+impl LiveStore {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for LiveStore {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl InstanceState {
+    /// Starts a fresh CPU meter (a plugin call's budget starts anew with each call).
+    pub(crate) fn reset_cpu(&mut self, budget: Option<crate::manifest::CpuBudget>) {
+        self.cpu = CpuMeter::new(self.cpu.tick(), budget);
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl super::bindings::setpoint::workload::heartbeat::Host for InstanceState {
+    fn beat(&mut self) {
+        let first = self.vitals.record_beat();
+        if first {
+            self.vitals.changed.notify_one();
+        }
+    }
+
+    fn set_ready(&mut self, ready: bool) {
+        if self.vitals.ready.swap(ready, Ordering::AcqRel) != ready {
+            self.vitals.changed.notify_one();
+        }
+    }
+
+    fn stop_requested(&mut self) -> bool {
+        self.vitals.stop_requested.load(Ordering::Acquire)
+    }
+}
+
+/// A Store for a policy plugin: no env, no args beyond its name, no files, no sockets;
+/// stderr and stdout are its log. CPU is metered per call (see `reset_cpu`).
+pub(crate) fn build_plugin_store(
+    rt: &Runtime,
+    capture: &OutputCapture,
+    memory: u64,
+) -> Store<InstanceState> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.arg("policy");
+    wasi.stdout(capture.stream(Stream::Stdout));
+    wasi.stderr(capture.stream(Stream::Stderr));
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    let state = InstanceState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
+        cpu: CpuMeter::new(rt.config.epoch_tick, None),
+        vitals: Arc::new(Vitals::new()),
+        identity: Identity {
+            workload: "policy".into(),
+            instance: "policy".into(),
+            spec: None,
+        },
+        _live: LiveStore::new(&rt.live_stores),
+    };
+    store_with_limits(rt, state)
+}
+
+/// The Store of an instance of `req`, and why a grant could not be made, if one could not.
+pub(super) fn build_store(
+    rt: &Runtime,
+    req: &SpawnRequest,
+    capture: &OutputCapture,
+    vitals: Arc<Vitals>,
+) -> (Store<InstanceState>, Option<String>) {
+    let spec = &req.spec;
+    let mut refused = None;
+    let mut wasi = WasiCtxBuilder::new();
+    // argv[0] is the program name, as real programs expect; the user's args follow.
+    wasi.arg(&*req.workload);
+    wasi.args(&spec.args);
+    wasi.envs(&spec.env);
+    wasi.stdout(capture.stream(Stream::Stdout));
+    wasi.stderr(capture.stream(Stream::Stderr));
+    for grant in req.grants.iter() {
+        let perms = if grant.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        // By the handle opened at apply, never by the path again: a link planted in
+        // the path since then leads nowhere.
+        if let Err(e) = wasi.preopened_dir(grant.dir.handle_path(), &grant.guest, perms) {
+            refused.get_or_insert_with(|| {
+                format!(
+                    "cannot grant `{}` at {}: {e}",
+                    grant.dir.path().display(),
+                    grant.guest
+                )
+            });
+        }
+    }
+    wasi.allow_udp(false).allow_ip_name_lookup(false);
+    if spec.connect.is_empty() {
+        wasi.allow_tcp(false);
+    } else {
+        let allowed: Arc<[std::net::SocketAddr]> = spec.connect.clone().into();
+        wasi.allow_tcp(true);
+        wasi.socket_addr_check(move |addr, usage| {
+            // A connect first binds an ephemeral local port (unspecified address, port 0);
+            // that bind is allowed, any other bind is not.
+            let ok = match usage {
+                SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                _ => false,
+            };
+            Box::pin(async move { ok })
+        });
+    }
+    let memory = spec.memory_limit.unwrap_or(rt.config.default_memory_limit);
+    let state = InstanceState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
+        cpu: CpuMeter::new(rt.config.epoch_tick, spec.cpu_budget),
+        vitals,
+        identity: Identity {
+            workload: req.workload.clone(),
+            instance: req.instance.clone(),
+            spec: Some(req.spec.clone()),
+        },
+        _live: LiveStore::new(&rt.live_stores),
+    };
+    (store_with_limits(rt, state), refused)
+}
+
+/// Wraps `state` in a Store with its limiter and the epoch callback that meters CPU.
+fn store_with_limits(rt: &Runtime, state: InstanceState) -> Store<InstanceState> {
+    let mut store = Store::new(&rt.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    // Every epoch tick that finds the guest running Wasm is one tick of CPU; the guest then
+    // yields to the scheduler, so a spinning guest cannot hold a worker thread for longer
+    // than one tick, and a spent CPU budget ends it.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        ctx.data_mut().cpu.on_tick().map_err(wasmtime::Error::new)?;
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
+}
