@@ -146,3 +146,107 @@ async fn grants_the_host_refuses_are_located_validation_errors() {
     assert!(host.status().await.workloads.is_empty());
     host.shutdown().await;
 }
+
+/// A loopback HTTP server that answers every request `200 ok` and counts them.
+fn http_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_http_is_denied_unless_its_authority_is_granted() {
+    let (addr, served) = http_server();
+    let m = Manifests::new();
+    let env = format!("  restartPolicy: Never\n  env: {{AUTHORITY: '{addr}'}}\n");
+    let other_port = format!("127.0.0.1:{}", addr.port().wrapping_add(1).max(1));
+    let cases = [
+        (
+            "ungranted",
+            String::new(),
+            "error ErrorCode::HttpRequestDenied",
+        ),
+        (
+            "elsewhere",
+            format!("  network: {{http: ['{other_port}']}}\n"),
+            "error ErrorCode::HttpRequestDenied",
+        ),
+        (
+            "granted",
+            format!("  network: {{http: ['{addr}']}}\n"),
+            "status 200",
+        ),
+    ];
+    let files: Vec<_> = cases
+        .iter()
+        .map(|(name, grant, _)| {
+            m.write(
+                &format!("{name}.yaml"),
+                &workload(name, "fetcher", &format!("{env}{grant}")),
+            )
+        })
+        .collect();
+    let host = host();
+    host.apply_files(&files).await.expect("valid manifests");
+    for (name, _, expected) in &cases {
+        let w = wait_for(&host, name, "the fetch finished", |w| {
+            w.phase == setpoint::Phase::Succeeded
+        })
+        .await;
+        let tail = &w.last_termination.as_ref().expect("ended").end.output.tail;
+        let line = tail
+            .iter()
+            .find(|l| l.starts_with("fetch "))
+            .unwrap_or_else(|| panic!("{name}: no fetch line in {tail:?}"));
+        assert_eq!(*line, format!("fetch {addr}: {expected}"), "{name}");
+    }
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the granted request reached the server"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_http_grants_are_located_errors() {
+    let m = Manifests::new();
+    let file = m.write(
+        "w.yaml",
+        &workload(
+            "w",
+            "fetcher",
+            "  network:\n    http: ['http://api.example.com', 'a.example.com:443', 'A.example.com:443']\n",
+        ),
+    );
+    let host = host();
+    let rejected = host.apply_files(&[file]).await.expect_err("refused");
+    let text = rejected.to_string();
+    assert!(
+        text.contains("w.yaml:8:") && text.contains("is not a HOST:PORT authority"),
+        "{text}"
+    );
+    assert!(text.contains("is granted twice"), "{text}");
+    assert_eq!(rejected.diagnostics.len(), 2, "{text}");
+    assert!(
+        host.status().await.workloads.is_empty(),
+        "nothing was applied"
+    );
+    host.shutdown().await;
+}

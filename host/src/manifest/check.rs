@@ -86,7 +86,17 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
                 Err((why, _)) => problem(why),
             }
         }
-        if !spec.connect.is_empty() && !limits.allow_network {
+        for authority in &spec.http_authorities {
+            match rules::http_authority(authority) {
+                Ok(normal) if normal != *authority => problem(format!(
+                    "HTTP grant `{authority}` is not lowercase; write `{normal}`"
+                )),
+                Ok(_) => {}
+                Err(b) => problem(b.message),
+            }
+        }
+        let grants_network = !(spec.connect.is_empty() && spec.http_authorities.is_empty());
+        if grants_network && !limits.allow_network {
             problem("this host grants no network access to workloads".into());
         }
         let shared = [
@@ -143,4 +153,40 @@ fn durations_of(spec: &WorkloadSpec) -> Vec<(DurationBound, Duration)> {
         out.extend(job.ttl_after_finished.map(|d| (b::TTL_AFTER_FINISHED, d)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_grants_built_in_code_are_checked_like_yaml_ones() {
+        let mut spec = WorkloadSpec::new("/opt/a.wasm");
+        spec.http_authorities = vec!["API.example.com:443".into(), "nowhere".into()];
+        let w = Workload::new("w", spec);
+        let problems = check_workloads(std::slice::from_ref(&w), &ManifestLimits::default());
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains("not lowercase; write `api.example.com:443`")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("`nowhere` is not a HOST:PORT authority")),
+            "{text:?}"
+        );
+        let mut ok = w.clone();
+        ok.spec.http_authorities = vec!["api.example.com:443".into()];
+        assert!(check_workloads(std::slice::from_ref(&ok), &ManifestLimits::default()).is_empty());
+        let closed = ManifestLimits {
+            allow_network: false,
+            ..ManifestLimits::default()
+        };
+        let refused = check_workloads(std::slice::from_ref(&ok), &closed);
+        assert!(
+            refused[0].to_string().contains("grants no network access"),
+            "{refused:?}"
+        );
+    }
 }

@@ -242,7 +242,7 @@ pub struct RawDir {
 }
 
 /// Network grants.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Network")]
 pub struct RawNetwork {
@@ -250,6 +250,11 @@ pub struct RawNetwork {
     #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub connect: Vec<Spanned<String>>,
+    /// `HOST:PORT` authorities the guest may send HTTP requests to through `wasi:http`
+    /// (checked on every request; none by default).
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
 }
 
 /// Health checking.

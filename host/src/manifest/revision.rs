@@ -51,6 +51,10 @@ struct SpecV1<'a> {
     cpu_budget: Option<CpuV1>,
     dirs: Vec<DirV1<'a>>,
     connect: Vec<String>,
+    /// Joined after version 1: written only when granted, so that specs without it
+    /// keep their version 1 hash.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    http_authorities: &'a [String],
     capabilities: &'a [String],
     probe: Option<ProbeV1>,
     watchdog: Option<WatchdogV1>,
@@ -86,6 +90,7 @@ impl<'a> SpecV1<'a> {
                 })
                 .collect(),
             connect: s.connect.iter().map(ToString::to_string).collect(),
+            http_authorities: &s.http_authorities,
             capabilities: &s.capabilities,
             probe: s.probe.map(|p| ProbeV1 {
                 initial_delay: millis(p.initial_delay),
@@ -382,7 +387,8 @@ mod tests {
     #[test]
     fn every_other_field_is() {
         let base = projection(&full());
-        let changes: [fn(&mut WorkloadSpec); 16] = [
+        let changes: [fn(&mut WorkloadSpec); 17] = [
+            |s| s.http_authorities = vec!["api.example.com:443".into()],
             |s| s.component = "/opt/other.wasm".into(),
             |s| s.restart_policy = RestartPolicy::Never,
             |s| s.env[0].1 = "200".into(),

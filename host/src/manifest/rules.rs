@@ -94,9 +94,38 @@ pub(crate) fn capability(name: &str) -> Result<(), Broken> {
     }
 }
 
+/// An outgoing HTTP grant: `host:port` (a DNS name, an IPv4 address or a bracketed IPv6
+/// address, and a port), at most 261 bytes; returned lowercase, as requests are compared.
+pub(crate) fn http_authority(authority: &str) -> Result<String, Broken> {
+    let broken = || {
+        Broken::new(format!("`{authority}` is not a HOST:PORT authority"))
+            .help("write e.g. `api.example.com:443` or `127.0.0.1:8080`; no scheme, path or user")
+    };
+    let (host, port) = authority.rsplit_once(':').ok_or_else(broken)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .split('.')
+                    .all(|label| check_dns_label(&label.to_ascii_lowercase()).is_ok())
+        }
+    };
+    if !(port_ok && host_ok) {
+        return Err(broken());
+    }
+    Ok(authority.to_ascii_lowercase())
+}
+
 /// Dir, network and capability grants are each at most `max`.
 pub(crate) fn grant_counts(spec: &WorkloadSpec, max: usize) -> Result<(), Broken> {
-    if spec.dirs.len() > max || spec.connect.len() > max || spec.capabilities.len() > max {
+    if spec.dirs.len() > max
+        || spec.connect.len() > max
+        || spec.http_authorities.len() > max
+        || spec.capabilities.len() > max
+    {
         return Err(Broken::new(format!(
             "more than {max} dir, network or capability grants"
         )));
@@ -294,6 +323,35 @@ mod tests {
             "device:sensors/read"
         );
         assert_eq!(unversioned("device:sensors/read"), "device:sensors/read");
+    }
+
+    #[test]
+    fn http_authorities_are_host_and_port() {
+        for ok in [
+            "api.example.com:443",
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "Local-Host:1",
+        ] {
+            assert!(http_authority(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            http_authority("API.example.com:443").as_deref(),
+            Ok("api.example.com:443")
+        );
+        for bad in [
+            "api.example.com",
+            "http://a:1",
+            "a:0",
+            "a:70000",
+            "user@a:1",
+            ":80",
+            "[::1:80",
+            "a b:1",
+            "a/b:1",
+        ] {
+            assert!(http_authority(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct WorkloadSpec {
     pub dirs: Vec<DirGrant>,
     /// Addresses each instance may open TCP connections to; empty means no network.
     pub connect: Vec<std::net::SocketAddr>,
+    /// Authorities (`host:port`, lowercase) each instance may send HTTP requests to
+    /// through `wasi:http`; empty means none.
+    #[serde(default)]
+    pub http_authorities: Vec<String>,
     /// Device capabilities (WIT interfaces the embedder provides) each instance may
     /// import, by name: `device:sensors/read`, with or without `@version`.
     pub capabilities: Vec<String>,
@@ -318,6 +322,7 @@ impl WorkloadSpec {
             cpu_budget: None,
             dirs: Vec::new(),
             connect: Vec::new(),
+            http_authorities: Vec::new(),
             capabilities: Vec::new(),
             probe: None,
             watchdog: None,

@@ -249,7 +249,30 @@ impl Validator<'_> {
                 spec.dirs.push(grant);
             }
         }
-        for addr in raw.network.map(|n| n.connect).unwrap_or_default() {
+        let network = raw.network.unwrap_or_default();
+        for authority in network.http {
+            if !self.limits.allow_network {
+                self.error(
+                    authority.referenced,
+                    "this host grants no network access to workloads",
+                    Some(
+                        "remove spec.network, or ask the host's operator to allow network grants"
+                            .into(),
+                    ),
+                );
+                continue;
+            }
+            match rules::http_authority(&authority.value) {
+                Ok(a) if spec.http_authorities.contains(&a) => self.error(
+                    authority.referenced,
+                    format!("`{}` is granted twice", authority.value),
+                    None,
+                ),
+                Ok(a) => spec.http_authorities.push(a),
+                Err(b) => self.error(authority.referenced, b.message, b.help),
+            }
+        }
+        for addr in network.connect {
             if !self.limits.allow_network {
                 self.error(
                     addr.referenced,

@@ -12,6 +12,7 @@ pub mod exit;
 mod instance;
 pub mod limits;
 pub mod mappings;
+mod outgoing_http;
 pub mod output;
 pub mod plugin;
 pub(crate) mod store_data;
@@ -229,6 +230,7 @@ impl Runtime {
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::setpoint::workload::heartbeat::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |s| s,
@@ -293,7 +295,7 @@ impl Runtime {
             .collect();
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             link_error(format!(
-                "{}; this host provides WASI 0.2, setpoint:workload/heartbeat@0.1.0{}",
+                "{}; this host provides WASI 0.2 (wasi:http included), setpoint:workload/heartbeat@0.1.0{}",
                 exit::error_text(&e),
                 self.config
                     .capabilities

@@ -1,7 +1,8 @@
 //! An instance's Store data and how it is built: a WASI context made only from the
 //! instance's grants (args, env, the directories opened at apply, the addresses it may
-//! connect to), its memory and table limiter, its CPU meter, and the heartbeat host
-//! functions. Policy plugins get a Store built the same way from nothing.
+//! connect to, the HTTP authorities it may call), its memory and table limiter, its CPU
+//! meter, and the heartbeat host functions. Policy plugins get a Store built the same
+//! way from nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +12,10 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
 use super::limits::{CpuMeter, InstanceLimiter};
+use super::outgoing_http::OutgoingHttp;
 use super::output::{OutputCapture, Stream};
 use super::vitals::Vitals;
 use super::{Runtime, SpawnRequest};
@@ -20,6 +24,9 @@ use super::{Runtime, SpawnRequest};
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    /// Which outgoing HTTP requests the instance may send.
+    outgoing_http: OutgoingHttp,
     pub(super) limiter: InstanceLimiter,
     pub(super) cpu: CpuMeter,
     pub(crate) vitals: Arc<Vitals>,
@@ -67,6 +74,16 @@ impl WasiView for InstanceState {
     }
 }
 
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outgoing_http,
+        }
+    }
+}
+
 impl super::bindings::setpoint::workload::heartbeat::Host for InstanceState {
     fn beat(&mut self) {
         let first = self.vitals.record_beat();
@@ -103,6 +120,8 @@ pub(crate) fn build_plugin_store(
     let state = InstanceState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
+        http: WasiHttpCtx::new(),
+        outgoing_http: OutgoingHttp::new(&[]),
         limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
         cpu: CpuMeter::new(rt.config.epoch_tick, None),
         vitals: Arc::new(Vitals::new()),
@@ -171,6 +190,8 @@ pub(super) fn build_store(
     let state = InstanceState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
+        http: WasiHttpCtx::new(),
+        outgoing_http: OutgoingHttp::new(&spec.http_authorities),
         limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
         cpu: CpuMeter::new(rt.config.epoch_tick, spec.cpu_budget),
         vitals,
