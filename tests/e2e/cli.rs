@@ -166,7 +166,7 @@ fn sigterm_stops_every_instance_gracefully_and_exits() {
         .iter()
         .map(|w| w["running"].as_u64().unwrap())
         .sum();
-    let stopped = stderr.matches("Stopped stopped (Shutdown)").count() as u64;
+    let stopped = stderr.matches("Stopped (Shutdown)").count() as u64;
     assert_eq!(
         stopped, running,
         "every running instance was stopped: {stderr}"
@@ -275,4 +275,75 @@ fn run_exports_snapshots_that_policy_test_replays() {
         "(no actions)",
         "a converged workload needs nothing"
     );
+}
+
+#[test]
+fn a_run_of_jobs_ends_when_they_finish_with_their_verdict_as_exit_status() {
+    let m = Manifests::new();
+    let job = |name: &str, code: u32| {
+        format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n  component: {{guest:batch}}\n  completions: 2\n  backoffLimit: 0\n  env: {{WORK_MS: '5', EXIT_CODE: '{code}'}}\n"
+        )
+    };
+    // No `--for`: without the jobs' end the run would last until the test's timeout.
+    let run = |file: &std::path::Path| {
+        let mut child = setpoint()
+            .args(["run", "-o", "json"])
+            .arg(file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("waits") {
+                let mut out = String::new();
+                std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+                let json: serde_json::Value = serde_json::from_str(&out).expect("final status");
+                return (status.code(), json);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the run did not end when its jobs had finished");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let ok = m.write("ok.yaml", &format!("{}---\n{}", job("a", 0), job("b", 0)));
+    let (code, json) = run(&ok);
+    assert_eq!(code, Some(0));
+    assert!(
+        json["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["phase"] == "Succeeded"),
+        "{json}"
+    );
+    let bad = m.write("bad.yaml", &format!("{}---\n{}", job("c", 0), job("d", 3)));
+    let (code, json) = run(&bad);
+    assert_eq!(code, Some(1), "a failed job fails the run");
+    let phases: Vec<&str> = json["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["Succeeded", "Failed"]);
+}
+
+#[test]
+fn version_names_setpoint_wasmtime_and_the_build() {
+    let out = setpoint().arg("version").output().expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("setpoint {}\n", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "wasmtime {}",
+        setpoint::runtime::engine::WASMTIME_VERSION
+    )));
+    assert!(text.contains("compiler: "), "{text}");
 }

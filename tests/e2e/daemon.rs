@@ -589,3 +589,128 @@ fn a_watched_directory_is_desired_state() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn rollout_status_of_a_failed_workload_ends_at_once_saying_why() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("crash.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: crash\nspec:\n  component: {}\n  env: {{CRASH_AFTER_MS: '0', MODE: exit}}\n  restartBudget: {{maxRestarts: 0, window: 1m}}\n",
+            guest("crasher").display()
+        ),
+    )
+    .expect("write");
+    let daemon = Daemon::start(state.path());
+    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon
+        .workloads()
+        .iter()
+        .all(|w| w["name"] != "crash" || w["phase"] != "Failed")
+    {
+        assert!(Instant::now() < deadline, "crash never failed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // With a 30 s timeout an answer that waited would say it did not finish in time.
+    let out = daemon.cli(&["rollout", "status", "workload/crash", "--timeout", "30s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("workload/crash is Failed: RestartBudgetExceeded"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("apply it again"), "{stderr}");
+    // `get` says why next to the phase.
+    let out = daemon.cli(&["get", "workloads"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("Failed (RestartBudgetExceeded)"), "{table}");
+}
+
+#[test]
+fn get_selects_by_label_and_names_objects_and_events_of_nothing_fail() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("two.yaml");
+    let doc = |name: &str, tier: &str| {
+        format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\n  labels: {{tier: {tier}}}\nspec:\n  component: {}\n",
+            guest("ticker").display()
+        )
+    };
+    std::fs::write(
+        &file,
+        format!("{}---\n{}", doc("front", "web"), doc("store", "db")),
+    )
+    .expect("write");
+    let daemon = Daemon::start(state.path());
+    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+    let applied = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        applied.contains(", 1 replica)"),
+        "one replica, not 1 replicas: {applied}"
+    );
+    let out = daemon.cli(&["get", "-l", "tier=web", "-o", "name"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "workload/front\n");
+    let out = daemon.cli(&["get", "-l", "tier=web,tier=db", "-o", "name"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "all labels must match"
+    );
+    let out = daemon.cli(&["get", "-o", "name"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "workload/front\nworkload/store\n"
+    );
+    let out = daemon.cli(&["get", "-l", "tier"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEY=VALUE"));
+    let out = daemon.cli(&["events", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1), "events of nothing is an error");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no workload or job `nosuch`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = daemon.cli(&["events", "front"]);
+    assert!(out.status.success());
+    let out = daemon.cli(&["describe", "workload/front"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Labels:      tier=web"));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_directory_names_the_first() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let first = Daemon::start(state.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["daemon", "--state-dir"])
+        .arg(state.path())
+        .args(["--socket"])
+        .arg(state.path().join("other.sock"))
+        .output()
+        .expect("the second daemon runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another daemon is running on the state directory {} (pid {})",
+            state.path().display(),
+            first.child.id()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Database already open"), "{stderr}");
+}

@@ -16,6 +16,15 @@ use anyhow::{Context, Result, bail};
 mod footprint;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
+/// What `cargo xtask` with no task (or an unknown one) prints.
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  guests      build the example guests (installs the wasm32-wasip2 target if needed)
+  demo [ARGS] build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml [ARGS]`
+  test        build the guests, check formatting and lints, run every test (what CI runs);
+              `test --no-lint` skips formatting and lints
+  footprint   build the release binaries and measure size, RSS and start-up time";
 /// The cross target CI checks that the host builds for.
 const ARM_TARGET: &str = "aarch64-unknown-linux-gnu";
 
@@ -45,6 +54,7 @@ fn main() -> Result<()> {
         "test" => {
             build_guests(&root)?;
             let lint = !rest.iter().any(|a| a == "--no-lint");
+            let started = std::time::Instant::now();
             if lint {
                 run_cargo(&root, &["fmt", "--all", "--", "--check"])
                     .context("formatting: run `cargo fmt --all`")?;
@@ -88,17 +98,32 @@ fn main() -> Result<()> {
                     "pulley",
                 ],
             )?;
-            check_arm(&root)
+            let arm = check_arm(&root)?;
+            println!(
+                "xtask test: ok in {}s: {}every test, the embed and device examples, the minimal build{}",
+                started.elapsed().as_secs(),
+                if lint { "formatting, lints, " } else { "" },
+                if arm {
+                    ", the aarch64 build"
+                } else {
+                    " (the aarch64 check was skipped)"
+                }
+            );
+            Ok(())
         }
         "footprint" => {
             build_guests(&root)?;
             footprint::run(&root)
         }
+        "" | "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
         _ => {
-            eprintln!(
-                "usage: cargo xtask <guests | demo [setpoint run args] | test [--no-lint] | footprint>"
-            );
-            bail!("unknown task `{task}`")
+            eprintln!("{USAGE}");
+            // Said plainly, without a backtrace: the task was only misspelt.
+            eprintln!("error: unknown task `{task}`");
+            std::process::exit(2)
         }
     }
 }
@@ -157,7 +182,8 @@ fn ensure_wasm_target(root: &Path) -> Result<()> {
 /// when no aarch64 C compiler is installed the C helpers of wasmtime and zstd are
 /// compiled by the host's `gcc` just to satisfy their build scripts (set
 /// `CC_aarch64_unknown_linux_gnu` to a real cross compiler to override).
-fn check_arm(root: &Path) -> Result<()> {
+/// Checks that the host builds for aarch64; false if the check had to be skipped.
+fn check_arm(root: &Path) -> Result<bool> {
     if !target_installed(root, ARM_TARGET) {
         eprintln!("xtask: installing the {ARM_TARGET} target with rustup");
         let added = Command::new("rustup")
@@ -170,7 +196,7 @@ fn check_arm(root: &Path) -> Result<()> {
             eprintln!(
                 "xtask: WARNING: the aarch64 check was SKIPPED: the {ARM_TARGET} target could not be installed (run `rustup target add {ARM_TARGET}`)"
             );
-            return Ok(());
+            return Ok(false);
         }
     }
     let mut cmd = cargo(root);
@@ -191,7 +217,8 @@ fn check_arm(root: &Path) -> Result<()> {
         cmd.env("CC_aarch64_unknown_linux_gnu", "gcc")
             .env("AR_aarch64_unknown_linux_gnu", "ar");
     }
-    run(cmd).context("checking the aarch64 build")
+    run(cmd).context("checking the aarch64 build")?;
+    Ok(true)
 }
 
 fn target_installed(root: &Path, target: &str) -> bool {

@@ -15,6 +15,7 @@ use setpoint::status::WorkloadKind;
 
 use super::client::{ApiError, Client, Target, fail, local_error};
 use super::objects::{Missing, fetch, parse_target, url_word};
+use super::output::count;
 
 /// `setpoint apply`.
 #[derive(clap::Args)]
@@ -164,12 +165,19 @@ pub async fn apply(args: ApplyArgs) -> ExitCode {
         let is_job = c.kind == WorkloadKind::Job;
         let what = match &c.change {
             Change::Create if is_job => format!("created (revision {})", c.revision),
-            Change::Create => format!("created (revision {}, {} replicas)", c.revision, c.replicas),
+            Change::Create => format!(
+                "created (revision {}, {})",
+                c.revision,
+                count(c.replicas, "replica")
+            ),
             Change::Update { from_revision } => {
                 format!("configured (revision {from_revision} → {})", c.revision)
             }
             Change::Scale { from_replicas } => {
-                format!("scaled ({from_replicas} → {} replicas)", c.replicas)
+                format!(
+                    "scaled ({from_replicas} → {})",
+                    count(c.replicas, "replica")
+                )
             }
             Change::Unchanged => "unchanged".to_string(),
         };

@@ -19,6 +19,15 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = GetOutput::Table)]
     output: GetOutput,
+    /// Only objects with these labels (`key=value`, repeatable or comma-separated; all
+    /// must match).
+    #[arg(
+        short = 'l',
+        long = "selector",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    selector: Vec<String>,
     #[command(flatten)]
     target: Target,
 }
@@ -74,6 +83,22 @@ pub async fn get(args: GetArgs) -> ExitCode {
     if let Listing::Of(kind) = listing {
         objects.retain(|w| w.kind == kind);
     }
+    let mut wanted = Vec::new();
+    for s in &args.selector {
+        match s.split_once('=') {
+            Some((key, value)) if !key.is_empty() => wanted.push((key, value)),
+            _ => {
+                return fail(&local_error(format!(
+                    "`{s}` is not a label selector; write KEY=VALUE, e.g. -l tier=web"
+                )));
+            }
+        }
+    }
+    objects.retain(|w| {
+        wanted
+            .iter()
+            .all(|(k, v)| w.labels.get(*k).is_some_and(|have| have == v))
+    });
     if let Some(name) = &name {
         objects.retain(|w| w.name == *name);
         if objects.is_empty() {
@@ -95,12 +120,22 @@ pub async fn get(args: GetArgs) -> ExitCode {
                 })
             })
             .collect();
-        if !print_value(&instances, output) {
+        if output == GetOutput::Name {
+            for i in &instances {
+                println!("instance/{}", i.instance.id);
+            }
+        } else if !print_value(&instances, output) {
             print_instances(&instances, wide);
         }
         return ExitCode::SUCCESS;
     }
     if print_value(&objects, output) {
+        return ExitCode::SUCCESS;
+    }
+    if output == GetOutput::Name {
+        for w in &objects {
+            println!("{}/{}", w.kind.noun(), w.name);
+        }
         return ExitCode::SUCCESS;
     }
     let (jobs, workloads): (Vec<&WorkloadStatus>, Vec<&WorkloadStatus>) =
@@ -158,7 +193,7 @@ fn print_workloads(workloads: &[&WorkloadStatus], listing: Listing, wide: bool) 
             prefixed(listing, w),
             format!("{}/{}", w.ready, w.desired),
             w.restarts.to_string(),
-            w.phase.to_string(),
+            phase(w),
             w.revision.clone(),
         ];
         if wide {
@@ -196,7 +231,7 @@ fn print_jobs(jobs: &[&WorkloadStatus], listing: Listing, wide: bool) {
             j.active.to_string(),
             j.failed.to_string(),
             job_duration(j),
-            w.phase.to_string(),
+            phase(w),
         ];
         if wide {
             r.push(j.ignored.to_string());
@@ -205,6 +240,18 @@ fn print_jobs(jobs: &[&WorkloadStatus], listing: Listing, wide: bool) {
         rows.push(r);
     }
     print_rows(&rows, "no jobs");
+}
+
+/// The PHASE cell: the phase, and for a failed object why (`Failed (BackoffLimitExceeded)`).
+fn phase(w: &WorkloadStatus) -> String {
+    let failed = w
+        .conditions
+        .iter()
+        .find(|c| c.kind == setpoint::status::ConditionType::Failed && c.status);
+    match failed {
+        Some(c) => format!("{} ({})", w.phase, c.reason),
+        None => w.phase.to_string(),
+    }
 }
 
 /// The NAME cell: `kind/name` when several kinds are listed, as kubectl does.
@@ -234,8 +281,16 @@ pub async fn describe(args: DescribeArgs) -> ExitCode {
     if print_value(&w, args.output) {
         return ExitCode::SUCCESS;
     }
+    if args.output == GetOutput::Name {
+        println!("{}/{}", w.kind.noun(), w.name);
+        return ExitCode::SUCCESS;
+    }
     println!("Name:        {}", w.name);
     println!("Kind:        {}", w.kind);
+    if !w.labels.is_empty() {
+        let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("Labels:      {}", labels.join(", "));
+    }
     println!("Phase:       {}", w.phase);
     println!("Revision:    {}", w.revision);
     println!("Policy:      {}", w.policy);

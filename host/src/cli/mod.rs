@@ -76,6 +76,8 @@ enum Cmd {
     Compile(check::CompileArgs),
     /// Print the manifest format's JSON Schema.
     Schema,
+    /// Print this setpoint's version, its wasmtime, and what the build can do.
+    Version,
     /// Work with policy plugins.
     Policy {
         #[command(subcommand)]
@@ -125,6 +127,26 @@ enum Output {
     Json,
 }
 
+/// `setpoint version`: the version, the engine, and the build's features.
+fn version() -> String {
+    let compiler = if cfg!(feature = "cranelift") {
+        "cranelift (compiles components)"
+    } else {
+        "none (runs precompiled components only)"
+    };
+    let pulley = if cfg!(feature = "pulley") {
+        "yes"
+    } else {
+        "no"
+    };
+    format!(
+        "setpoint {}\nwasmtime {}\ncompiler: {compiler}\npulley interpreter: {pulley}\nmanifest apiVersion: {}",
+        env!("CARGO_PKG_VERSION"),
+        setpoint::runtime::engine::WASMTIME_VERSION,
+        setpoint::manifest::API_VERSION
+    )
+}
+
 /// Prints a rejected manifest's problems; the exit status to end with.
 fn report(rejected: &setpoint::Rejected) -> ExitCode {
     eprintln!("{rejected}");
@@ -161,6 +183,8 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // journald and files get plain text; a terminal gets colour.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // A bounded blocking pool: near the kernel's mapping limit no burst of new threads
     // may take the room the host keeps for itself (see runtime::mappings::reserve).
@@ -182,6 +206,10 @@ pub fn main() -> ExitCode {
                 serde_json::to_string_pretty(&setpoint::manifest::json_schema())
                     .unwrap_or_default()
             );
+            ExitCode::SUCCESS
+        }
+        Cmd::Version => {
+            println!("{}", version());
             ExitCode::SUCCESS
         }
         Cmd::Validate(args) => runtime.block_on(check::validate(args)),

@@ -13,6 +13,8 @@ pub enum GetOutput {
     Json,
     /// YAML.
     Yaml,
+    /// `kind/name`, one per line (for scripts: `xargs setpoint delete`).
+    Name,
 }
 
 impl GetOutput {
@@ -36,7 +38,16 @@ pub fn print_value<T: Serialize>(value: &T, output: GetOutput) -> bool {
             print!("{}", serde_saphyr::to_string(value).unwrap_or_default());
             true
         }
-        GetOutput::Table | GetOutput::Wide => false,
+        GetOutput::Table | GetOutput::Wide | GetOutput::Name => false,
+    }
+}
+
+/// `n` and the noun, plural unless `n` is 1: `1 replica`, `3 replicas`.
+pub fn count(n: u32, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -95,6 +106,13 @@ pub fn time(t: Option<std::time::SystemTime>) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn counts_are_plural_unless_one() {
+        assert_eq!(count(1, "replica"), "1 replica");
+        assert_eq!(count(0, "replica"), "0 replicas");
+        assert_eq!(count(3, "replica"), "3 replicas");
+    }
 
     #[test]
     fn ages_are_short() {

@@ -7,11 +7,11 @@ use std::time::Duration;
 use hyper::Method;
 use setpoint::daemon::wire::{ApplyResponse, RevisionInfo, UndoRequest};
 use setpoint::host::Change;
-use setpoint::status::WorkloadKind;
+use setpoint::status::{ConditionType, Phase, WorkloadKind};
 
 use super::client::{ApiError, Target, fail, local_error};
 use super::objects::{fetch, parse_target, url_word};
-use super::output::{GetOutput, print_rows, print_value, row};
+use super::output::{GetOutput, count, print_rows, print_value, row};
 
 /// `setpoint rollout ...`.
 #[derive(clap::Subcommand)]
@@ -94,6 +94,16 @@ async fn status(target: Target, name: String, timeout: Duration) -> ExitCode {
                 .as_ref()
                 .map_or_else(|| w.revision.clone(), |r| r.to.clone())
         });
+        if w.rollout.is_none() && w.phase == Phase::Failed {
+            let why = w
+                .conditions
+                .iter()
+                .find(|c| c.kind == ConditionType::Failed)
+                .map_or_else(String::new, |c| format!(": {} ({})", c.reason, c.message));
+            return fail(&local_error(format!(
+                "workload/{name} is Failed{why}; it will not become ready by itself: fix the manifest and apply it again"
+            )));
+        }
         let line = match &w.rollout {
             None if w.ready == w.desired => {
                 if *aim == w.revision {
@@ -109,8 +119,9 @@ async fn status(target: Target, name: String, timeout: Duration) -> ExitCode {
                 )));
             }
             None => format!(
-                "Waiting for workload/{name}: {} of {} replicas ready...",
-                w.ready, w.desired
+                "Waiting for workload/{name}: {} of {} ready...",
+                w.ready,
+                count(w.desired, "replica")
             ),
             Some(r) if r.rollback => format!(
                 "Rolling back workload/{name} to {}: {} of {} updated, {} ready...",

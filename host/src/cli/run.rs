@@ -85,6 +85,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A run of Jobs only ends when they have all finished, as a batch tool does.
+    let only_jobs = !workloads.is_empty() && workloads.iter().all(|w| w.spec.job.is_some());
+    let mut job_events = host.events();
+    let mut jobs_outcome: Option<bool> = None;
     let mut events = host.events();
     let mut logs = host.logs();
     let mut interrupted = false;
@@ -142,6 +146,15 @@ pub async fn run(args: RunArgs) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
                 _ = signals.recv() => break,
+                event = job_events.recv(), if only_jobs => {
+                    if matches!(event, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        break;
+                    }
+                    if let Some(all_succeeded) = jobs_finished(&host.status().await) {
+                        jobs_outcome = Some(all_succeeded);
+                        break;
+                    }
+                }
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
                 _ = ticker.tick(), if live_table => {
                     let table = table::render(&host.status().await);
@@ -195,7 +208,21 @@ pub async fn run(args: RunArgs) -> ExitCode {
         ),
         Output::Table => println!("{}", table::render(&status)),
     }
-    ExitCode::SUCCESS
+    match jobs_outcome {
+        Some(false) => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// Whether every job in `status` has finished: `Some(true)` if all succeeded,
+/// `Some(false)` if any failed, `None` while one still runs.
+fn jobs_finished(status: &setpoint::HostStatus) -> Option<bool> {
+    use setpoint::Phase;
+    let finished = status
+        .workloads
+        .iter()
+        .all(|w| matches!(w.phase, Phase::Succeeded | Phase::Failed));
+    finished.then(|| status.workloads.iter().all(|w| w.phase == Phase::Succeeded))
 }
 
 /// A fault for the tests at the kernel's mapping limit, in debug builds only: with

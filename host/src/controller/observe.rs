@@ -144,7 +144,7 @@ impl WorkloadState {
             r if r.is_host_stop() => (EventType::Normal, "Stopped"),
             r => (EventType::Warning, r.name()),
         };
-        let mut message = end.reason.to_string();
+        let mut message = end.reason.detail();
         if kind == EventType::Warning
             && let Some(last) = end.output.tail.last()
         {

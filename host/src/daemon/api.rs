@@ -170,6 +170,15 @@ async fn events(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     let (kept, live) = state.logbook.events(query.workload.as_deref());
+    if let Some(name) = &query.workload
+        && kept.is_empty()
+        && state.desired.host().status().await.workload(name).is_none()
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no workload or job `{name}`, and no events kept for one"),
+        );
+    }
     let workload = query.workload;
     let keep = move |e: &serde_json::Value| workload.as_deref().is_none_or(|w| e["workload"] == w);
     ndjson(kept, query.watch.then_some(live), keep)

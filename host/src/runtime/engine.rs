@@ -14,6 +14,9 @@ use wasmtime::{Config, Engine, Precompiled};
 use super::{PrepareError, RuntimeConfig, exit};
 
 /// The Pulley interpreter target matching this machine's pointer width.
+/// The wasmtime this setpoint is built on (a test keeps it equal to Cargo.lock's).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
 pub const PULLEY_TARGET: &str = if cfg!(target_pointer_width = "64") {
     "pulley64"
 } else {
@@ -192,4 +195,20 @@ pub fn precompile(
     engine
         .precompile_component(bytes)
         .map_err(|e| anyhow::anyhow!("{}", exit::error_text(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wasmtime_version_is_the_locked_one() {
+        let lock = include_str!("../../../Cargo.lock");
+        assert!(
+            lock.contains(&format!(
+                "name = \"wasmtime\"\nversion = \"{WASMTIME_VERSION}\""
+            )),
+            "WASMTIME_VERSION is not the wasmtime in Cargo.lock"
+        );
+    }
 }

@@ -135,6 +135,34 @@ impl EndReason {
         self.kind().is_host_stop()
     }
 
+    /// What an event adds to the reason's name: the details, without the name's word
+    /// again (`Trapped` + `UnreachableCodeReached: ...`, `Stopped` + `(Shutdown)`).
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Exited { code } => format!("with status {code}"),
+            Self::Trapped { trap, message } => format!("{trap}: {}", first_line(message)),
+            Self::OutOfMemory {
+                requested, limit, ..
+            } => format!("asked for {requested} bytes, the cap is {limit}"),
+            Self::CpuBudgetExceeded {
+                used_ms, budget_ms, ..
+            } => format!("used {used_ms}ms, budget {budget_ms}ms"),
+            Self::StartFailed { message }
+            | Self::InstantiationFailed { message }
+            | Self::ProbeFailed { message } => first_line(message).to_string(),
+            Self::ProbeTimeout { after_ms } => format!("no answer within {after_ms}ms"),
+            Self::WatchdogTimeout { after_ms } => format!("no heartbeat within {after_ms}ms"),
+            Self::Stopped { cause, forced } => format!(
+                "({cause:?}){}",
+                if *forced {
+                    ", forced after grace period"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+
     /// Classifies an error returned by a call into the guest.
     pub fn from_guest_error(err: &wasmtime::Error) -> Self {
         if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 pub use blobs::{BlobWriter, digest_of, is_digest};
 
+/// The file naming the process that holds the state directory.
+const PID_FILE: &str = "daemon.pid";
 /// Apply id → the JSON of its [`ApplyRecord`].
 const APPLIES: TableDefinition<u64, &str> = TableDefinition::new("applies");
 /// Workload name → the apply that defines it.
@@ -139,6 +141,14 @@ pub enum StoreError {
         /// The state directory.
         state_dir: PathBuf,
     },
+    /// Another process (a daemon) holds the state directory's database.
+    #[error("another daemon is running on the state directory {}{}; stop it, or give this one another --state-dir", state_dir.display(), pid.map_or(String::new(), |p| format!(" (pid {p})")))]
+    InUse {
+        /// The state directory.
+        state_dir: PathBuf,
+        /// The holder's process id, as its pid file says.
+        pid: Option<u32>,
+    },
     /// The database failed to write and could not be reopened yet.
     #[error("the state database is unavailable: {0}")]
     Unavailable(String),
@@ -186,7 +196,22 @@ impl Store {
         })?;
         restrict(state_dir)?;
         let path = state_dir.join("state.redb");
-        let db = Database::create(&path).map_err(db_err)?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                state_dir: state_dir.to_path_buf(),
+                pid: std::fs::read_to_string(state_dir.join(PID_FILE))
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok()),
+            },
+            other => db_err(other),
+        })?;
+        // Held: this process owns the state directory now. The file only names who
+        // does, for the message above (a stale one after a crash misleads nobody: the
+        // database's lock, not the file, says whether a daemon runs).
+        let _ = std::fs::write(
+            state_dir.join(PID_FILE),
+            format!("{}\n", std::process::id()),
+        );
         let store = Self {
             db: std::sync::RwLock::new(Some(db)),
             path,
