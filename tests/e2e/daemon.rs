@@ -714,3 +714,63 @@ fn a_second_daemon_on_the_same_state_directory_names_the_first() {
     );
     assert!(!stderr.contains("Database already open"), "{stderr}");
 }
+
+#[test]
+fn rollout_restart_replaces_every_instance_and_refuses_what_it_cannot_restart() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("web.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: web\nspec:\n  component: {}\n  replicas: 2\n",
+            guest("ticker").display()
+        ),
+    )
+    .expect("write");
+    let daemon = Daemon::start(state.path());
+    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = |w: &Value| -> Vec<String> {
+        w["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = ids(&daemon.wait_ready("web", 2));
+    let out = daemon.cli(&["rollout", "restart", "workload/web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "workload/web restarted\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = daemon.wait_ready("web", 2);
+        let now = ids(&w);
+        if now.len() == 2 && now.iter().all(|id| !before.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never two new instances: {now:?} vs {before:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = daemon.cli(&["rollout", "restart", "workload/nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = daemon.cli(&["rollout", "restart", "job/web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jobs have no rollouts"));
+}

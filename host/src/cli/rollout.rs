@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hyper::Method;
-use setpoint::daemon::wire::{ApplyResponse, RevisionInfo, UndoRequest};
+use setpoint::daemon::wire::{ApplyResponse, Restarted, RevisionInfo, UndoRequest};
 use setpoint::host::Change;
 use setpoint::status::{ConditionType, Phase, WorkloadKind};
 
@@ -34,6 +34,14 @@ pub enum RolloutCmd {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = GetOutput::Table)]
         output: GetOutput,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Replace every instance with a new one of the same revision, clearing a Failed
+    /// workload's failure and starting its restart budget and back-off afresh.
+    Restart {
+        /// `workload/NAME` (or just `NAME`).
+        target_name: String,
         #[command(flatten)]
         target: Target,
     },
@@ -68,6 +76,30 @@ pub async fn run(command: RolloutCmd) -> ExitCode {
             to_revision,
             target,
         } => undo(target, target_name, to_revision).await,
+        RolloutCmd::Restart {
+            target_name,
+            target,
+        } => restart(target, target_name).await,
+    }
+}
+
+/// `setpoint rollout restart KIND/NAME`.
+async fn restart(target: Target, name: String) -> ExitCode {
+    let name = match rollout_target(&name) {
+        Ok(name) => name,
+        Err(e) => return fail(&e),
+    };
+    let path = format!("/v1/workloads/{}/restart", url_word(&name));
+    let answer: Result<Restarted, _> = target
+        .client()
+        .send_json(Method::POST, &path, &serde_json::json!({}))
+        .await;
+    match answer {
+        Ok(r) => {
+            println!("workload/{} restarted", r.restarted);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     }
 }
 
@@ -101,7 +133,7 @@ async fn status(target: Target, name: String, timeout: Duration) -> ExitCode {
                 .find(|c| c.kind == ConditionType::Failed)
                 .map_or_else(String::new, |c| format!(": {} ({})", c.reason, c.message));
             return fail(&local_error(format!(
-                "workload/{name} is Failed{why}; it will not become ready by itself: fix the manifest and apply it again"
+                "workload/{name} is Failed{why}; it will not become ready by itself: fix the manifest and apply it again, or `setpoint rollout restart workload/{name}` to try again as it is"
             )));
         }
         let line = match &w.rollout {

@@ -118,6 +118,36 @@ impl WorkloadState {
         ctx.push(Effect::NewDecider);
     }
 
+    /// `rollout restart`: every instance is replaced by a new one of the same revision,
+    /// and what the old ones spent (restart budget, back-off streaks, a failure
+    /// verdict) is forgotten. A job cannot be restarted; a deleted workload neither.
+    pub fn restart(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
+        if self.deleting {
+            return Err(format!("`{}` is being deleted", self.name));
+        }
+        if self.job().is_some() {
+            return Err(format!(
+                "`{}` is a job: a job is not restarted; delete it and apply it again to run it anew",
+                self.name
+            ));
+        }
+        let was_failed = self.failed.is_some();
+        self.forget_failures();
+        // A fresh start, not a replacement: no slot carries its last end into it.
+        for slot in &mut self.slots {
+            slot.last_end = None;
+        }
+        self.stop_all(StopCause::Replaced, ctx);
+        let message = if was_failed {
+            "restart asked: the failure is cleared, and every instance is replaced; restart budget and back-off start afresh"
+        } else {
+            "restart asked: every instance is replaced; restart budget and back-off start afresh"
+        };
+        self.say(ctx, EventType::Normal, "Restarted", message.into());
+        ctx.push(Effect::Reconcile);
+        Ok(())
+    }
+
     /// The workload is deleted: its instances stop on the next pass, and a job's
     /// progress is forgotten.
     pub fn delete(&mut self, ctx: &mut Ctx<'_>) {

@@ -22,6 +22,12 @@ impl Controller {
                 let found = self.step(&name, WorkloadState::delete).is_some();
                 let _ = reply.send(found);
             }
+            Command::Restart(name, reply) => {
+                let result = self
+                    .step(&name, WorkloadState::restart)
+                    .unwrap_or_else(|| Err(format!("workload `{name}` not found")));
+                let _ = reply.send(result);
+            }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }

@@ -84,6 +84,7 @@ pub(crate) enum Command {
         oneshot::Sender<Result<(), crate::manifest::Rejected>>,
     ),
     Delete(String, oneshot::Sender<bool>),
+    Restart(String, oneshot::Sender<Result<(), String>>),
     Status(oneshot::Sender<HostStatus>),
     Counts(oneshot::Sender<Vec<crate::status::WorkloadCounts>>),
     Snapshot(String, oneshot::Sender<Option<Snapshot>>),

@@ -620,3 +620,43 @@ fn status_reads_back_what_it_writes() {
     let back: crate::status::HostStatus = serde_json::from_str(&empty).expect("reads back");
     assert!(back.workloads.is_empty() && back.quarantined.is_empty());
 }
+
+#[test]
+fn a_restart_clears_a_failure_and_replaces_every_instance() {
+    let mut world = World::new();
+    let mut spec = spec(2);
+    spec.restart_budget = Some(crate::manifest::RestartBudget {
+        max_restarts: 0,
+        window: Duration::from_secs(60),
+    });
+    let (mut state, _) = world.create(spec, "r1");
+    let ids = running(&mut world, &mut state);
+    world.end(&mut state, 0, &ids[0], trapped(), Duration::from_millis(1));
+    world.pass(&mut state);
+    assert!(state.failed.is_some(), "the budget of 0 restarts is spent");
+    assert!(
+        spawns(&world.pass(&mut state)).is_empty(),
+        "a failed workload spawns nothing"
+    );
+    let mut result = None;
+    let effects = world.step(|ctx| result = Some(state.restart(ctx)));
+    assert_eq!(result, Some(Ok(())));
+    assert!(state.failed.is_none());
+    assert!(state.recent_restarts.is_empty());
+    assert_eq!(
+        stops(&effects),
+        vec![(ids[1].clone(), StopCause::Replaced)],
+        "the live instance is replaced"
+    );
+    assert!(reasons(&effects).contains(&"Restarted".to_string()));
+    assert_eq!(
+        spawns(&world.pass(&mut state)).len(),
+        1,
+        "the empty slot is filled at once"
+    );
+    // A job is not restarted.
+    let (mut job, _) = world.create(WorkloadSpec::job("work.wasm", JobSpec::new(1)), "j1");
+    let mut refused = None;
+    world.step(|ctx| refused = Some(job.restart(ctx)));
+    assert!(refused.is_some_and(|r| r.is_err_and(|e| e.contains("is a job"))));
+}

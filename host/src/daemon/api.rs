@@ -12,6 +12,7 @@
 //! | `DELETE /v1/workloads/{name}` | deletes a workload or job |
 //! | `GET /v1/workloads/{name}/history` | its revisions ([`RevisionInfo`]) |
 //! | `POST /v1/workloads/{name}/undo` | goes back to an earlier revision ([`UndoRequest`]) |
+//! | `POST /v1/workloads/{name}/restart` | replaces every instance, clearing a failure ([`Restarted`]) |
 //! | `GET /v1/logs/{name}` | its kept output as JSON lines; `follow` streams on |
 //! | `GET /v1/events` | kept events as JSON lines; `watch` streams on |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
@@ -31,8 +32,8 @@ use serde::Serialize;
 use super::desired::{ChangeError, Desired};
 use super::store::is_digest;
 use super::wire::{
-    ApplyRequest, BlobStored, Deleted, ErrorBody, EventsQuery, Health, LogsQuery, RevisionInfo,
-    StreamLine, UndoRequest,
+    ApplyRequest, BlobStored, Deleted, ErrorBody, EventsQuery, Health, LogsQuery, Restarted,
+    RevisionInfo, StreamLine, UndoRequest,
 };
 use crate::WorkloadStatus;
 
@@ -57,6 +58,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/workloads/{name}", get(describe).delete(delete))
         .route("/v1/workloads/{name}/history", get(history))
         .route("/v1/workloads/{name}/undo", post(undo))
+        .route("/v1/workloads/{name}/restart", post(restart))
         .route("/v1/logs/{name}", get(logs))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
@@ -381,6 +383,17 @@ async fn undo(
     };
     let writing = state.desired.write().await;
     answer(writing.undo(&name, request.to_revision.as_deref()).await)
+}
+
+/// Replaces every instance of a workload, clearing a failure.
+async fn restart(State(state): State<Arc<ApiState>>, UrlPath(name): UrlPath<String>) -> Response {
+    let writing = state.desired.write().await;
+    answer(
+        writing
+            .restart(&name)
+            .await
+            .map(|()| Restarted { restarted: name }),
+    )
 }
 
 /// Prometheus metrics (OpenMetrics text).

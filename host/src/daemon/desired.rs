@@ -385,6 +385,17 @@ impl Writing<'_> {
             .await
     }
 
+    /// `rollout restart`: replaces every instance of workload `name` with a new one of
+    /// its revision, and clears what the old ones spent (a failure verdict included).
+    pub async fn restart(&self, name: &str) -> Result<(), ChangeError> {
+        let d = self.desired;
+        d.current_revision(name).await?;
+        d.host
+            .restart(name)
+            .await
+            .map_err(|e| ChangeError::Invalid(e.to_string()))
+    }
+
     /// Records every rollback the controller made that the store does not know of yet
     /// (see `rollbacks.rs`).
     pub async fn record_rollbacks(&self) {

@@ -101,6 +101,13 @@ pub struct Deleted {
     pub deleted: String,
 }
 
+/// The answer to `POST /v1/workloads/{name}/restart`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Restarted {
+    /// The workload restarted.
+    pub restarted: String,
+}
+
 /// The answer to `GET /v1/health`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {

@@ -238,6 +238,18 @@ impl Host {
         }
     }
 
+    /// `rollout restart`: replaces every instance of workload `name` with a new one of
+    /// the same revision and forgets what the old ones spent (restart budget, back-off,
+    /// a failure verdict). Jobs cannot be restarted.
+    pub async fn restart(&self, name: &str) -> Result<(), Rejected> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Restart(name.to_string(), reply)).await?;
+        match done.await {
+            Ok(result) => result.map_err(|why| Rejected::one(Diagnostic::at(None, why))),
+            Err(_) => Err(self.gone().await),
+        }
+    }
+
     /// A snapshot of every workload's status.
     pub async fn status(&self) -> HostStatus {
         let (reply, done) = oneshot::channel();
