@@ -363,6 +363,36 @@ fn logs_and_events_are_kept_followed_and_survive_a_crash() {
     let out = daemon.cli(&["logs", "workload/nobody"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no workload or job `nobody`"));
+    // --timestamps dates each line; --since keeps only the recent ones.
+    let out = daemon.cli(&["logs", "talk", "--tail", "2", "--timestamps"]);
+    let stamped = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(stamped.lines().count(), 2, "{stamped}");
+    for line in stamped.lines() {
+        let (time, rest) = line.split_once(' ').expect("a time first");
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{line}");
+        assert!(
+            rest.starts_with("talk-") && rest.contains(" | said "),
+            "{line}"
+        );
+    }
+    // Lines older than 100 ms exist by now (one every 10 ms since the start).
+    std::thread::sleep(Duration::from_millis(300));
+    let all = daemon.cli(&["logs", "talk", "--since", "1h"]);
+    let all = String::from_utf8_lossy(&all.stdout).lines().count();
+    let asked = std::time::SystemTime::now();
+    let out = daemon.cli(&["logs", "talk", "--since", "100ms", "--timestamps"]);
+    let recent = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        recent.lines().count() < all,
+        "{all} lines, and recent:\n{recent}"
+    );
+    for line in recent.lines() {
+        let time = humantime::parse_rfc3339(line.split(' ').next().unwrap()).expect("a time");
+        assert!(
+            time >= asked - Duration::from_millis(100),
+            "older than --since: {line}"
+        );
+    }
 
     // -f keeps printing lines that come after it started.
     let mut follower = Command::new(env!("CARGO_BIN_EXE_setpoint"))

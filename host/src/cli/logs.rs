@@ -25,6 +25,12 @@ pub struct LogsArgs {
     /// Keep following new output until interrupted.
     #[arg(short, long)]
     follow: bool,
+    /// Begin each line with the time the daemon received it (RFC 3339).
+    #[arg(long)]
+    timestamps: bool,
+    /// Only lines received within this long before now (e.g. `5m`, `90s`).
+    #[arg(long, value_name = "DURATION", value_parser = setpoint::manifest::units::parse_duration)]
+    since: Option<std::time::Duration>,
     #[command(flatten)]
     target: Target,
 }
@@ -60,6 +66,12 @@ pub async fn logs(args: LogsArgs) -> ExitCode {
     }
     let path = format!("/v1/logs/{}?{}", url_word(&name), query.join("&"));
     let prefixed = args.instance.is_none();
+    let timestamps = args.timestamps;
+    let since = args.since.map(|d| {
+        std::time::SystemTime::now()
+            .checked_sub(d)
+            .unwrap_or(std::time::UNIX_EPOCH)
+    });
     let printed = args
         .target
         .client()
@@ -67,8 +79,19 @@ pub async fn logs(args: LogsArgs) -> ExitCode {
             StreamLine::Skipped { skipped } => {
                 eprintln!("({skipped} lines skipped: this client fell behind)");
             }
-            StreamLine::Item(l) if prefixed => println!("{} | {}", l.instance, l.line),
-            StreamLine::Item(l) => println!("{}", l.line),
+            StreamLine::Item(l) if since.is_some_and(|s| l.time < s) => {}
+            StreamLine::Item(l) => {
+                let mut out = String::new();
+                if timestamps {
+                    out.push_str(&time(Some(l.time)));
+                    out.push(' ');
+                }
+                if prefixed {
+                    out.push_str(&format!("{} | ", l.instance));
+                }
+                out.push_str(&l.line);
+                println!("{out}");
+            }
         })
         .await;
     match printed {
