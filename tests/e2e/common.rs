@@ -168,6 +168,17 @@ impl Daemon {
             .expect("the CLI runs")
     }
 
+    /// `apply -f FILE`, which must succeed; returns what it printed.
+    pub fn apply(&self, file: &Path) -> String {
+        let out = self.cli(&["apply", "-f", file.to_str().expect("a UTF-8 path")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `get -o json`: the workloads' statuses.
     pub fn workloads(&self) -> Vec<Value> {
         let out = self.cli(&["get", "-o", "json"]);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Daemon, guest};
+use crate::common::{Daemon, Manifests, guest, workload};
 
 fn manifest(dir: &Path, name: &str, component: &str, replicas: u32) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
@@ -623,23 +623,17 @@ fn a_watched_directory_is_desired_state() {
 #[test]
 fn rollout_status_of_a_failed_workload_ends_at_once_saying_why() {
     let state = tempfile::tempdir().expect("tempdir");
-    let work = tempfile::tempdir().expect("tempdir");
-    let file = work.path().join("crash.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: crash\nspec:\n  component: {}\n  env: {{CRASH_AFTER_MS: '0', MODE: exit}}\n  restartBudget: {{maxRestarts: 0, window: 1m}}\n",
-            guest("crasher").display()
+    let m = Manifests::new();
+    let file = m.write(
+        "crash.yaml",
+        &workload(
+            "crash",
+            "crasher",
+            "  env: {CRASH_AFTER_MS: '0', MODE: exit}\n  restartBudget: {maxRestarts: 0, window: 1m}\n",
         ),
-    )
-    .expect("write");
-    let daemon = Daemon::start(state.path());
-    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
+    let daemon = Daemon::start(state.path());
+    daemon.apply(&file);
     let deadline = Instant::now() + Duration::from_secs(30);
     while daemon
         .workloads()
@@ -667,27 +661,18 @@ fn rollout_status_of_a_failed_workload_ends_at_once_saying_why() {
 #[test]
 fn get_selects_by_label_and_names_objects_and_events_of_nothing_fail() {
     let state = tempfile::tempdir().expect("tempdir");
-    let work = tempfile::tempdir().expect("tempdir");
-    let file = work.path().join("two.yaml");
+    let m = Manifests::new();
     let doc = |name: &str, tier: &str| {
         format!(
-            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\n  labels: {{tier: {tier}}}\nspec:\n  component: {}\n",
-            guest("ticker").display()
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\n  labels: {{tier: {tier}}}\nspec:\n  component: {{guest:ticker}}\n"
         )
     };
-    std::fs::write(
-        &file,
-        format!("{}---\n{}", doc("front", "web"), doc("store", "db")),
-    )
-    .expect("write");
-    let daemon = Daemon::start(state.path());
-    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
-    let applied = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let file = m.write(
+        "two.yaml",
+        &format!("{}---\n{}", doc("front", "web"), doc("store", "db")),
     );
+    let daemon = Daemon::start(state.path());
+    let applied = daemon.apply(&file);
     assert!(
         applied.contains(", 1 replica)"),
         "one replica, not 1 replicas: {applied}"
@@ -748,23 +733,10 @@ fn a_second_daemon_on_the_same_state_directory_names_the_first() {
 #[test]
 fn rollout_restart_replaces_every_instance_and_refuses_what_it_cannot_restart() {
     let state = tempfile::tempdir().expect("tempdir");
-    let work = tempfile::tempdir().expect("tempdir");
-    let file = work.path().join("web.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: web\nspec:\n  component: {}\n  replicas: 2\n",
-            guest("ticker").display()
-        ),
-    )
-    .expect("write");
+    let m = Manifests::new();
+    let file = m.write("web.yaml", &workload("web", "ticker", "  replicas: 2\n"));
     let daemon = Daemon::start(state.path());
-    let out = daemon.cli(&["apply", "-f", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    daemon.apply(&file);
     let ids = |w: &Value| -> Vec<String> {
         w["instances"]
             .as_array()

@@ -285,11 +285,13 @@ impl Controller {
                         continue;
                     };
                     // Present by construction: a spawn runs the current revision, and
-                    // its parts are kept while it is current or previous.
-                    let parts = entry
-                        .artifacts
-                        .get(&revision)
-                        .expect("the compiled parts of the current revision are kept");
+                    // its parts are kept while it is current or previous. Were they not,
+                    // the instance ends as not instantiable instead of the host dying.
+                    let Some(parts) = entry.artifacts.get(&revision) else {
+                        tracing::error!(workload = %name, %revision, "no compiled parts for the revision to spawn");
+                        self.never_started(name, instance, slot, &revision);
+                        continue;
+                    };
                     let request = SpawnRequest {
                         workload: name.clone(),
                         instance: instance.clone(),
@@ -334,6 +336,31 @@ impl Controller {
         if let Some(entry) = self.workloads.get_mut(name) {
             entry.prune_artifacts();
         }
+    }
+
+    /// Tells workload `name`'s state that `instance` ended without starting, as the
+    /// runtime would have, so that nothing waits for it.
+    fn never_started(&mut self, name: &Arc<str>, instance: Arc<str>, slot: u32, revision: &str) {
+        let end = crate::runtime::InstanceEnd {
+            reason: crate::runtime::EndReason::InstantiationFailed {
+                message: format!(
+                    "the host kept no compiled component for revision {revision} (a bug in setpoint)"
+                ),
+            },
+            at: std::time::SystemTime::now(),
+            ran_for: Duration::ZERO,
+            peak_memory_bytes: 0,
+            cpu: Duration::ZERO,
+            output: crate::runtime::OutputSummary::default(),
+        };
+        let event = InstanceEvent {
+            workload: name.clone(),
+            slot,
+            instance,
+            kind: InstanceEventKind::Ended(Box::new(end)),
+            at: std::time::SystemTime::now(),
+        };
+        self.handle_instance_event(event);
     }
 
     /// Builds the decider of workload `name`'s current revision.

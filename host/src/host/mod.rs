@@ -316,7 +316,8 @@ impl Host {
                 return Some(status);
             }
             let next_check =
-                (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+                crate::clock::after_tokio(tokio::time::Instant::now(), Duration::from_millis(50))
+                    .min(deadline);
             if tokio::time::timeout_at(next_check, events.recv())
                 .await
                 .is_err()

@@ -42,7 +42,7 @@ impl BlobWriter<'_> {
     /// Appends `bytes`.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         self.hasher.update(bytes);
-        self.len += bytes.len() as u64;
+        self.len = self.len.saturating_add(bytes.len() as u64);
         self.file.write_all(bytes).map_err(|source| StoreError::Io {
             what: "cannot write",
             path: self.tmp.clone(),
