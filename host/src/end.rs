@@ -26,13 +26,15 @@ pub enum EndKind {
     ProbeTimeout,
     /// No heartbeat within the watchdog timeout.
     WatchdogTimeout,
+    /// An HTTP request it served did not finish within `http.requestTimeout`.
+    RequestTimeout,
     /// The host stopped the instance.
     Stopped,
 }
 
 impl EndKind {
     /// Every kind.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Exited,
         Self::Trapped,
         Self::OutOfMemory,
@@ -42,6 +44,7 @@ impl EndKind {
         Self::ProbeFailed,
         Self::ProbeTimeout,
         Self::WatchdogTimeout,
+        Self::RequestTimeout,
         Self::Stopped,
     ];
 
@@ -68,6 +71,7 @@ impl EndKind {
             Self::ProbeFailed => "ProbeFailed",
             Self::ProbeTimeout => "ProbeTimeout",
             Self::WatchdogTimeout => "WatchdogTimeout",
+            Self::RequestTimeout => "RequestTimeout",
             Self::Stopped => "Stopped",
         }
     }

@@ -106,6 +106,7 @@ mod controller;
 #[cfg(unix)]
 pub mod daemon;
 pub mod end;
+mod front;
 pub mod host;
 pub mod job;
 pub mod manifest;
@@ -117,6 +118,7 @@ pub mod serde_time;
 pub mod status;
 
 pub use controller::ControllerConfig;
+pub use front::FrontConfig;
 pub use host::{Host, HostBuilder};
 pub use job::{JobLedger, JobProgress};
 pub use manifest::{Diagnostic, Rejected, RestartPolicy, Workload, WorkloadSpec};

@@ -16,12 +16,29 @@ use prometheus_client::registry::Registry;
 
 use crate::status::WorkloadCounts;
 
-/// The host's latency histograms.
+/// The host's latency histograms and HTTP counters.
 #[derive(Debug)]
 pub struct Metrics {
     reconcile: Histogram,
     policy: Histogram,
     spawn: Histogram,
+    http_requests: Family<RequestLabels, Counter>,
+    http_latency: Family<WorkloadLabel, Histogram>,
+    http_retries: Family<WorkloadLabel, Counter>,
+    http_rejected: Family<RejectLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    workload: String,
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    workload: String,
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +63,10 @@ impl Default for Metrics {
             reconcile: Histogram::new(buckets()),
             policy: Histogram::new(buckets()),
             spawn: Histogram::new(buckets()),
+            http_requests: Family::default(),
+            http_latency: Family::new_with_constructor(|| Histogram::new(buckets())),
+            http_retries: Family::default(),
+            http_rejected: Family::default(),
         }
     }
 }
@@ -66,9 +87,87 @@ impl Metrics {
         self.spawn.observe(took.as_secs_f64());
     }
 
-    /// The metrics as OpenMetrics text, with each workload's gauges from `counts`.
-    pub fn encode(&self, counts: &[WorkloadCounts]) -> String {
+    /// An HTTP request answered with `status` (its head sent) after `took`.
+    pub(crate) fn http_answered(
+        &self,
+        workload: &str,
+        route: &str,
+        status: http::StatusCode,
+        took: Duration,
+    ) {
+        let class = format!("{}xx", status.as_u16() / 100);
+        self.http_requests
+            .get_or_create(&RequestLabels {
+                workload: workload.into(),
+                route: route.into(),
+                status: class,
+            })
+            .inc();
+        self.http_latency
+            .get_or_create(&WorkloadLabel {
+                workload: workload.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// An HTTP request sent again after its instance failed before answering.
+    pub(crate) fn http_retried(&self, workload: &str) {
+        self.http_retries
+            .get_or_create(&WorkloadLabel {
+                workload: workload.into(),
+            })
+            .inc();
+    }
+
+    /// An HTTP request refused by the host (`reason`: `QueueFull`).
+    pub(crate) fn http_rejected(&self, workload: &str, reason: &str) {
+        self.http_rejected
+            .get_or_create(&RejectLabels {
+                workload: workload.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The metrics as OpenMetrics text, with each workload's gauges from `counts` and
+    /// each HTTP workload's (name, in flight, queued) from `loads`.
+    pub fn encode(&self, counts: &[WorkloadCounts], loads: &[(String, usize, usize)]) -> String {
         let mut registry = Registry::with_prefix("setpoint");
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by workload, route and status class",
+            self.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its response head",
+            self.http_latency.clone(),
+        );
+        registry.register(
+            "http_retries",
+            "HTTP requests sent again after their instance failed before answering",
+            self.http_retries.clone(),
+        );
+        registry.register(
+            "http_rejected",
+            "HTTP requests refused by the host (503), by reason",
+            self.http_rejected.clone(),
+        );
+        let in_flight = Family::<WorkloadLabel, Gauge>::default();
+        let queued = Family::<WorkloadLabel, Gauge>::default();
+        for (workload, busy, waiting) in loads {
+            let label = WorkloadLabel {
+                workload: workload.clone(),
+            };
+            in_flight.get_or_create(&label).set(*busy as i64);
+            queued.get_or_create(&label).set(*waiting as i64);
+        }
+        registry.register("http_in_flight", "HTTP requests being served", in_flight);
+        registry.register(
+            "http_queued",
+            "HTTP requests waiting for a ready replica",
+            queued,
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time to reconcile one workload: policy decision and its actions",

@@ -191,6 +191,35 @@ pub struct InstanceStatus {
     /// Time since it was spawned.
     #[serde(with = "crate::serde_time::millis", rename = "ageMs")]
     pub age: Duration,
+    /// An HTTP replica's load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<ReplicaHttp>,
+}
+
+/// What an HTTP replica is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaHttp {
+    /// Stopping: it takes no new request and finishes the one it serves.
+    pub draining: bool,
+    /// Requests it serves right now (0 or 1: a replica serves one at a time).
+    pub in_flight: u32,
+    /// Requests it answered.
+    pub served: u64,
+    /// Requests whose instance failed (each replaced by a fresh one).
+    pub failed: u64,
+}
+
+/// An HTTP workload's front.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpStatus {
+    /// Where it is served (its first route).
+    pub url: String,
+    /// Requests waiting for a ready replica.
+    pub queued: u64,
+    /// Requests being served.
+    pub in_flight: u64,
 }
 
 /// The status of one workload.
@@ -228,6 +257,9 @@ pub struct WorkloadStatus {
     /// A Job's progress (absent for a Workload).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<JobStatus>,
+    /// An HTTP workload's URL and load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpStatus>,
     /// The most recent ended instance, for forensics.
     pub last_termination: Option<TerminationRecord>,
     /// Recent events, oldest first.

@@ -35,6 +35,7 @@ fn assert_spec_validates(file: &str, count: usize) {
 #[test]
 fn validate_accepts_every_example_spec() {
     assert_spec_validates("demo.yaml", 4);
+    assert_spec_validates("http.yaml", 2);
     assert_spec_validates("hostile.yaml", 7);
     assert_spec_validates("policies.yaml", 3);
     assert_spec_validates("jobs.yaml", 1);

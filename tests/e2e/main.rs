@@ -8,6 +8,7 @@ mod daemon;
 mod edge;
 mod generated;
 mod hostile;
+mod http;
 mod jobs;
 mod lifecycle;
 mod manifests;

@@ -2,7 +2,7 @@
 //!
 //! - `guests`: make sure the `wasm32-wasip2` target is installed, then build every
 //!   example guest in `guest-examples/` (release) for it.
-//! - `demo [ARGS]`: build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml [ARGS]`.
+//! - `demo [ARGS]`: build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml specs/http.yaml [ARGS]`.
 //! - `test`: build the guests, check formatting and lints, run every test, run the
 //!   embedding examples, and check the minimal (no compiler) build and the aarch64
 //!   build. This is what CI runs.
@@ -21,7 +21,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   guests      build the example guests (installs the wasm32-wasip2 target if needed)
-  demo [ARGS] build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml [ARGS]`
+  demo [ARGS] build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml specs/http.yaml [ARGS]`
   test        build the guests, check formatting and lints, run every test (what CI runs);
               `test --no-lint` skips formatting and lints
   footprint   build the release binaries and measure size, RSS and start-up time";
@@ -47,6 +47,7 @@ fn main() -> Result<()> {
                 "run",
                 "specs/demo.yaml",
                 "specs/jobs.yaml",
+                "specs/http.yaml",
             ])
             .args(&rest);
             run(cmd)

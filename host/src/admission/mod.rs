@@ -63,8 +63,7 @@ pub(crate) fn prepare_all(
         }
         match runtime.prepare(&w.spec.component) {
             Ok(component) => {
-                if let Some(problem) = style_mismatch(&w, component.style, component.uses_heartbeat)
-                {
+                if let Some(problem) = style_mismatch(&w, &component) {
                     diagnostics
                         .push(Diagnostic::at(w.origin.clone(), problem.0).with_help(problem.1));
                     continue;
@@ -201,11 +200,32 @@ fn ungranted_imports(w: &Workload, imports: &[String]) -> Vec<Diagnostic> {
 }
 
 /// A spec asking for something the component cannot do.
-fn style_mismatch(
-    w: &Workload,
-    style: ComponentStyle,
-    uses_heartbeat: bool,
-) -> Option<(String, String)> {
+fn style_mismatch(w: &Workload, component: &PreparedComponent) -> Option<(String, String)> {
+    let style = component.style;
+    let uses_heartbeat = component.uses_heartbeat;
+    match (&w.spec.http, style) {
+        (Some(_), ComponentStyle::Http) => {}
+        (Some(_), _) => {
+            return Some((
+                format!(
+                    "workload `{}` sets spec.http, but its component does not export `wasi:http/incoming-handler`",
+                    w.name
+                ),
+                "build the component for the `wasi:http/proxy` world (e.g. with wasip2's `http::proxy::export!` or wstd's `#[wstd::http_server]`), or remove spec.http".into(),
+            ));
+        }
+        (None, ComponentStyle::Http) if !component.runs_as_command => {
+            return Some((
+                format!(
+                    "workload `{}`'s component serves HTTP (it exports `wasi:http/incoming-handler`), and the workload sets no spec.http",
+                    w.name
+                ),
+                "add spec.http with the address to serve on, e.g. `http: {listen: 127.0.0.1:8080}`"
+                    .into(),
+            ));
+        }
+        (None, _) => {}
+    }
     if w.spec.job.is_some() && style == ComponentStyle::Reactor {
         return Some((
             format!(
@@ -213,6 +233,15 @@ fn style_mismatch(
                 w.name
             ),
             "a Job runs a command component (`wasi:cli/run`) to completion; use `kind: Workload` for a reactor".into(),
+        ));
+    }
+    if w.spec.probe.is_some() && style == ComponentStyle::Http {
+        return Some((
+            format!(
+                "workload `{}` sets health.probe, but its component is an HTTP service with no `lifecycle.health` export",
+                w.name
+            ),
+            "probe an HTTP service with health.http (a GET sent through the component)".into(),
         ));
     }
     if w.spec.probe.is_some() && style != ComponentStyle::Reactor {
@@ -225,7 +254,9 @@ fn style_mismatch(
                 .into(),
         ));
     }
-    if w.spec.watchdog.is_some() && !(style == ComponentStyle::Command && uses_heartbeat) {
+    let runs_as_command = style == ComponentStyle::Command
+        || (style == ComponentStyle::Http && component.runs_as_command && w.spec.http.is_none());
+    if w.spec.watchdog.is_some() && !(runs_as_command && uses_heartbeat) {
         return Some((
             format!("workload `{}` sets health.watchdog, but its component is not a command importing `setpoint:workload/heartbeat`", w.name),
             "remove health.watchdog, or build the component for the `setpoint:workload/watched-command` world".into(),

@@ -184,6 +184,10 @@ fn print_instances(instances: &[OwnedInstance<'_>], wide: bool) {
 
 fn print_workloads(workloads: &[&WorkloadStatus], listing: Listing, wide: bool) {
     let mut header = row(&["NAME", "READY", "RESTARTS", "PHASE", "REVISION"]);
+    let serves_http = workloads.iter().any(|w| w.http.is_some());
+    if serves_http {
+        header.push("URL".into());
+    }
     if wide {
         header.extend(["RUNNING", "POLICY", "ROLLOUT"].map(String::from));
     }
@@ -196,6 +200,13 @@ fn print_workloads(workloads: &[&WorkloadStatus], listing: Listing, wide: bool) 
             phase(w),
             w.revision.clone(),
         ];
+        if serves_http {
+            r.push(
+                w.http
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |h| h.url.clone()),
+            );
+        }
         if wide {
             r.push(w.running.to_string());
             r.push(w.policy.clone());
@@ -309,6 +320,12 @@ pub async fn describe(args: DescribeArgs) -> ExitCode {
             w.desired, w.running, w.ready, w.restarts
         ),
     }
+    if let Some(h) = &w.http {
+        println!(
+            "URL:         {} ({} in flight, {} queued)",
+            h.url, h.in_flight, h.queued
+        );
+    }
     println!("Spec:");
     let yaml = serde_saphyr::to_string(&*w.spec).unwrap_or_default();
     for line in yaml.lines() {
@@ -320,8 +337,17 @@ pub async fn describe(args: DescribeArgs) -> ExitCode {
     }
     println!("Instances:");
     for i in &w.instances {
+        let http = i.http.map_or_else(String::new, |h| {
+            format!(
+                "  {}{} served, {} failed, {} in flight",
+                if h.draining { "draining, " } else { "" },
+                h.served,
+                h.failed,
+                h.in_flight
+            )
+        });
         println!(
-            "  {:<24} slot {:<4} {:<10} revision {}",
+            "  {:<24} slot {:<4} {:<10} revision {}{http}",
             i.id, i.slot, i.phase, i.revision
         );
     }

@@ -104,6 +104,16 @@ struct EngineArgs {
     /// 64 MiB, the slot size. 0 allocates on demand.
     #[arg(long, value_name = "SLOTS", default_value_t = 0)]
     instance_pool: u32,
+    /// Connections each HTTP listener holds open at once; more wait in the backlog.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    http_max_connections: usize,
+    /// Longest a client may take to send a request head; also how long an idle
+    /// keep-alive connection is kept.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = setpoint::manifest::units::parse_duration)]
+    http_header_timeout: std::time::Duration,
+    /// Largest HTTP request head (request line and headers); larger gets 431.
+    #[arg(long, value_name = "SIZE", default_value = "64Ki", value_parser = setpoint::manifest::units::parse_bytes)]
+    http_max_head: u64,
 }
 
 impl EngineArgs {
@@ -117,6 +127,11 @@ impl EngineArgs {
             .interpreter(self.interpreter)
             .compact_memory(self.compact_memory)
             .instance_pool(self.instance_pool)
+            .http_limits(setpoint::FrontConfig {
+                max_connections: self.http_max_connections,
+                header_read_timeout: self.http_header_timeout,
+                max_head_bytes: usize::try_from(self.http_max_head).unwrap_or(usize::MAX),
+            })
     }
 }
 

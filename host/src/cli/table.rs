@@ -5,13 +5,14 @@ use setpoint::manifest::units::format_duration;
 
 /// Renders one line per workload, kubectl-style.
 pub fn render(status: &HostStatus) -> String {
-    let mut rows = vec![[
+    let mut rows: Vec<[String; 7]> = vec![[
         "NAME".to_string(),
         "PHASE".to_string(),
         "READY".to_string(),
         "RESTARTS".to_string(),
         "REVISION".to_string(),
         "LAST TERMINATION".to_string(),
+        "URL".to_string(),
     ]];
     for w in &status.workloads {
         let last = w.last_termination.as_ref().map_or_else(
@@ -40,9 +41,10 @@ pub fn render(status: &HostStatus) -> String {
             w.restarts.to_string(),
             w.revision.clone(),
             last,
+            w.http.as_ref().map_or_else(String::new, |h| h.url.clone()),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());

@@ -20,6 +20,10 @@ impl Controller {
             }
             Command::Delete(name, reply) => {
                 let found = self.step(&name, WorkloadState::delete).is_some();
+                if found {
+                    // No new request goes to a workload being deleted.
+                    self.front.withdraw(&name);
+                }
                 let _ = reply.send(found);
             }
             Command::Restart(name, reply) => {
@@ -77,6 +81,20 @@ impl Controller {
         }
         // Checked at admission too; here it is atomic with the apply.
         self.check_grant_nesting(&batch)?;
+        let wanted: Vec<crate::front::Wanted<'_>> = batch
+            .iter()
+            .map(|w| crate::front::Wanted {
+                name: &w.name,
+                http: w.spec.http.as_ref(),
+                origin: w.origin.as_ref(),
+            })
+            .collect();
+        let plan = self
+            .front
+            .plan(&wanted)
+            .map_err(|diagnostics| crate::Rejected { diagnostics })?;
+        // The services exist before the first replica is spawned.
+        self.front.commit(plan);
         for w in batch {
             self.apply_one(w);
         }

@@ -77,6 +77,15 @@ impl Default for ControllerConfig {
     }
 }
 
+/// Where what the controller does goes out: events and output lines to subscribers,
+/// latencies to the metrics, routes to the HTTP front.
+pub(crate) struct Outlets {
+    pub host_events: broadcast::Sender<Event>,
+    pub logs: broadcast::Sender<LogLine>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub front: Arc<crate::front::Front>,
+}
+
 /// Requests from the [`crate::Host`] handle to the controller task.
 pub(crate) enum Command {
     Apply(
@@ -146,6 +155,8 @@ pub(crate) struct Controller {
     durability: Durability,
     /// Latency histograms.
     metrics: Arc<crate::metrics::Metrics>,
+    /// The listeners and routes of HTTP workloads.
+    front: Arc<crate::front::Front>,
 }
 
 impl Controller {
@@ -153,11 +164,15 @@ impl Controller {
         runtime: Arc<Runtime>,
         policy: Arc<dyn Policy>,
         config: ControllerConfig,
-        host_events: broadcast::Sender<Event>,
-        logs: broadcast::Sender<LogLine>,
+        outlets: Outlets,
         ledger: Option<Arc<dyn crate::job::JobLedger>>,
-        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
+        let Outlets {
+            host_events,
+            logs,
+            metrics,
+            front,
+        } = outlets;
         let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
         let (durable_tx, durable_rx) = mpsc::unbounded_channel();
         let writer = ledger.clone().and_then(|ledger| {
@@ -196,6 +211,7 @@ impl Controller {
             durability,
             ledger,
             metrics,
+            front,
         }
     }
 
@@ -297,9 +313,10 @@ impl Controller {
                         instance: instance.clone(),
                         slot,
                         component: parts.component.clone(),
-                        spec,
+                        spec: spec.clone(),
                         grants: parts.grants.clone(),
                         log_sink: Some(self.logs.clone()),
+                        http: spec.http.as_ref().and_then(|_| self.front.service(name)),
                     };
                     let handle = self.runtime.spawn(request, self.events_tx.clone());
                     self.handles.insert(instance, handle);
@@ -328,6 +345,7 @@ impl Controller {
                     self.dirty.insert(name.clone());
                 }
                 Effect::Remove => {
+                    self.front.withdraw(name);
                     self.workloads.remove(name);
                     self.runtime.forget_unused_components();
                 }
@@ -466,11 +484,39 @@ impl Controller {
         let workloads = self
             .workloads
             .values()
-            .map(|e| view::workload_status(&e.state, &e.decider.name(&*self.policy), now))
+            .map(|e| {
+                let mut status =
+                    view::workload_status(&e.state, &e.decider.name(&*self.policy), now);
+                self.add_http_status(&mut status);
+                status
+            })
             .collect();
         HostStatus {
             workloads,
             quarantined: Vec::new(),
+        }
+    }
+
+    /// What the front knows of an HTTP workload: its URL, its queue, each replica's load.
+    fn add_http_status(&self, status: &mut crate::status::WorkloadStatus) {
+        let Some(service) = self.front.service(&status.name) else {
+            return;
+        };
+        let replicas = service.replicas();
+        status.http = Some(crate::status::HttpStatus {
+            url: self.front.url(&status.name).unwrap_or_default(),
+            queued: service.queued() as u64,
+            in_flight: service.in_flight() as u64,
+        });
+        for instance in &mut status.instances {
+            if let Some(r) = replicas.get(instance.id.as_str()) {
+                instance.http = Some(crate::status::ReplicaHttp {
+                    draining: r.draining,
+                    in_flight: r.in_flight,
+                    served: r.served,
+                    failed: r.failed,
+                });
+            }
         }
     }
 
@@ -481,6 +527,17 @@ impl Controller {
             .map(|e| e.state.spec.termination_grace_period)
             .max()
             .unwrap_or(Duration::ZERO);
+        // HTTP first: stop accepting, and let queued and in-flight requests finish
+        // while every replica still serves.
+        let front = self.front.clone();
+        let drain = front.drain(longest_grace);
+        let mut drain = std::pin::pin!(drain);
+        loop {
+            tokio::select! {
+                () = &mut drain => break,
+                Some(event) = self.events_rx.recv() => self.handle_instance_event(event),
+            }
+        }
         for name in self.names(|_| true) {
             self.step(&name, |state, ctx| state.stop_all(StopCause::Shutdown, ctx));
         }

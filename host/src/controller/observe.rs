@@ -58,6 +58,26 @@ impl WorkloadState {
                     )
                 })
             }
+            InstanceEventKind::Recycled(end) => {
+                // The replica serves on: counted as a restart, not against the budget
+                // (one failing route must not fail the whole service).
+                self.total_restarts += 1;
+                let mut message = format!(
+                    "a request failed ({}); a fresh instance took the replica's place",
+                    end.reason.detail()
+                );
+                if let Some(last) = end.output.tail.last() {
+                    message.push_str(&format!("; last output: {last}"));
+                }
+                let reason = end.reason.name();
+                self.last_termination = Some(TerminationRecord {
+                    instance: event.instance.to_string(),
+                    slot: event.slot,
+                    at: ctx.wall,
+                    end: *end,
+                });
+                Some((EventType::Warning, reason, message))
+            }
             InstanceEventKind::Ended(end) => {
                 ctx.capacity.release();
                 let (said, counted) = self.ended(slot, role, &end, ctx);

@@ -151,6 +151,7 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
                     ready: i.ready,
                     restarts: s.restarts,
                     age: now.saturating_duration_since(i.since),
+                    http: None,
                 })
         })
         .collect();
@@ -206,6 +207,7 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
         policy: policy.to_string(),
         conditions,
         instances,
+        http: None,
         last_termination: w.last_termination.clone(),
         events: w.events.iter().cloned().collect(),
     }

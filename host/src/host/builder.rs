@@ -35,6 +35,7 @@ pub struct HostBuilder {
     controller: ControllerConfig,
     manifests: ManifestLimits,
     ledger: Option<Ledger>,
+    http: crate::FrontConfig,
 }
 
 /// The embedder's job ledger (a newtype so the builder can stay `Debug`).
@@ -57,6 +58,13 @@ impl HostBuilder {
     /// Memory cap of instances whose spec sets none (default 64 MiB).
     pub fn default_memory_limit(mut self, bytes: u64) -> Self {
         self.runtime.default_memory_limit = bytes;
+        self
+    }
+
+    /// Limits of the listeners of HTTP workloads (connections, header-read timeout,
+    /// head size); see [`crate::FrontConfig`] for the defaults.
+    pub fn http_limits(mut self, limits: crate::FrontConfig) -> Self {
+        self.http = limits;
         self
     }
 
@@ -209,14 +217,18 @@ impl HostBuilder {
         let (logs, _) = broadcast::channel(4096);
         let (commands, commands_rx) = mpsc::channel(64);
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        let front = Arc::new(crate::front::Front::new(self.http, metrics.clone()));
         let controller = Controller::new(
             runtime.clone(),
             policy,
             self.controller,
-            events.clone(),
-            logs.clone(),
+            crate::controller::Outlets {
+                host_events: events.clone(),
+                logs: logs.clone(),
+                metrics: metrics.clone(),
+                front: front.clone(),
+            },
             self.ledger.map(|l| l.0),
-            metrics.clone(),
         );
         // The controller's death must never leave a host serving nothing: a supervisor
         // records why it died, and every call after that says so.
@@ -238,6 +250,7 @@ impl HostBuilder {
             death,
             manifest_limits: self.manifests,
             metrics,
+            front,
         })
     }
 }

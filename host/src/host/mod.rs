@@ -89,6 +89,7 @@ pub struct Host {
     death: tokio::sync::watch::Receiver<Option<Arc<str>>>,
     manifest_limits: ManifestLimits,
     metrics: Arc<crate::metrics::Metrics>,
+    front: Arc<crate::front::Front>,
 }
 
 impl Host {
@@ -284,7 +285,7 @@ impl Host {
     /// replicas, restarts and failure.
     pub async fn metrics(&self) -> String {
         let counts = self.counts().await;
-        self.metrics.encode(&counts)
+        self.metrics.encode(&counts, &self.front.loads())
     }
 
     /// Waits until `condition` holds for the host's status (checked on every event, and

@@ -43,6 +43,15 @@ pub const PROBE_INITIAL_DELAY: DurationBound =
 pub const PROBE_PERIOD: DurationBound = bound("health.probe.period", MS, DAY);
 /// `health.probe.timeout`.
 pub const PROBE_TIMEOUT: DurationBound = bound("health.probe.timeout", MS, HOUR);
+/// `health.http.initialDelay`.
+pub const HTTP_PROBE_INITIAL_DELAY: DurationBound =
+    bound("health.http.initialDelay", Duration::ZERO, DAY);
+/// `health.http.period`.
+pub const HTTP_PROBE_PERIOD: DurationBound = bound("health.http.period", MS, DAY);
+/// `health.http.timeout`.
+pub const HTTP_PROBE_TIMEOUT: DurationBound = bound("health.http.timeout", MS, HOUR);
+/// `http.requestTimeout`.
+pub const HTTP_REQUEST_TIMEOUT: DurationBound = bound("http.requestTimeout", MS, DAY);
 /// `health.watchdog.timeout`.
 pub const WATCHDOG_TIMEOUT: DurationBound = bound("health.watchdog.timeout", MS, DAY);
 /// `backoff.initial`.
@@ -82,6 +91,10 @@ pub const DURATIONS: &[DurationBound] = &[
     PROBE_INITIAL_DELAY,
     PROBE_PERIOD,
     PROBE_TIMEOUT,
+    HTTP_PROBE_INITIAL_DELAY,
+    HTTP_PROBE_PERIOD,
+    HTTP_PROBE_TIMEOUT,
+    HTTP_REQUEST_TIMEOUT,
     WATCHDOG_TIMEOUT,
     BACKOFF_INITIAL,
     BACKOFF_MAX,

@@ -95,6 +95,16 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
                 Err(b) => problem(b.message),
             }
         }
+        let mut http_problems = Vec::new();
+        if let Some(http) = &spec.http {
+            http_problems = rules::http_service(http);
+            if spec.job.is_some() {
+                problem("a Job does not serve HTTP: remove http".into());
+            }
+            if spec.probe.is_some() {
+                problem("an HTTP service is probed with health.http, not health.probe".into());
+            }
+        }
         let grants_network = !(spec.connect.is_empty() && spec.http_authorities.is_empty());
         if grants_network && !limits.allow_network {
             problem("this host grants no network access to workloads".into());
@@ -114,7 +124,8 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
                 .into_iter()
                 .chain(env)
                 .chain(capabilities)
-                .filter_map(Result::err),
+                .filter_map(Result::err)
+                .chain(http_problems),
         );
         out.extend(problems.into_iter().map(|b| {
             let d = Diagnostic::at(w.origin.clone(), format!("`{}`: {}", w.name, b.message));
@@ -145,6 +156,14 @@ fn durations_of(spec: &WorkloadSpec) -> Vec<(DurationBound, Duration)> {
         out.push((b::PROBE_INITIAL_DELAY, p.initial_delay));
         out.push((b::PROBE_PERIOD, p.period));
         out.push((b::PROBE_TIMEOUT, p.timeout));
+    }
+    if let Some(http) = &spec.http {
+        out.push((b::HTTP_REQUEST_TIMEOUT, http.request_timeout));
+        if let Some(p) = &http.probe {
+            out.push((b::HTTP_PROBE_INITIAL_DELAY, p.timing.initial_delay));
+            out.push((b::HTTP_PROBE_PERIOD, p.timing.period));
+            out.push((b::HTTP_PROBE_TIMEOUT, p.timing.timeout));
+        }
     }
     out.extend(spec.watchdog.map(|w| (b::WATCHDOG_TIMEOUT, w.timeout)));
     out.extend(spec.restart_budget.map(|r| (b::RESTART_WINDOW, r.window)));

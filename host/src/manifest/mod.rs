@@ -19,11 +19,11 @@ pub use load::{
     API_VERSION, ManifestLimits, Resolver, load_files, load_str, load_str_resolving,
     load_str_with_files, parse_names,
 };
-pub use rules::{is_interface_name, unversioned};
+pub use rules::{is_interface_name, route_key, unversioned};
 pub use spec::{
     BackoffSpec, CpuBudget, DirGrant, ExitCodeOperator, FailureAction, FailureMatch, FailureRule,
-    IntOrPercent, JobSpec, PolicyPlugin, ProbeSpec, RestartBudget, RestartPolicy, StrategyKind,
-    UpdateStrategy, WatchdogSpec, Workload, WorkloadSpec,
+    HttpProbe, HttpSpec, IntOrPercent, JobSpec, PolicyPlugin, ProbeSpec, RestartBudget,
+    RestartPolicy, RetrySpec, StrategyKind, UpdateStrategy, WatchdogSpec, Workload, WorkloadSpec,
 };
 
 /// The JSON Schema of the manifest format, generated from the types that parse it.

@@ -78,6 +78,9 @@ pub struct RawWorkloadSpec {
     pub capabilities: Option<Vec<Spanned<String>>>,
     /// Health checking.
     pub health: Option<RawHealth>,
+    /// Serve HTTP: the address, the routes and the limits (for components exporting
+    /// `wasi:http/incoming-handler`).
+    pub http: Option<RawHttp>,
     /// Crash-loop back-off.
     pub backoff: Option<RawBackoff>,
     /// Restart budget: too many restarts within a window marks the workload `Failed`.
@@ -266,6 +269,73 @@ pub struct RawHealth {
     pub probe: Option<RawProbe>,
     /// Heartbeat watchdog (components importing `setpoint:workload/heartbeat`).
     pub watchdog: Option<RawWatchdog>,
+    /// HTTP readiness probe sent through the component (workloads with `spec.http`).
+    pub http: Option<RawHttpProbe>,
+}
+
+/// An HTTP service.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "Http")]
+pub struct RawHttp {
+    /// `IP:PORT` the host serves on, e.g. `127.0.0.1:8080`; workloads may share one.
+    #[schemars(with = "String")]
+    pub listen: Spanned<String>,
+    /// Path prefixes routed to this workload (default `["/"]`); the longest match wins.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub routes: Option<Vec<Spanned<String>>>,
+    /// Longest a request may take before 504 (default `30s`).
+    #[schemars(with = "Option<String>")]
+    pub request_timeout: Option<Spanned<String>>,
+    /// Largest request body, e.g. `16Mi` (the default); larger gets 413.
+    #[schemars(with = "Option<String>")]
+    pub max_request_body: Option<Spanned<String>>,
+    /// Requests that may wait for a free replica (default 256); more get 503.
+    #[schemars(with = "Option<u32>")]
+    pub max_queued: Option<Spanned<i64>>,
+    /// Requests one instance serves before a fresh one replaces it (default 0: no limit).
+    #[schemars(with = "Option<u32>")]
+    pub max_requests_per_instance: Option<Spanned<i64>>,
+    /// Which requests failed before their response head are sent again.
+    pub retry: Option<RawRetry>,
+}
+
+/// Retries of requests that failed before their response head.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "Retry")]
+pub struct RawRetry {
+    /// Methods retried (default `[GET, HEAD, OPTIONS, TRACE]`; `[]` retries nothing).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// Largest body kept for a retry, e.g. `64Ki` (the default).
+    #[schemars(with = "Option<String>")]
+    pub max_body: Option<Spanned<String>>,
+}
+
+/// HTTP probe settings; durations such as `250ms`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "HttpProbe")]
+pub struct RawHttpProbe {
+    /// Path requested with GET, e.g. `/healthz`.
+    #[schemars(with = "String")]
+    pub path: Spanned<String>,
+    /// Delay before the first probe (default `0ms`).
+    #[schemars(with = "Option<String>")]
+    pub initial_delay: Option<Spanned<String>>,
+    /// Time between probes (default `1s`).
+    #[schemars(with = "Option<String>")]
+    pub period: Option<Spanned<String>>,
+    /// Deadline of one probe (default `250ms`).
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// Consecutive failures before the replica is replaced (default 3).
+    #[schemars(with = "Option<u32>")]
+    pub failure_threshold: Option<Spanned<i64>>,
+    /// Consecutive successes before the replica is ready (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub success_threshold: Option<Spanned<i64>>,
 }
 
 /// Probe settings; durations such as `250ms`.

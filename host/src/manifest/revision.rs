@@ -57,6 +57,9 @@ struct SpecV1<'a> {
     http_authorities: &'a [String],
     capabilities: &'a [String],
     probe: Option<ProbeV1>,
+    /// Joined after version 1: written only for an HTTP service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<HttpV1<'a>>,
     watchdog: Option<WatchdogV1>,
     backoff: BackoffV1,
     restart_budget: Option<BudgetV1>,
@@ -92,12 +95,20 @@ impl<'a> SpecV1<'a> {
             connect: s.connect.iter().map(ToString::to_string).collect(),
             http_authorities: &s.http_authorities,
             capabilities: &s.capabilities,
-            probe: s.probe.map(|p| ProbeV1 {
-                initial_delay: millis(p.initial_delay),
-                period: millis(p.period),
-                timeout: millis(p.timeout),
-                failure_threshold: p.failure_threshold,
-                success_threshold: p.success_threshold,
+            probe: s.probe.as_ref().map(ProbeV1::of),
+            http: s.http.as_ref().map(|h| HttpV1 {
+                listen: h.listen.to_string(),
+                routes: &h.routes,
+                probe: h.probe.as_ref().map(|p| HttpProbeV1 {
+                    path: &p.path,
+                    timing: ProbeV1::of(&p.timing),
+                }),
+                request_timeout: millis(h.request_timeout),
+                max_request_body: h.max_request_body,
+                max_queued: h.max_queued,
+                max_requests_per_instance: h.max_requests_per_instance,
+                retry_methods: &h.retry.methods,
+                retry_max_body: h.retry.max_body,
             }),
             watchdog: s.watchdog.map(|w| WatchdogV1 {
                 timeout: millis(w.timeout),
@@ -190,6 +201,38 @@ struct ProbeV1 {
     timeout: u64,
     failure_threshold: u32,
     success_threshold: u32,
+}
+
+impl ProbeV1 {
+    fn of(p: &super::spec::ProbeSpec) -> Self {
+        Self {
+            initial_delay: millis(p.initial_delay),
+            period: millis(p.period),
+            timeout: millis(p.timeout),
+            failure_threshold: p.failure_threshold,
+            success_threshold: p.success_threshold,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpV1<'a> {
+    listen: String,
+    routes: &'a [String],
+    probe: Option<HttpProbeV1<'a>>,
+    request_timeout: u64,
+    max_request_body: u64,
+    max_queued: u32,
+    max_requests_per_instance: u32,
+    retry_methods: &'a [String],
+    retry_max_body: u64,
+}
+
+#[derive(Serialize)]
+struct HttpProbeV1<'a> {
+    path: &'a str,
+    timing: ProbeV1,
 }
 
 #[derive(Serialize)]

@@ -119,6 +119,120 @@ pub(crate) fn http_authority(authority: &str) -> Result<String, Broken> {
     Ok(authority.to_ascii_lowercase())
 }
 
+/// Most routes one workload may claim.
+pub(crate) const MAX_ROUTES: usize = 64;
+/// Most requests waiting for a replica, per workload.
+pub(crate) const MAX_QUEUED: u32 = 100_000;
+/// Largest request body a workload may accept (4 GiB).
+pub(crate) const MAX_REQUEST_BODY: u64 = 4 << 30;
+/// Largest body kept for a retry (16 MiB): kept bodies are held in memory.
+pub(crate) const MAX_RETRY_BODY: u64 = 16 << 20;
+
+/// A route: a path prefix starting with `/`, of visible ASCII without `?`, `#` or
+/// `%`, at most 1024 bytes. Matching is by whole segments: `/api` matches `/api` and
+/// `/api/x`, never `/apix`; a trailing `/` is not part of the prefix.
+pub(crate) fn route(path: &str) -> Result<(), Broken> {
+    let fine = path.starts_with('/')
+        && path.len() <= 1024
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'))
+        && !path.contains("//");
+    if fine {
+        Ok(())
+    } else {
+        Err(Broken::new(format!("`{path}` is not a route")).help(
+            "a route is a path prefix such as `/` or `/api/v1`: it starts with `/`, and has no spaces, `?`, `#`, `%` or `//`",
+        ))
+    }
+}
+
+/// A probe path: `/`-rooted visible ASCII (a query allowed), at most 1024 bytes.
+pub(crate) fn probe_path(path: &str) -> Result<(), Broken> {
+    if path.starts_with('/') && path.len() <= 1024 && path.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(Broken::new(format!("`{path}` is not a request path"))
+            .help("write the path the probe requests, e.g. `/healthz` or `/ready?deep=1`"))
+    }
+}
+
+/// An HTTP method: an RFC 9110 token, uppercase as the standard methods are.
+pub(crate) fn method(method: &str) -> Result<(), Broken> {
+    let token = !method.is_empty()
+        && method.len() <= 32
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.!".contains(&b));
+    if token {
+        Ok(())
+    } else {
+        Err(Broken::new(format!("`{method}` is not an HTTP method"))
+            .help("write methods in uppercase, e.g. `GET`, `HEAD`, `PUT`"))
+    }
+}
+
+/// Everything an HTTP service's spec must hold, whoever built it.
+pub(crate) fn http_service(http: &super::spec::HttpSpec) -> Vec<Broken> {
+    let mut out = Vec::new();
+    if http.routes.is_empty() || http.routes.len() > MAX_ROUTES {
+        out.push(Broken::new(format!(
+            "http.routes must list 1 to {MAX_ROUTES} routes"
+        )));
+    }
+    for (i, r) in http.routes.iter().enumerate() {
+        if let Err(b) = route(r) {
+            out.push(b);
+        } else if http.routes[..i]
+            .iter()
+            .any(|o| route_key(o) == route_key(r))
+        {
+            out.push(Broken::new(format!("route `{r}` is listed twice")));
+        }
+    }
+    if let Some(p) = &http.probe {
+        out.extend(probe_path(&p.path).err());
+        if !(THRESHOLDS.contains(&p.timing.failure_threshold)
+            && THRESHOLDS.contains(&p.timing.success_threshold))
+        {
+            out.push(Broken::new(format!(
+                "health.http thresholds must be between {} and {}",
+                THRESHOLDS.start(),
+                THRESHOLDS.end()
+            )));
+        }
+    }
+    if http.max_queued > MAX_QUEUED {
+        out.push(Broken::new(format!(
+            "http.maxQueued must be at most {MAX_QUEUED}"
+        )));
+    }
+    if http.max_request_body > MAX_REQUEST_BODY {
+        out.push(Broken::new(format!(
+            "http.maxRequestBody must be at most {}",
+            bytesize::ByteSize(MAX_REQUEST_BODY)
+        )));
+    }
+    if http.retry.max_body > MAX_RETRY_BODY {
+        out.push(Broken::new(format!(
+            "http.retry.maxBody must be at most {} (a kept body is held in memory)",
+            bytesize::ByteSize(MAX_RETRY_BODY)
+        )));
+    }
+    for m in &http.retry.methods {
+        out.extend(method(m).err());
+    }
+    out
+}
+
+/// The form in which routes are compared: without a trailing `/` (except `/` itself).
+pub fn route_key(route: &str) -> &str {
+    match route.strip_suffix('/') {
+        Some("") | None => route,
+        Some(trimmed) => trimmed,
+    }
+}
+
 /// Dir, network and capability grants are each at most `max`.
 pub(crate) fn grant_counts(spec: &WorkloadSpec, max: usize) -> Result<(), Broken> {
     if spec.dirs.len() > max

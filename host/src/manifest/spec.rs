@@ -102,6 +102,10 @@ pub struct WorkloadSpec {
     pub capabilities: Vec<String>,
     /// Health probe for reactor components.
     pub probe: Option<ProbeSpec>,
+    /// Set for an HTTP service: the host serves these routes through the component's
+    /// `wasi:http/incoming-handler`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
     /// Heartbeat watchdog for components that import `setpoint:workload/heartbeat`.
     pub watchdog: Option<WatchdogSpec>,
     /// Crash-loop back-off.
@@ -325,6 +329,7 @@ impl WorkloadSpec {
             http_authorities: Vec::new(),
             capabilities: Vec::new(),
             probe: None,
+            http: None,
             watchdog: None,
             backoff: BackoffSpec::default(),
             restart_budget: None,
@@ -420,6 +425,83 @@ impl Default for ProbeSpec {
             success_threshold: 1,
         }
     }
+}
+
+/// An HTTP service: requests to `listen` whose path starts with one of `routes` go to
+/// a ready replica, which handles each through its component's
+/// `wasi:http/incoming-handler` export.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSpec {
+    /// The address the host serves on; several workloads may share one.
+    pub listen: std::net::SocketAddr,
+    /// Path prefixes, each starting with `/`; the longest match on a listener wins.
+    pub routes: Vec<String>,
+    /// The readiness probe, sent through the component (`health.http`).
+    pub probe: Option<HttpProbe>,
+    /// Longest a request may take, from its arrival to the end of its response: the
+    /// client gets 504 before the head, and the instance serving it is replaced.
+    #[serde(with = "crate::serde_time::millis")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_request_body: u64,
+    /// Requests that may wait for a free replica; one more gets 503 and `Retry-After`.
+    pub max_queued: u32,
+    /// Requests one instance serves before a fresh one takes its place (0: no limit).
+    pub max_requests_per_instance: u32,
+    /// Which failed requests are sent again.
+    pub retry: RetrySpec,
+}
+
+impl HttpSpec {
+    /// Serves `/` on `listen` with the default limits and no probe.
+    pub fn new(listen: std::net::SocketAddr) -> Self {
+        Self {
+            listen,
+            routes: vec!["/".into()],
+            probe: None,
+            request_timeout: Duration::from_secs(30),
+            max_request_body: 16 * 1024 * 1024,
+            max_queued: 256,
+            max_requests_per_instance: 0,
+            retry: RetrySpec::default(),
+        }
+    }
+}
+
+/// A request that failed before its response head (the instance trapped, ran out of
+/// memory or of time) is sent once more, to a fresh instance, when its method is listed
+/// and its body was small enough to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Methods whose requests may be sent twice (default: the safe methods).
+    pub methods: Vec<String>,
+    /// Largest body kept for a retry, in bytes; a longer one is streamed and never retried.
+    pub max_body: u64,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            methods: ["GET", "HEAD", "OPTIONS", "TRACE"]
+                .map(String::from)
+                .to_vec(),
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+/// An HTTP readiness probe: `GET path` sent through the component itself, in-process.
+/// A 2xx or 3xx answer is a success; any other status, a trap or a timeout a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpProbe {
+    /// The path (and query) requested.
+    pub path: String,
+    /// When and how often, and the thresholds.
+    #[serde(flatten)]
+    pub timing: ProbeSpec,
 }
 
 /// Heartbeat watchdog: an instance silent for longer than `timeout` is replaced.

@@ -343,33 +343,33 @@ impl Validator<'_> {
         if let Some(policy) = raw.policy {
             spec.policy = self.policy(policy);
         }
+        let mut pending_probe = None;
+        if let Some(http) = raw.http {
+            spec.http = self.http(http);
+        }
+        let health_http_at = raw
+            .health
+            .as_ref()
+            .and_then(|h| h.http.as_ref())
+            .map(|p| p.path.referenced);
         if let Some(health) = raw.health {
             if let Some(p) = health.probe {
-                let d = ProbeSpec::default();
-                let probe = ProbeSpec {
-                    initial_delay: self.duration_or(
-                        &p.initial_delay,
-                        d.initial_delay,
-                        b::PROBE_INITIAL_DELAY,
-                    ),
-                    period: self.duration_or(&p.period, d.period, b::PROBE_PERIOD),
-                    timeout: self.duration_or(&p.timeout, d.timeout, b::PROBE_TIMEOUT),
-                    failure_threshold: p
-                        .failure_threshold
-                        .as_ref()
-                        .and_then(|t| {
-                            self.int_in(t, 1, *THRESHOLDS.end() as i64, "failureThreshold")
-                        })
-                        .map_or(d.failure_threshold, |v| v as u32),
-                    success_threshold: p
-                        .success_threshold
-                        .as_ref()
-                        .and_then(|t| {
-                            self.int_in(t, 1, *THRESHOLDS.end() as i64, "successThreshold")
-                        })
-                        .map_or(d.success_threshold, |v| v as u32),
+                let fields = ProbeFields {
+                    initial_delay: &p.initial_delay,
+                    period: &p.period,
+                    timeout: &p.timeout,
+                    failure_threshold: &p.failure_threshold,
+                    success_threshold: &p.success_threshold,
                 };
-                spec.probe = Some(probe);
+                let bounds = [b::PROBE_INITIAL_DELAY, b::PROBE_PERIOD, b::PROBE_TIMEOUT];
+                spec.probe = Some(self.probe_timing(fields, bounds));
+            }
+            if let Some(p) = health.http {
+                let probe = self.http_probe(p);
+                match spec.http.as_mut() {
+                    Some(http) => http.probe = probe,
+                    None => pending_probe = probe,
+                }
             }
             if let Some(w) = health.watchdog {
                 let timeout =
@@ -403,11 +403,173 @@ impl Validator<'_> {
                 window,
             });
         }
+        if let (Some(_), Some(at)) = (pending_probe, health_http_at)
+            && spec.http.is_none()
+        {
+            self.error(
+                at,
+                "health.http probes an HTTP service, and this workload sets no spec.http",
+                Some("add spec.http.listen, or probe a reactor with health.probe".into()),
+            );
+        }
         if let Some(g) = &raw.termination_grace_period {
             spec.termination_grace_period =
                 self.duration_or(&Some(g.clone()), Duration::ZERO, b::TERMINATION_GRACE);
         }
         component.map(|_| spec)
+    }
+
+    /// `spec.http`, or `None` after recording what is wrong with it.
+    fn http(&mut self, raw: super::raw::RawHttp) -> Option<super::spec::HttpSpec> {
+        let listen = match raw.listen.value.parse::<std::net::SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.error(
+                    raw.listen.referenced,
+                    format!("`{}` is not an IP:PORT address", raw.listen.value),
+                    Some("write e.g. `127.0.0.1:8080`, `0.0.0.0:80` or `[::1]:8080`; host names are not resolved".into()),
+                );
+                return None;
+            }
+        };
+        if !self.limits.allow_network {
+            self.error(
+                raw.listen.referenced,
+                "this host grants no network access to workloads, serving HTTP included",
+                Some("remove spec.http, or ask the host's operator to allow network grants".into()),
+            );
+            return None;
+        }
+        let mut http = super::spec::HttpSpec::new(listen);
+        if let Some(routes) = raw.routes {
+            http.routes.clear();
+            if routes.is_empty() || routes.len() > rules::MAX_ROUTES {
+                self.error(
+                    raw.listen.referenced,
+                    format!("http.routes must list 1 to {} routes", rules::MAX_ROUTES),
+                    Some("leave routes out to serve every path (`/`)".into()),
+                );
+            }
+            for r in routes {
+                if !self.rule(r.referenced, rules::route(&r.value)) {
+                    continue;
+                }
+                if http
+                    .routes
+                    .iter()
+                    .any(|o| rules::route_key(o) == rules::route_key(&r.value))
+                {
+                    self.error(
+                        r.referenced,
+                        format!("route `{}` is listed twice", r.value),
+                        None,
+                    );
+                    continue;
+                }
+                http.routes.push(r.value);
+            }
+        }
+        http.request_timeout = self.duration_or(
+            &raw.request_timeout,
+            http.request_timeout,
+            b::HTTP_REQUEST_TIMEOUT,
+        );
+        if let Some(size) = &raw.max_request_body {
+            match parse_bytes(&size.value) {
+                Ok(bytes) if bytes <= rules::MAX_REQUEST_BODY => http.max_request_body = bytes,
+                Ok(_) => self.error(
+                    size.referenced,
+                    format!(
+                        "http.maxRequestBody must be at most {}",
+                        bytesize::ByteSize(rules::MAX_REQUEST_BODY)
+                    ),
+                    None,
+                ),
+                Err(why) => self.error(size.referenced, why, None),
+            }
+        }
+        if let Some(q) = &raw.max_queued {
+            http.max_queued = self
+                .int_in(q, 0, i64::from(rules::MAX_QUEUED), "http.maxQueued")
+                .map_or(http.max_queued, |v| v as u32);
+        }
+        if let Some(n) = &raw.max_requests_per_instance {
+            http.max_requests_per_instance = self
+                .int_in(n, 0, i64::from(u32::MAX), "http.maxRequestsPerInstance")
+                .map_or(0, |v| v as u32);
+        }
+        if let Some(retry) = raw.retry {
+            if let Some(methods) = retry.methods {
+                http.retry.methods.clear();
+                for m in methods {
+                    if self.rule(m.referenced, rules::method(&m.value))
+                        && !http.retry.methods.contains(&m.value)
+                    {
+                        http.retry.methods.push(m.value);
+                    }
+                }
+            }
+            if let Some(size) = &retry.max_body {
+                match parse_bytes(&size.value) {
+                    Ok(bytes) if bytes <= rules::MAX_RETRY_BODY => http.retry.max_body = bytes,
+                    Ok(_) => self.error(
+                        size.referenced,
+                        format!(
+                            "http.retry.maxBody must be at most {}: a kept body is held in memory",
+                            bytesize::ByteSize(rules::MAX_RETRY_BODY)
+                        ),
+                        None,
+                    ),
+                    Err(why) => self.error(size.referenced, why, None),
+                }
+            }
+        }
+        Some(http)
+    }
+
+    /// `health.http`.
+    fn http_probe(&mut self, p: super::raw::RawHttpProbe) -> Option<super::spec::HttpProbe> {
+        let ok = self.rule(p.path.referenced, rules::probe_path(&p.path.value));
+        let fields = ProbeFields {
+            initial_delay: &p.initial_delay,
+            period: &p.period,
+            timeout: &p.timeout,
+            failure_threshold: &p.failure_threshold,
+            success_threshold: &p.success_threshold,
+        };
+        let bounds = [
+            b::HTTP_PROBE_INITIAL_DELAY,
+            b::HTTP_PROBE_PERIOD,
+            b::HTTP_PROBE_TIMEOUT,
+        ];
+        let timing = self.probe_timing(fields, bounds);
+        ok.then_some(super::spec::HttpProbe {
+            path: p.path.value,
+            timing,
+        })
+    }
+
+    /// A probe's timing and thresholds, each checked against its range (`bounds`:
+    /// initial delay, period, timeout).
+    fn probe_timing(&mut self, f: ProbeFields<'_>, bounds: [DurationBound; 3]) -> ProbeSpec {
+        let d = ProbeSpec::default();
+        let [initial_delay, period, timeout] = bounds;
+        let mut threshold = |t: &Option<Spanned<i64>>, what: &str, default: u32| {
+            t.as_ref()
+                .and_then(|t| self.int_in(t, 1, *THRESHOLDS.end() as i64, what))
+                .map_or(default, |v| v as u32)
+        };
+        let failure_threshold =
+            threshold(f.failure_threshold, "failureThreshold", d.failure_threshold);
+        let success_threshold =
+            threshold(f.success_threshold, "successThreshold", d.success_threshold);
+        ProbeSpec {
+            initial_delay: self.duration_or(f.initial_delay, d.initial_delay, initial_delay),
+            period: self.duration_or(f.period, d.period, period),
+            timeout: self.duration_or(f.timeout, d.timeout, timeout),
+            failure_threshold,
+            success_threshold,
+        }
     }
 
     fn component_path(&mut self, raw: &Spanned<String>) -> Option<PathBuf> {
@@ -584,4 +746,13 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// The timing fields a probe of either kind has.
+struct ProbeFields<'a> {
+    initial_delay: &'a Option<Spanned<String>>,
+    period: &'a Option<Spanned<String>>,
+    timeout: &'a Option<Spanned<String>>,
+    failure_threshold: &'a Option<Spanned<i64>>,
+    success_threshold: &'a Option<Spanned<i64>>,
 }

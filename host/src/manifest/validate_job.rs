@@ -34,6 +34,11 @@ impl Validator<'_> {
                 "health.probe",
             ),
             (raw.restart_budget.is_some(), "restartBudget"),
+            (raw.http.is_some(), "http"),
+            (
+                raw.health.as_ref().is_some_and(|h| h.http.is_some()),
+                "health.http",
+            ),
         ] {
             if present {
                 let (m, h) = workload_only(field);

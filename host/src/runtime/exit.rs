@@ -86,6 +86,11 @@ pub enum EndReason {
         /// The timeout, in milliseconds.
         after_ms: u64,
     },
+    /// An HTTP request it served did not finish within `http.requestTimeout`.
+    RequestTimeout {
+        /// The timeout, in milliseconds.
+        after_ms: u64,
+    },
     /// The host stopped the instance.
     Stopped {
         /// Why.
@@ -108,6 +113,7 @@ impl EndReason {
             Self::ProbeFailed { .. } => EndKind::ProbeFailed,
             Self::ProbeTimeout { .. } => EndKind::ProbeTimeout,
             Self::WatchdogTimeout { .. } => EndKind::WatchdogTimeout,
+            Self::RequestTimeout { .. } => EndKind::RequestTimeout,
             Self::Stopped { .. } => EndKind::Stopped,
         }
     }
@@ -152,6 +158,9 @@ impl EndReason {
             | Self::ProbeFailed { message } => first_line(message).to_string(),
             Self::ProbeTimeout { after_ms } => format!("no answer within {after_ms}ms"),
             Self::WatchdogTimeout { after_ms } => format!("no heartbeat within {after_ms}ms"),
+            Self::RequestTimeout { after_ms } => {
+                format!("a request was not answered within {after_ms}ms")
+            }
             Self::Stopped { cause, forced } => format!(
                 "({cause:?}){}",
                 if *forced {
@@ -249,6 +258,9 @@ impl fmt::Display for EndReason {
                 write!(f, "health probe did not answer within {after_ms}ms")
             }
             Self::WatchdogTimeout { after_ms } => write!(f, "no heartbeat within {after_ms}ms"),
+            Self::RequestTimeout { after_ms } => {
+                write!(f, "a request was not answered within {after_ms}ms")
+            }
             Self::Stopped { cause, forced } => {
                 write!(
                     f,

@@ -45,6 +45,9 @@ pub enum InstanceEventKind {
     Ready(bool),
     /// The instance ended; its Store is gone.
     Ended(Box<InstanceEnd>),
+    /// An HTTP replica's instance failed a request and a fresh one took its place; the
+    /// replica (this event's instance id) serves on.
+    Recycled(Box<InstanceEnd>),
 }
 
 /// The record of an ended instance.
@@ -126,7 +129,7 @@ pub(super) fn spawn(
             // A grant that cannot be handed over fails the start (recorded, replaced):
             // an instance never runs with less than its spec grants.
             Some(message) => EndReason::StartFailed { message },
-            None => drive(&rt, &mut store, &req, &vitals, &reporter, stop_rx).await,
+            None => drive(&rt, &mut store, &req, &capture, &vitals, &reporter, stop_rx).await,
         };
         let at = std::time::SystemTime::now();
         let state = store.data();
@@ -147,7 +150,7 @@ pub(super) fn spawn(
     }
 }
 
-struct Reporter {
+pub(super) struct Reporter {
     events: mpsc::Sender<InstanceEvent>,
     workload: Arc<str>,
     slot: u32,
@@ -155,9 +158,9 @@ struct Reporter {
 }
 
 impl Reporter {
-    async fn send(&self, kind: InstanceEventKind) {
+    pub(super) async fn send(&self, kind: InstanceEventKind) {
         let at = match &kind {
-            InstanceEventKind::Ended(end) => end.at,
+            InstanceEventKind::Ended(end) | InstanceEventKind::Recycled(end) => end.at,
             _ => std::time::SystemTime::now(),
         };
         let event = InstanceEvent {
@@ -176,26 +179,45 @@ async fn drive(
     rt: &Runtime,
     store: &mut Store<InstanceState>,
     req: &SpawnRequest,
-    vitals: &Vitals,
+    capture: &OutputCapture,
+    vitals: &Arc<Vitals>,
     reporter: &Reporter,
     stop_rx: watch::Receiver<Option<StopCause>>,
 ) -> EndReason {
-    match &req.component.pre {
-        Prepared::Command(pre) => {
-            let command = match pre.instantiate_async(&mut *store).await {
-                Ok(c) => c,
-                Err(e) => return EndReason::instantiation(&e, &rt.config),
-            };
-            drive_command(store, &command, req, vitals, reporter, stop_rx).await
-        }
+    let command = match &req.component.pre {
+        Prepared::Http { proxy, command } => match (&req.http, command) {
+            (Some(service), _) => {
+                let parts = super::http::Rebuild {
+                    rt,
+                    req,
+                    capture,
+                    vitals,
+                    pre: proxy,
+                };
+                return super::http::drive_http(store, parts, service, reporter, stop_rx).await;
+            }
+            (None, Some(command)) => command,
+            (None, None) => {
+                return EndReason::StartFailed {
+                    message: "the component only serves HTTP, and the workload sets no spec.http"
+                        .into(),
+                };
+            }
+        },
+        Prepared::Command(pre) => pre,
         Prepared::Reactor(pre) => {
             let reactor = match pre.instantiate_async(&mut *store).await {
                 Ok(r) => r,
                 Err(e) => return EndReason::instantiation(&e, &rt.config),
             };
-            drive_reactor(rt, store, &reactor, req, vitals, reporter, stop_rx).await
+            return drive_reactor(rt, store, &reactor, req, vitals, reporter, stop_rx).await;
         }
-    }
+    };
+    let command = match command.instantiate_async(&mut *store).await {
+        Ok(c) => c,
+        Err(e) => return EndReason::instantiation(&e, &rt.config),
+    };
+    drive_command(store, &command, req, vitals, reporter, stop_rx).await
 }
 
 /// Runs a command to its end, watching its heartbeat and honouring stop requests.

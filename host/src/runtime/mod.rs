@@ -9,6 +9,7 @@ mod bindings;
 pub mod capability;
 pub mod engine;
 pub mod exit;
+pub mod http;
 mod instance;
 pub mod limits;
 pub mod mappings;
@@ -111,6 +112,9 @@ pub enum ComponentStyle {
     Command,
     /// Exports `setpoint:workload/lifecycle`: started, probed and stopped by the host.
     Reactor,
+    /// Exports `wasi:http/incoming-handler@0.2`: serves requests (`spec.http`). It may
+    /// export `wasi:cli/run` as well, and then runs as a command without `spec.http`.
+    Http,
 }
 
 /// A SHA-256 content digest.
@@ -135,6 +139,9 @@ pub struct PreparedComponent {
     pub style: ComponentStyle,
     /// Whether it imports `setpoint:workload/heartbeat`.
     pub uses_heartbeat: bool,
+    /// Whether it exports `wasi:cli/run` (a command, or an HTTP component that can
+    /// also run as one).
+    pub runs_as_command: bool,
     /// The embedder capabilities it imports (full interface names).
     pub capability_imports: Vec<String>,
     pre: Prepared,
@@ -143,6 +150,10 @@ pub struct PreparedComponent {
 enum Prepared {
     Command(wasmtime_wasi::p2::bindings::CommandPre<InstanceState>),
     Reactor(bindings::ReactorPre<InstanceState>),
+    Http {
+        proxy: wasmtime_wasi_http::p2::bindings::ProxyPre<InstanceState>,
+        command: Option<wasmtime_wasi::p2::bindings::CommandPre<InstanceState>>,
+    },
 }
 
 /// Why a component could not be prepared. Deterministic: retrying will not help.
@@ -304,17 +315,35 @@ impl Runtime {
                     .collect::<String>()
             ))
         })?;
+        let runs_as_command = exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2"));
+        let serves_http = exports
+            .iter()
+            .any(|e| e.starts_with("wasi:http/incoming-handler@0.2"));
+        let command_pre = |pre| {
+            wasmtime_wasi::p2::bindings::CommandPre::new(pre)
+                .map_err(|e| link_error(exit::error_text(&e)))
+        };
         let (style, pre) = if exports.iter().any(|e| e == bindings::LIFECYCLE_EXPORT) {
             let pre =
                 bindings::ReactorPre::new(pre).map_err(|e| link_error(exit::error_text(&e)))?;
             (ComponentStyle::Reactor, Prepared::Reactor(pre))
-        } else if exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2")) {
-            let pre = wasmtime_wasi::p2::bindings::CommandPre::new(pre)
+        } else if serves_http {
+            let command = if runs_as_command {
+                Some(command_pre(pre.clone())?)
+            } else {
+                None
+            };
+            let proxy = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre)
                 .map_err(|e| link_error(exit::error_text(&e)))?;
-            (ComponentStyle::Command, Prepared::Command(pre))
+            (ComponentStyle::Http, Prepared::Http { proxy, command })
+        } else if runs_as_command {
+            (
+                ComponentStyle::Command,
+                Prepared::Command(command_pre(pre)?),
+            )
         } else {
             return Err(link_error(format!(
-                "it exports neither `wasi:cli/run@0.2.x` (a command) nor `{}` (a reactor); it exports: [{}]",
+                "it exports neither `wasi:cli/run@0.2.x` (a command), `wasi:http/incoming-handler@0.2.x` (an HTTP service) nor `{}` (a reactor); it exports: [{}]",
                 bindings::LIFECYCLE_EXPORT,
                 exports.join(", ")
             )));
@@ -323,6 +352,7 @@ impl Runtime {
             digest,
             style,
             uses_heartbeat,
+            runs_as_command,
             capability_imports,
             pre,
         });
@@ -416,6 +446,8 @@ pub struct SpawnRequest {
     pub grants: Grants,
     /// Where complete output lines are forwarded.
     pub log_sink: Option<broadcast::Sender<LogLine>>,
+    /// For an HTTP workload: the service its requests come from.
+    pub http: Option<Arc<http::Service>>,
 }
 
 /// A directory granted to a workload's instances, held open since apply.
