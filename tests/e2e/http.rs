@@ -705,6 +705,16 @@ fn the_daemon_serves_http_workloads_across_restarts_and_drains_on_sigterm() {
     let table = String::from_utf8_lossy(&get.stdout);
     assert!(table.contains("URL"), "{table}");
     assert!(table.contains(&format!("http://{addr}/api")), "{table}");
+    // Each request has an access line, kept apart from the guests' output.
+    let access = daemon.cli(&["logs", "--access", "workload/chaos"]);
+    let access = String::from_utf8_lossy(&access.stdout).into_owned();
+    assert!(access.contains("\"GET /api/hi HTTP/1.1\" 200"), "{access}");
+    assert!(access.contains(" chaos-"), "names the replica: {access}");
+    let output = daemon.cli(&["logs", "workload/chaos"]);
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("GET /api/hi"),
+        "access lines are not output"
+    );
     let describe = daemon.cli(&["describe", "workload/chaos"]);
     let text = String::from_utf8_lossy(&describe.stdout);
     assert!(
@@ -745,4 +755,34 @@ fn the_daemon_serves_http_workloads_across_restarts_and_drains_on_sigterm() {
     let exit = daemon.child.wait().expect("exits");
     assert!(exit.success(), "{exit:?}");
     assert!(TcpStream::connect(&addr).is_err(), "no longer listening");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_also_runs_as_a_command_is_served_only_with_spec_http() {
+    let host = host();
+    let files = Manifests::new();
+    let served = files.write("served.yaml", &http_workload("served", "http-dual", 1, ""));
+    let command = files.write(
+        "command.yaml",
+        &workload("command", "http-dual", "  restartPolicy: OnFailure\n"),
+    );
+    host.apply_files(&[served, command]).await.expect("applies");
+    let addr = address(&host, "served", 1).await;
+    let reply = get(&addr, "/x").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "http-dual served /x\n")
+    );
+    let w = wait_for(&host, "command", "the command's clean exit", |w| {
+        last_reason(w) == Some("Exited")
+    })
+    .await;
+    let end = w.last_termination.expect("checked");
+    assert!(end.end.reason.is_success(), "{:?}", end.end.reason);
+    assert_eq!(
+        end.end.output.tail.last().map(String::as_str),
+        Some("http-dual ran as a command")
+    );
+    assert!(w.http.is_none());
+    host.shutdown().await;
 }

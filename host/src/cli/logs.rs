@@ -28,6 +28,10 @@ pub struct LogsArgs {
     /// Begin each line with the time the daemon received it (RFC 3339).
     #[arg(long)]
     timestamps: bool,
+    /// An HTTP service's access lines (one per request: client, request line, status,
+    /// time to the response head, replica) instead of its output.
+    #[arg(long)]
+    access: bool,
     /// Only lines received within this long before now (e.g. `5m`, `90s`).
     #[arg(long, value_name = "DURATION", value_parser = setpoint::manifest::units::parse_duration)]
     since: Option<std::time::Duration>,
@@ -64,8 +68,12 @@ pub async fn logs(args: LogsArgs) -> ExitCode {
     if let Some(t) = args.tail {
         query.push(format!("tail={t}"));
     }
+    if args.access {
+        query.push("access=true".into());
+    }
     let path = format!("/v1/logs/{}?{}", url_word(&name), query.join("&"));
-    let prefixed = args.instance.is_none();
+    // An access line names its replica already.
+    let prefixed = args.instance.is_none() && !args.access;
     let timestamps = args.timestamps;
     let since = args.since.map(|d| {
         std::time::SystemTime::now()

@@ -140,6 +140,7 @@ async fn logs(
         &name,
         query.instance.as_deref(),
         query.tail.unwrap_or(usize::MAX),
+        query.access,
     );
     if kept.is_empty()
         && state
@@ -156,8 +157,11 @@ async fn logs(
         );
     }
     let instance = query.instance;
+    let access = query.access;
     let keep = move |l: &super::logbook::LogEntry| {
-        *l.workload == *name && instance.as_deref().is_none_or(|i| *l.instance == *i)
+        *l.workload == *name
+            && instance.as_deref().is_none_or(|i| *l.instance == *i)
+            && (l.stream == crate::runtime::output::Stream::Access) == access
     };
     ndjson(kept, query.follow.then_some(live), keep)
 }

@@ -36,15 +36,25 @@ pub struct LogEntry {
     pub workload: Arc<str>,
     /// The instance that wrote it.
     pub instance: Arc<str>,
-    /// `stdout` or `stderr`.
+    /// `stdout` or `stderr` (the guest's), or `access` (an HTTP service's requests).
     pub stream: crate::runtime::output::Stream,
     /// The line.
     pub line: String,
 }
 
 struct Logs {
-    by_workload: HashMap<Arc<str>, (VecDeque<LogEntry>, u64)>,
+    by_workload: HashMap<Arc<str>, Kept>,
     written: u64,
+}
+
+/// One workload's kept lines: its output, and apart from it its access lines (so that
+/// a busy service's requests never push its own output out).
+#[derive(Default)]
+struct Kept {
+    output: VecDeque<LogEntry>,
+    access: VecDeque<LogEntry>,
+    /// When it was last written to (the count of lines written before).
+    at: u64,
 }
 
 /// Recent output and events, with followers.
@@ -131,20 +141,22 @@ impl Logbook {
             && let Some(oldest) = logs
                 .by_workload
                 .iter()
-                .min_by_key(|(_, (_, at))| *at)
+                .min_by_key(|(_, kept)| kept.at)
                 .map(|(name, _)| name.clone())
         {
             logs.by_workload.remove(&oldest);
         }
-        let (lines, at) = logs
-            .by_workload
-            .entry(entry.workload.clone())
-            .or_insert_with(|| (VecDeque::new(), 0));
+        let kept = logs.by_workload.entry(entry.workload.clone()).or_default();
+        let lines = if entry.stream == crate::runtime::output::Stream::Access {
+            &mut kept.access
+        } else {
+            &mut kept.output
+        };
         if lines.len() >= LOG_LINES_PER_WORKLOAD {
             lines.pop_front();
         }
         lines.push_back(entry.clone());
-        *at = written;
+        kept.at = written;
         let _ = self.log_tx.send(entry);
     }
 
@@ -174,20 +186,28 @@ impl Logbook {
         lock(&self.logs).by_workload.remove(workload);
     }
 
-    /// The kept output of `workload` (of one instance, if given), at most the last
-    /// `tail` lines, and a subscription to what comes next.
+    /// The kept output of `workload` (or its access lines, with `access`), of one
+    /// instance if given, at most the last `tail` lines, and a subscription to what
+    /// comes next.
     pub fn logs(
         &self,
         workload: &str,
         instance: Option<&str>,
         tail: usize,
+        access: bool,
     ) -> (Vec<LogEntry>, broadcast::Receiver<LogEntry>) {
         let logs = lock(&self.logs);
         let mut kept: Vec<LogEntry> = logs
             .by_workload
             .get(workload)
             .into_iter()
-            .flat_map(|(lines, _)| lines.iter())
+            .flat_map(|k| {
+                if access {
+                    k.access.iter()
+                } else {
+                    k.output.iter()
+                }
+            })
             .filter(|l| instance.is_none_or(|i| *l.instance == *i))
             .cloned()
             .collect();

@@ -74,6 +74,9 @@ pub struct LogsQuery {
     /// Keep the answer open and stream new lines as they come.
     #[serde(default)]
     pub follow: bool,
+    /// An HTTP service's access lines (one per request) instead of its output.
+    #[serde(default)]
+    pub access: bool,
 }
 
 /// Query of `GET /v1/events`.

@@ -25,14 +25,57 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A response body: the guest's, streamed, or the host's own text.
 pub(crate) type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
+/// Where a request's traces go: its metrics and its access line.
+pub(crate) struct Outlets {
+    pub metrics: Arc<Metrics>,
+    pub logs: tokio::sync::broadcast::Sender<crate::runtime::LogLine>,
+    pub max_head_bytes: usize,
+}
+
+impl Outlets {
+    /// Counts an answer, and writes its access line when anyone listens.
+    #[allow(clippy::too_many_arguments)]
+    fn answered(
+        &self,
+        peer: std::net::SocketAddr,
+        request: (&http::Method, &http::Uri, http::Version),
+        route: &str,
+        service: &crate::runtime::http::Service,
+        status: StatusCode,
+        took: Duration,
+        replica: Option<&Arc<str>>,
+    ) {
+        self.metrics
+            .http_answered(service.workload(), route, status, took);
+        if self.logs.receiver_count() == 0 {
+            return;
+        }
+        let (method, uri, version) = request;
+        let line = format!(
+            "{peer} \"{method} {uri} {version:?}\" {} {:.3}ms {}",
+            status.as_u16(),
+            took.as_secs_f64() * 1000.0,
+            replica.map_or("-", |r| r)
+        );
+        let _ = self.logs.send(crate::runtime::LogLine {
+            workload: Arc::from(service.workload()),
+            instance: replica.cloned().unwrap_or_else(|| Arc::from("-")),
+            stream: crate::runtime::output::Stream::Access,
+            line,
+        });
+    }
+}
+
 /// Serves one request against `table`.
 pub(crate) async fn forward(
     table: Arc<RouteTable>,
-    metrics: Arc<Metrics>,
-    max_head_bytes: usize,
+    outlets: Arc<Outlets>,
+    peer: std::net::SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let arrived = Instant::now();
+    let metrics = &outlets.metrics;
+    let max_head_bytes = outlets.max_head_bytes;
     // hyper bounds what it buffers; this is the exact limit.
     if head_size(&request) > max_head_bytes {
         return Ok(text(
@@ -48,9 +91,24 @@ pub(crate) async fn forward(
     };
     let spec = route.spec.clone();
     let service = route.service.clone();
-    let answer = |status: StatusCode| {
-        metrics.http_answered(service.workload(), &route.prefix, status, arrived.elapsed());
+    let (method, uri, version) = (
+        request.method().clone(),
+        request.uri().clone(),
+        request.version(),
+    );
+    let record = |status: StatusCode, replica: Option<&Arc<str>>| {
+        let took = arrived.elapsed();
+        outlets.answered(
+            peer,
+            (&method, &uri, version),
+            &route.prefix,
+            &service,
+            status,
+            took,
+            replica,
+        );
     };
+    let answer = |status: StatusCode| record(status, None);
     let length = match content_length(request.headers()) {
         Ok(length) => length,
         Err(why) => {
@@ -145,8 +203,12 @@ pub(crate) async fn forward(
             answered,
         );
         let failure = match wait.await {
-            Ok(Ok(Answer::Response { response, finished })) => {
-                answer(response.status());
+            Ok(Ok(Answer::Response {
+                response,
+                finished,
+                replica,
+            })) => {
+                record(response.status(), Some(&replica));
                 let (parts, body) = response.into_parts();
                 let body = Guarded {
                     inner: body,

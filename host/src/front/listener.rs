@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use super::FrontConfig;
+use super::forward::Outlets;
 use super::routes::RouteTable;
-use crate::metrics::Metrics;
 
 /// The routes a listener serves, swapped whole by an apply.
 pub(crate) type SharedTable = Arc<RwLock<Arc<RouteTable>>>;
@@ -36,7 +36,7 @@ impl Listener {
         socket: std::net::TcpListener,
         table: RouteTable,
         config: &FrontConfig,
-        metrics: Arc<Metrics>,
+        outlets: Arc<Outlets>,
     ) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
@@ -48,7 +48,7 @@ impl Listener {
             listener,
             table.clone(),
             config.clone(),
-            metrics,
+            outlets,
             connections.clone(),
             stopped,
         );
@@ -99,7 +99,7 @@ async fn accept_loop(
     listener: TcpListener,
     table: SharedTable,
     config: super::FrontConfig,
-    metrics: Arc<Metrics>,
+    outlets: Arc<Outlets>,
     connections: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -111,7 +111,7 @@ async fn accept_loop(
             },
             _ = until_stopped(&mut stopped) => return,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -125,15 +125,14 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let table = table.clone();
-        let metrics = metrics.clone();
+        let outlets = outlets.clone();
         let mut stopped = stopped.clone();
         let config = config.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let max_head = config.max_head_bytes;
             let service = hyper::service::service_fn(move |request| {
                 let table = table.read().unwrap_or_else(|p| p.into_inner()).clone();
-                super::forward::forward(table, metrics.clone(), max_head, request)
+                super::forward::forward(table, outlets.clone(), peer, request)
             });
             let mut builder = http1::Builder::new();
             builder

@@ -79,19 +79,28 @@ struct State {
 /// The listeners and routes of a host's HTTP workloads.
 pub(crate) struct Front {
     config: FrontConfig,
-    metrics: Arc<Metrics>,
+    outlets: Arc<forward::Outlets>,
     state: Mutex<State>,
 }
 
 impl Front {
     /// A front serving nothing yet.
-    pub fn new(mut config: FrontConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        mut config: FrontConfig,
+        metrics: Arc<Metrics>,
+        logs: tokio::sync::broadcast::Sender<crate::runtime::LogLine>,
+    ) -> Self {
         // hyper refuses a head buffer under 8 KiB (it panics): clamp, never panic.
         config.max_head_bytes = config.max_head_bytes.max(8192);
         config.max_connections = config.max_connections.max(1);
+        let outlets = Arc::new(forward::Outlets {
+            metrics,
+            logs,
+            max_head_bytes: config.max_head_bytes,
+        });
         Self {
             config,
-            metrics,
+            outlets,
             state: Mutex::new(State::default()),
         }
     }
@@ -288,7 +297,7 @@ impl Front {
                 // binds every new address); bind now rather than serve nothing.
                 None => bind(addr),
             };
-            match socket.and_then(|s| Listener::start(s, table, &self.config, self.metrics.clone()))
+            match socket.and_then(|s| Listener::start(s, table, &self.config, self.outlets.clone()))
             {
                 Ok(listener) => {
                     tracing::info!(address = %listener.local, "serving HTTP");

@@ -217,7 +217,11 @@ impl HostBuilder {
         let (logs, _) = broadcast::channel(4096);
         let (commands, commands_rx) = mpsc::channel(64);
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let front = Arc::new(crate::front::Front::new(self.http, metrics.clone()));
+        let front = Arc::new(crate::front::Front::new(
+            self.http,
+            metrics.clone(),
+            logs.clone(),
+        ));
         let controller = Controller::new(
             runtime.clone(),
             policy,

@@ -59,6 +59,8 @@ pub enum Answer {
         /// Whether the handler returned normally after it (`false`: it trapped or ran
         /// out of time mid-body, and the body is cut short).
         finished: oneshot::Receiver<bool>,
+        /// The replica that answered.
+        replica: Arc<str>,
     },
     /// No response head came.
     Failed(Failure),
@@ -394,7 +396,15 @@ pub(super) async fn drive_http(
             Next::Serve(call) => {
                 stats.busy.store(true, Ordering::Relaxed);
                 let timeout = spec.request_timeout;
-                let spent = serve_one(store, &proxy, *call, timeout, &mut stop_rx, grace).await;
+                let spent = serve_one(
+                    store,
+                    &proxy,
+                    *call,
+                    (timeout, grace),
+                    &mut stop_rx,
+                    &parts.req.instance,
+                )
+                .await;
                 stats.busy.store(false, Ordering::Relaxed);
                 served_here = served_here.saturating_add(1);
                 match &spent {
@@ -467,9 +477,9 @@ async fn serve_one(
     store: &mut Store<InstanceState>,
     proxy: &Proxy,
     call: HttpCall,
-    timeout: Duration,
+    (timeout, grace): (Duration, Duration),
     stop_rx: &mut watch::Receiver<Option<StopCause>>,
-    grace: Duration,
+    replica: &Arc<str>,
 ) -> Spent {
     let HttpCall {
         request,
@@ -507,7 +517,11 @@ async fn serve_one(
                 head = &mut head_rx, if respond.is_some() => {
                     let answer = match head {
                         Ok(Ok(response)) => match finished_rx.take() {
-                            Some(finished) => Answer::Response { response, finished },
+                            Some(finished) => Answer::Response {
+                                response,
+                                finished,
+                                replica: replica.clone(),
+                            },
                             None => continue,
                         },
                         Ok(Err(code)) => Answer::Failed(Failure::NoResponse(format!(
@@ -539,6 +553,7 @@ async fn serve_one(
             (Ok(Ok(response)), _) => Answer::Response {
                 response,
                 finished: finished_rx.take().unwrap_or_else(|| oneshot::channel().1),
+                replica: replica.clone(),
             },
             (Ok(Err(code)), _) => Answer::Failed(Failure::NoResponse(format!(
                 "the component answered with an error: {code:?}"
@@ -630,8 +645,16 @@ async fn probe_once(
     };
     // A probe is never interrupted by a stop: it is bounded by its own timeout.
     let (_never, mut no_stop) = watch::channel(None);
+    let prober: Arc<str> = Arc::from("probe");
     let (spent, verdict) = tokio::join!(
-        serve_one(store, proxy, call, timeout, &mut no_stop, timeout),
+        serve_one(
+            store,
+            proxy,
+            call,
+            (timeout, timeout),
+            &mut no_stop,
+            &prober
+        ),
         tokio::time::timeout(timeout.saturating_add(Duration::from_millis(50)), verdict)
     );
     let verdict = verdict.unwrap_or_else(|_| Err(format!("GET {path}: no answer in time")));

@@ -22,6 +22,9 @@ pub enum Stream {
     Stdout,
     /// Standard error.
     Stderr,
+    /// An HTTP service's access log: one line per request answered (written by the
+    /// host, not the guest).
+    Access,
 }
 
 /// One line of guest output, as forwarded to log subscribers.
@@ -87,7 +90,8 @@ struct Capture {
 impl Capture {
     fn write(&mut self, stream: Stream, mut bytes: &[u8]) {
         self.bytes_written += bytes.len() as u64;
-        let idx = stream as usize;
+        // Access lines never come through a capture; only the guest's two streams do.
+        let idx = usize::from(stream == Stream::Stderr);
         while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
             let room = self
                 .limits
