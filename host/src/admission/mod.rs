@@ -35,6 +35,24 @@ pub(crate) struct PreparedWorkload {
     pub revision: String,
     /// Where the workload was written, for located errors.
     pub origin: Option<crate::manifest::Origin>,
+    /// A failure verdict recorded before a restart: a workload created with one starts
+    /// failed (nothing spawned) if it is still of that revision.
+    pub failed: Option<RecordedFailure>,
+}
+
+/// A workload's failure verdict as a daemon keeps it across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedFailure {
+    /// The revision that failed.
+    pub revision: String,
+    /// The stable reason (`RestartBudgetExceeded`, ...).
+    pub reason: String,
+    /// What the verdict said.
+    pub message: String,
+    /// When it was marked failed.
+    #[serde(with = "crate::serde_time::rfc3339")]
+    pub since: std::time::SystemTime,
 }
 
 /// Compiles and checks every workload's component; all diagnostics or all workloads.
@@ -97,6 +115,7 @@ pub(crate) fn prepare_all(
                     grants,
                     plugin,
                     revision,
+                    failed: None,
                 });
             }
             Err(e) => {

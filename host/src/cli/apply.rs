@@ -20,7 +20,8 @@ use super::output::count;
 /// `setpoint apply`.
 #[derive(clap::Args)]
 pub struct ApplyArgs {
-    /// Manifest files or directories (their *.yaml and *.yml files).
+    /// Manifest files or directories (their *.yaml and *.yml files); `-` reads standard
+    /// input (e.g. `setpoint get -o yaml workload/web | setpoint apply -f -`).
     #[arg(
         short = 'f',
         long = "filename",
@@ -47,12 +48,33 @@ pub struct DeleteArgs {
     target: Target,
 }
 
+/// How standard input is named in errors (`-f -`); relative paths in it are relative to
+/// the current directory.
+const STDIN: &str = "<stdin>";
+
+/// Reads `file`, or standard input for [`STDIN`], within `limit` bytes.
+fn read_manifest(file: &std::path::Path, limit: u64) -> Result<String, ApiError> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| local_error(format!("cannot read {}: {e}", file.display()));
+    if file.as_os_str() != STDIN {
+        return std::fs::read_to_string(file).map_err(cannot);
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .take(limit.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    Ok(text)
+}
+
 /// The manifest files of `-f` arguments: files as given, directories' `*.yaml` and
 /// `*.yml` files in name order.
 fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ApiError> {
     let mut out = Vec::new();
     for path in paths {
-        if path.is_dir() {
+        if path.as_os_str() == "-" {
+            out.push(PathBuf::from(STDIN));
+        } else if path.is_dir() {
             let entries = std::fs::read_dir(path)
                 .map_err(|e| local_error(format!("cannot read {}: {e}", path.display())))?;
             let mut found: Vec<PathBuf> = entries
@@ -87,8 +109,7 @@ async fn build_request(
     let mut referenced = BTreeMap::<String, PathBuf>::new();
     let mut problems = Vec::new();
     for file in manifest_files(files)? {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| local_error(format!("cannot read {}: {e}", file.display())))?;
+        let text = read_manifest(&file, limits.max_file_bytes)?;
         match load_str_with_files(&file, &text, &limits) {
             Ok((_, found)) => referenced.extend(found),
             Err(rejected) => problems.extend(rejected.diagnostics.iter().map(|d| d.to_string())),
@@ -203,11 +224,9 @@ pub async fn delete(args: DeleteArgs) -> ExitCode {
             Err(e) => return fail(&e),
         };
         for file in files {
-            let text = match std::fs::read_to_string(&file) {
+            let text = match read_manifest(&file, limits.max_file_bytes) {
                 Ok(t) => t,
-                Err(e) => {
-                    return fail(&local_error(format!("cannot read {}: {e}", file.display())));
-                }
+                Err(e) => return fail(&e),
             };
             match setpoint::manifest::parse_names(&file, &text, &limits) {
                 Ok(found) => names.extend(found),

@@ -7,13 +7,15 @@ use setpoint::status::{HostStatus, InstanceStatus, JobStatus, WorkloadKind, Work
 
 use super::client::{Target, fail, local_error};
 use super::objects::{Listing, fetch};
-use super::output::{GetOutput, age, print_rows, print_value, row, time};
+use super::output::{
+    GetOutput, age, object_json, print_objects, print_rows, print_value, row, time,
+};
 
 /// `setpoint get`.
 #[derive(clap::Args)]
 pub struct GetArgs {
     /// `workloads`, `jobs`, `instances` or `all` (the default), optionally followed by a
-    /// name (for `instances`, the workload or job they belong to).
+    /// name (for `instances`, the workload or job they belong to); or `KIND/NAME`.
     #[arg(value_name = "KIND [NAME]", num_args = 0..=2)]
     what: Vec<String>,
     /// Output format.
@@ -56,6 +58,12 @@ struct OwnedInstance<'a> {
 pub async fn get(args: GetArgs) -> ExitCode {
     let (listing, name) = match args.what.as_slice() {
         [] => (Ok(Listing::All), None),
+        // kubectl's `get workload/web` as well as `get workloads web`.
+        [one] if one.contains('/') => match super::objects::parse_target(one) {
+            Ok((Some(kind), name)) => (Ok(Listing::Of(kind)), Some(name.to_string())),
+            Ok((None, name)) => (Ok(Listing::All), Some(name.to_string())),
+            Err(e) => (Err(e), None),
+        },
         [kind, rest @ ..] => (Listing::parse(kind), rest.first().cloned()),
     };
     let listing = match listing {
@@ -129,7 +137,7 @@ pub async fn get(args: GetArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if print_value(&objects, output) {
+    if print_objects(&objects, output) {
         return ExitCode::SUCCESS;
     }
     if output == GetOutput::Name {
@@ -289,8 +297,16 @@ pub async fn describe(args: DescribeArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return fail(&e.error()),
     };
-    if print_value(&w, args.output) {
-        return ExitCode::SUCCESS;
+    match args.output {
+        GetOutput::Json => {
+            print_value(&object_json(&w), args.output);
+            return ExitCode::SUCCESS;
+        }
+        GetOutput::Yaml => {
+            print_objects(std::slice::from_ref(&w), args.output);
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
     if args.output == GetOutput::Name {
         println!("{}/{}", w.kind.noun(), w.name);
@@ -303,6 +319,19 @@ pub async fn describe(args: DescribeArgs) -> ExitCode {
         println!("Labels:      {}", labels.join(", "));
     }
     println!("Phase:       {}", w.phase);
+    if let Some(c) = w
+        .conditions
+        .iter()
+        .find(|c| c.kind == setpoint::status::ConditionType::Failed && c.status)
+    {
+        println!("Failed:      {}: {}", c.reason, c.message);
+        if w.kind == setpoint::status::WorkloadKind::Workload {
+            println!(
+                "             to recover, fix the cause and apply a new revision, or `setpoint rollout restart workload/{}`",
+                w.name
+            );
+        }
+    }
     println!("Revision:    {}", w.revision);
     println!("Policy:      {}", w.policy);
     match &w.job {
@@ -327,7 +356,8 @@ pub async fn describe(args: DescribeArgs) -> ExitCode {
         );
     }
     println!("Spec:");
-    let yaml = serde_saphyr::to_string(&*w.spec).unwrap_or_default();
+    let yaml =
+        serde_saphyr::to_string(&setpoint::manifest::render::spec_of(&w.spec)).unwrap_or_default();
     for line in yaml.lines() {
         println!("  {line}");
     }

@@ -42,6 +42,49 @@ pub fn print_value<T: Serialize>(value: &T, output: GetOutput) -> bool {
     }
 }
 
+/// A workload's status as `-o json` shows it: the API's status, with the spec in the
+/// manifest's own form (field names, units, the user's component path).
+pub fn object_json(w: &setpoint::WorkloadStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(w).unwrap_or_default();
+    value["spec"] = setpoint::manifest::render::spec_of(&w.spec);
+    value
+}
+
+/// A workload as `-o yaml` shows it: the manifest document `apply -f` reads
+/// (`apiVersion`, `kind`, `metadata`, `spec`), and its status under `status`, which
+/// `apply` ignores.
+pub fn object_document(w: &setpoint::WorkloadStatus) -> serde_json::Value {
+    let mut doc = setpoint::manifest::render::document(&w.name, &w.labels, &w.spec);
+    let mut status = serde_json::to_value(w).unwrap_or_default();
+    if let Some(fields) = status.as_object_mut() {
+        for shown in ["name", "labels", "kind", "spec"] {
+            fields.remove(shown);
+        }
+    }
+    doc["status"] = status;
+    doc
+}
+
+/// Prints workloads for `-o json` (a list) or `-o yaml` (one document each, applyable);
+/// false for the other formats.
+pub fn print_objects(objects: &[setpoint::WorkloadStatus], output: GetOutput) -> bool {
+    match output {
+        GetOutput::Json => {
+            let list: Vec<serde_json::Value> = objects.iter().map(object_json).collect();
+            print_value(&list, output)
+        }
+        GetOutput::Yaml => {
+            let docs: Vec<String> = objects
+                .iter()
+                .map(|w| serde_saphyr::to_string(&object_document(w)).unwrap_or_default())
+                .collect();
+            print!("{}", docs.join("---\n"));
+            true
+        }
+        GetOutput::Table | GetOutput::Wide | GetOutput::Name => false,
+    }
+}
+
 /// `n` and the noun, plural unless `n` is 1: `1 replica`, `3 replicas`.
 pub fn count(n: u32, noun: &str) -> String {
     if n == 1 {

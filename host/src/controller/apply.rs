@@ -21,6 +21,8 @@ pub(super) struct Applied {
     pub spec: Arc<WorkloadSpec>,
     /// The revision's hash.
     pub revision: Arc<str>,
+    /// A failure verdict of this workload recorded before a restart.
+    pub failed: Option<crate::admission::RecordedFailure>,
 }
 
 impl WorkloadState {
@@ -42,6 +44,21 @@ impl WorkloadState {
         );
         let message = format!("revision {}", state.revision);
         state.say(ctx, EventType::Normal, "Applied", message);
+        // Failed before a restart, failed after it: a restart is no way to un-fail.
+        if let Some(failed) = applied.failed.filter(|f| *f.revision == *state.revision)
+            && state.job().is_none()
+        {
+            let message = format!(
+                "still failed, as recorded before the host restarted: {}",
+                failed.message
+            );
+            state.say(ctx, EventType::Warning, &failed.reason, message);
+            state.failed = Some(Failure {
+                reason: failed.reason,
+                message: failed.message,
+                since: failed.since,
+            });
+        }
         ctx.push(Effect::NewDecider);
         ctx.push(Effect::Reconcile);
         if let Kind::Job(job) = &mut state.kind {

@@ -162,6 +162,7 @@ impl Controller {
             labels: w.labels,
             spec: w.spec,
             revision: revision.clone(),
+            failed: w.failed,
         };
         if let Some(entry) = self.workloads.get_mut(&name) {
             // The same revision keeps the parts it runs with.

@@ -139,6 +139,7 @@ fn applied(spec: WorkloadSpec, revision: &str) -> Applied {
         labels: Default::default(),
         spec: Arc::new(spec),
         revision: Arc::from(revision),
+        failed: None,
     }
 }
 

@@ -420,7 +420,7 @@ async fn describe(
     State(state): State<Arc<ApiState>>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<WorkloadStatus>, Response> {
-    let status = state.desired.host().status().await;
+    let status = state.desired.status().await;
     status.workload(&name).cloned().map(Json).ok_or_else(|| {
         error(
             StatusCode::NOT_FOUND,

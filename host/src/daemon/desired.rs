@@ -117,10 +117,44 @@ impl Desired {
     }
 
     /// The host's status with the quarantined applies.
+    /// The host's status as the daemon shows it: each component and plugin named by
+    /// the path its apply named it by (not the blob the daemon runs), and the
+    /// quarantined applies.
     pub async fn status(&self) -> HostStatus {
         let mut status = self.host.status().await;
         status.quarantined = lock(&self.quarantined).clone();
+        let sources = tokio::task::block_in_place(|| self.sources());
+        for w in &mut status.workloads {
+            let named = |blob: &Path| {
+                let stem = blob.file_stem()?.to_str()?;
+                sources.get(&stem.replacen('-', ":", 1)).cloned()
+            };
+            let component = named(&w.spec.component);
+            let plugin = w.spec.policy.as_ref().and_then(|p| named(&p.plugin));
+            if component.is_some() || plugin.is_some() {
+                let spec = Arc::make_mut(&mut w.spec);
+                if let Some(path) = component {
+                    spec.component = path;
+                }
+                if let (Some(path), Some(policy)) = (plugin, spec.policy.as_mut()) {
+                    policy.plugin = path;
+                }
+            }
+        }
         status
+    }
+
+    /// Each stored blob's digest → the path the newest apply naming it gave.
+    fn sources(&self) -> BTreeMap<String, PathBuf> {
+        let mut out = BTreeMap::new();
+        if let Ok(desired) = self.store.desired() {
+            for (_, record, _) in desired {
+                for (path, digest) in record.files {
+                    out.insert(digest, PathBuf::from(path));
+                }
+            }
+        }
+        out
     }
 
     /// Takes the write lock (waiting for the change in progress).
@@ -393,7 +427,62 @@ impl Writing<'_> {
         d.host
             .restart(name)
             .await
-            .map_err(|e| ChangeError::Invalid(e.to_string()))
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        // The verdict is gone with the restart: a daemon restart must not bring it back.
+        tokio::task::block_in_place(|| d.store.set_failures(&[(name, None)]))
+            .map_err(|e| ChangeError::Internal(e.to_string()))
+    }
+
+    /// Makes the store's failure verdicts match the host's: each failed workload's
+    /// recorded, every other one's cleared (see `failures.rs`).
+    pub async fn record_failures(&self) {
+        let d = self.desired;
+        let status = d.host.status().await;
+        let stored = match tokio::task::block_in_place(|| d.store.failures()) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("cannot read the recorded failures: {e}");
+                return;
+            }
+        };
+        let mut now: BTreeMap<String, crate::admission::RecordedFailure> = BTreeMap::new();
+        for w in status
+            .workloads
+            .iter()
+            .filter(|w| w.kind == WorkloadKind::Workload)
+        {
+            let failed = w
+                .conditions
+                .iter()
+                .find(|c| c.kind == crate::status::ConditionType::Failed && c.status);
+            if let Some(c) = failed {
+                let record = crate::admission::RecordedFailure {
+                    revision: w.revision.clone(),
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                    since: c.last_transition,
+                };
+                now.insert(w.name.clone(), record);
+            }
+        }
+        let mut changes: Vec<(&str, Option<&crate::admission::RecordedFailure>)> = Vec::new();
+        for (name, record) in &now {
+            let same = stored
+                .get(name)
+                .is_some_and(|s| s.revision == record.revision && s.reason == record.reason);
+            if !same {
+                changes.push((name, Some(record)));
+            }
+        }
+        for name in stored.keys().filter(|n| !now.contains_key(*n)) {
+            changes.push((name, None));
+        }
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = tokio::task::block_in_place(|| d.store.set_failures(&changes)) {
+            tracing::warn!("cannot record failure verdicts: {e}");
+        }
     }
 
     /// Records every rollback the controller made that the store does not know of yet
@@ -457,6 +546,10 @@ impl Writing<'_> {
         let d = self.desired;
         let store = &d.store;
         let durable = store.quarantined().unwrap_or_default();
+        let failures = store.failures().unwrap_or_else(|e| {
+            tracing::warn!("cannot read the recorded failures, so none is restored: {e}");
+            Default::default()
+        });
         let mut interrupted = store.replaying().ok().flatten();
         let desired = store
             .desired()
@@ -502,7 +595,7 @@ impl Writing<'_> {
                 continue;
             }
             store.set_replaying(Some(id))?;
-            let applied = d.host.apply(workloads).await;
+            let applied = d.host.apply_restoring(workloads, &failures).await;
             // A round trip: the controller has acted on the apply without dying.
             let _ = d.host.ping().await;
             if let Some(why) = d.host.failure() {

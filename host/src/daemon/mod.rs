@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod desired;
+mod failures;
 pub mod logbook;
 mod rollbacks;
 pub mod serve;
@@ -217,6 +218,11 @@ pub async fn run(
         desired.host().events(),
         stop_rx.clone(),
     ));
+    let failures = tokio::spawn(failures::record_failures(
+        desired.clone(),
+        desired.host().events(),
+        stop_rx.clone(),
+    ));
     let watcher = match &config.watch {
         Some(dir) => {
             let dir = std::fs::canonicalize(dir)
@@ -264,6 +270,7 @@ pub async fn run(
         let _ = watcher.await;
     }
     let _ = rollbacks.await;
+    let _ = failures.await;
     drop(state);
     let host = Arc::into_inner(desired)
         .context("API handlers still running at shutdown")?

@@ -3,6 +3,7 @@
 
 mod builder;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +119,20 @@ impl Host {
     /// Applies workloads, all or nothing: every component is compiled and checked first,
     /// and if any workload is rejected nothing changes. Returns the applied names.
     pub async fn apply(&self, workloads: Vec<Workload>) -> Result<Vec<String>, Rejected> {
-        let prepared = self.prepare(workloads).await?;
+        self.apply_restoring(workloads, &BTreeMap::new()).await
+    }
+
+    /// [`Host::apply`], with the failure verdicts a daemon recorded before it restarted:
+    /// a workload created of a revision that had failed starts failed.
+    pub(crate) async fn apply_restoring(
+        &self,
+        workloads: Vec<Workload>,
+        failures: &BTreeMap<String, crate::admission::RecordedFailure>,
+    ) -> Result<Vec<String>, Rejected> {
+        let mut prepared = self.prepare(workloads).await?;
+        for p in &mut prepared {
+            p.failed = failures.get(&p.name).cloned();
+        }
         let names = prepared.iter().map(|p| p.name.clone()).collect();
         let (reply, done) = oneshot::channel();
         self.send(Command::Apply(prepared, reply)).await?;

@@ -6,6 +6,7 @@ mod check;
 mod diagnostic;
 mod load;
 mod raw;
+pub mod render;
 pub mod revision;
 pub(crate) mod rules;
 mod spec;

@@ -25,6 +25,11 @@ pub struct RawManifest {
     pub metadata: RawMetadata,
     /// The desired state.
     pub spec: RawWorkloadSpec,
+    /// Ignored: the status `setpoint get -o yaml` prints beside the spec, so that its
+    /// output can be applied again as it is.
+    #[serde(default, rename = "status")]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub _status: Option<serde::de::IgnoredAny>,
 }
 
 /// Object metadata.

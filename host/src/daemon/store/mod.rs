@@ -12,6 +12,7 @@
 //! committed only after every blob it names is in place.
 
 mod blobs;
+mod failures;
 mod jobs;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,8 @@ const WATCHED: TableDefinition<&str, &str> = TableDefinition::new("watched");
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
 /// Apply id → why it is not replayed: the daemon died while replaying it.
 const QUARANTINED: TableDefinition<u64, &str> = TableDefinition::new("quarantined");
+/// Workload name → the JSON of its [`crate::admission::RecordedFailure`].
+const FAILED: TableDefinition<&str, &str> = TableDefinition::new("failed");
 /// The `META` key naming the apply being replayed (absent when none is).
 const REPLAYING: &str = "replaying";
 /// The `META` key counting deaths in a row during the recorded replay.
@@ -437,6 +440,8 @@ impl Store {
             let mut owners = txn.open_table(OWNERS).map_err(db_err)?;
             let mut jobs = txn.open_table(JOBS).map_err(db_err)?;
             jobs.remove(name).map_err(db_err)?;
+            let mut failed = txn.open_table(FAILED).map_err(db_err)?;
+            failed.remove(name).map_err(db_err)?;
             let mut history = txn.open_table(HISTORY).map_err(db_err)?;
             history
                 .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
