@@ -40,7 +40,8 @@ fn main() -> Result<()> {
             let mut cmd = cargo(&root);
             cmd.args([
                 "run",
-                "--release",
+                "--profile",
+                "demo",
                 "--package",
                 "setpoint",
                 "--",
