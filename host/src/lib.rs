@@ -87,9 +87,9 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `cranelift` | yes | compiling `.wasm` (without it the host runs `.cwasm` only) |
-//! | `all-arch` | yes | `setpoint compile --target` for other architectures and Pulley |
+//! | `pulley` | yes | the Pulley interpreter (and, with `cranelift`, compiling for it) |
 //! | `cache` | yes | the on-disk cache of compiled components |
-//! | `pulley` | no | the Pulley interpreter, for targets without a native backend |
+//! | `all-arch` | no | `setpoint compile --target` for every other architecture |
 //!
 //! A device build is `--no-default-features` (plus `pulley` where the CPU has no
 //! Cranelift backend); [`HostBuilder::interpreter`] runs guests on Pulley.
