@@ -820,6 +820,11 @@ fn a_failed_workload_stays_failed_across_restarts_until_it_is_restarted() {
         text.contains("`setpoint rollout restart workload/crash`"),
         "says how to recover: {text}"
     );
+    // The last end in full: why, how long, how much memory and CPU, its last output.
+    assert!(text.contains("Last termination: Exited (crash-"), "{text}");
+    assert!(text.contains("exited with status 1"), "{text}");
+    assert!(text.contains(", peak memory "), "{text}");
+    assert!(text.contains("  last output:"), "{text}");
     terminate(daemon);
     // Started again, it is still failed, and runs nothing.
     let daemon = Daemon::start(state.path());

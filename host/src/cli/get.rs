@@ -282,6 +282,13 @@ fn prefixed(listing: Listing, w: &WorkloadStatus) -> String {
     }
 }
 
+/// How long ago `t` was (`0ms` for a time ahead of this clock).
+fn since(t: std::time::SystemTime) -> String {
+    age(std::time::SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_default())
+}
+
 /// How long a job has run: to its completion time, or until now.
 fn job_duration(job: &JobStatus) -> String {
     let end = job
@@ -382,12 +389,41 @@ pub async fn describe(args: DescribeArgs) -> ExitCode {
         );
     }
     if let Some(t) = &w.last_termination {
-        println!("Last termination: {} ({})", t.end.reason.name(), t.instance);
+        let ago = since(t.at);
+        println!(
+            "Last termination: {} ({}, slot {}, {ago} ago)",
+            t.end.reason.name(),
+            t.instance,
+            t.slot
+        );
+        println!("  {}", t.end.reason);
+        // The trap's backtrace, bounded: its first frames say where.
+        if let setpoint::runtime::EndReason::Trapped { message, .. }
+        | setpoint::runtime::EndReason::OutOfMemory { message, .. }
+        | setpoint::runtime::EndReason::CpuBudgetExceeded { message, .. } = &t.end.reason
+        {
+            for line in message.lines().skip(1).take(8) {
+                println!("    {line}");
+            }
+        }
+        println!(
+            "  ran {}, peak memory {}, CPU {}",
+            age(t.end.ran_for),
+            bytesize::ByteSize(t.end.peak_memory_bytes),
+            age(t.end.cpu)
+        );
+        if !t.end.output.tail.is_empty() {
+            println!("  last output:");
+            for line in &t.end.output.tail {
+                println!("    {line}");
+            }
+        }
     }
     println!("Events:");
     for e in &w.events {
         println!(
-            "  {:<8} {:<16} {:<24} {}",
+            "  {:<7} {:<8} {:<16} {:<24} {}",
+            since(e.time),
             e.kind,
             e.reason,
             e.instance.as_deref().unwrap_or("-"),
