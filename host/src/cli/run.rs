@@ -113,8 +113,6 @@ pub async fn run(args: RunArgs) -> ExitCode {
                 // Output first: an instance's last lines come before the event of its end.
                 biased;
                 line = logs.recv(), if logs_open => match line {
-                    // A service's access lines would drown the guests' output.
-                    Ok(l) if l.stream == setpoint::runtime::output::Stream::Access => {}
                     Ok(l) => eprintln!("{} | {}", l.instance, l.line),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => eprintln!("log ({n} lines skipped)"),
                     // Both channels close when the host is gone: drain the events still

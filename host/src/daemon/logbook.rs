@@ -83,17 +83,18 @@ impl Logbook {
 
     /// Follows the host's logs and events until they close, flushing events to `store`.
     pub fn run(self: &Arc<Self>, host: &crate::Host, store: Arc<Store>) {
-        let mut logs = host.logs();
-        let book = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match logs.recv().await {
-                    Ok(line) => book.add_line(line),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
+        for mut logs in [host.logs(), host.access_logs()] {
+            let book = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    match logs.recv().await {
+                        Ok(line) => book.add_line(line),
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
                 }
-            }
-        });
+            });
+        }
         let mut events = host.events();
         let book = self.clone();
         tokio::spawn(async move {

@@ -217,10 +217,11 @@ impl HostBuilder {
         let (logs, _) = broadcast::channel(4096);
         let (commands, commands_rx) = mpsc::channel(64);
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (access_logs, _) = broadcast::channel(4096);
         let front = Arc::new(crate::front::Front::new(
             self.http,
             metrics.clone(),
-            logs.clone(),
+            access_logs.clone(),
         ));
         let controller = Controller::new(
             runtime.clone(),
@@ -250,6 +251,7 @@ impl HostBuilder {
             commands,
             events,
             logs,
+            access_logs,
             task,
             death,
             manifest_limits: self.manifests,

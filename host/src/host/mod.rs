@@ -85,6 +85,7 @@ pub struct Host {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
     logs: broadcast::Sender<LogLine>,
+    access_logs: broadcast::Sender<LogLine>,
     task: tokio::task::JoinHandle<()>,
     /// Why the controller died, once it has.
     death: tokio::sync::watch::Receiver<Option<Arc<str>>>,
@@ -368,6 +369,13 @@ impl Host {
     /// Subscribes to guest output lines from now on (rate-limited per instance).
     pub fn logs(&self) -> broadcast::Receiver<LogLine> {
         self.logs.subscribe()
+    }
+
+    /// A subscription to HTTP services' access lines (stream `access`, one per request
+    /// answered). Written only while someone subscribes, so a host nobody reads them
+    /// from pays nothing per request; a slow subscriber misses lines, never delays one.
+    pub fn access_logs(&self) -> broadcast::Receiver<LogLine> {
+        self.access_logs.subscribe()
     }
 
     /// Stops every instance (gracefully within its grace period, then forcibly), stops
