@@ -227,11 +227,11 @@ fn main() {
         Some(bin) => {
             for (what, extra) in [
                 (
-                    "wasmtime serve (default: fresh instance per request)",
+                    "wasmtime serve -Scli (default: fresh instance per request)",
                     vec![],
                 ),
                 (
-                    "wasmtime serve --max-instance-reuse-count 1000",
+                    "wasmtime serve -Scli --max-instance-reuse-count 1000",
                     vec!["--max-instance-reuse-count", "1000"],
                 ),
             ] {
@@ -239,6 +239,8 @@ fn main() {
                 let child = quiet(
                     Command::new(&bin)
                         .arg("serve")
+                        // Rust std components import wasi:cli; serve links it only so.
+                        .arg("-Scli")
                         .args(["--addr", &addr])
                         .args(&extra)
                         .arg(&hello),
