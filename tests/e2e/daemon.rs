@@ -945,3 +945,42 @@ fn get_o_yaml_is_the_manifest_and_applies_again_unchanged() {
     assert_eq!(value[0]["spec"]["resources"]["memory"], "16Mi");
     assert_eq!(value[0]["ready"], 2);
 }
+
+#[test]
+fn get_watch_prints_a_row_again_when_it_changes() {
+    use std::io::BufRead as _;
+    let state = tempfile::tempdir().expect("tempdir");
+    let m = Manifests::new();
+    let daemon = Daemon::start(state.path());
+    daemon.apply(&m.write("web.yaml", &workload("web", "ticker", "  replicas: 1\n")));
+    daemon.wait_ready("web", 1);
+    let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["get", "workloads", "-w", "--socket"])
+        .arg(&daemon.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("get -w runs");
+    let lines = std::io::BufReader::new(watcher.stdout.take().expect("stdout"));
+    let mut lines = lines.lines();
+    let mut next = || lines.next().expect("a line").expect("text");
+    assert!(next().starts_with("NAME"));
+    assert!(next().contains("1/1"));
+    // Scaled to 2, the row comes again with each change, ending at 2/2.
+    daemon.apply(&m.write("web.yaml", &workload("web", "ticker", "  replicas: 2\n")));
+    loop {
+        let line = next();
+        assert!(line.starts_with("web"), "{line}");
+        if line.contains("2/2") {
+            break;
+        }
+    }
+    let out = daemon.cli(&["delete", "workload/web"]);
+    assert!(out.status.success());
+    loop {
+        if next().contains("web   (deleted)") {
+            break;
+        }
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}

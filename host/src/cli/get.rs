@@ -30,6 +30,10 @@ pub struct GetArgs {
         value_delimiter = ','
     )]
     selector: Vec<String>,
+    /// After the table, print each workload's or job's row again whenever it changes
+    /// (woken by the daemon's events), until interrupted.
+    #[arg(short, long)]
+    watch: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -71,7 +75,7 @@ pub async fn get(args: GetArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let output = args.output;
-    let status: HostStatus = match args.target.client().get_json("/v1/workloads").await {
+    let status: HostStatus = match args.target.clone().client().get_json("/v1/workloads").await {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -162,7 +166,95 @@ pub async fn get(args: GetArgs) -> ExitCode {
     if listing == Listing::All && objects.is_empty() {
         println!("no workloads or jobs");
     }
+    if args.watch {
+        let keep = |w: &WorkloadStatus| {
+            let kind_ok = match listing {
+                Listing::Of(kind) => w.kind == kind,
+                _ => true,
+            };
+            kind_ok
+                && name.as_ref().is_none_or(|n| w.name == *n)
+                && wanted
+                    .iter()
+                    .all(|(k, v)| w.labels.get(*k).is_some_and(|have| have == v))
+        };
+        return watch(&args.target, &objects, keep, listing, wide).await;
+    }
     ExitCode::SUCCESS
+}
+
+/// `get -w`: each selected object's row again whenever it changes. The daemon's event
+/// stream says when to look (and a 2 s tick covers what no event tells, such as ages).
+async fn watch(
+    target: &Target,
+    shown: &[WorkloadStatus],
+    keep: impl Fn(&WorkloadStatus) -> bool,
+    listing: Listing,
+    wide: bool,
+) -> ExitCode {
+    let client = target.clone().client();
+    let (poke, mut poked) = tokio::sync::mpsc::channel::<()>(1);
+    let follower = {
+        let client = target.clone().client();
+        tokio::spawn(async move {
+            client
+                .stream_lines(
+                    "/v1/events?watch=true",
+                    |_: setpoint::daemon::wire::StreamLine<serde_json::Value>| {
+                        let _ = poke.try_send(());
+                    },
+                )
+                .await
+        })
+    };
+    let row_of = |w: &WorkloadStatus| match w.kind {
+        WorkloadKind::Job => job_row(listing, w, wide),
+        WorkloadKind::Workload => workload_row(listing, w, wide, w.http.is_some()),
+    };
+    let mut last: std::collections::BTreeMap<String, Vec<String>> = shown
+        .iter()
+        .map(|w| (format!("{}/{}", w.kind.noun(), w.name), row_of(w)))
+        .collect();
+    loop {
+        tokio::select! {
+            woke = poked.recv() => if woke.is_none() { break },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+        // Let a burst of events settle into one look.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        while poked.try_recv().is_ok() {}
+        let status: HostStatus = match client.get_json("/v1/workloads").await {
+            Ok(s) => s,
+            Err(e) => return fail(&e),
+        };
+        let mut changed = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for w in status.workloads.iter().filter(|w| keep(w)) {
+            let key = format!("{}/{}", w.kind.noun(), w.name);
+            let row = row_of(w);
+            if last.get(&key) != Some(&row) {
+                changed.push(row.clone());
+                last.insert(key.clone(), row);
+            }
+            seen.insert(key);
+        }
+        for gone in last
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            last.remove(&gone);
+            changed.push(vec![gone, "(deleted)".into()]);
+        }
+        for row in changed {
+            println!("{}", row.join("   "));
+        }
+    }
+    match follower.await {
+        Ok(Err(e)) => fail(&e),
+        _ => fail(&local_error("the daemon closed the event stream")),
+    }
 }
 
 fn print_instances(instances: &[OwnedInstance<'_>], wide: bool) {
@@ -201,32 +293,37 @@ fn print_workloads(workloads: &[&WorkloadStatus], listing: Listing, wide: bool) 
     }
     let mut rows = vec![header];
     for w in workloads {
-        let mut r = vec![
-            prefixed(listing, w),
-            format!("{}/{}", w.ready, w.desired),
-            w.restarts.to_string(),
-            phase(w),
-            w.revision.clone(),
-        ];
-        if serves_http {
-            r.push(
-                w.http
-                    .as_ref()
-                    .map_or_else(|| "-".into(), |h| h.url.clone()),
-            );
-        }
-        if wide {
-            r.push(w.running.to_string());
-            r.push(w.policy.clone());
-            r.push(
-                w.rollout
-                    .as_ref()
-                    .map_or_else(|| "-".to_string(), |r| format!("{} → {}", r.from, r.to)),
-            );
-        }
-        rows.push(r);
+        rows.push(workload_row(listing, w, wide, serves_http));
     }
     print_rows(&rows, "no workloads");
+}
+
+/// A workload's row of `get`.
+fn workload_row(listing: Listing, w: &WorkloadStatus, wide: bool, url: bool) -> Vec<String> {
+    let mut r = vec![
+        prefixed(listing, w),
+        format!("{}/{}", w.ready, w.desired),
+        w.restarts.to_string(),
+        phase(w),
+        w.revision.clone(),
+    ];
+    if url {
+        r.push(
+            w.http
+                .as_ref()
+                .map_or_else(|| "-".into(), |h| h.url.clone()),
+        );
+    }
+    if wide {
+        r.push(w.running.to_string());
+        r.push(w.policy.clone());
+        r.push(
+            w.rollout
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |r| format!("{} → {}", r.from, r.to)),
+        );
+    }
+    r
 }
 
 fn print_jobs(jobs: &[&WorkloadStatus], listing: Listing, wide: bool) {
@@ -242,23 +339,30 @@ fn print_jobs(jobs: &[&WorkloadStatus], listing: Listing, wide: bool) {
         header.extend(["IGNORED", "REVISION"].map(String::from));
     }
     let mut rows = vec![header];
-    for w in jobs {
-        let Some(j) = &w.job else { continue };
-        let mut r = vec![
-            prefixed(listing, w),
-            format!("{}/{}", j.succeeded, j.completions),
-            j.active.to_string(),
-            j.failed.to_string(),
-            job_duration(j),
-            phase(w),
-        ];
-        if wide {
-            r.push(j.ignored.to_string());
-            r.push(w.revision.clone());
-        }
-        rows.push(r);
+    for w in jobs.iter().filter(|w| w.job.is_some()) {
+        rows.push(job_row(listing, w, wide));
     }
     print_rows(&rows, "no jobs");
+}
+
+/// A job's row of `get` (its name and phase only if it carries no job progress).
+fn job_row(listing: Listing, w: &WorkloadStatus, wide: bool) -> Vec<String> {
+    let Some(j) = &w.job else {
+        return vec![prefixed(listing, w), phase(w)];
+    };
+    let mut r = vec![
+        prefixed(listing, w),
+        format!("{}/{}", j.succeeded, j.completions),
+        j.active.to_string(),
+        j.failed.to_string(),
+        job_duration(j),
+        phase(w),
+    ];
+    if wide {
+        r.push(j.ignored.to_string());
+        r.push(w.revision.clone());
+    }
+    r
 }
 
 /// The PHASE cell: the phase, and for a failed object why (`Failed (BackoffLimitExceeded)`).
