@@ -348,3 +348,27 @@ fn version_names_setpoint_wasmtime_and_the_build() {
     )));
     assert!(text.contains("compiler: "), "{text}");
 }
+
+#[test]
+fn completion_scripts_know_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(["completion", shell])
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["rollout", "describe", "completion", "access"] {
+            assert!(script.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["completion", "tcsh"])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}

@@ -83,6 +83,12 @@ enum Cmd {
         #[command(subcommand)]
         command: policy::PolicyCmd,
     },
+    /// Print a shell completion script: `source <(setpoint completion bash)`, or save it
+    /// where your shell loads completions from.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Engine options shared by the commands that load components.
@@ -220,6 +226,16 @@ pub fn main() -> ExitCode {
                 "{}",
                 serde_json::to_string_pretty(&setpoint::manifest::json_schema())
                     .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "setpoint",
+                &mut std::io::stdout(),
             );
             ExitCode::SUCCESS
         }
