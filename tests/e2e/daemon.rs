@@ -984,3 +984,48 @@ fn get_watch_prints_a_row_again_when_it_changes() {
     let _ = watcher.kill();
     let _ = watcher.wait();
 }
+
+#[test]
+fn wait_returns_when_the_state_comes_and_at_once_when_it_never_will() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let m = Manifests::new();
+    let daemon = Daemon::start(state.path());
+    daemon.apply(&m.write("web.yaml", &workload("web", "ticker", "  replicas: 2\n")));
+    let waited = |args: &[&str]| {
+        let out = daemon.cli(&[&["wait"], args].concat());
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = waited(&["workload/web", "--for", "ready", "--timeout", "60s"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "workload/web condition met\n");
+    assert_eq!(daemon.wait_ready("web", 2)["ready"], 2);
+    // A state that is not coming: a timeout, exit 1.
+    let (code, _, stderr) = waited(&["workload/web", "--for", "failed", "--timeout", "300ms"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("timed out after 300ms waiting for workload/web to be failed"),
+        "{stderr}"
+    );
+    // A state that can never come ends the wait at once.
+    daemon.apply(&failing_crasher(&m, ""));
+    let (code, _, stderr) = waited(&["workload/crash", "--for", "failed", "--timeout", "60s"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = waited(&["workload/crash", "--for", "ready", "--timeout", "60s"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("workload/crash is Failed (RestartBudgetExceeded"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = waited(&["workload/web", "--for", "complete"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("never completes"), "{stderr}");
+    // Deleted.
+    assert!(daemon.cli(&["delete", "workload/web"]).status.success());
+    let (code, stdout, stderr) = waited(&["workload/web", "--for", "deleted", "--timeout", "60s"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "workload/web deleted\n");
+}

@@ -193,20 +193,7 @@ async fn watch(
     wide: bool,
 ) -> ExitCode {
     let client = target.clone().client();
-    let (poke, mut poked) = tokio::sync::mpsc::channel::<()>(1);
-    let follower = {
-        let client = target.clone().client();
-        tokio::spawn(async move {
-            client
-                .stream_lines(
-                    "/v1/events?watch=true",
-                    |_: setpoint::daemon::wire::StreamLine<serde_json::Value>| {
-                        let _ = poke.try_send(());
-                    },
-                )
-                .await
-        })
-    };
+    let mut poked = super::wait::follow_events(target.clone().client());
     let row_of = |w: &WorkloadStatus| match w.kind {
         WorkloadKind::Job => job_row(listing, w, wide),
         WorkloadKind::Workload => workload_row(listing, w, wide, w.http.is_some()),
@@ -251,10 +238,7 @@ async fn watch(
             println!("{}", row.join("   "));
         }
     }
-    match follower.await {
-        Ok(Err(e)) => fail(&e),
-        _ => fail(&local_error("the daemon closed the event stream")),
-    }
+    fail(&local_error("the daemon closed the event stream"))
 }
 
 fn print_instances(instances: &[OwnedInstance<'_>], wide: bool) {

@@ -29,6 +29,7 @@ mod rollout;
 mod run;
 mod signals;
 mod table;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -83,6 +84,9 @@ enum Cmd {
         #[command(subcommand)]
         command: policy::PolicyCmd,
     },
+    /// Wait until workloads or jobs are ready, complete, failed or deleted (exit 1 on
+    /// timeout, or at once when the state can no longer come).
+    Wait(wait::WaitArgs),
     /// Print a shell completion script: `source <(setpoint completion bash)`, or save it
     /// where your shell loads completions from.
     Completion {
@@ -255,5 +259,6 @@ pub fn main() -> ExitCode {
         Cmd::Logs(args) => runtime.block_on(logs::logs(args)),
         Cmd::Events(args) => runtime.block_on(logs::events(args)),
         Cmd::Rollout { action } => runtime.block_on(rollout::run(action)),
+        Cmd::Wait(args) => runtime.block_on(wait::wait(args)),
     }
 }
