@@ -1029,3 +1029,44 @@ fn wait_returns_when_the_state_comes_and_at_once_when_it_never_will() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, "workload/web deleted\n");
 }
+
+#[test]
+fn scale_keeps_its_count_across_restarts_until_the_manifest_is_applied_again() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let m = Manifests::new();
+    let file = m.write("web.yaml", &workload("web", "ticker", "  replicas: 1\n"));
+    let mut daemon = Daemon::start(state.path());
+    daemon.apply(&file);
+    let before = daemon.wait_ready("web", 1)["revision"].clone();
+    let out = daemon.cli(&["scale", "workload/web", "--replicas", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "workload/web scaled to 3 replicas\n"
+    );
+    let w = daemon.wait_ready("web", 3);
+    assert_eq!(w["revision"], before, "scaling makes no new revision");
+    daemon.kill9();
+    let daemon = Daemon::start(state.path());
+    assert_eq!(
+        daemon.wait_ready("web", 3)["desired"],
+        3,
+        "kept across a restart"
+    );
+    // Refused: a job, something unknown, a count over the limit.
+    let out = daemon.cli(&["scale", "job/web", "--replicas", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = daemon.cli(&["scale", "workload/nosuch", "--replicas", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = daemon.cli(&["scale", "workload/web", "--replicas", "1000000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("over this host's limit"));
+    // The manifest applied again says what it says.
+    daemon.apply(&file);
+    daemon.wait_ready("web", 1);
+}

@@ -27,6 +27,7 @@ mod output;
 mod policy;
 mod rollout;
 mod run;
+mod scale;
 mod signals;
 mod table;
 mod wait;
@@ -84,6 +85,9 @@ enum Cmd {
         #[command(subcommand)]
         command: policy::PolicyCmd,
     },
+    /// Set a workload's replica count (kept across restarts, until its manifest is
+    /// applied again).
+    Scale(scale::ScaleArgs),
     /// Wait until workloads or jobs are ready, complete, failed or deleted (exit 1 on
     /// timeout, or at once when the state can no longer come).
     Wait(wait::WaitArgs),
@@ -260,5 +264,6 @@ pub fn main() -> ExitCode {
         Cmd::Events(args) => runtime.block_on(logs::events(args)),
         Cmd::Rollout { action } => runtime.block_on(rollout::run(action)),
         Cmd::Wait(args) => runtime.block_on(wait::wait(args)),
+        Cmd::Scale(args) => runtime.block_on(scale::scale(args)),
     }
 }

@@ -13,6 +13,7 @@
 //! | `GET /v1/workloads/{name}/history` | its revisions ([`RevisionInfo`]) |
 //! | `POST /v1/workloads/{name}/undo` | goes back to an earlier revision ([`UndoRequest`]) |
 //! | `POST /v1/workloads/{name}/restart` | replaces every instance, clearing a failure ([`Restarted`]) |
+//! | `POST /v1/workloads/{name}/scale` | sets its replica count ([`ScaleRequest`] → [`Scaled`]) |
 //! | `GET /v1/logs/{name}` | its kept output as JSON lines; `follow` streams on |
 //! | `GET /v1/events` | kept events as JSON lines; `watch` streams on |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
@@ -33,7 +34,7 @@ use super::desired::{ChangeError, Desired};
 use super::store::is_digest;
 use super::wire::{
     ApplyRequest, BlobStored, Deleted, ErrorBody, EventsQuery, Health, LogsQuery, Restarted,
-    RevisionInfo, StreamLine, UndoRequest,
+    RevisionInfo, ScaleRequest, Scaled, StreamLine, UndoRequest,
 };
 use crate::WorkloadStatus;
 
@@ -59,6 +60,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/workloads/{name}/history", get(history))
         .route("/v1/workloads/{name}/undo", post(undo))
         .route("/v1/workloads/{name}/restart", post(restart))
+        .route("/v1/workloads/{name}/scale", post(scale))
         .route("/v1/logs/{name}", get(logs))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
@@ -387,6 +389,29 @@ async fn undo(
     };
     let writing = state.desired.write().await;
     answer(writing.undo(&name, request.to_revision.as_deref()).await)
+}
+
+/// Sets a workload's replica count (durably, like an apply of its manifest with that
+/// count).
+async fn scale(
+    State(state): State<Arc<ApiState>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let request: ScaleRequest = match body_of(&body, "a scale request") {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    let writing = state.desired.write().await;
+    answer(
+        writing
+            .scale(&name, request.replicas)
+            .await
+            .map(|()| Scaled {
+                scaled: name,
+                replicas: request.replicas,
+            }),
+    )
 }
 
 /// Replaces every instance of a workload, clearing a failure.

@@ -433,6 +433,63 @@ impl Writing<'_> {
             .map_err(|e| ChangeError::Internal(e.to_string()))
     }
 
+    /// `scale`: keeps `replicas` instances of workload `name`, durably: its apply is
+    /// recorded again with that count (as a rollback records its scale), then applied.
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<(), ChangeError> {
+        let d = self.desired;
+        let revision = d.current_revision(name).await?;
+        if replicas > d.limits.max_replicas {
+            return Err(ChangeError::Invalid(format!(
+                "{replicas} replicas, over this host's limit of {}",
+                d.limits.max_replicas
+            )));
+        }
+        let store = &d.store;
+        let history = store
+            .history(name)
+            .map_err(|e| ChangeError::Internal(e.to_string()))?;
+        let Some(entry) = history.iter().rev().find(|e| e.revision == revision) else {
+            return Err(ChangeError::Internal(format!(
+                "the store has no apply of `{name}`'s revision {revision}"
+            )));
+        };
+        let old = match store.apply_record(entry.apply) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(ChangeError::Internal(format!(
+                    "the apply of revision {revision} is no longer stored"
+                )));
+            }
+            Err(e) => return Err(ChangeError::Internal(e.to_string())),
+        };
+        let mut workloads = d
+            .load(&old.documents, &old.files)
+            .map_err(ChangeError::Rejected)?;
+        workloads.retain(|w| w.name == name);
+        for w in &mut workloads {
+            w.spec.replicas = replicas;
+        }
+        pin_grants(&mut workloads, Some(&old.dirs)).map_err(ChangeError::Rejected)?;
+        let record = ApplyRecord {
+            applied_at: now_secs(),
+            replicas: [(name.to_string(), replicas)].into(),
+            ..old
+        };
+        tokio::task::block_in_place(|| {
+            store.record_apply(
+                &record,
+                &[name.to_string()],
+                &[(name.to_string(), revision)],
+            )
+        })
+        .map_err(|e| ChangeError::Internal(e.to_string()))?;
+        d.host
+            .apply(workloads)
+            .await
+            .map(|_| ())
+            .map_err(ChangeError::Rejected)
+    }
+
     /// Makes the store's failure verdicts match the host's: each failed workload's
     /// recorded, every other one's cleared (see `failures.rs`).
     pub async fn record_failures(&self) {

@@ -111,6 +111,23 @@ pub struct Restarted {
     pub restarted: String,
 }
 
+/// Body of `POST /v1/workloads/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The replica count to keep.
+    pub replicas: u32,
+}
+
+/// The answer to a scale.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scaled {
+    /// The workload scaled.
+    pub scaled: String,
+    /// Its replica count now.
+    pub replicas: u32,
+}
+
 /// The answer to `GET /v1/health`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
