@@ -372,3 +372,32 @@ fn completion_scripts_know_every_command() {
         "an unknown shell is a usage error"
     );
 }
+
+#[test]
+fn explain_describes_a_field_from_the_schema() {
+    let explain = |field: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(["explain", field])
+            .output()
+            .expect("runs")
+    };
+    let out = explain("spec.http");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FIELD:    spec.http"), "{text}");
+    assert!(text.contains("listen  <string> (required)"), "{text}");
+    assert!(text.contains("retry  <Retry>"), "{text}");
+    let text = String::from_utf8_lossy(&explain("spec.health.probe.period").stdout).into_owned();
+    assert!(
+        text.contains("Time between probes (default `1s`)"),
+        "{text}"
+    );
+    let out = explain("spec.nosuch");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`spec` has no field `nosuch`; its fields are: "),
+        "{err}"
+    );
+    assert!(err.contains("replicas"), "{err}");
+}

@@ -20,6 +20,7 @@ mod apply;
 mod check;
 mod client;
 mod daemon;
+mod explain;
 mod get;
 mod logs;
 mod objects;
@@ -78,6 +79,9 @@ enum Cmd {
     Compile(check::CompileArgs),
     /// Print the manifest format's JSON Schema.
     Schema,
+    /// Describe a manifest field (`setpoint explain spec.http.retry`): its type, what
+    /// it means, and its fields.
+    Explain(explain::ExplainArgs),
     /// Print this setpoint's version, its wasmtime, and what the build can do.
     Version,
     /// Work with policy plugins.
@@ -237,6 +241,7 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Cmd::Explain(args) => explain::explain(args),
         Cmd::Completion { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(
