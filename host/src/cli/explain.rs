@@ -44,7 +44,7 @@ fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
 }
 
 /// A field's type in a few words: `string`, `integer`, `[]Dir`, `Http`, `map`.
-fn type_name(root: &Value, node: &Value) -> String {
+fn type_name(node: &Value) -> String {
     if let Some(r) = node.get("$ref").and_then(Value::as_str) {
         return r.trim_start_matches("#/$defs/").to_string();
     }
@@ -53,7 +53,7 @@ fn type_name(root: &Value, node: &Value) -> String {
             .iter()
             .find(|v| v.get("type") != Some(&Value::from("null")))
     {
-        return type_name(root, v);
+        return type_name(v);
     }
     let kind = match node.get("type") {
         Some(Value::String(t)) => t.clone(),
@@ -69,8 +69,7 @@ fn type_name(root: &Value, node: &Value) -> String {
     match kind.as_str() {
         "array" => format!(
             "[]{}",
-            node.get("items")
-                .map_or_else(|| "any".into(), |i| type_name(root, i))
+            node.get("items").map_or_else(|| "any".into(), type_name)
         ),
         "object"
             if node
@@ -133,7 +132,7 @@ pub fn explain(args: ExplainArgs) -> ExitCode {
     }
     if !at.is_empty() {
         println!("FIELD:    {at}");
-        println!("TYPE:     {}", type_name(&root, node));
+        println!("TYPE:     {}", type_name(node));
     }
     println!("DESCRIPTION:");
     for line in description.lines() {
@@ -157,7 +156,7 @@ pub fn explain(args: ExplainArgs) -> ExitCode {
             } else {
                 ""
             };
-            println!("  {name}  <{}>{mark}", type_name(&root, field));
+            println!("  {name}  <{}>{mark}", type_name(field));
             if let Some(d) = field.get("description").and_then(Value::as_str) {
                 for line in d.lines() {
                     println!("    {line}");
