@@ -257,6 +257,9 @@ pub struct WorkloadStatus {
     /// A Job's progress (absent for a Workload).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<JobStatus>,
+    /// When it was first applied (to this host, or to the daemon's store).
+    #[serde(default, with = "crate::serde_time::opt_rfc3339")]
+    pub created: Option<SystemTime>,
     /// An HTTP workload's URL and load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpStatus>,

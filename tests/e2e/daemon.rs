@@ -1050,13 +1050,18 @@ fn scale_keeps_its_count_across_restarts_until_the_manifest_is_applied_again() {
     );
     let w = daemon.wait_ready("web", 3);
     assert_eq!(w["revision"], before, "scaling makes no new revision");
+    let created = w["created"].clone();
+    assert!(created.is_string(), "{w}");
+    let table = String::from_utf8_lossy(&daemon.cli(&["get", "workloads"]).stdout).into_owned();
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("AGE")),
+        "{table}"
+    );
     daemon.kill9();
     let daemon = Daemon::start(state.path());
-    assert_eq!(
-        daemon.wait_ready("web", 3)["desired"],
-        3,
-        "kept across a restart"
-    );
+    let w = daemon.wait_ready("web", 3);
+    assert_eq!(w["desired"], 3, "kept across a restart");
+    assert_eq!(w["created"], created, "a restart does not make it young");
     // Refused: a job, something unknown, a count over the limit.
     let out = daemon.cli(&["scale", "job/web", "--replicas", "2"]);
     assert_eq!(out.status.code(), Some(1));

@@ -219,7 +219,15 @@ async fn watch(
         for w in status.workloads.iter().filter(|w| keep(w)) {
             let key = format!("{}/{}", w.kind.noun(), w.name);
             let row = row_of(w);
-            if last.get(&key) != Some(&row) {
+            // A row is printed again when it changed, not when it only aged.
+            let unaged = |r: &Vec<String>| -> Vec<String> {
+                let mut r = r.clone();
+                if w.kind == WorkloadKind::Workload && r.len() > AGE_CELL {
+                    r.remove(AGE_CELL);
+                }
+                r
+            };
+            if last.get(&key).map(unaged) != Some(unaged(&row)) {
                 changed.push(row.clone());
                 last.insert(key.clone(), row);
             }
@@ -267,7 +275,7 @@ fn print_instances(instances: &[OwnedInstance<'_>], wide: bool) {
 }
 
 fn print_workloads(workloads: &[&WorkloadStatus], listing: Listing, wide: bool) {
-    let mut header = row(&["NAME", "READY", "RESTARTS", "PHASE", "REVISION"]);
+    let mut header = row(&["NAME", "READY", "RESTARTS", "PHASE", "REVISION", "AGE"]);
     let serves_http = workloads.iter().any(|w| w.http.is_some());
     if serves_http {
         header.push("URL".into());
@@ -282,6 +290,9 @@ fn print_workloads(workloads: &[&WorkloadStatus], listing: Listing, wide: bool) 
     print_rows(&rows, "no workloads");
 }
 
+/// Where a workload's row of `get` has its AGE.
+const AGE_CELL: usize = 5;
+
 /// A workload's row of `get`.
 fn workload_row(listing: Listing, w: &WorkloadStatus, wide: bool, url: bool) -> Vec<String> {
     let mut r = vec![
@@ -290,6 +301,7 @@ fn workload_row(listing: Listing, w: &WorkloadStatus, wide: bool, url: bool) -> 
         w.restarts.to_string(),
         phase(w),
         w.revision.clone(),
+        w.created.map_or_else(|| "-".into(), since),
     ];
     if url {
         r.push(

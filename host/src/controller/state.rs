@@ -122,6 +122,8 @@ pub(super) struct WorkloadState {
     /// When replacements happened (oldest first, bounded; kept contiguous).
     pub recent_restarts: VecDeque<Instant>,
     pub total_restarts: u64,
+    /// When this host created it.
+    pub created: SystemTime,
     pub failed: Option<Failure>,
     pub deleting: bool,
     pub requeue_at: Option<Instant>,
@@ -153,6 +155,7 @@ impl WorkloadState {
             running: Vec::new(),
             recent_restarts: VecDeque::new(),
             total_restarts: 0,
+            created: wall,
             failed: None,
             deleting: false,
             requeue_at: None,

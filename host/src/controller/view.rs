@@ -207,6 +207,7 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
         policy: policy.to_string(),
         conditions,
         instances,
+        created: Some(w.created),
         http: None,
         last_termination: w.last_termination.clone(),
         events: w.events.iter().cloned().collect(),

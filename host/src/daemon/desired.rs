@@ -124,7 +124,12 @@ impl Desired {
         let mut status = self.host.status().await;
         status.quarantined = lock(&self.quarantined).clone();
         let sources = tokio::task::block_in_place(|| self.sources());
+        let created = tokio::task::block_in_place(|| self.store.created()).unwrap_or_default();
         for w in &mut status.workloads {
+            // First applied to the store: a daemon restart does not make it young.
+            if let Some(at) = created.get(&w.name) {
+                w.created = Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(*at));
+            }
             let named = |blob: &Path| {
                 let stem = blob.file_stem()?.to_str()?;
                 sources.get(&stem.replacen('-', ":", 1)).cloned()

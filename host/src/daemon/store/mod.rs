@@ -46,6 +46,9 @@ const WATCHED: TableDefinition<&str, &str> = TableDefinition::new("watched");
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
 /// Apply id → why it is not replayed: the daemon died while replaying it.
 const QUARANTINED: TableDefinition<u64, &str> = TableDefinition::new("quarantined");
+/// Workload name → when it was first applied (seconds since the Unix epoch), kept
+/// until it is deleted: its AGE.
+const CREATED: TableDefinition<&str, u64> = TableDefinition::new("created");
 /// Workload name → the JSON of its [`crate::admission::RecordedFailure`].
 const FAILED: TableDefinition<&str, &str> = TableDefinition::new("failed");
 /// The `META` key naming the apply being replayed (absent when none is).
@@ -386,8 +389,14 @@ impl Store {
             let mut applies = txn.open_table(APPLIES).map_err(db_err)?;
             applies.insert(id, json.as_str()).map_err(db_err)?;
             let mut owners = txn.open_table(OWNERS).map_err(db_err)?;
+            let mut created = txn.open_table(CREATED).map_err(db_err)?;
             for name in names {
                 owners.insert(name.as_str(), id).map_err(db_err)?;
+                if created.get(name.as_str()).map_err(db_err)?.is_none() {
+                    created
+                        .insert(name.as_str(), record.applied_at)
+                        .map_err(db_err)?;
+                }
             }
             let mut history = txn.open_table(HISTORY).map_err(db_err)?;
             for (name, revision) in revisions {
@@ -442,6 +451,8 @@ impl Store {
             jobs.remove(name).map_err(db_err)?;
             let mut failed = txn.open_table(FAILED).map_err(db_err)?;
             failed.remove(name).map_err(db_err)?;
+            let mut created = txn.open_table(CREATED).map_err(db_err)?;
+            created.remove(name).map_err(db_err)?;
             let mut history = txn.open_table(HISTORY).map_err(db_err)?;
             history
                 .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
@@ -451,6 +462,22 @@ impl Store {
         collect_unowned(&txn)?;
         self.commit(txn)?;
         Ok(removed)
+    }
+
+    /// When each stored workload was first applied (seconds since the Unix epoch).
+    pub fn created(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(CREATED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = BTreeMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (name, at) = row.map_err(db_err)?;
+            out.insert(name.value().to_string(), at.value());
+        }
+        Ok(out)
     }
 
     /// Each watched file applied so far, with the names it defines.
