@@ -72,6 +72,16 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A time the store keeps (seconds since the Unix epoch), if it is one RFC 3339 can
+/// write (before the year 10000): a damaged store must break neither a status nor the
+/// daemon.
+fn stored_time(secs: u64) -> Option<std::time::SystemTime> {
+    const YEAR_10000: u64 = 253_402_300_800;
+    (secs < YEAR_10000)
+        .then(|| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)))
+        .flatten()
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -128,7 +138,7 @@ impl Desired {
         for w in &mut status.workloads {
             // First applied to the store: a daemon restart does not make it young.
             if let Some(at) = created.get(&w.name) {
-                w.created = Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(*at));
+                w.created = stored_time(*at).or(w.created);
             }
             let named = |blob: &Path| {
                 let stem = blob.file_stem()?.to_str()?;
@@ -183,7 +193,7 @@ impl Desired {
                 current: e.revision == current,
                 revision: e.revision,
                 applied_at: humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.applied_at),
+                    stored_time(e.applied_at).unwrap_or(std::time::UNIX_EPOCH),
                 )
                 .to_string(),
             })
@@ -706,5 +716,23 @@ impl Writing<'_> {
             });
         }
         entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stored_time;
+
+    #[test]
+    fn stored_times_past_what_rfc3339_writes_are_none() {
+        assert_eq!(stored_time(0), Some(std::time::UNIX_EPOCH));
+        let late = stored_time(253_402_300_799).expect("the last second of 9999");
+        assert!(
+            !humantime::format_rfc3339_seconds(late)
+                .to_string()
+                .is_empty()
+        );
+        assert_eq!(stored_time(253_402_300_800), None);
+        assert_eq!(stored_time(u64::MAX), None);
     }
 }
