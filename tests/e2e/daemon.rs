@@ -1075,3 +1075,39 @@ fn scale_keeps_its_count_across_restarts_until_the_manifest_is_applied_again() {
     daemon.apply(&file);
     daemon.wait_ready("web", 1);
 }
+
+#[test]
+fn under_systemd_the_daemon_says_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let state = tempfile::tempdir().expect("tempdir");
+    let notify = state.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify).expect("binds");
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["daemon", "--state-dir"])
+        .arg(state.path())
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("daemon starts");
+    let mut buf = [0u8; 512];
+    let n = systemd.recv(&mut buf).expect("READY=1 arrives");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.starts_with("READY=1\nSTATUS=serving on "), "{said}");
+    // Ready means it answers.
+    let socket = state.path().join("setpoint.sock");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["get", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("get runs");
+    assert!(out.status.success());
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let n = systemd.recv(&mut buf).expect("STOPPING=1 arrives");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(daemon.wait().expect("exits").success());
+}

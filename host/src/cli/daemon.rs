@@ -69,8 +69,15 @@ pub async fn daemon(args: DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let stop = async move { signals.recv().await };
+    let stop = async move {
+        signals.recv().await;
+        super::notify::notify("STOPPING=1");
+    };
     let result = setpoint::daemon::run(config, builder, stop, |listening| {
+        super::notify::notify(&format!(
+            "READY=1\nSTATUS=serving on {}",
+            listening.socket.display()
+        ));
         eprintln!("setpoint daemon: serving on {}", listening.socket.display());
         if let Some((addr, token_file)) = &listening.tcp {
             eprintln!(
