@@ -315,7 +315,7 @@ async fn a_replica_gets_requests_only_once_its_probe_passes() {
             "chaos",
             "http_chaos",
             1,
-            "  env: {UNREADY_PROBES: \"3\"}\n  health:\n    http: {path: /healthz, period: 50ms, failureThreshold: 10}\n",
+            "  env: {UNREADY_PROBES: \"20\"}\n  health:\n    http: {path: /healthz, period: 50ms, failureThreshold: 50}\n",
         ),
     );
     host.apply_files(&[chaos]).await.expect("applies");
@@ -336,8 +336,8 @@ async fn a_replica_gets_requests_only_once_its_probe_passes() {
         .and_then(|n| n.parse().ok())
         .expect("`served N probes M`");
     assert!(
-        probes >= 4,
-        "served only after 3 failed probes and a passing one: {reply:?}"
+        probes >= 21,
+        "served only after 20 failed probes and a passing one: {reply:?}"
     );
     let w = wait_for(&host, "chaos", "ready", |w| w.ready == 1).await;
     let replica = w.instances[0].http.expect("a replica's load");
@@ -406,8 +406,9 @@ async fn a_request_whose_instance_traps_before_answering_is_retried_once() {
         "{:?}",
         w.events
     );
-    // Each replica failed at most twice in a row: both still serve.
-    assert_eq!(w.ready, 2);
+    // Both replicas serve on: a replica that happened to take three of the four traps
+    // in a row was replaced, and its successor serves.
+    wait_for(&host, "chaos", "both replicas serving", |w| w.ready == 2).await;
     host.shutdown().await;
 }
 
@@ -574,8 +575,8 @@ async fn replicas_crashing_under_load_fail_no_request() {
         served += n;
     }
     assert!(served > 50, "the load was real: {served} requests");
-    let w = wait_for(&host, "chaos", "the crashes counted", |w| w.restarts >= 20).await;
-    assert_eq!(w.ready, 3);
+    wait_for(&host, "chaos", "the crashes counted", |w| w.restarts >= 20).await;
+    wait_for(&host, "chaos", "every replica serving", |w| w.ready == 3).await;
     host.shutdown().await;
 }
 
