@@ -141,21 +141,28 @@ async fn address(host: &Host, name: &str, ready: u32) -> String {
     rest.split('/').next().expect("an authority").to_string()
 }
 
+/// A host with workload `chaos` applied: `replicas` of `http-chaos` on any free port,
+/// `extra` joining its spec.
+async fn serve_chaos(replicas: u32, extra: &str) -> Host {
+    let host = host();
+    let files = Manifests::new();
+    let chaos = files.write(
+        "chaos.yaml",
+        &http_workload("chaos", "http_chaos", replicas, extra),
+    );
+    host.apply_files(&[chaos]).await.expect("applies");
+    host
+}
+
 /// A host running `replicas` of `http-chaos` with a granted `/state` (kept while the
 /// returned directory lives), and the address they serve on.
 async fn chaos_with_state(replicas: u32) -> (Host, String, tempfile::TempDir) {
-    let host = host();
-    let files = Manifests::new();
     let state = tempfile::tempdir().expect("tempdir");
     let grant = format!(
         "  dirs: [{{host: {}, guest: /state}}]\n",
         state.path().display()
     );
-    let chaos = files.write(
-        "chaos.yaml",
-        &http_workload("chaos", "http_chaos", replicas, &grant),
-    );
-    host.apply_files(&[chaos]).await.expect("applies");
+    let host = serve_chaos(replicas, &grant).await;
     let addr = address(&host, "chaos", replicas).await;
     (host, addr, state)
 }
@@ -307,18 +314,7 @@ async fn a_component_and_a_spec_that_disagree_about_http_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_gets_requests_only_once_its_probe_passes() {
-    let host = host();
-    let files = Manifests::new();
-    let chaos = files.write(
-        "chaos.yaml",
-        &http_workload(
-            "chaos",
-            "http_chaos",
-            1,
-            "  env: {UNREADY_PROBES: \"20\"}\n  health:\n    http: {path: /healthz, period: 50ms, failureThreshold: 50}\n",
-        ),
-    );
-    host.apply_files(&[chaos]).await.expect("applies");
+    let host = serve_chaos(1, "  env: {UNREADY_PROBES: \"20\"}\n  health:\n    http: {path: /healthz, period: 50ms, failureThreshold: 50}\n").await;
     // The listener serves at once; the request waits in the queue for readiness.
     let w = wait_for(&host, "chaos", "a URL", |w| w.http.is_some()).await;
     assert_eq!(w.ready, 0, "not ready before its probes pass");
@@ -347,18 +343,7 @@ async fn a_replica_gets_requests_only_once_its_probe_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_failing_its_probe_is_replaced() {
-    let host = host();
-    let files = Manifests::new();
-    let chaos = files.write(
-        "chaos.yaml",
-        &http_workload(
-            "chaos",
-            "http_chaos",
-            1,
-            "  env: {UNREADY_PROBES: \"1000\"}\n  health:\n    http: {path: /healthz, period: 20ms, failureThreshold: 2}\n",
-        ),
-    );
-    host.apply_files(&[chaos]).await.expect("applies");
+    let host = serve_chaos(1, "  env: {UNREADY_PROBES: \"1000\"}\n  health:\n    http: {path: /healthz, period: 20ms, failureThreshold: 2}\n").await;
     let w = wait_for(&host, "chaos", "a probe failure", |w| {
         last_reason(w) == Some("ProbeFailed")
     })
@@ -414,10 +399,7 @@ async fn a_request_whose_instance_traps_before_answering_is_retried_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_after_the_head_cuts_the_body_short() {
-    let host = host();
-    let files = Manifests::new();
-    let chaos = files.write("chaos.yaml", &http_workload("chaos", "http_chaos", 1, ""));
-    host.apply_files(&[chaos]).await.expect("applies");
+    let host = serve_chaos(1, "").await;
     let addr = address(&host, "chaos", 1).await;
     let reply = get(&addr, "/trap-after-head").await;
     assert_eq!(reply.status, 200);
@@ -430,18 +412,11 @@ async fn a_trap_after_the_head_cuts_the_body_short() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_answer_413_504_and_503_with_retry_after() {
-    let host = host();
-    let files = Manifests::new();
-    let chaos = files.write(
-        "chaos.yaml",
-        &http_workload(
-            "chaos",
-            "http_chaos",
-            1,
-            "    maxRequestBody: 1Ki\n    requestTimeout: 1500ms\n    maxQueued: 1\n",
-        ),
-    );
-    host.apply_files(&[chaos]).await.expect("applies");
+    let host = serve_chaos(
+        1,
+        "    maxRequestBody: 1Ki\n    requestTimeout: 1500ms\n    maxQueued: 1\n",
+    )
+    .await;
     let addr = address(&host, "chaos", 1).await;
     let reply = request(&addr, "POST", "/echo", &[b'x'; 2000]).await;
     assert_eq!(reply.status, 413, "{reply:?}");
@@ -650,10 +625,7 @@ async fn slow_clients_idle_connections_and_huge_heads_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_requests_in_flight_finish_and_stops_accepting() {
-    let host = host();
-    let files = Manifests::new();
-    let chaos = files.write("chaos.yaml", &http_workload("chaos", "http_chaos", 1, ""));
-    host.apply_files(&[chaos]).await.expect("applies");
+    let host = serve_chaos(1, "").await;
     let addr = address(&host, "chaos", 1).await;
     let slow = tokio::spawn({
         let addr = addr.clone();

@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 use super::bounds::show;
 use super::load::API_VERSION;
 use super::spec::{
-    BackoffSpec, ExitCodeOperator, FailureAction, FailureMatch, HttpSpec, IntOrPercent, ProbeSpec,
-    RestartPolicy, RetrySpec, StrategyKind, UpdateStrategy, WorkloadSpec,
+    BackoffSpec, FailureMatch, HttpSpec, IntOrPercent, ProbeSpec, RestartPolicy, RetrySpec,
+    StrategyKind, UpdateStrategy, WorkloadSpec,
 };
 
 /// The manifest document of workload `name`: `apiVersion`, `kind`, `metadata` and
@@ -76,19 +76,12 @@ pub fn spec_of(s: &WorkloadSpec) -> Value {
                     .failure_rules
                     .iter()
                     .map(|r| {
-                        let action = match r.action {
-                            FailureAction::FailJob => "FailJob",
-                            FailureAction::Ignore => "Ignore",
-                            FailureAction::Count => "Count",
-                        };
+                        let action = r.action.name();
                         match &r.on {
                             FailureMatch::ExitCodes { operator, values } => json!({
                                 "action": action,
                                 "onExitCodes": {
-                                    "operator": match operator {
-                                        ExitCodeOperator::In => "In",
-                                        ExitCodeOperator::NotIn => "NotIn",
-                                    },
+                                    "operator": operator.name(),
                                     "values": values,
                                 },
                             }),

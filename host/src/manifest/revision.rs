@@ -18,8 +18,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::spec::{
-    ExitCodeOperator, FailureAction, FailureMatch, IntOrPercent, RestartPolicy, StrategyKind,
-    UpdateStrategy, WorkloadSpec,
+    FailureMatch, IntOrPercent, RestartPolicy, StrategyKind, UpdateStrategy, WorkloadSpec,
 };
 
 /// The projection's version; a change of what is hashed makes a new one.
@@ -138,17 +137,10 @@ impl<'a> SpecV1<'a> {
                     .failure_rules
                     .iter()
                     .map(|r| RuleV1 {
-                        action: match r.action {
-                            FailureAction::FailJob => "FailJob",
-                            FailureAction::Ignore => "Ignore",
-                            FailureAction::Count => "Count",
-                        },
+                        action: r.action.name(),
                         on: match &r.on {
                             FailureMatch::ExitCodes { operator, values } => MatchV1::ExitCodes {
-                                operator: match operator {
-                                    ExitCodeOperator::In => "In",
-                                    ExitCodeOperator::NotIn => "NotIn",
-                                },
+                                operator: operator.name(),
                                 values,
                             },
                             FailureMatch::Reasons(reasons) => {
@@ -339,6 +331,7 @@ mod tests {
         BackoffSpec, CpuBudget, DirGrant, FailureRule, JobSpec, PolicyPlugin, ProbeSpec,
         RestartBudget, WatchdogSpec,
     };
+    use crate::manifest::spec::{ExitCodeOperator, FailureAction};
 
     fn digest(spec: &WorkloadSpec) -> String {
         use sha2::{Digest as _, Sha256};

@@ -174,6 +174,17 @@ pub enum FailureAction {
     Count,
 }
 
+impl FailureAction {
+    /// The name a manifest writes (`FailJob`, `Ignore`, `Count`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FailJob => "FailJob",
+            Self::Ignore => "Ignore",
+            Self::Count => "Count",
+        }
+    }
+}
+
 /// `In` or `NotIn` for a rule's exit codes.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
@@ -183,6 +194,16 @@ pub enum ExitCodeOperator {
     In,
     /// The run exited with a non-zero code not among them.
     NotIn,
+}
+
+impl ExitCodeOperator {
+    /// The name a manifest writes (`In`, `NotIn`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::In => "In",
+            Self::NotIn => "NotIn",
+        }
+    }
 }
 
 /// One rule of a Job's failure policy.
