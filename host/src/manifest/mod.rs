@@ -23,8 +23,9 @@ pub use load::{
 pub use rules::{is_interface_name, route_key, unversioned};
 pub use spec::{
     BackoffSpec, CpuBudget, DirGrant, ExitCodeOperator, FailureAction, FailureMatch, FailureRule,
-    HttpProbe, HttpSpec, IntOrPercent, JobSpec, PolicyPlugin, ProbeSpec, RestartBudget,
-    RestartPolicy, RetrySpec, StrategyKind, UpdateStrategy, WatchdogSpec, Workload, WorkloadSpec,
+    HttpProbe, HttpSpec, IntOrPercent, JobSpec, PlacementSpec, PolicyPlugin, ProbeSpec,
+    RestartBudget, RestartPolicy, RetrySpec, StrategyKind, UpdateStrategy, WatchdogSpec, Workload,
+    WorkloadSpec,
 };
 
 /// The JSON Schema of the manifest format, generated from the types that parse it.

@@ -86,6 +86,8 @@ pub struct RawWorkloadSpec {
     /// Serve HTTP: the address, the routes and the limits (for components exporting
     /// `wasi:http/incoming-handler`).
     pub http: Option<RawHttp>,
+    /// Where the replicas may run in a fleet of hosts (a single host ignores it).
+    pub placement: Option<RawPlacement>,
     /// Crash-loop back-off.
     pub backoff: Option<RawBackoff>,
     /// Restart budget: too many restarts within a window marks the workload `Failed`.
@@ -276,6 +278,26 @@ pub struct RawHealth {
     pub watchdog: Option<RawWatchdog>,
     /// HTTP readiness probe sent through the component (workloads with `spec.http`).
     pub http: Option<RawHttpProbe>,
+}
+
+/// Where a workload's replicas may run in a fleet (`setpoint daemon --fleet`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "Placement")]
+pub struct RawPlacement {
+    /// Run every replica on this node only: a pinned workload, which keeps running on
+    /// its node while the node has lost the fleet.
+    #[schemars(with = "Option<String>")]
+    pub node_name: Option<Spanned<String>>,
+    /// Run only on nodes that carry all these labels (`--labels` of their daemon).
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub node_selector: Option<Spanned<BTreeMap<String, String>>>,
+    /// At most this many replicas on one node (default: no limit).
+    #[schemars(with = "Option<u32>")]
+    pub max_per_node: Option<Spanned<i64>>,
+    /// Keep the replicas spread evenly over the eligible nodes, moving one at a time
+    /// when a node joins (default `true`).
+    pub spread: Option<bool>,
 }
 
 /// An HTTP service.

@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 use super::bounds::show;
 use super::load::API_VERSION;
 use super::spec::{
-    BackoffSpec, FailureMatch, HttpSpec, IntOrPercent, ProbeSpec, RestartPolicy, RetrySpec,
-    StrategyKind, UpdateStrategy, WorkloadSpec,
+    BackoffSpec, FailureMatch, HttpSpec, IntOrPercent, PlacementSpec, ProbeSpec, RestartPolicy,
+    RetrySpec, StrategyKind, UpdateStrategy, WorkloadSpec,
 };
 
 /// The manifest document of workload `name`: `apiVersion`, `kind`, `metadata` and
@@ -159,6 +159,9 @@ pub fn spec_of(s: &WorkloadSpec) -> Value {
     if let Some(h) = &s.http {
         spec.insert("http".into(), Value::Object(http(h)));
     }
+    if !s.placement.is_default() {
+        spec.insert("placement".into(), placement(&s.placement));
+    }
     if s.backoff != BackoffSpec::default() {
         spec.insert(
             "backoff".into(),
@@ -206,6 +209,23 @@ fn probe(p: &ProbeSpec) -> Map<String, Value> {
     out.insert("failureThreshold".into(), json!(p.failure_threshold));
     out.insert("successThreshold".into(), json!(p.success_threshold));
     out
+}
+
+fn placement(p: &PlacementSpec) -> Value {
+    let mut out = Map::new();
+    if let Some(node) = &p.node_name {
+        out.insert("nodeName".into(), json!(node));
+    }
+    if !p.node_selector.is_empty() {
+        out.insert("nodeSelector".into(), json!(p.node_selector));
+    }
+    if let Some(max) = p.max_per_node {
+        out.insert("maxPerNode".into(), json!(max));
+    }
+    if !p.spread {
+        out.insert("spread".into(), json!(false));
+    }
+    Value::Object(out)
 }
 
 fn http(h: &HttpSpec) -> Map<String, Value> {
@@ -378,6 +398,12 @@ mod tests {
             window: Duration::from_secs(60),
         });
         s.termination_grace_period = Duration::from_millis(1500);
+        s.placement = PlacementSpec {
+            node_name: Some("edge-1".into()),
+            node_selector: [("zone".to_string(), "north".to_string())].into(),
+            max_per_node: Some(2),
+            spread: false,
+        };
         s.policy = Some(PolicyPlugin {
             plugin: files.path("p.wasm"),
             config: json!({"k": [1, "two"]}),

@@ -1,6 +1,7 @@
 //! The validated, typed form of a workload: what the host runs. Manifests are parsed into
 //! these types, and embedders may build them in code without any YAML.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ pub struct Workload {
     pub capability_origins: std::collections::BTreeMap<String, Origin>,
     /// Where each of `spec.dirs` was written (by guest path), for located errors.
     pub dir_origins: std::collections::BTreeMap<String, Origin>,
+    /// The paths the revision hashes in place of the ones the spec runs (file actually
+    /// run → path as applied): set in a fleet, whose nodes keep the same component
+    /// under different paths, so that every node computes the same revision.
+    pub revision_paths: std::collections::BTreeMap<PathBuf, PathBuf>,
 }
 
 impl Workload {
@@ -51,6 +56,7 @@ impl Workload {
             policy_origin: None,
             capability_origins: Default::default(),
             dir_origins: Default::default(),
+            revision_paths: Default::default(),
         }
     }
 }
@@ -108,6 +114,10 @@ pub struct WorkloadSpec {
     pub http: Option<HttpSpec>,
     /// Heartbeat watchdog for components that import `setpoint:workload/heartbeat`.
     pub watchdog: Option<WatchdogSpec>,
+    /// Where the replicas may run in a fleet (not part of the revision: moving a
+    /// replica is not a new version of it).
+    #[serde(default, skip_serializing_if = "PlacementSpec::is_default")]
+    pub placement: PlacementSpec,
     /// Crash-loop back-off.
     pub backoff: BackoffSpec,
     /// Optional restart budget; when exceeded the workload is marked `Failed`.
@@ -352,6 +362,7 @@ impl WorkloadSpec {
             probe: None,
             http: None,
             watchdog: None,
+            placement: PlacementSpec::default(),
             backoff: BackoffSpec::default(),
             restart_budget: None,
             termination_grace_period: Duration::from_secs(5),
@@ -616,5 +627,50 @@ mod tests {
         assert_eq!(b.delay(5), Duration::from_millis(80));
         assert_eq!(b.delay(6), Duration::from_millis(100));
         assert_eq!(b.delay(1000), Duration::from_millis(100));
+    }
+}
+
+/// Where a workload's replicas may run in a fleet of hosts; a single host ignores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// Every replica on this node only (pinned: it keeps running while the node is cut
+    /// off from the fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Only nodes carrying all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// At most this many replicas on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_node: Option<u32>,
+    /// Keep the replicas spread evenly over the eligible nodes.
+    pub spread: bool,
+}
+
+impl Default for PlacementSpec {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            node_selector: BTreeMap::new(),
+            max_per_node: None,
+            spread: true,
+        }
+    }
+}
+
+impl PlacementSpec {
+    /// Whether nothing differs from the default (anywhere, spread).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether a node with `labels` may run these replicas (`name` is the node's).
+    pub fn admits(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.node_name.as_deref().is_none_or(|n| n == name)
+            && self
+                .node_selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
     }
 }

@@ -165,6 +165,7 @@ impl Validator<'_> {
             policy_origin,
             capability_origins,
             dir_origins,
+            revision_paths: Default::default(),
         };
         Some((workload, name_origin))
     }
@@ -343,6 +344,9 @@ impl Validator<'_> {
         if let Some(policy) = raw.policy {
             spec.policy = self.policy(policy);
         }
+        if let Some(placement) = raw.placement {
+            spec.placement = self.placement(placement);
+        }
         let mut pending_probe = None;
         if let Some(http) = raw.http {
             spec.http = self.http(http);
@@ -417,6 +421,42 @@ impl Validator<'_> {
                 self.duration_or(&Some(g.clone()), Duration::ZERO, b::TERMINATION_GRACE);
         }
         component.map(|_| spec)
+    }
+
+    /// `spec.placement`, with what is wrong with it recorded.
+    fn placement(&mut self, raw: super::raw::RawPlacement) -> super::spec::PlacementSpec {
+        let mut placement = super::spec::PlacementSpec::default();
+        if let Some(node) = raw.node_name {
+            match check_dns_label(&node.value) {
+                Ok(()) => placement.node_name = Some(node.value),
+                Err(why) => self.error(
+                    node.referenced,
+                    format!("invalid nodeName `{}`: {why}", node.value),
+                    Some("name a node as its daemon's --node names it".into()),
+                ),
+            }
+        }
+        if let Some(selector) = raw.node_selector {
+            for (key, value) in &selector.value {
+                if let Err(why) = check_label(key, value) {
+                    self.error(
+                        selector.referenced,
+                        why,
+                        Some("nodeSelector matches the labels a daemon joins with (--labels k=v,...)".into()),
+                    );
+                }
+            }
+            placement.node_selector = selector.value;
+        }
+        if let Some(max) = &raw.max_per_node {
+            placement.max_per_node = self
+                .int_in(max, 1, i64::from(u32::MAX), "placement.maxPerNode")
+                .map(|v| v as u32);
+        }
+        if let Some(spread) = raw.spread {
+            placement.spread = spread;
+        }
+        placement
     }
 
     /// `spec.http`, or `None` after recording what is wrong with it.
