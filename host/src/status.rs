@@ -110,6 +110,16 @@ pub mod reason {
     pub const QUARANTINED: &str = "Quarantined";
     /// A job's progress cannot be made durable.
     pub const LEDGER_WRITE_FAILED: &str = "LedgerWriteFailed";
+    /// A fleet node stopped renewing its heartbeat.
+    pub const NODE_LOST: &str = "NodeLost";
+    /// A replica slot moved to this node from another.
+    pub const RESCHEDULED: &str = "Rescheduled";
+    /// This node could not renew its heartbeat and stopped its movable replicas.
+    pub const FENCED: &str = "Fenced";
+    /// This node renews its heartbeat again after a fence.
+    pub const REJOINED: &str = "Rejoined";
+    /// This node was given a fleet workload's slot and could not run it.
+    pub const FAILED_PLACEMENT: &str = "FailedPlacement";
 }
 
 /// Coarse state of a workload.
@@ -194,6 +204,9 @@ pub struct InstanceStatus {
     /// An HTTP replica's load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<ReplicaHttp>,
+    /// The fleet node it runs on (absent outside a fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What an HTTP replica is doing.

@@ -181,7 +181,12 @@ impl Daemon {
 
     /// `get -o json`: the workloads' statuses.
     pub fn workloads(&self) -> Vec<Value> {
-        let out = self.cli(&["get", "-o", "json"]);
+        self.json_list(&["get", "-o", "json"])
+    }
+
+    /// A command that must succeed and print a JSON list.
+    pub fn json_list(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.cli(args);
         assert!(
             out.status.success(),
             "{}",

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod daemon;
 mod edge;
+mod fleet;
 mod generated;
 mod hostile;
 mod http;

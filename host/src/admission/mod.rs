@@ -294,7 +294,20 @@ fn revision(
     grants: &crate::runtime::Grants,
 ) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(crate::manifest::revision::projection(&w.spec));
+    if w.revision_paths.is_empty() {
+        hasher.update(crate::manifest::revision::projection(&w.spec));
+    } else {
+        let mut spec = w.spec.clone();
+        if let Some(path) = w.revision_paths.get(&spec.component) {
+            spec.component = path.clone();
+        }
+        if let Some(policy) = spec.policy.as_mut()
+            && let Some(path) = w.revision_paths.get(&policy.plugin)
+        {
+            policy.plugin = path.clone();
+        }
+        hasher.update(crate::manifest::revision::projection(&spec));
+    }
     hasher.update(component_digest);
     if let Some(plugin) = plugin_digest {
         hasher.update(plugin);

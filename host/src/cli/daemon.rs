@@ -42,8 +42,64 @@ pub struct DaemonArgs {
     /// blobs are present (the acknowledged desired state is then lost).
     #[arg(long)]
     accept_empty_store: bool,
+    #[cfg(feature = "fleet")]
+    #[command(flatten)]
+    fleet: FleetArgs,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// Joining a fleet.
+#[cfg(feature = "fleet")]
+#[derive(clap::Args)]
+pub struct FleetArgs {
+    /// Join the fleet whose NATS JetStream engine (nats-server 2.11 or later, with
+    /// -js) is at URL, e.g. nats://127.0.0.1:4222 (comma-separate a cluster's URLs).
+    #[arg(long, value_name = "URL")]
+    fleet: Option<String>,
+    /// This node's name in the fleet, unique (default: the host name).
+    #[arg(long, value_name = "NAME", requires = "fleet")]
+    node: Option<String>,
+    /// This node's labels, matched by placement.nodeSelector: k=v,k2=v2.
+    #[arg(long, value_name = "K=V,...", requires = "fleet", value_parser = parse_labels)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    /// How long a silent node's heartbeat lives before its replicas run elsewhere
+    /// (set by the first node that creates the fleet's buckets).
+    #[arg(long, value_name = "DURATION", default_value = "1500ms", value_parser = setpoint::manifest::units::parse_duration)]
+    fleet_heartbeat_ttl: std::time::Duration,
+    /// How long joining may take before the daemon gives up.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = setpoint::manifest::units::parse_duration)]
+    fleet_connect_timeout: std::time::Duration,
+    /// Copies the engine keeps of each of the fleet's buckets (3 on a 3-node cluster).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    fleet_replicas: u8,
+}
+
+#[cfg(feature = "fleet")]
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    setpoint::daemon::fleet::parse_labels(text)
+}
+
+#[cfg(feature = "fleet")]
+impl FleetArgs {
+    fn config(self) -> Option<setpoint::daemon::fleet::FleetConfig> {
+        let url = self.fleet?;
+        let node = self.node.unwrap_or_else(host_name);
+        let mut config = setpoint::daemon::fleet::FleetConfig::new(url, node);
+        config.labels = self.labels.unwrap_or_default();
+        config.heartbeat_ttl = self.fleet_heartbeat_ttl;
+        config.connect_timeout = self.fleet_connect_timeout;
+        config.replicas = usize::from(self.fleet_replicas);
+        Some(config)
+    }
+}
+
+/// This machine's host name, lowercased (the default node name).
+#[cfg(feature = "fleet")]
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "node".into())
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -59,6 +115,8 @@ pub async fn daemon(args: DaemonArgs) -> ExitCode {
         dir_roots: args.dir_roots,
         network_grants: !args.no_network_grants,
         accept_empty_store: args.accept_empty_store,
+        #[cfg(feature = "fleet")]
+        fleet: args.fleet.config(),
     };
     let engine = args.engine;
     let builder = engine.apply(Host::builder());

@@ -14,8 +14,9 @@ use super::output::{
 /// `setpoint get`.
 #[derive(clap::Args)]
 pub struct GetArgs {
-    /// `workloads`, `jobs`, `instances` or `all` (the default), optionally followed by a
-    /// name (for `instances`, the workload or job they belong to); or `KIND/NAME`.
+    /// `workloads`, `jobs`, `instances`, `nodes` (of a fleet) or `all` (the default),
+    /// optionally followed by a name (for `instances`, the workload or job they belong
+    /// to); or `KIND/NAME`.
     #[arg(value_name = "KIND [NAME]", num_args = 0..=2)]
     what: Vec<String>,
     /// Output format.
@@ -41,7 +42,7 @@ pub struct GetArgs {
 /// `setpoint describe`.
 #[derive(clap::Args)]
 pub struct DescribeArgs {
-    /// `workload/NAME` or `job/NAME` (or just `NAME`).
+    /// `workload/NAME`, `job/NAME` (or just `NAME`), or `node/NAME` in a fleet.
     target_name: String,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = GetOutput::Table)]
@@ -60,6 +61,25 @@ struct OwnedInstance<'a> {
 
 /// `setpoint get [workloads|jobs|instances|all] [NAME] [-o ...]`.
 pub async fn get(args: GetArgs) -> ExitCode {
+    match args.what.as_slice() {
+        [kind, rest @ ..] if super::nodes::is_node_kind(kind) => {
+            return super::nodes::get_nodes(
+                args.target,
+                rest.first().map(String::as_str),
+                args.output,
+            )
+            .await;
+        }
+        [one]
+            if one
+                .split_once('/')
+                .is_some_and(|(k, _)| super::nodes::is_node_kind(k)) =>
+        {
+            let name = one.split_once('/').map(|(_, n)| n);
+            return super::nodes::get_nodes(args.target, name, args.output).await;
+        }
+        _ => {}
+    }
     let (listing, name) = match args.what.as_slice() {
         [] => (Ok(Listing::All), None),
         // kubectl's `get workload/web` as well as `get workloads web`.
@@ -253,6 +273,11 @@ fn print_instances(instances: &[OwnedInstance<'_>], wide: bool) {
     let mut rows = vec![row(&[
         "INSTANCE", "OWNER", "SLOT", "PHASE", "READY", "RESTARTS", "AGE",
     ])];
+    // In a fleet, where each runs.
+    let fleet = instances.iter().any(|i| i.instance.node.is_some());
+    if fleet {
+        rows[0].push("NODE".into());
+    }
     if wide {
         rows[0].push("REVISION".into());
     }
@@ -266,6 +291,9 @@ fn print_instances(instances: &[OwnedInstance<'_>], wide: bool) {
             i.restarts.to_string(),
             age(i.age),
         ];
+        if fleet {
+            r.push(i.node.clone().unwrap_or_default());
+        }
         if wide {
             r.push(i.revision.clone());
         }
@@ -399,6 +427,11 @@ fn job_duration(job: &JobStatus) -> String {
 
 /// `setpoint describe KIND/NAME`.
 pub async fn describe(args: DescribeArgs) -> ExitCode {
+    if let Some((kind, name)) = args.target_name.split_once('/')
+        && super::nodes::is_node_kind(kind)
+    {
+        return super::nodes::describe_node(args.target, name, args.output).await;
+    }
     let client = args.target.client();
     let w = match fetch(&client, &args.target_name).await {
         Ok(w) => w,

@@ -23,6 +23,7 @@ mod daemon;
 mod explain;
 mod get;
 mod logs;
+mod nodes;
 mod notify;
 mod objects;
 mod output;

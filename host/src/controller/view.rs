@@ -152,6 +152,7 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
                     restarts: s.restarts,
                     age: now.saturating_duration_since(i.since),
                     http: None,
+                    node: None,
                 })
         })
         .collect();

@@ -63,6 +63,8 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/workloads/{name}/scale", post(scale))
         .route("/v1/logs/{name}", get(logs))
         .route("/v1/events", get(events))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{name}", get(node))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             error(
@@ -438,14 +440,69 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn list(State(state): State<Arc<ApiState>>) -> Json<crate::HostStatus> {
-    Json(state.desired.status().await)
+    Json(state.desired.shown_status().await)
+}
+
+/// Why there are no nodes to show.
+fn no_fleet() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "this daemon is not in a fleet: start it with --fleet nats://HOST:PORT --node NAME",
+    )
+}
+
+/// The fleet's live nodes.
+async fn nodes(State(state): State<Arc<ApiState>>) -> Response {
+    #[cfg(feature = "fleet")]
+    if let Some(link) = state.desired.fleet() {
+        let fenced = *link.fenced.borrow();
+        return Json(super::fleet::view::nodes(&link.fleet, &link.mirror, fenced)).into_response();
+    }
+    let _ = state;
+    no_fleet()
+}
+
+/// One node, with what runs on it.
+async fn node(State(state): State<Arc<ApiState>>, UrlPath(name): UrlPath<String>) -> Response {
+    #[cfg(feature = "fleet")]
+    if let Some(link) = state.desired.fleet() {
+        let fenced = *link.fenced.borrow();
+        let found = super::fleet::view::nodes(&link.fleet, &link.mirror, fenced)
+            .into_iter()
+            .find(|n| n.name == name);
+        let Some(node) = found else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("node `{name}` not found among the fleet's live nodes"),
+            );
+        };
+        let status = state.desired.shown_status().await;
+        let mut instances_by_workload = std::collections::BTreeMap::new();
+        for w in status.workloads {
+            let here: Vec<_> = w
+                .instances
+                .into_iter()
+                .filter(|i| i.node.as_deref() == Some(name.as_str()))
+                .collect();
+            if !here.is_empty() {
+                instances_by_workload.insert(w.name, here);
+            }
+        }
+        return Json(super::wire::NodeDetail {
+            node,
+            instances_by_workload,
+        })
+        .into_response();
+    }
+    let _ = (state, name);
+    no_fleet()
 }
 
 async fn describe(
     State(state): State<Arc<ApiState>>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<WorkloadStatus>, Response> {
-    let status = state.desired.status().await;
+    let status = state.desired.shown_status().await;
     status.workload(&name).cloned().map(Json).ok_or_else(|| {
         error(
             StatusCode::NOT_FOUND,

@@ -60,6 +60,20 @@ pub struct Desired {
     /// workloads they define ends them.
     quarantined: std::sync::Mutex<Vec<QuarantinedApply>>,
     writes: tokio::sync::Mutex<()>,
+    /// Set once the daemon has joined a fleet: changes then go to the fleet's engine.
+    #[cfg(feature = "fleet")]
+    fleet: std::sync::OnceLock<FleetLink>,
+}
+
+/// A joined fleet, as the use-case layer reaches it.
+#[cfg(feature = "fleet")]
+pub struct FleetLink {
+    /// The connection and buckets.
+    pub fleet: Arc<super::fleet::Fleet>,
+    /// The agent's view of the fleet.
+    pub mirror: super::fleet::agent::SharedMirror,
+    /// Whether this node is fenced.
+    pub fenced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The write lock on the desired state, and the changes made under it.
@@ -103,7 +117,35 @@ impl Desired {
             logbook,
             quarantined: std::sync::Mutex::new(Vec::new()),
             writes: tokio::sync::Mutex::new(()),
+            #[cfg(feature = "fleet")]
+            fleet: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Joins this desired state to a fleet: from now on, changes are the fleet's.
+    #[cfg(feature = "fleet")]
+    pub fn join_fleet(&self, link: FleetLink) {
+        let _ = self.fleet.set(link);
+    }
+
+    /// The fleet this daemon joined, if any.
+    #[cfg(feature = "fleet")]
+    pub fn fleet(&self) -> Option<&FleetLink> {
+        self.fleet.get()
+    }
+
+    /// The logbook of events and output.
+    pub fn logbook(&self) -> &Logbook {
+        &self.logbook
+    }
+
+    /// What the API shows: the fleet's status when in a fleet, else this host's.
+    pub async fn shown_status(&self) -> HostStatus {
+        #[cfg(feature = "fleet")]
+        if let Some(link) = self.fleet.get() {
+            return super::fleet::view::gather(&link.fleet, self, &link.mirror).await;
+        }
+        self.status().await
     }
 
     /// The host.
@@ -133,6 +175,16 @@ impl Desired {
     pub async fn status(&self) -> HostStatus {
         let mut status = self.host.status().await;
         status.quarantined = lock(&self.quarantined).clone();
+        #[cfg(feature = "fleet")]
+        if let Some(link) = self.fleet.get() {
+            for i in status
+                .workloads
+                .iter_mut()
+                .flat_map(|w| w.instances.iter_mut())
+            {
+                i.node = Some(link.fleet.node.clone());
+            }
+        }
         let sources = tokio::task::block_in_place(|| self.sources());
         let created = tokio::task::block_in_place(|| self.store.created()).unwrap_or_default();
         for w in &mut status.workloads {
@@ -222,8 +274,27 @@ impl Desired {
         quarantined.retain(|e| !e.workloads.is_empty());
     }
 
+    /// [`Self::load`] for a fleet: each workload's revision hashes the paths as applied,
+    /// not this node's blob paths, so that every node computes the same revision.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn load_for_fleet(
+        &self,
+        documents: &[Document],
+        files: &BTreeMap<String, String>,
+    ) -> Result<Vec<Workload>, Rejected> {
+        let mut workloads = self.load(documents, files)?;
+        let applied: BTreeMap<PathBuf, PathBuf> = files
+            .iter()
+            .map(|(path, digest)| (self.store.blob_path(digest), PathBuf::from(path)))
+            .collect();
+        for w in &mut workloads {
+            w.revision_paths = applied.clone();
+        }
+        Ok(workloads)
+    }
+
     /// Loads an apply's documents, finding the files they name among the stored blobs.
-    fn load(
+    pub(crate) fn load(
         &self,
         documents: &[Document],
         files: &BTreeMap<String, String>,
@@ -306,7 +377,69 @@ impl Writing<'_> {
         files: BTreeMap<String, String>,
         dry_run: bool,
     ) -> Result<ApplyResponse, ChangeError> {
+        #[cfg(feature = "fleet")]
+        if let Some(link) = self.desired.fleet.get() {
+            return super::fleet::publish::apply(
+                &link.fleet,
+                self.desired,
+                documents,
+                files,
+                dry_run,
+            )
+            .await;
+        }
         self.apply_only(documents, files, dry_run, None).await
+    }
+
+    /// Runs `replicas` of fleet workload `name` on this host (the fleet agent's
+    /// share), recorded in the local store as a cache of what it runs.
+    #[cfg(feature = "fleet")]
+    pub async fn apply_fleet(
+        &self,
+        name: &str,
+        workload: &super::fleet::model::FleetWorkload,
+        replicas: u32,
+    ) -> Result<(), ChangeError> {
+        let d = self.desired;
+        let mut workloads = d
+            .load_for_fleet(&workload.documents, &workload.files)
+            .map_err(ChangeError::Rejected)?;
+        workloads.retain(|w| w.name == name);
+        if workloads.is_empty() {
+            return Err(ChangeError::Invalid(format!(
+                "the fleet's documents for `{name}` do not define it"
+            )));
+        }
+        for w in &mut workloads {
+            w.spec.replicas = replicas;
+        }
+        let dirs = pin_grants(&mut workloads, None).map_err(ChangeError::Rejected)?;
+        let changes = d
+            .host
+            .plan(workloads.clone())
+            .await
+            .map_err(ChangeError::Rejected)?;
+        let record = ApplyRecord {
+            documents: workload.documents.clone(),
+            files: workload.files.clone(),
+            applied_at: now_secs(),
+            dirs,
+            replicas: [(name.to_string(), replicas)].into(),
+        };
+        let revisions: Vec<(String, String)> = changes
+            .iter()
+            .map(|c| (c.name.clone(), c.revision.clone()))
+            .collect();
+        tokio::task::block_in_place(|| {
+            d.store
+                .record_apply(&record, &[name.to_string()], &revisions)
+        })
+        .map_err(|e| ChangeError::Internal(e.to_string()))?;
+        d.host
+            .apply(workloads)
+            .await
+            .map(|_| ())
+            .map_err(ChangeError::Rejected)
     }
 
     /// [`Self::apply`], keeping the one workload `only` of the documents (an undo).
@@ -375,6 +508,15 @@ impl Writing<'_> {
     /// Deletes a workload or job: forgotten durably first, so a crash after this does
     /// not bring it back, then stopped. False if it was neither stored nor running.
     pub async fn delete(&self, name: &str) -> Result<bool, ChangeError> {
+        #[cfg(feature = "fleet")]
+        if let Some(link) = self.desired.fleet.get() {
+            return super::fleet::publish::delete(&link.fleet, name).await;
+        }
+        self.delete_local(name).await
+    }
+
+    /// [`Self::delete`] on this host only (in a fleet: the agent giving up its share).
+    pub async fn delete_local(&self, name: &str) -> Result<bool, ChangeError> {
         let d = self.desired;
         let stored = tokio::task::block_in_place(|| d.store.delete(name)).map_err(|e| {
             ChangeError::Internal(format!("the daemon cannot store the delete, so nothing was deleted: {e}; make room on the state directory's file system and delete again"))
@@ -395,6 +537,10 @@ impl Writing<'_> {
     /// current): the documents that defined it are applied again (a new rollout), and
     /// that becomes the newest history entry.
     pub async fn undo(&self, name: &str, to: Option<&str>) -> Result<ApplyResponse, ChangeError> {
+        #[cfg(feature = "fleet")]
+        if let Some(link) = self.desired.fleet.get() {
+            return super::fleet::publish::undo(&link.fleet, name, to).await;
+        }
         let d = self.desired;
         let current = d.current_revision(name).await?;
         let entries = d
@@ -437,6 +583,15 @@ impl Writing<'_> {
     /// `rollout restart`: replaces every instance of workload `name` with a new one of
     /// its revision, and clears what the old ones spent (a failure verdict included).
     pub async fn restart(&self, name: &str) -> Result<(), ChangeError> {
+        #[cfg(feature = "fleet")]
+        if let Some(link) = self.desired.fleet.get() {
+            return super::fleet::publish::restart(&link.fleet, name).await;
+        }
+        self.restart_local(name).await
+    }
+
+    /// [`Self::restart`] on this host only.
+    pub async fn restart_local(&self, name: &str) -> Result<(), ChangeError> {
         let d = self.desired;
         d.current_revision(name).await?;
         d.host
@@ -452,6 +607,16 @@ impl Writing<'_> {
     /// recorded again with that count (as a rollback records its scale), then applied.
     pub async fn scale(&self, name: &str, replicas: u32) -> Result<(), ChangeError> {
         let d = self.desired;
+        #[cfg(feature = "fleet")]
+        if let Some(link) = d.fleet.get() {
+            if replicas > d.limits.max_replicas {
+                return Err(ChangeError::Invalid(format!(
+                    "{replicas} replicas, over this host's limit of {}",
+                    d.limits.max_replicas
+                )));
+            }
+            return super::fleet::publish::scale(&link.fleet, name, replicas).await;
+        }
         let revision = d.current_revision(name).await?;
         if replicas > d.limits.max_replicas {
             return Err(ChangeError::Invalid(format!(

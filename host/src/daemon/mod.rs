@@ -11,6 +11,8 @@
 pub mod api;
 pub mod desired;
 mod failures;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod logbook;
 mod rollbacks;
 pub mod serve;
@@ -46,6 +48,10 @@ pub struct DaemonConfig {
     pub network_grants: bool,
     /// Start even when the store is missing or empty beside stored blobs.
     pub accept_empty_store: bool,
+    /// Join this fleet: the desired state is then the fleet's, kept in its engine, and
+    /// this daemon runs the replicas placed on it.
+    #[cfg(feature = "fleet")]
+    pub fleet: Option<fleet::FleetConfig>,
 }
 
 /// The default TCP address of the API: loopback only.
@@ -170,11 +176,20 @@ pub async fn run(
         limits,
         logbook.clone(),
     ));
-    desired.write().await.restore().await?;
-    match store.collect_blobs() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("removed {n} unused blob or temporary file(s)"),
-        Err(e) => tracing::warn!("cannot collect unused blobs: {e}"),
+    #[cfg(feature = "fleet")]
+    let joined = match &config.fleet {
+        Some(fleet_config) => Some(join_fleet(fleet_config, &desired, &store).await?),
+        None => None,
+    };
+    #[cfg(not(feature = "fleet"))]
+    let joined: Option<()> = None;
+    if joined.is_none() {
+        desired.write().await.restore().await?;
+        match store.collect_blobs() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} unused blob or temporary file(s)"),
+            Err(e) => tracing::warn!("cannot collect unused blobs: {e}"),
+        }
     }
     let state = Arc::new(api::ApiState {
         desired: desired.clone(),
@@ -213,6 +228,17 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    #[cfg(feature = "fleet")]
+    let fleet_tasks = joined.map(|joined| joined.start(desired.clone(), stop_rx.clone()));
+    #[cfg(feature = "fleet")]
+    let fleet_died = async {
+        match fleet_tasks {
+            Some(tasks) => tasks.died().await,
+            None => std::future::pending().await,
+        }
+    };
+    #[cfg(not(feature = "fleet"))]
+    let fleet_died = std::future::pending::<String>();
     let rollbacks = tokio::spawn(rollbacks::record_rollbacks(
         desired.clone(),
         desired.host().events(),
@@ -260,6 +286,10 @@ pub async fn run(
     let watched = desired.clone();
     tokio::select! {
         served = serving => served?,
+        why = fleet_died => {
+            let _ = std::fs::remove_file(&socket);
+            anyhow::bail!("{why}; the daemon stops so that its supervisor restarts it");
+        }
         why = async move { watched.host().died().await } => {
             let _ = std::fs::remove_file(&socket);
             anyhow::bail!("the host's controller died: {why}; the daemon stops so that its supervisor restarts it");
@@ -288,6 +318,114 @@ pub async fn run(
     tokio::time::timeout(bound, host.shutdown())
         .await
         .map_err(|_| anyhow::anyhow!("the host did not stop within {bound:?}"))
+}
+
+/// A joined fleet whose tasks have not started yet.
+#[cfg(feature = "fleet")]
+struct Joined {
+    fleet: Arc<fleet::Fleet>,
+    mirror: fleet::agent::SharedMirror,
+    fenced: tokio::sync::watch::Sender<bool>,
+}
+
+/// The fleet's tasks: heartbeat, agent, status answers.
+#[cfg(feature = "fleet")]
+struct FleetTasks {
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+#[cfg(feature = "fleet")]
+impl Joined {
+    fn start(
+        self,
+        desired: Arc<desired::Desired>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> FleetTasks {
+        let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let fenced_rx = self.fenced.subscribe();
+        let tasks = vec![
+            (
+                "heartbeat",
+                tokio::spawn(fleet::heartbeat::run(
+                    self.fleet.clone(),
+                    instances.clone(),
+                    self.fenced,
+                    stop.clone(),
+                )),
+            ),
+            (
+                "agent",
+                tokio::spawn(fleet::agent::run(
+                    self.fleet.clone(),
+                    desired.clone(),
+                    self.mirror,
+                    instances,
+                    fenced_rx,
+                    stop.clone(),
+                )),
+            ),
+            (
+                "status answers",
+                tokio::spawn(fleet::view::answer(self.fleet, desired, stop)),
+            ),
+        ];
+        FleetTasks { tasks }
+    }
+}
+
+#[cfg(feature = "fleet")]
+impl FleetTasks {
+    /// Resolves when a task fails (a clean stop at shutdown never resolves).
+    async fn died(self) -> String {
+        let waits = self.tasks.into_iter().map(|(name, task)| {
+            Box::pin(async move {
+                match task.await {
+                    Ok(Ok(())) => std::future::pending().await,
+                    Ok(Err(e)) => format!("the fleet's {name} failed: {e:#}"),
+                    Err(e) => format!("the fleet's {name} task died: {e}"),
+                }
+            })
+        });
+        futures_util::future::select_all(waits).await.0
+    }
+}
+
+/// Joins the fleet: connects (a clear error when the engine is unreachable), forgets
+/// the workloads a previous run kept locally (the fleet says what runs here now; their
+/// components stay, as a cache), and links the desired state to the fleet.
+#[cfg(feature = "fleet")]
+async fn join_fleet(
+    config: &fleet::FleetConfig,
+    desired: &Arc<desired::Desired>,
+    store: &Store,
+) -> anyhow::Result<Joined> {
+    let joined = fleet::Fleet::join(config).await?;
+    let stored = store
+        .desired()
+        .context("reading the stored desired state")?;
+    for (_, _, names) in stored {
+        for name in names {
+            store.delete(&name)?;
+        }
+    }
+    let mirror: fleet::agent::SharedMirror = Default::default();
+    let (fenced, fenced_rx) = tokio::sync::watch::channel(false);
+    desired.join_fleet(desired::FleetLink {
+        fleet: joined.clone(),
+        mirror: mirror.clone(),
+        fenced: fenced_rx,
+    });
+    tracing::info!(
+        node = %joined.node,
+        "joined the fleet at {} (heartbeat TTL {:?})",
+        config.url,
+        joined.heartbeat_ttl
+    );
+    Ok(Joined {
+        fleet: joined,
+        mirror,
+        fenced,
+    })
 }
 
 /// Binds a Unix socket only its owner can connect to (mode 0600), replacing a stale

@@ -148,3 +148,38 @@ pub enum StreamLine<T> {
     /// The next item.
     Item(T),
 }
+
+/// A node of the fleet, as `get nodes` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// Its name (`--node`).
+    pub name: String,
+    /// Its labels (`--labels`).
+    pub labels: BTreeMap<String, String>,
+    /// Whether it takes replicas: its heartbeat is live and it is not fenced.
+    pub ready: bool,
+    /// Whether it has cut itself off, unable to renew its heartbeat.
+    pub fenced: bool,
+    /// Live instances on it, as its last heartbeat said.
+    pub instances: u32,
+    /// How long ago the node that answers saw its last heartbeat, in milliseconds.
+    pub last_heartbeat_ms: u64,
+    /// When its daemon joined (RFC 3339).
+    pub started: String,
+    /// Its setpoint version.
+    pub version: String,
+    /// Whether it is the node that answered.
+    pub this: bool,
+}
+
+/// A node with what runs on it (`describe node/NAME`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDetail {
+    /// The node.
+    #[serde(flatten)]
+    pub node: NodeInfo,
+    /// Its instances, each with the workload it belongs to.
+    pub instances_by_workload: BTreeMap<String, Vec<crate::status::InstanceStatus>>,
+}

