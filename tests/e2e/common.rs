@@ -123,10 +123,26 @@ impl Daemon {
         Self::spawn(state, extra, Some(max_files))
     }
 
+    /// Starts `setpoint daemon` under a wrapper command (`ip netns exec NS`).
+    pub fn start_in(wrapper: &[&str], state: &Path, extra: &[&str]) -> Self {
+        Self::spawn_with(wrapper, state, extra, None)
+    }
+
     fn spawn(state: &Path, extra: &[&str], max_files: Option<u64>) -> Self {
+        Self::spawn_with(&[], state, extra, max_files)
+    }
+
+    fn spawn_with(wrapper: &[&str], state: &Path, extra: &[&str], max_files: Option<u64>) -> Self {
         use std::os::unix::process::CommandExt as _;
         let socket = state.join("setpoint.sock");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_setpoint"));
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_setpoint"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_setpoint")),
+        };
         command
             .args(["daemon", "--state-dir"])
             .arg(state)

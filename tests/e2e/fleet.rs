@@ -284,3 +284,197 @@ fn a_fleet_apply_is_checked_whole_and_jobs_are_refused_for_now() {
         "{table}"
     );
 }
+
+#[test]
+fn the_fleet_survives_a_restart_of_its_engines_cluster() {
+    let Some(mut engine) = engine(false) else {
+        return;
+    };
+    let url = engine.url();
+    let state = tempfile::tempdir().expect("state");
+    let flags = ["--fleet-replicas", "3", "--fleet-connect-timeout", "30s"];
+    let daemon = join(state.path(), &url, "first", &flags);
+    let manifests = Manifests::new();
+    let web = manifests.write("web.yaml", &workload("web", "ticker", "  replicas: 2\n"));
+    daemon.apply(&web);
+    wait_placement(&daemon, "web", "2 running", |p| p.get("first") == Some(&2));
+
+    // The whole cluster goes down: the node fences itself; the cluster comes back with
+    // its three copies of every bucket, and the node converges again.
+    for node in &mut engine.nodes {
+        node.kill();
+    }
+    wait_placement(&daemon, "web", "fenced", BTreeMap::is_empty);
+    for node in &mut engine.nodes {
+        node.start();
+    }
+    wait_placement(&daemon, "web", "2 again", |p| p.get("first") == Some(&2));
+    // A node that joins only now finds the desired state in the engine.
+    let late_state = tempfile::tempdir().expect("state");
+    let late = join(late_state.path(), &url, "late", &flags);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let found = late.workloads().into_iter().find(|w| w["name"] == "web");
+        if found.is_some_and(|w| w["desired"] == 2 && w["ready"] == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the late node never saw web");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A network namespace joined to this one by a veth pair: a host on its own link, which
+/// a test can cut. Removed when dropped.
+struct Netns {
+    name: String,
+    host_side: String,
+    /// This side's address, which the namespace reaches the engine by.
+    host_address: String,
+}
+
+impl Netns {
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// A namespace, or why there can be none here (not root, no iproute2, a sandbox).
+    fn create() -> Result<Self, String> {
+        let id = std::process::id() % 250;
+        let ns = Self {
+            name: format!("sp-fleet-{}", std::process::id()),
+            host_side: format!("sph{}", std::process::id() % 100_000),
+            host_address: format!("10.213.{id}.1"),
+        };
+        let peer = format!("spn{}", std::process::id() % 100_000);
+        Self::ip(&["netns", "add", &ns.name])?;
+        Self::ip(&[
+            "link",
+            "add",
+            &ns.host_side,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])?;
+        Self::ip(&["link", "set", &peer, "netns", &ns.name])?;
+        Self::ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_address),
+            "dev",
+            &ns.host_side,
+        ])?;
+        Self::ip(&["link", "set", &ns.host_side, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns.name.as_str(), "ip"];
+            all.extend_from_slice(args);
+            Self::ip(&all)
+        };
+        inside(&["addr", "add", &format!("10.213.{id}.2/30"), "dev", &peer])?;
+        inside(&["link", "set", &peer, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Cuts the link (`up: false`) or heals it.
+    fn link(&self, up: bool) {
+        Self::ip(&[
+            "link",
+            "set",
+            &self.host_side,
+            if up { "up" } else { "down" },
+        ])
+        .expect("the link changes");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Self::ip(&["link", "del", &self.host_side]);
+        let _ = Self::ip(&["netns", "del", &self.name]);
+    }
+}
+
+#[test]
+fn a_partitioned_host_fences_itself_and_healing_the_link_runs_nothing_twice() {
+    let netns = match Netns::create() {
+        Ok(n) => n,
+        Err(why) => {
+            eprintln!("skipped: no network namespace here: {why}");
+            return;
+        }
+    };
+    let engine = match nats::Nats::single_at("0.0.0.0") {
+        Ok(e) => e,
+        Err(why) => {
+            eprintln!("skipped: no nats-server: {why}");
+            return;
+        }
+    };
+    let port = engine.nodes[0].port;
+    let states: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("state"))
+        .collect();
+    let a = join(states[0].path(), &engine.url(), "node-a", &[]);
+    let b = join(states[1].path(), &engine.url(), "node-b", &[]);
+    // node-c runs in the namespace, reaching the engine over the veth pair; its socket
+    // is a file, so the CLI reaches it from here.
+    let c_url = format!("nats://{}:{port}", netns.host_address);
+    let mut c = Daemon::start_in(
+        &["ip", "netns", "exec", &netns.name],
+        states[2].path(),
+        &["--fleet", &c_url, "--node", "node-c"],
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while a.json_list(&["get", "nodes", "-o", "json"]).len() != 3 {
+        assert!(Instant::now() < deadline, "node-c never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let manifests = Manifests::new();
+    let web = manifests.write("web.yaml", &workload("web", "ticker", "  replicas: 6\n"));
+    a.apply(&web);
+    let spread = counts(&[("node-a", 2), ("node-b", 2), ("node-c", 2)]);
+    wait_placement(&a, "web", "2/2/2", |p| *p == spread);
+
+    // Cut node-c off: it fences itself, and a and b take its replicas.
+    netns.link(false);
+    wait_placement(&a, "web", "3/3 on a and b", |p| {
+        *p == counts(&[("node-a", 3), ("node-b", 3)])
+    });
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let events = String::from_utf8_lossy(&c.cli(&["events"]).stdout).into_owned();
+        if events.contains("Fenced") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-c never fenced: {events}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let on_c = per_node(&instances(&c), "web");
+    assert_eq!(
+        on_c.get("node-c"),
+        None,
+        "a fenced node runs none: {on_c:?}"
+    );
+
+    // Heal the link: node-c resumes no claim that moved on, gets its share again by
+    // spreading, and no sample shows more than six.
+    netns.link(true);
+    let totals = wait_placement(&a, "web", "2/2/2 after healing", |p| *p == spread);
+    assert!(totals.iter().all(|t| *t <= 6), "{totals:?}");
+    c.kill9();
+    drop(b);
+}

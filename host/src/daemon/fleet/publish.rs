@@ -103,6 +103,40 @@ async fn upload(fleet: &Fleet, desired: &Desired, digest: &str) -> Result<(), Ch
         .map_err(engine)
 }
 
+/// The manifest of workload `w` alone, as the loader reads it back to the same spec
+/// (with the paths as applied), and the files it names: what its fleet record keeps,
+/// so that an apply of many workloads in one file does not copy the file into each.
+fn own_document(
+    w: &crate::manifest::Workload,
+    files: &BTreeMap<String, String>,
+) -> Result<(Document, BTreeMap<String, String>), ChangeError> {
+    let mut spec = w.spec.clone();
+    let applied = |path: &std::path::PathBuf| w.revision_paths.get(path).cloned();
+    if let Some(path) = applied(&spec.component) {
+        spec.component = path;
+    }
+    if let Some(policy) = spec.policy.as_mut()
+        && let Some(path) = applied(&policy.plugin)
+    {
+        policy.plugin = path;
+    }
+    let mut named = BTreeMap::new();
+    for path in std::iter::once(&spec.component).chain(spec.policy.as_ref().map(|p| &p.plugin)) {
+        let key = path.to_string_lossy();
+        if let Some(digest) = files.get(key.as_ref()) {
+            named.insert(key.into_owned(), digest.clone());
+        }
+    }
+    let doc = crate::manifest::render::document(&w.name, &w.labels, &spec);
+    let text = serde_saphyr::to_string(&doc)
+        .map_err(|e| ChangeError::Internal(format!("rendering `{}`: {e}", w.name)))?;
+    let source = w.origin.as_ref().map_or_else(
+        || format!("{}.yaml", w.name),
+        |o| o.file.display().to_string(),
+    );
+    Ok((Document { source, text }, named))
+}
+
 /// An apply to the fleet: checked whole first, then written workload by workload.
 pub async fn apply(
     fleet: &Fleet,
@@ -159,9 +193,10 @@ pub async fn apply(
         if change == Change::Unchanged {
             continue;
         }
+        let (document, named) = own_document(w, &files)?;
         let value = FleetWorkload {
-            documents: documents.clone(),
-            files: files.clone(),
+            documents: vec![document],
+            files: named,
             replicas: w.spec.replicas,
             placement: w.spec.placement.clone(),
             revision,
