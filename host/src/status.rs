@@ -110,6 +110,8 @@ pub mod reason {
     pub const QUARANTINED: &str = "Quarantined";
     /// A job's progress cannot be made durable.
     pub const LEDGER_WRITE_FAILED: &str = "LedgerWriteFailed";
+    /// A manifest of a watched directory was not applied.
+    pub const REJECTED: &str = "Rejected";
     /// A fleet node stopped renewing its heartbeat.
     pub const NODE_LOST: &str = "NodeLost";
     /// A replica slot moved to this node from another.

@@ -13,6 +13,8 @@ use serde_json::Value;
 struct TcpDaemon {
     child: Child,
     addr: String,
+    /// What it has written on stderr so far.
+    said: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TcpDaemon {
@@ -41,8 +43,14 @@ impl TcpDaemon {
             }
         };
         // Keep draining stderr so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let daemon = Self { child, addr };
+        let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = said.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                keep.lock().expect("lines").push(line);
+            }
+        });
+        let daemon = Self { child, addr, said };
         let deadline = Instant::now() + Duration::from_secs(30);
         while daemon
             .request("GET", "/v1/health", Some(&daemon.token(state)), b"")
@@ -307,4 +315,44 @@ fn tcp_needs_the_token_and_bad_requests_get_json_errors_and_change_nothing() {
         "nothing was applied"
     );
     assert_eq!(blobs(), blobs_before, "no blob was stored");
+}
+
+#[test]
+fn sighup_rotates_the_api_token_and_the_daemon_keeps_running() {
+    let state = tempfile::tempdir().expect("state");
+    let mut daemon = TcpDaemon::start(state.path());
+    let old = daemon.token(state.path());
+    let new = "a-rotated-token-of-enough-length";
+    std::fs::write(state.path().join("api-token"), format!("{new}\n")).expect("rotate");
+    // SAFETY: a signal to a child this test started.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.request("GET", "/v1/health", Some(new), b"").0 != 200 {
+        assert!(Instant::now() < deadline, "the new token never took effect");
+        assert!(
+            daemon.child.try_wait().expect("wait").is_none(),
+            "SIGHUP ended the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(daemon.request("GET", "/v1/health", Some(&old), b"").0, 401);
+    // A token file that no longer reads keeps the token in effect, and says so.
+    std::fs::write(state.path().join("api-token"), "short\n").expect("break");
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon
+        .said
+        .lock()
+        .expect("lines")
+        .iter()
+        .any(|l| l.contains("the API token is kept"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the failed reload was never reported"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(daemon.request("GET", "/v1/health", Some(new), b"").0, 200);
+    assert!(daemon.child.try_wait().expect("wait").is_none());
 }

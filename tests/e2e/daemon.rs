@@ -588,6 +588,17 @@ fn a_watched_directory_is_desired_state() {
         n
     };
     assert_eq!(names(&daemon), ["alpha", "gamma"]);
+    // The rejection is an event too, under the name the file gives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = daemon.cli(&["events", "-o", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("\"Rejected\"") && text.contains("b.yaml was not applied") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Rejected event: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // A change rolls out; a removal deletes.
     drop_file("a.yaml", "alpha", 2);
@@ -1077,7 +1088,7 @@ fn scale_keeps_its_count_across_restarts_until_the_manifest_is_applied_again() {
 }
 
 #[test]
-fn under_systemd_the_daemon_says_ready_and_stopping() {
+fn under_systemd_the_daemon_says_ready_reloading_and_stopping() {
     use std::os::unix::net::UnixDatagram;
     let state = tempfile::tempdir().expect("tempdir");
     let notify = state.path().join("notify.sock");
@@ -1105,9 +1116,164 @@ fn under_systemd_the_daemon_says_ready_and_stopping() {
         .output()
         .expect("get runs");
     assert!(out.status.success());
+    // `systemctl reload`: RELOADING=1 with the time systemd 253 asks for, then READY=1.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGHUP) };
+    let n = systemd.recv(&mut buf).expect("RELOADING=1 arrives");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{said}");
+    let n = systemd.recv(&mut buf).expect("READY=1 arrives again");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.starts_with("READY=1\nSTATUS=reloaded: "), "{said}");
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let n = systemd.recv(&mut buf).expect("STOPPING=1 arrives");
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim_end(), "STOPPING=1");
     assert!(daemon.wait().expect("exits").success());
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(version) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("skipped: no systemd-analyze on this machine");
+        return;
+    };
+    assert!(version.status.success());
+    // The unit as installed, with ExecStart pointing at this build.
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/setpoint.service"),
+    )
+    .expect("the unit");
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload="));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("setpoint.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/setpoint", env!("CARGO_BIN_EXE_setpoint")),
+    )
+    .expect("write");
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs");
+    // A line it cannot parse is only a warning: the unit is clean when nothing is said.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[test]
+fn the_daemon_logs_each_apply_delete_crash_and_shutdown_as_json_lines() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let log = state.path().join("daemon.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["--log-format", "json", "daemon", "--state-dir"])
+        .arg(state.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("daemon starts");
+    let socket = state.path().join("setpoint.sock");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .expect("cli runs")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cli(&["get"]).status.success() {
+        assert!(Instant::now() < deadline, "the daemon never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let manifests = Manifests::new();
+    let file = manifests.write(
+        "crash.yaml",
+        &workload("crashy", "crasher", "  env:\n    CRASH_AFTER_MS: \"10\"\n"),
+    );
+    assert!(
+        cli(&["apply", "-f", file.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Trapped")
+    {
+        assert!(Instant::now() < deadline, "no crash was logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(cli(&["delete", "workload/crashy"]).status.success());
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().expect("exits").success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let said = |needle: &str| {
+        lines.iter().any(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(needle))
+        })
+    };
+    for needle in ["applied", "deleted", "shutting down"] {
+        assert!(said(needle), "no `{needle}` line in:\n{text}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "WARN" && l["fields"]["reason"] == "Trapped"),
+        "no crash line in:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file");
+}
+
+#[test]
+fn a_daemon_on_its_own_state_dir_says_how_clients_find_it() {
+    use std::io::BufRead as _;
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["daemon", "--state-dir"])
+        .arg(state.path())
+        .env_remove("SETPOINT_STATE_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("daemon starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let export = loop {
+        let line = lines.next().expect("the daemon speaks").expect("a line");
+        if let Some(rest) = line.strip_prefix("setpoint daemon: clients find this daemon with: ") {
+            break rest.to_string();
+        }
+    };
+    let socket = export
+        .strip_prefix("export SETPOINT_SOCKET=")
+        .expect("an export line");
+    // Exactly what the line says works.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .arg("get")
+        .env("SETPOINT_SOCKET", socket)
+        .output()
+        .expect("get runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

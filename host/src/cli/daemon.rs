@@ -117,7 +117,18 @@ pub async fn daemon(args: DaemonArgs) -> ExitCode {
         accept_empty_store: args.accept_empty_store,
         #[cfg(feature = "fleet")]
         fleet: args.fleet.config(),
+        reloads: None,
     };
+    let mut config = config;
+    // SIGHUP (`systemctl reload`) re-reads the token file and the watched directory;
+    // registered before anything starts, so that a hangup never ends the daemon.
+    match reload_on_sighup() {
+        Ok(reloads) => config.reloads = Some(reloads),
+        Err(e) => {
+            eprintln!("error: cannot install the SIGHUP handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let engine = args.engine;
     let builder = engine.apply(Host::builder());
     let mut signals = match StopSignals::new() {
@@ -129,27 +140,75 @@ pub async fn daemon(args: DaemonArgs) -> ExitCode {
     };
     let stop = async move {
         signals.recv().await;
-        super::notify::notify("STOPPING=1");
+        super::notify::notify(&[super::notify::NotifyState::Stopping]);
     };
     let result = setpoint::daemon::run(config, builder, stop, |listening| {
-        super::notify::notify(&format!(
-            "READY=1\nSTATUS=serving on {}",
-            listening.socket.display()
-        ));
-        eprintln!("setpoint daemon: serving on {}", listening.socket.display());
+        let status = format!("serving on {}", listening.socket.display());
+        super::notify::notify(&[
+            super::notify::NotifyState::Ready,
+            super::notify::NotifyState::Status(&status),
+        ]);
+        let mut said = vec![format!("serving on {}", listening.socket.display())];
+        // A client looks at the default state directory's socket: say how to reach
+        // this one when it is elsewhere.
+        let default_socket =
+            setpoint::daemon::default_socket(&setpoint::daemon::default_state_dir());
+        let same = std::path::absolute(&default_socket).ok()
+            == std::path::absolute(&listening.socket).ok();
+        if !same {
+            said.push(format!(
+                "clients find this daemon with: export SETPOINT_SOCKET={}",
+                listening.socket.display()
+            ));
+        }
         if let Some((addr, token_file)) = &listening.tcp {
-            eprintln!(
-                "setpoint daemon: serving TCP on {addr} (bearer token in {})",
+            said.push(format!(
+                "serving TCP on {addr} (bearer token in {})",
                 token_file.display()
-            );
+            ));
+        }
+        for line in said {
+            if super::json_logs() {
+                tracing::info!("{line}");
+            } else {
+                eprintln!("setpoint daemon: {line}");
+            }
         }
     })
     .await;
     match result {
         Ok(_) => ExitCode::SUCCESS,
+        Err(e) if super::json_logs() => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Turns each SIGHUP into a reload request, telling systemd `RELOADING=1` before and
+/// `READY=1` (with what was re-read) after.
+fn reload_on_sighup() -> std::io::Result<tokio::sync::mpsc::Receiver<setpoint::daemon::Reload>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            super::notify::reloading();
+            let (done, answer) = tokio::sync::oneshot::channel();
+            if tx.send(setpoint::daemon::Reload { done }).await.is_err() {
+                return;
+            }
+            let said = answer.await.unwrap_or_default();
+            let status = format!("reloaded: {said}");
+            super::notify::notify(&[
+                super::notify::NotifyState::Ready,
+                super::notify::NotifyState::Status(&status),
+            ]);
+        }
+    });
+    Ok(rx)
 }

@@ -43,8 +43,31 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(name = "setpoint", version, about)]
 struct Cli {
+    /// How log lines on stderr are written: `text` (coloured on a terminal only) or
+    /// `json` (one object per line, for journald or a log shipper). Default: text, or
+    /// $SETPOINT_LOG_FORMAT.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// Whether log lines are JSON (`--log-format json`): then the daemon's own messages go
+/// through the log as well, so that every line on stderr is one JSON object.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether stderr carries JSON log lines only.
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Plain lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -212,15 +235,26 @@ pub fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SETPOINT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SETPOINT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let format =
+        cli.log_format.or_else(
+            || match std::env::var("SETPOINT_LOG_FORMAT").ok()?.as_str() {
+                "json" => Some(LogFormat::Json),
+                _ => Some(LogFormat::Text),
+            },
+        );
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == Some(LogFormat::Json) {
+        JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+        logs.json().init();
+    } else {
         // journald and files get plain text; a terminal gets colour.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     // A bounded blocking pool: near the kernel's mapping limit no burst of new threads
     // may take the room the host keeps for itself (see runtime::mappings::reserve).
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -10,6 +10,9 @@ use crate::policy::{Action, InstanceObservation, RolloutObservation};
 use crate::runtime::StopCause;
 use crate::status::{EventType, reason};
 
+/// How long an event a policy repeats word for word is said only once.
+const REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl WorkloadState {
     /// Checks and carries out `actions` (drained), which `decider` asked for.
     pub fn carry_out(
@@ -103,10 +106,17 @@ impl WorkloadState {
                 reason,
                 message,
             } => {
-                let repeat = self
-                    .events
-                    .back()
-                    .is_some_and(|last| last.reason == reason && last.message == message);
+                // A policy says the same thing on every pass over a waiting slot (a
+                // BackOff while other slots' events come and go): said once, as
+                // Kubernetes aggregates a repeated event, until REPEAT_WINDOW has passed.
+                let repeat = self.events.iter().rev().any(|e| {
+                    e.reason == reason
+                        && e.message == message
+                        && ctx
+                            .wall
+                            .duration_since(e.time)
+                            .is_ok_and(|age| age < REPEAT_WINDOW)
+                });
                 if !repeat {
                     let kind = if warning {
                         EventType::Warning

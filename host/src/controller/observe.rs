@@ -66,7 +66,7 @@ impl WorkloadState {
                     "a request failed ({}); a fresh instance took the replica's place",
                     end.reason.detail()
                 );
-                if let Some(last) = end.output.tail.last() {
+                if let Some(last) = end.output.meaningful_line() {
                     message.push_str(&format!("; last output: {last}"));
                 }
                 let reason = end.reason.name();
@@ -166,7 +166,7 @@ impl WorkloadState {
         };
         let mut message = end.reason.detail();
         if kind == EventType::Warning
-            && let Some(last) = end.output.tail.last()
+            && let Some(last) = end.output.meaningful_line()
         {
             message.push_str(&format!("; last output: {last}"));
         }
@@ -174,7 +174,7 @@ impl WorkloadState {
         let counted = match (&spec.job, self.job_mut()) {
             (Some(rules), Some(job)) => {
                 let verdict = crate::job::classify(rules, &end.reason);
-                let last = end.output.tail.last().map_or("", String::as_str);
+                let last = end.output.meaningful_line().unwrap_or("");
                 job.progress.count(rules, verdict, last)
             }
             _ => false,

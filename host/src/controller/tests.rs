@@ -292,6 +292,47 @@ fn a_crash_loop_waits_out_its_back_off_before_the_next_replacement() {
 }
 
 #[test]
+fn a_back_off_is_said_once_however_often_the_waiting_slot_is_passed_over() {
+    let mut world = World::new();
+    let mut spec = spec(2);
+    spec.backoff.initial = Duration::from_secs(5);
+    let (mut state, _) = world.create(spec, "r1");
+    let ids = running(&mut world, &mut state);
+    // Each slot's first end is replaced at once; the second waits.
+    let mut now = ids.clone();
+    for round in 0..2 {
+        for slot in 0..2u32 {
+            world.end(
+                &mut state,
+                slot,
+                &now[slot as usize],
+                trapped(),
+                Duration::from_millis(3),
+            );
+        }
+        let effects = world.pass(&mut state);
+        if round == 0 {
+            let spawned = spawns(&effects);
+            for (slot, id) in spawned {
+                world.up(&mut state, slot, &id);
+                now[slot as usize] = id;
+            }
+        }
+    }
+    // Passes over the waiting slots (other events, resyncs) say nothing new.
+    for _ in 0..5 {
+        world.advance(Duration::from_millis(100));
+        world.pass(&mut state);
+    }
+    let backoffs = state
+        .events
+        .iter()
+        .filter(|e| e.reason == "BackOff")
+        .count();
+    assert_eq!(backoffs, 2, "one per waiting slot: {:?}", state.events);
+}
+
+#[test]
 fn a_rollout_starts_at_most_max_surge_successors_and_each_takes_its_slot_over() {
     for surge in [1u32, 2, 3, 5] {
         let mut world = World::new();

@@ -102,10 +102,37 @@ async fn json_errors(request: axum::extract::Request, next: axum::middleware::Ne
     error(status, message)
 }
 
+/// The TCP API's bearer token, replaced when the daemon re-reads its token file
+/// (SIGHUP): a rotated token takes effect without a restart.
+pub struct ApiToken(std::sync::RwLock<String>);
+
+impl ApiToken {
+    /// A token.
+    pub fn new(token: String) -> Self {
+        Self(std::sync::RwLock::new(token))
+    }
+
+    /// The token in effect.
+    pub fn current(&self) -> String {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces it.
+    pub fn replace(&self, token: String) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+    }
+}
+
 /// The TCP API's guard: the request must carry `Authorization: Bearer TOKEN`, compared
 /// in constant time; otherwise 401 and nothing runs.
 pub async fn require_bearer(
-    State(token): State<Arc<String>>,
+    State(token): State<Arc<ApiToken>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -116,7 +143,8 @@ pub async fn require_bearer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if bool::from(offered.as_bytes().ct_eq(token.as_bytes())) {
+    let matches = bool::from(offered.as_bytes().ct_eq(token.current().as_bytes()));
+    if matches {
         return next.run(request).await;
     }
     let mut response = error(

@@ -100,7 +100,10 @@ impl Logbook {
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(event) => book.add_event(&event),
+                    Ok(event) => {
+                        journal(&event);
+                        book.add_event(&event);
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
@@ -163,6 +166,7 @@ impl Logbook {
 
     /// Keeps an event of the daemon's own (one the host did not send).
     pub fn record(&self, event: &crate::Event) {
+        journal(event);
         self.add_event(event);
     }
 
@@ -231,4 +235,40 @@ impl Logbook {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The daemon's own log (stderr, so journald under systemd) gets a line for every
+/// warning event (a crash, a back-off, a failure, a fence) and for the events that change
+/// what runs (applied, deleted, rolled back, rescheduled); routine ones (an instance
+/// started, a probe passed) stay in `setpoint events`.
+fn journal(event: &crate::Event) {
+    use crate::status::reason;
+    let instance = event.instance.as_deref().unwrap_or("");
+    match event.kind {
+        crate::EventType::Warning => tracing::warn!(
+            workload = %event.workload,
+            instance,
+            reason = %event.reason,
+            "{}",
+            event.message
+        ),
+        crate::EventType::Normal
+            if [
+                "Deleted",
+                reason::ROLLED_BACK,
+                reason::ROLLOUT_COMPLETE,
+                reason::RESCHEDULED,
+                reason::REJOINED,
+            ]
+            .contains(&event.reason.as_str()) =>
+        {
+            tracing::info!(
+                workload = %event.workload,
+                reason = %event.reason,
+                "{}",
+                event.message
+            )
+        }
+        crate::EventType::Normal => {}
+    }
 }

@@ -38,6 +38,7 @@ struct Seen {
 pub(super) async fn watch(
     desired: Arc<Desired>,
     dir: PathBuf,
+    rescan: Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
@@ -70,10 +71,35 @@ pub(super) async fn watch(
         tokio::select! {
             _ = changed.recv() => {}
             _ = tokio::time::sleep(RESCAN) => {}
+            // A reload: every file read again, and a rejected one reported again.
+            _ = rescan.notified() => seen = Seen::default(),
             _ = stop.wait_for(|s| *s) => return,
         }
         tokio::time::sleep(SETTLE).await;
         while changed.try_recv().is_ok() {}
+    }
+}
+
+/// Says in `setpoint events` that `file` was rejected: under each workload it names (so
+/// `events NAME` shows it), or under `file/NAME` when not even the names can be read.
+fn rejected_event(desired: &Desired, file: &Path, message: &str) {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let names = crate::manifest::parse_names(file, &text, desired.limits())
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            let base = file.file_name().map(|n| n.to_string_lossy().into_owned());
+            vec![format!("file/{}", base.unwrap_or_default())]
+        });
+    for name in names {
+        desired.logbook().record(&crate::Event {
+            time: std::time::SystemTime::now(),
+            kind: crate::EventType::Warning,
+            workload: name,
+            instance: None,
+            reason: crate::status::reason::REJECTED.into(),
+            message: format!("{} was not applied: {message}", file.display()),
+        });
     }
 }
 
@@ -132,6 +158,7 @@ async fn scan(desired: &Desired, dir: &Path, seen: &mut Seen) {
                 watched.remove(&key);
                 if seen.reported.get(file) != Some(&message) {
                     tracing::error!("{key} was not applied:\n{message}");
+                    rejected_event(desired, file, &message);
                     seen.reported.insert(file.clone(), message);
                 }
             }

@@ -74,6 +74,53 @@ pub struct OutputSummary {
     pub tail: Vec<String>,
 }
 
+impl OutputSummary {
+    /// The line of the tail that says what went wrong: the last one that is not a
+    /// runtime's boilerplate (Rust's `note: run with RUST_BACKTRACE=1`, backtrace
+    /// frames, blank lines). When the last words are a language runtime's own panic on
+    /// an error it was handed (componentize-py's or a JavaScript engine's
+    /// `Result::unwrap()`), the exception printed just above that panic is the meaning.
+    pub fn meaningful_line(&self) -> Option<&str> {
+        let lines: Vec<&str> = self.tail.iter().map(|l| l.trim_end()).collect();
+        let end = last_meaningful(&lines, lines.len())?;
+        let header = (end.saturating_sub(2)..end)
+            .rev()
+            .find(|&j| lines[j].starts_with("thread '") && lines[j].contains("panicked at"));
+        if let Some(header) = header
+            && is_runtime_panic(lines[end])
+            && let Some(above) = last_meaningful(&lines, header)
+        {
+            return Some(lines[above]);
+        }
+        Some(lines[end])
+    }
+}
+
+/// The index of the last meaningful line before `before`.
+fn last_meaningful(lines: &[&str], before: usize) -> Option<usize> {
+    (0..before).rev().find(|&i| !is_boilerplate(lines[i]))
+}
+
+fn is_boilerplate(line: &str) -> bool {
+    let t = line.trim_start();
+    t.is_empty()
+        || t.starts_with("note: run with `RUST_BACKTRACE")
+        || t.starts_with("note: Some details are omitted")
+        || t.starts_with("stack backtrace:")
+        || t.starts_with("at ")
+        || t.split_once(':')
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A panic of the runtime on an error value (the guest's exception) rather than the
+/// guest's own words.
+fn is_runtime_panic(message: &str) -> bool {
+    message.contains("Result::unwrap()")
+        || message.contains("Option::unwrap()")
+        || message.starts_with("called `Result::unwrap()`")
+        || message.contains("on an `Err` value")
+}
+
 struct Capture {
     limits: OutputLimits,
     tail: VecDeque<String>,
@@ -271,6 +318,54 @@ impl tokio::io::AsyncWrite for CaptureStream {
 
 #[cfg(test)]
 mod tests {
+    fn tail(lines: &[&str]) -> OutputSummary {
+        OutputSummary {
+            bytes_written: 0,
+            lines_dropped: 0,
+            tail: lines.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_meaningful_line_skips_a_runtimes_boilerplate() {
+        // A Rust guest's own panic: its message, not the note after it.
+        let rust = tail(&[
+            "working",
+            "thread 'main' panicked at src/main.rs:20:5:",
+            "boom",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ]);
+        assert_eq!(rust.meaningful_line(), Some("boom"));
+        // A Python exception under componentize-py's runtime, which then panics.
+        let python = tail(&[
+            "Traceback (most recent call last):",
+            "  File \"app.py\", line 3, in run",
+            "ValueError: no sensor",
+            "thread '<unnamed>' panicked at src/lib.rs:9:14:",
+            "called `Result::unwrap()` on an `Err` value: ()",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ]);
+        assert_eq!(python.meaningful_line(), Some("ValueError: no sensor"));
+        // A JavaScript error with its stack frames.
+        let js = tail(&[
+            "Error: boom",
+            "    at f (main.js:3:9)",
+            "    at main.js:5:1",
+            "",
+        ]);
+        assert_eq!(js.meaningful_line(), Some("Error: boom"));
+        // Backtrace frames after a panic.
+        let frames = tail(&[
+            "oops",
+            "stack backtrace:",
+            "   0: rust_begin_unwind",
+            "             at /rustc/x",
+        ]);
+        assert_eq!(frames.meaningful_line(), Some("oops"));
+        assert_eq!(tail(&[]).meaningful_line(), None);
+        assert_eq!(tail(&["", " "]).meaningful_line(), None);
+    }
+
     use super::*;
 
     fn capture(limits: OutputLimits, sink: Option<broadcast::Sender<LogLine>>) -> OutputCapture {
