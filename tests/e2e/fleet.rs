@@ -35,6 +35,34 @@ fn join(state: &std::path::Path, url: &str, node: &str, extra: &[&str]) -> Daemo
     Daemon::start_with(state, &args)
 }
 
+/// `n` fresh state directories.
+fn state_dirs(n: usize) -> Vec<tempfile::TempDir> {
+    (0..n)
+        .map(|_| tempfile::tempdir().expect("state"))
+        .collect()
+}
+
+/// Waits until `daemon` sees `n` live nodes.
+fn wait_nodes(daemon: &Daemon, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while daemon.json_list(&["get", "nodes", "-o", "json"]).len() != n {
+        assert!(Instant::now() < deadline, "the nodes never saw each other");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Three daemons `node-a`, `node-b`, `node-c` joined at `url`, each seeing the others
+/// (so that a first placement is final).
+fn three_nodes(url: &str, states: &[tempfile::TempDir]) -> Vec<Daemon> {
+    let daemons: Vec<Daemon> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .zip(states)
+        .map(|(node, state)| join(state.path(), url, node, &[]))
+        .collect();
+    wait_nodes(&daemons[0], 3);
+    daemons
+}
+
 /// `get instances -o json` through `daemon`: the fleet's instances.
 fn instances(daemon: &Daemon) -> Vec<Value> {
     daemon.json_list(&["get", "instances", "-o", "json"])
@@ -82,25 +110,8 @@ fn counts(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
 fn three_hosts_spread_take_over_a_killed_one_and_nothing_runs_twice_when_it_returns() {
     let Some(engine) = engine(true) else { return };
     let url = engine.url();
-    let states: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| tempfile::tempdir().expect("state"))
-        .collect();
-    let mut daemons: Vec<Daemon> = ["node-a", "node-b", "node-c"]
-        .iter()
-        .zip(&states)
-        .map(|(node, state)| join(state.path(), &url, node, &[]))
-        .collect();
-    // Every node sees every other before the apply, so the first placement is final.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let out = daemons[0].cli(&["get", "nodes", "-o", "json"]);
-        let nodes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if nodes.as_array().is_some_and(|n| n.len() == 3) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the nodes never saw each other");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let states = state_dirs(3);
+    let mut daemons = three_nodes(&url, &states);
     let manifests = Manifests::new();
     let file = manifests.write(
         "web.yaml",
@@ -240,7 +251,7 @@ fn losing_the_engine_fences_movable_replicas_and_pinned_ones_keep_running() {
 }
 
 #[test]
-fn a_fleet_apply_is_checked_whole_and_jobs_are_refused_for_now() {
+fn a_fleet_apply_is_checked_whole_and_scale_and_delete_go_through_the_fleet() {
     let Some(engine) = engine(true) else { return };
     let state = tempfile::tempdir().expect("state");
     let daemon = join(state.path(), &engine.url(), "solo", &[]);
@@ -251,17 +262,6 @@ fn a_fleet_apply_is_checked_whole_and_jobs_are_refused_for_now() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.yaml"), "{stderr}");
-    let job = manifests.write(
-        "job.yaml",
-        "apiVersion: setpoint.dev/v1alpha1\nkind: Job\nmetadata:\n  name: once\nspec:\n  component: {guest:batch}\n",
-    );
-    let out = daemon.cli(&["apply", "-f", job.to_str().expect("utf-8")]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Jobs are not placed across a fleet yet"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let out = daemon.cli(&["get", "-o", "json"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     // Scale, restart and delete go through the fleet too.
@@ -425,9 +425,7 @@ fn a_partitioned_host_fences_itself_and_healing_the_link_runs_nothing_twice() {
         }
     };
     let port = engine.nodes[0].port;
-    let states: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| tempfile::tempdir().expect("state"))
-        .collect();
+    let states = state_dirs(3);
     let a = join(states[0].path(), &engine.url(), "node-a", &[]);
     let b = join(states[1].path(), &engine.url(), "node-b", &[]);
     // node-c runs in the namespace, reaching the engine over the veth pair; its socket
@@ -438,11 +436,7 @@ fn a_partitioned_host_fences_itself_and_healing_the_link_runs_nothing_twice() {
         states[2].path(),
         &["--fleet", &c_url, "--node", "node-c"],
     );
-    let deadline = Instant::now() + PATIENCE;
-    while a.json_list(&["get", "nodes", "-o", "json"]).len() != 3 {
-        assert!(Instant::now() < deadline, "node-c never joined");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_nodes(&a, 3);
     let manifests = Manifests::new();
     let web = manifests.write("web.yaml", &workload("web", "ticker", "  replicas: 6\n"));
     a.apply(&web);
@@ -477,4 +471,103 @@ fn a_partitioned_host_fences_itself_and_healing_the_link_runs_nothing_twice() {
     assert!(totals.iter().all(|t| *t <= 6), "{totals:?}");
     c.kill9();
     drop(b);
+}
+
+/// The fleet's view of job `name` through `daemon`.
+fn job_status(daemon: &Daemon, name: &str) -> Option<Value> {
+    daemon
+        .workloads()
+        .into_iter()
+        .find(|w| w["name"] == name && w["kind"] == "Job")
+}
+
+#[test]
+fn a_job_spreads_its_runs_and_counts_exactly_its_completions_while_a_host_is_killed() {
+    let Some(engine) = engine(true) else { return };
+    let url = engine.url();
+    let states = state_dirs(3);
+    let mut daemons = three_nodes(&url, &states);
+    // Past the joining nodes' settling time, so that every node takes its share.
+    std::thread::sleep(Duration::from_secs(2));
+    let ledger = tempfile::tempdir().expect("ledger");
+    let manifests = Manifests::new();
+    let job = manifests.write(
+        "crunch.yaml",
+        &format!(
+            "apiVersion: setpoint.dev/v1alpha1\nkind: Job\nmetadata:\n  name: crunch\nspec:\n  component: {{guest:batch}}\n  completions: 100\n  parallelism: 6\n  env: {{WORK_MS: \"150\"}}\n  dirs: [{{host: {}, guest: /state}}]\n",
+            ledger.path().display()
+        ),
+    );
+    let applied = daemons[0].apply(&job);
+    assert!(applied.contains("job/crunch created"), "{applied}");
+    // Its runs spread over the nodes.
+    let mut nodes_seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        for i in instances(&daemons[0])
+            .iter()
+            .filter(|i| i["owner"] == "crunch")
+        {
+            nodes_seen.insert(i["node"].as_str().unwrap_or("?").to_string());
+        }
+        let done = job_status(&daemons[0], "crunch")
+            .map_or(0, |j| j["job"]["succeeded"].as_u64().unwrap_or(0));
+        if nodes_seen.len() == 3 && done >= 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runs never spread: {nodes_seen:?}, {done} done"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // kill -9 one host mid-job; the others finish it, and exactly 100 are counted.
+    daemons[2].kill9();
+    let deadline = Instant::now() + PATIENCE;
+    let finished = loop {
+        if let Some(j) = job_status(&daemons[0], "crunch").filter(|j| j["phase"] == "Succeeded") {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the job never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(finished["job"]["succeeded"], 100, "{finished}");
+    assert_eq!(finished["job"]["completions"], 100);
+    // Runs that succeeded but were not counted (in flight at the kill, or past the
+    // hundredth) only add to what ran, never to what was counted.
+    let done = std::fs::read_to_string(ledger.path().join("done")).unwrap_or_default();
+    assert!(
+        done.lines().count() >= 100,
+        "{} runs succeeded",
+        done.lines().count()
+    );
+    eprintln!(
+        "runs on {nodes_seen:?}; {} succeeded, 100 counted",
+        done.lines().count()
+    );
+    // Finished, it stays finished: nothing runs any more, the view survives on any node.
+    std::thread::sleep(Duration::from_millis(700));
+    let after = job_status(&daemons[1], "crunch").expect("still shown");
+    assert_eq!(after["phase"], "Succeeded");
+    assert_eq!(after["job"]["succeeded"], 100);
+    assert!(
+        instances(&daemons[1])
+            .iter()
+            .all(|i| i["owner"] != "crunch"),
+        "a finished job runs nothing"
+    );
+    // Wait for it through the fleet, as for a single daemon.
+    let out = daemons[1].cli(&[
+        "wait",
+        "job/crunch",
+        "--for",
+        "complete",
+        "--timeout",
+        "10s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

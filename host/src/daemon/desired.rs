@@ -411,7 +411,14 @@ impl Writing<'_> {
             )));
         }
         for w in &mut workloads {
-            w.spec.replicas = replicas;
+            match w.spec.job.as_mut() {
+                // This node's share of a fleet Job: that many runs at once.
+                Some(job) => {
+                    job.parallelism = replicas;
+                    w.spec.replicas = replicas.min(job.completions);
+                }
+                None => w.spec.replicas = replicas,
+            }
         }
         let dirs = pin_grants(&mut workloads, None).map_err(ChangeError::Rejected)?;
         let changes = d
@@ -426,8 +433,10 @@ impl Writing<'_> {
             dirs,
             replicas: [(name.to_string(), replicas)].into(),
         };
+        // Jobs have no rollouts, so no history.
         let revisions: Vec<(String, String)> = changes
             .iter()
+            .filter(|c| c.kind == WorkloadKind::Workload)
             .map(|c| (c.name.clone(), c.revision.clone()))
             .collect();
         tokio::task::block_in_place(|| {
@@ -499,6 +508,9 @@ impl Writing<'_> {
             .await
             .map_err(ChangeError::Rejected)?;
         d.release(&names);
+        for c in &changes {
+            tracing::info!(workload = %c.name, revision = %c.revision, "applied: {:?}", c.change);
+        }
         Ok(ApplyResponse {
             changes,
             dry_run: false,
@@ -522,6 +534,9 @@ impl Writing<'_> {
             ChangeError::Internal(format!("the daemon cannot store the delete, so nothing was deleted: {e}; make room on the state directory's file system and delete again"))
         })?;
         let running = d.host.delete(name).await.unwrap_or(false);
+        if stored || running {
+            tracing::info!(workload = name, "deleted");
+        }
         d.logbook.forget_logs(name);
         d.release(&[name.to_string()]);
         if stored {

@@ -48,10 +48,19 @@ pub struct DaemonConfig {
     pub network_grants: bool,
     /// Start even when the store is missing or empty beside stored blobs.
     pub accept_empty_store: bool,
+    /// Reload requests (the CLI sends one per SIGHUP): each re-reads the TCP API's
+    /// token file and rescans the watched directory at once, then answers what it did.
+    pub reloads: Option<tokio::sync::mpsc::Receiver<Reload>>,
     /// Join this fleet: the desired state is then the fleet's, kept in its engine, and
     /// this daemon runs the replicas placed on it.
     #[cfg(feature = "fleet")]
     pub fleet: Option<fleet::FleetConfig>,
+}
+
+/// A request to re-read what the daemon reads from files (`systemctl reload`).
+pub struct Reload {
+    /// Answered, once done, with what was re-read.
+    pub done: tokio::sync::oneshot::Sender<String>,
 }
 
 /// The default TCP address of the API: loopback only.
@@ -159,9 +168,22 @@ pub async fn run(
         .allowed_dir_roots(config.dir_roots.clone())?
         .allow_network_grants(config.network_grants);
     let limits = builder.manifest_limits_in_effect().clone();
+    // In a fleet, a job's runs are also counted fleet-wide (once the daemon has joined).
+    #[cfg(feature = "fleet")]
+    let fleet_ledger = config
+        .fleet
+        .as_ref()
+        .map(|_| Arc::new(fleet::ledger::FleetLedger::new(store.clone())));
+    #[cfg(feature = "fleet")]
+    let ledger: Arc<dyn crate::job::JobLedger> = match &fleet_ledger {
+        Some(l) => l.clone(),
+        None => store.clone(),
+    };
+    #[cfg(not(feature = "fleet"))]
+    let ledger: Arc<dyn crate::job::JobLedger> = store.clone();
     let host = builder
         .cache_dir(config.state_dir.join("cache"))
-        .job_ledger(store.clone())
+        .job_ledger(ledger)
         .build()?;
     let stored_events = store.recent_events().unwrap_or_else(|e| {
         tracing::warn!("cannot read the stored events: {e}");
@@ -178,7 +200,17 @@ pub async fn run(
     ));
     #[cfg(feature = "fleet")]
     let joined = match &config.fleet {
-        Some(fleet_config) => Some(join_fleet(fleet_config, &desired, &store).await?),
+        Some(fleet_config) => {
+            let joined = join_fleet(fleet_config, &desired, &store).await?;
+            if let Some(ledger) = &fleet_ledger {
+                ledger.join(
+                    joined.fleet.clone(),
+                    joined.mirror.clone(),
+                    tokio::runtime::Handle::current(),
+                );
+            }
+            Some(joined)
+        }
         None => None,
     };
     #[cfg(not(feature = "fleet"))]
@@ -215,7 +247,11 @@ pub async fn run(
                 );
             }
             let local = listener.local_addr().unwrap_or(addr);
-            Some((listener, token, (local, token_file)))
+            Some((
+                listener,
+                Arc::new(api::ApiToken::new(token)),
+                (local, token_file),
+            ))
         }
         None => None,
     };
@@ -249,6 +285,7 @@ pub async fn run(
         desired.host().events(),
         stop_rx.clone(),
     ));
+    let rescan = Arc::new(tokio::sync::Notify::new());
     let watcher = match &config.watch {
         Some(dir) => {
             let dir = std::fs::canonicalize(dir)
@@ -256,11 +293,22 @@ pub async fn run(
             Some(tokio::spawn(watch::watch(
                 desired.clone(),
                 dir,
+                rescan.clone(),
                 stop_rx.clone(),
             )))
         }
         None => None,
     };
+    if let Some(reloads) = config.reloads.take() {
+        let token = tcp
+            .as_ref()
+            .map(|(_, token, (_, file))| (token.clone(), file.clone()));
+        tokio::spawn(serve_reloads(
+            reloads,
+            token,
+            config.watch.is_some().then(|| rescan.clone()),
+        ));
+    }
     let limits = serve::ServeLimits::default();
     let unix = serve::serve(
         listener,
@@ -272,7 +320,7 @@ pub async fn run(
         match tcp {
             Some((listener, token, _)) => {
                 let router = api::router(state.clone()).layer(
-                    axum::middleware::from_fn_with_state(Arc::new(token), api::require_bearer),
+                    axum::middleware::from_fn_with_state(token, api::require_bearer),
                 );
                 let tcp = serve::serve(listener, router, limits, stop_rx);
                 tokio::join!(unix, tcp);
@@ -315,9 +363,44 @@ pub async fn run(
         .max()
         .unwrap_or_default();
     let bound = grace.saturating_add(std::time::Duration::from_secs(10));
+    tracing::info!("shutting down: stopping every instance (within {bound:?})");
     tokio::time::timeout(bound, host.shutdown())
         .await
         .map_err(|_| anyhow::anyhow!("the host did not stop within {bound:?}"))
+}
+
+/// Answers reload requests until their sender goes: the token file read again (a token
+/// that cannot be read keeps the old one, and says so), the watched directory rescanned.
+async fn serve_reloads(
+    mut reloads: tokio::sync::mpsc::Receiver<Reload>,
+    token: Option<(Arc<api::ApiToken>, PathBuf)>,
+    rescan: Option<Arc<tokio::sync::Notify>>,
+) {
+    while let Some(reload) = reloads.recv().await {
+        let mut done = Vec::new();
+        if let Some((current, file)) = &token {
+            match tokio::task::block_in_place(|| load_or_create_token(file)) {
+                Ok(read) => {
+                    current.replace(read);
+                    done.push(format!("the API token re-read from {}", file.display()));
+                }
+                Err(e) => {
+                    tracing::error!("the API token is kept: {e:#}");
+                    done.push(format!("the API token kept ({e:#})"));
+                }
+            }
+        }
+        if let Some(rescan) = &rescan {
+            rescan.notify_one();
+            done.push("the watched directory rescanned".into());
+        }
+        if done.is_empty() {
+            done.push("nothing to re-read (no --tcp token, no --watch directory)".into());
+        }
+        let said = done.join("; ");
+        tracing::info!("reloaded: {said}");
+        let _ = reload.done.send(said);
+    }
 }
 
 /// A joined fleet whose tasks have not started yet.

@@ -29,6 +29,24 @@ pub struct Mirror {
     pub workloads: BTreeMap<String, (FleetWorkload, u64)>,
     /// Claims, with their revision in the bucket.
     pub claims: BTreeMap<SlotKey, (Claim, u64)>,
+    /// Fleet Jobs' progress.
+    pub jobs: BTreeMap<String, model::FleetJob>,
+}
+
+/// The fleet workloads that take slots: all but the Jobs that have finished.
+fn placed(mirror: &Mirror) -> BTreeMap<String, FleetWorkload> {
+    mirror
+        .workloads
+        .iter()
+        .filter(|(name, (w, _))| {
+            w.job.is_none()
+                || mirror
+                    .jobs
+                    .get(*name)
+                    .is_none_or(|j| j.revision != w.revision || j.outcome.is_none())
+        })
+        .map(|(k, (w, _))| (k.clone(), w.clone()))
+        .collect()
 }
 
 /// The mirror, shared.
@@ -85,6 +103,7 @@ enum Bucket {
     Nodes,
     Desired,
     Claims,
+    Jobs,
 }
 
 /// Runs the agent until `stop`.
@@ -110,6 +129,7 @@ pub async fn run(
     let mut nodes = Follow::new(&fleet.nodes).await;
     let mut workloads = Follow::new(&fleet.desired).await;
     let mut claims = Follow::new(&fleet.claims).await;
+    let mut jobs = Follow::new(&fleet.jobs).await;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_fenced = false;
@@ -118,6 +138,7 @@ pub async fn run(
             e = nodes.next() => e.map(|e| (Bucket::Nodes, e)),
             e = workloads.next() => e.map(|e| (Bucket::Desired, e)),
             e = claims.next() => e.map(|e| (Bucket::Claims, e)),
+            e = jobs.next() => e.map(|e| (Bucket::Jobs, e)),
             _ = fenced.changed() => None,
             _ = tick.tick() => None,
             _ = stop.changed() => break,
@@ -130,6 +151,7 @@ pub async fn run(
             (Bucket::Nodes, &mut nodes),
             (Bucket::Desired, &mut workloads),
             (Bucket::Claims, &mut claims),
+            (Bucket::Jobs, &mut jobs),
         ] {
             while let Some(entry) = follow.ready() {
                 agent.take(bucket_copy(&bucket), entry);
@@ -141,10 +163,10 @@ pub async fn run(
             was_fenced = is_fenced;
         }
         agent.expire_silent_nodes();
-        if nodes.current && workloads.current && claims.current {
+        if nodes.current && workloads.current && claims.current && jobs.current {
             agent.pass(is_fenced).await;
         }
-        for follow in [&mut nodes, &mut workloads, &mut claims] {
+        for follow in [&mut nodes, &mut workloads, &mut claims, &mut jobs] {
             follow.heal(&fleet).await;
         }
     }
@@ -156,6 +178,7 @@ fn bucket_copy(b: &Bucket) -> Bucket {
         Bucket::Nodes => Bucket::Nodes,
         Bucket::Desired => Bucket::Desired,
         Bucket::Claims => Bucket::Claims,
+        Bucket::Jobs => Bucket::Jobs,
     }
 }
 
@@ -244,6 +267,7 @@ impl Follow {
         let store = match self.bucket.as_str() {
             b if b == model::NODES => &fleet.nodes,
             b if b == model::DESIRED => &fleet.desired,
+            b if b == model::JOBS => &fleet.jobs,
             _ => &fleet.claims,
         };
         self.open(store).await;
@@ -322,6 +346,20 @@ impl Agent {
                         // Not run here: what a node cannot read, it does not keep running.
                         tracing::warn!("fleet workload {} is ignored: {e}", entry.key);
                         mirror.workloads.remove(&entry.key);
+                    }
+                }
+            }
+            Bucket::Jobs => {
+                if !live {
+                    mirror.jobs.remove(&entry.key);
+                    return;
+                }
+                match model::parse::<model::FleetJob>(&entry.value) {
+                    Ok(job) => {
+                        mirror.jobs.insert(entry.key, job);
+                    }
+                    Err(e) => {
+                        tracing::warn!("job {}'s fleet progress does not parse: {e}", entry.key)
                     }
                 }
             }
@@ -412,11 +450,7 @@ impl Agent {
                 nodes.entry(self.fleet.node.clone()).or_insert(LiveNode {
                     labels: self.fleet.labels.clone(),
                 });
-                let workloads: BTreeMap<String, FleetWorkload> = mirror
-                    .workloads
-                    .iter()
-                    .map(|(k, (w, _))| (k.clone(), w.clone()))
-                    .collect();
+                let workloads = placed(&mirror);
                 placement::plan(&View {
                     me: &self.fleet.node,
                     nodes: &nodes,
@@ -448,11 +482,7 @@ impl Agent {
         }
         let (wanted, workloads) = {
             let mirror = lock(&self.mirror);
-            let workloads: BTreeMap<String, FleetWorkload> = mirror
-                .workloads
-                .iter()
-                .map(|(k, (w, _))| (k.clone(), w.clone()))
-                .collect();
+            let workloads = placed(&mirror);
             let wanted = placement::local_replicas(
                 &self.fleet.node,
                 fenced,
@@ -510,20 +540,8 @@ impl Agent {
                     return;
                 };
                 let key = slot.key();
-                let written = match expect {
-                    None => self
-                        .fleet
-                        .claims
-                        .create(&key, value.into())
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Some(revision) => self
-                        .fleet
-                        .claims
-                        .update(&key, value.into(), revision)
-                        .await
-                        .map_err(|e| e.to_string()),
-                };
+                let written =
+                    super::compare_and_set(&self.fleet.claims, &key, value.into(), expect).await;
                 match written {
                     Ok(revision) => {
                         self.owned.insert(slot.clone(), epoch);
@@ -602,6 +620,16 @@ impl Agent {
             {
                 continue;
             }
+            // A Job's spec never changes once applied: a new share is a new local Job
+            // (what it counted is already the fleet's).
+            if workload.job.is_some() && self.local.contains_key(&name) {
+                let writing = self.desired.write().await;
+                if let Err(e) = writing.delete_local(&name).await {
+                    tracing::warn!(workload = %name, "cannot replace the local job: {e}");
+                    continue;
+                }
+                self.local.remove(&name);
+            }
             match self.run_here(&name, workload, replicas).await {
                 Ok(()) => {
                     let restarted = self
@@ -653,7 +681,11 @@ const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
 /// Copies component `digest` from the fleet's object store into the local blob store,
 /// unless it is there; its bytes are checked against the digest.
-async fn fetch_blob(fleet: &Fleet, desired: &Desired, digest: &str) -> Result<(), String> {
+pub(super) async fn fetch_blob(
+    fleet: &Fleet,
+    desired: &Desired,
+    digest: &str,
+) -> Result<(), String> {
     let store = desired.store();
     if !crate::daemon::store::is_digest(digest) {
         return Err(format!("`{digest}` is not a sha256 digest"));

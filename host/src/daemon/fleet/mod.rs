@@ -8,12 +8,14 @@
 //! - `heartbeat.rs`: this node's heartbeat, and the self-fencing when it cannot renew it.
 //! - `agent.rs`: follows the buckets, carries out placement by compare-and-set, and
 //!   keeps the local host running exactly the slots this node claimed.
+//! - `ledger.rs`: Jobs' runs counted once, fleet-wide.
 //! - `publish.rs`: the API's changes (apply, delete, scale, restart) written to the
 //!   engine instead of the local host.
 //! - `view.rs`: the fleet's status, gathered from every node by request and reply.
 
 pub mod agent;
 pub mod heartbeat;
+pub mod ledger;
 pub mod model;
 pub mod placement;
 pub mod publish;
@@ -76,6 +78,8 @@ pub struct Fleet {
     pub desired: kv::Store,
     /// Slot claims.
     pub claims: kv::Store,
+    /// Jobs' fleet-wide progress.
+    pub jobs: kv::Store,
     /// Components by digest.
     pub components: object_store::ObjectStore,
     /// The heartbeat TTL in effect (the nodes bucket's max age).
@@ -84,6 +88,51 @@ pub struct Fleet {
     pub incarnation: String,
     /// When this run joined, in milliseconds since the Unix epoch.
     pub started_ms: u64,
+}
+
+/// Why a compare-and-set write did not happen.
+#[derive(Debug)]
+pub enum CasError {
+    /// The key's revision was not the one expected (or it exists, for a create).
+    Conflict,
+    /// The engine refused or did not answer.
+    Failed(String),
+}
+
+impl std::fmt::Display for CasError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Conflict => write!(f, "changed by someone else meanwhile"),
+            Self::Failed(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// Writes `value` at `key` of `bucket` over revision `expect`, or creates it when
+/// `expect` is `None`: the one compare-and-set every change of the fleet's state uses.
+/// Returns the new revision.
+pub async fn compare_and_set(
+    bucket: &kv::Store,
+    key: &str,
+    value: bytes::Bytes,
+    expect: Option<u64>,
+) -> Result<u64, CasError> {
+    match expect {
+        Some(revision) => bucket.update(key, value, revision).await.map_err(|e| {
+            if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                CasError::Conflict
+            } else {
+                CasError::Failed(e.to_string())
+            }
+        }),
+        None => bucket.create(key, value).await.map_err(|e| {
+            if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                CasError::Conflict
+            } else {
+                CasError::Failed(e.to_string())
+            }
+        }),
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -194,11 +243,12 @@ impl Fleet {
         // A cluster that is still electing its JetStream leader refuses for a moment:
         // tried again until the connect timeout.
         let deadline = tokio::time::Instant::now() + config.connect_timeout;
-        let (nodes, desired, claims, components) = loop {
+        let (nodes, desired, claims, jobs, components) = loop {
             let opened = async {
                 let nodes = open(model::NODES, ttl, true, 1).await?;
                 let desired = open(model::DESIRED, Duration::ZERO, false, 10).await?;
                 let claims = open(model::CLAIMS, Duration::ZERO, false, 1).await?;
+                let jobs = open(model::JOBS, Duration::ZERO, false, 1).await?;
                 let components = match js.get_object_store(model::COMPONENTS).await {
                     Ok(store) => store,
                     Err(_) => js
@@ -210,7 +260,7 @@ impl Fleet {
                         .await
                         .context("creating the fleet's component store")?,
                 };
-                anyhow::Ok((nodes, desired, claims, components))
+                anyhow::Ok((nodes, desired, claims, jobs, components))
             }
             .await;
             match opened {
@@ -246,6 +296,7 @@ impl Fleet {
             nodes,
             desired,
             claims,
+            jobs,
             components,
             heartbeat_ttl,
             incarnation: bytes.iter().map(|b| format!("{b:02x}")).collect(),

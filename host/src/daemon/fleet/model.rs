@@ -18,6 +18,8 @@ pub const NODES: &str = "setpoint_nodes";
 pub const DESIRED: &str = "setpoint_desired";
 /// The bucket of replica claims.
 pub const CLAIMS: &str = "setpoint_claims";
+/// The bucket of Jobs' progress across the fleet.
+pub const JOBS: &str = "setpoint_jobs";
 /// The object store of components, by digest.
 pub const COMPONENTS: &str = "setpoint_components";
 
@@ -73,6 +75,45 @@ pub struct FleetWorkload {
     /// When it was first applied, in seconds since the Unix epoch.
     #[serde(default)]
     pub created: u64,
+    /// Set for a Job: its runs are placed like replicas (`replicas` slots, each running
+    /// one at a time), and its completions are counted once, fleet-wide, in the jobs
+    /// bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobTarget>,
+}
+
+/// What a fleet Job must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobTarget {
+    /// Successful runs needed, fleet-wide.
+    pub completions: u32,
+    /// Counted failures tolerated, fleet-wide; one more fails the job.
+    pub backoff_limit: u32,
+}
+
+/// A fleet Job's progress: every node adds the runs it counted, by compare-and-set, so
+/// each counted run is counted once; past `completions`, nothing more is counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetJob {
+    /// The revision this progress belongs to.
+    pub revision: String,
+    /// Runs that succeeded, at most `completions`.
+    pub succeeded: u32,
+    /// Failed runs counted toward the back-off limit.
+    pub failed: u32,
+    /// Failed runs a failure rule ignored.
+    pub ignored: u32,
+    /// `Complete` or `Failed` once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Why it finished.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When it finished, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub finished_at: u64,
 }
 
 /// The owner of one replica slot. A takeover writes a higher epoch by compare-and-set,

@@ -297,6 +297,7 @@ mod tests {
             revision: "r1".into(),
             restarts: 0,
             created: 0,
+            job: None,
         }
     }
 

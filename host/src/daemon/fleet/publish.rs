@@ -52,37 +52,12 @@ async fn write(
     let bytes: bytes::Bytes = serde_json::to_vec(value)
         .map_err(|e| ChangeError::Internal(e.to_string()))?
         .into();
-    let key = model::key_of(name);
-    let written = match expect {
-        Some(revision) => fleet
-            .desired
-            .update(key, bytes, revision)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                (
-                    e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                    e.to_string(),
-                )
-            }),
-        None => fleet
-            .desired
-            .create(key, bytes)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                (
-                    e.kind() == kv::CreateErrorKind::AlreadyExists,
-                    e.to_string(),
-                )
-            }),
-    };
-    match written {
-        Ok(()) => Ok(()),
-        Err((true, _)) => Err(ChangeError::Conflict(format!(
+    match super::compare_and_set(&fleet.desired, model::key_of(name), bytes, expect).await {
+        Ok(_) => Ok(()),
+        Err(super::CasError::Conflict) => Err(ChangeError::Conflict(format!(
             "`{name}` was changed through another node at the same moment; nothing of it was changed here: apply again"
         ))),
-        Err((false, why)) => Err(engine(why)),
+        Err(super::CasError::Failed(why)) => Err(engine(why)),
     }
 }
 
@@ -148,12 +123,6 @@ pub async fn apply(
     let workloads = desired
         .load_for_fleet(&documents, &files)
         .map_err(ChangeError::Rejected)?;
-    if let Some(job) = workloads.iter().find(|w| w.spec.job.is_some()) {
-        return Err(ChangeError::Invalid(format!(
-            "`{}` is a Job: Jobs are not placed across a fleet yet; run it on a daemon started without --fleet",
-            job.name
-        )));
-    }
     // Compiled and linked here, so that a component no node could run is refused
     // with located errors before anything is written.
     let planned = desired
@@ -170,6 +139,27 @@ pub async fn apply(
             .map(|c| c.revision.clone())
             .unwrap_or_default();
         let before = current(fleet, &w.name).await?;
+        let kind = if w.spec.job.is_some() {
+            WorkloadKind::Job
+        } else {
+            WorkloadKind::Workload
+        };
+        if let Some((old, _)) = &before {
+            let was_job = old.job.is_some();
+            if was_job != w.spec.job.is_some() {
+                return Err(ChangeError::Conflict(format!(
+                    "`{}` is a {} in the fleet; delete it before applying a {kind} of that name",
+                    w.name,
+                    if was_job { "Job" } else { "Workload" }
+                )));
+            }
+            if was_job && old.revision != revision {
+                return Err(ChangeError::Conflict(format!(
+                    "Job `{}` cannot change once applied (revision {} → {revision}); delete it and apply it again",
+                    w.name, old.revision
+                )));
+            }
+        }
         let change = match &before {
             None => Change::Create,
             Some((old, _)) if old.revision != revision => Change::Update {
@@ -185,7 +175,7 @@ pub async fn apply(
         };
         changes.push(PlannedChange {
             name: w.name.clone(),
-            kind: WorkloadKind::Workload,
+            kind,
             revision: revision.clone(),
             replicas: w.spec.replicas,
             change: change.clone(),
@@ -204,6 +194,10 @@ pub async fn apply(
             created: before
                 .as_ref()
                 .map_or_else(now_secs, |(old, _)| old.created),
+            job: w.spec.job.as_ref().map(|j| model::JobTarget {
+                completions: j.completions,
+                backoff_limit: j.backoff_limit,
+            }),
         };
         writes.push((w.name.clone(), value, before.map(|(_, rev)| rev)));
     }
@@ -236,6 +230,8 @@ pub async fn delete(fleet: &Fleet, name: &str) -> Result<bool, ChangeError> {
         .delete(model::key_of(name))
         .await
         .map_err(engine)?;
+    // A Job applied again after a delete starts counting from zero.
+    let _ = fleet.jobs.purge(model::key_of(name)).await;
     Ok(true)
 }
 
@@ -250,6 +246,11 @@ async fn amend(
             "workload `{name}` not found in the fleet"
         )));
     };
+    if value.job.is_some() {
+        return Err(ChangeError::Invalid(format!(
+            "`{name}` is a job: jobs have no rollouts and no scale"
+        )));
+    }
     change(&mut value);
     write(fleet, name, &value, Some(revision)).await
 }
@@ -277,6 +278,11 @@ pub async fn undo(
             "workload `{name}` not found in the fleet"
         )));
     };
+    if now.job.is_some() {
+        return Err(ChangeError::Invalid(format!(
+            "`{name}` is a job: jobs have no rollouts"
+        )));
+    }
     let mut history = fleet
         .desired
         .history(model::key_of(name))

@@ -9,10 +9,11 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 
 use super::agent::{SharedMirror, lock};
+use super::model::{FleetJob, FleetWorkload, JobTarget};
 use super::{Fleet, status_subject};
 use crate::daemon::desired::Desired;
 use crate::daemon::wire::NodeInfo;
-use crate::status::{HostStatus, Phase, WorkloadStatus};
+use crate::status::{Condition, ConditionType, HostStatus, JobStatus, Phase, WorkloadStatus};
 
 /// How long a node's status answer may take.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
@@ -84,7 +85,7 @@ pub fn nodes(fleet: &Fleet, mirror: &SharedMirror, fenced_here: bool) -> Vec<Nod
 /// The fleet's status: each live node's answer (this node's own directly), merged per
 /// fleet workload; nodes that did not answer in time are named in the log.
 pub async fn gather(fleet: &Fleet, desired: &Desired, mirror: &SharedMirror) -> HostStatus {
-    let (others, workloads) = {
+    let (others, records, jobs) = {
         let m = lock(mirror);
         let others: Vec<String> = m
             .nodes
@@ -92,12 +93,12 @@ pub async fn gather(fleet: &Fleet, desired: &Desired, mirror: &SharedMirror) -> 
             .filter(|n| **n != fleet.node)
             .cloned()
             .collect();
-        let workloads: BTreeMap<String, (u32, u64)> = m
+        let records: BTreeMap<String, FleetWorkload> = m
             .workloads
             .iter()
-            .map(|(k, (w, _))| (k.clone(), (w.replicas, w.created)))
+            .map(|(k, (w, _))| (k.clone(), w.clone()))
             .collect();
-        (others, workloads)
+        (others, records, m.jobs.clone())
     };
     let asks = others.iter().map(|node| async move {
         let asked = tokio::time::timeout(
@@ -126,7 +127,7 @@ pub async fn gather(fleet: &Fleet, desired: &Desired, mirror: &SharedMirror) -> 
     let mut merged: BTreeMap<String, WorkloadStatus> = BTreeMap::new();
     for status in statuses.into_iter().flatten() {
         for w in status.workloads {
-            if !workloads.contains_key(&w.name) {
+            if !records.contains_key(&w.name) {
                 continue;
             }
             match merged.get_mut(&w.name) {
@@ -137,12 +138,27 @@ pub async fn gather(fleet: &Fleet, desired: &Desired, mirror: &SharedMirror) -> 
             }
         }
     }
+    // What no node runs (a finished Job, a workload no node may run) is shown from its
+    // record.
+    for (name, record) in &records {
+        if !merged.contains_key(name)
+            && let Some(w) = from_record(fleet, desired, name, record).await
+        {
+            merged.insert(name.clone(), w);
+        }
+    }
     for (name, w) in &mut merged {
-        if let Some((replicas, created)) = workloads.get(name) {
-            w.desired = *replicas;
-            if *created > 0 {
-                w.created = Some(std::time::UNIX_EPOCH + Duration::from_secs(*created));
-            }
+        let Some(record) = records.get(name) else {
+            continue;
+        };
+        w.desired = record.replicas;
+        if record.created > 0 {
+            w.created = Some(std::time::UNIX_EPOCH + Duration::from_secs(record.created));
+        }
+        if let Some(target) = record.job {
+            let progress = jobs.get(name).filter(|j| j.revision == record.revision);
+            fleet_job_status(w, target, record, progress);
+            continue;
         }
         w.instances
             .sort_by(|a, b| (&a.node, a.slot).cmp(&(&b.node, b.slot)));
@@ -187,4 +203,113 @@ fn combine(into: &mut WorkloadStatus, other: WorkloadStatus) {
     if newer {
         into.last_termination = other.last_termination;
     }
+}
+
+/// A fleet Job as the fleet counts it: its progress from the jobs bucket (each node's
+/// own count is only its share), its phase from how it finished.
+fn fleet_job_status(
+    w: &mut WorkloadStatus,
+    target: JobTarget,
+    record: &FleetWorkload,
+    progress: Option<&FleetJob>,
+) {
+    let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let active = w.running;
+    let done = progress.and_then(|p| p.outcome.as_deref());
+    w.job = Some(JobStatus {
+        completions: target.completions,
+        parallelism: record.replicas,
+        active,
+        succeeded: progress.map_or(0, |p| p.succeeded),
+        failed: progress.map_or(0, |p| p.failed),
+        ignored: progress.map_or(0, |p| p.ignored),
+        start_time: w
+            .job
+            .as_ref()
+            .map_or_else(|| at(record.created), |j| j.start_time),
+        completion_time: progress
+            .filter(|p| p.outcome.is_some())
+            .map(|p| at(p.finished_at)),
+    });
+    w.conditions
+        .retain(|c| c.kind != ConditionType::Complete && c.kind != ConditionType::Failed);
+    if let (Some(outcome), Some(p)) = (done, progress) {
+        let complete = outcome == "Complete";
+        w.phase = if complete {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
+        };
+        w.conditions.push(Condition {
+            kind: if complete {
+                ConditionType::Complete
+            } else {
+                ConditionType::Failed
+            },
+            status: true,
+            reason: if complete {
+                "Completed"
+            } else {
+                "BackoffLimitExceeded"
+            }
+            .into(),
+            message: p.message.clone(),
+            last_transition: at(p.finished_at),
+        });
+    } else {
+        w.phase = if active > 0 {
+            Phase::Running
+        } else {
+            Phase::Pending
+        };
+    }
+}
+
+/// The status of a fleet workload that no node runs, from its record (its components
+/// fetched if this node has not got them).
+async fn from_record(
+    fleet: &Fleet,
+    desired: &Desired,
+    name: &str,
+    record: &FleetWorkload,
+) -> Option<WorkloadStatus> {
+    for digest in record.files.values() {
+        if let Err(e) = super::agent::fetch_blob(fleet, desired, digest).await {
+            tracing::warn!(workload = name, "cannot show it: {e}");
+            return None;
+        }
+    }
+    let loaded = desired
+        .load_for_fleet(&record.documents, &record.files)
+        .ok()?;
+    let w = loaded.into_iter().find(|w| w.name == name)?;
+    let mut spec = w.spec.clone();
+    if let Some(path) = w.revision_paths.get(&spec.component) {
+        spec.component = path.clone();
+    }
+    Some(WorkloadStatus {
+        name: name.to_string(),
+        labels: w.labels.clone(),
+        kind: if record.job.is_some() {
+            crate::status::WorkloadKind::Job
+        } else {
+            crate::status::WorkloadKind::Workload
+        },
+        spec: Arc::new(spec),
+        desired: record.replicas,
+        ready: 0,
+        running: 0,
+        restarts: 0,
+        phase: Phase::Pending,
+        revision: record.revision.clone(),
+        rollout: None,
+        policy: String::new(),
+        conditions: Vec::new(),
+        instances: Vec::new(),
+        job: None,
+        created: None,
+        http: None,
+        last_termination: None,
+        events: Vec::new(),
+    })
 }
