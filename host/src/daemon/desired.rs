@@ -89,7 +89,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A time the store keeps (seconds since the Unix epoch), if it is one RFC 3339 can
 /// write (before the year 10000): a damaged store must break neither a status nor the
 /// daemon.
-fn stored_time(secs: u64) -> Option<std::time::SystemTime> {
+pub(crate) fn stored_time(secs: u64) -> Option<std::time::SystemTime> {
     const YEAR_10000: u64 = 253_402_300_800;
     (secs < YEAR_10000)
         .then(|| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)))

@@ -11,7 +11,7 @@ use futures_util::StreamExt as _;
 use super::agent::{SharedMirror, lock};
 use super::model::{FleetJob, FleetWorkload, JobTarget};
 use super::{Fleet, status_subject};
-use crate::daemon::desired::Desired;
+use crate::daemon::desired::{Desired, stored_time};
 use crate::daemon::wire::NodeInfo;
 use crate::status::{Condition, ConditionType, HostStatus, JobStatus, Phase, WorkloadStatus};
 
@@ -71,10 +71,10 @@ pub fn nodes(fleet: &Fleet, mirror: &SharedMirror, fenced_here: bool) -> Vec<Nod
                 fenced,
                 instances: record.instances,
                 last_heartbeat_ms: u64::try_from(seen.elapsed().as_millis()).unwrap_or(u64::MAX),
-                started: humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_millis(record.started_ms),
-                )
-                .to_string(),
+                // A damaged or hostile time is no time, never a panic.
+            started: stored_time(record.started_ms / 1000)
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                .unwrap_or_default(),
                 version: record.version.clone(),
                 this: name == &fleet.node,
             }
@@ -153,7 +153,7 @@ pub async fn gather(fleet: &Fleet, desired: &Desired, mirror: &SharedMirror) -> 
         };
         w.desired = record.replicas;
         if record.created > 0 {
-            w.created = Some(std::time::UNIX_EPOCH + Duration::from_secs(record.created));
+            w.created = stored_time(record.created).or(w.created);
         }
         if let Some(target) = record.job {
             let progress = jobs.get(name).filter(|j| j.revision == record.revision);
@@ -213,7 +213,7 @@ fn fleet_job_status(
     record: &FleetWorkload,
     progress: Option<&FleetJob>,
 ) {
-    let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let at = |secs: u64| stored_time(secs).unwrap_or(std::time::UNIX_EPOCH);
     let active = w.running;
     let done = progress.and_then(|p| p.outcome.as_deref());
     w.job = Some(JobStatus {
