@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod common;
 mod daemon;
+mod docs;
 mod edge;
 mod fleet;
 mod generated;

@@ -72,9 +72,9 @@ pub fn nodes(fleet: &Fleet, mirror: &SharedMirror, fenced_here: bool) -> Vec<Nod
                 instances: record.instances,
                 last_heartbeat_ms: u64::try_from(seen.elapsed().as_millis()).unwrap_or(u64::MAX),
                 // A damaged or hostile time is no time, never a panic.
-            started: stored_time(record.started_ms / 1000)
-                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-                .unwrap_or_default(),
+                started: stored_time(record.started_ms / 1000)
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                    .unwrap_or_default(),
                 version: record.version.clone(),
                 this: name == &fleet.node,
             }
