@@ -1277,3 +1277,55 @@ fn a_daemon_on_its_own_state_dir_says_how_clients_find_it() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn diff_shows_what_an_apply_would_change_field_by_field_and_changes_nothing() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(state.path());
+    let manifests = Manifests::new();
+    let spec = |replicas: u32, env: &str| {
+        workload(
+            "web",
+            "ticker",
+            &format!("  replicas: {replicas}\n  env: {{{env}}}\n"),
+        )
+    };
+    let file = manifests.write("web.yaml", &spec(2, "A: \"1\", B: \"2\""));
+    let path = file.to_str().expect("utf-8");
+    // Not applied yet: everything is new.
+    let out = daemon.cli(&["diff", "-f", path]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("workload/web: created") && text.contains("+ spec.replicas: 2"),
+        "{text}"
+    );
+    daemon.apply(&file);
+    let revision = daemon.wait_ready("web", 2)["revision"].clone();
+    let out = daemon.cli(&["diff", "-f", path]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no changes"));
+    // Changed: each field, and the daemon runs what it ran.
+    manifests.write("web.yaml", &spec(4, "A: \"1\", C: \"3\""));
+    let out = daemon.cli(&["diff", "-f", path]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in [
+        "~ spec.replicas: 2 → 4",
+        "+ spec.env.C: \"3\"",
+        "- spec.env.B: \"2\"",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+    let now = daemon.wait_ready("web", 2);
+    assert_eq!(now["revision"], revision);
+    assert_eq!(now["desired"], 2);
+    // A manifest that does not load is an error (2), not a difference.
+    manifests.write("web.yaml", "kind: Nonsense\n");
+    assert_eq!(daemon.cli(&["diff", "-f", path]).status.code(), Some(2));
+}

@@ -98,20 +98,40 @@ fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ApiError> {
 
 /// Reads the manifests, checks them here (located errors before anything is sent),
 /// uploads the components they name, and builds the apply request.
-async fn build_request(
+/// The apply request for `files` (their components uploaded), and the workloads they
+/// define as this machine reads them, each component named by its path as applied.
+pub(super) async fn build_request(
     client: &Client,
     files: &[PathBuf],
     dry_run: bool,
-) -> Result<ApplyRequest, ApiError> {
+) -> Result<(ApplyRequest, Vec<setpoint::manifest::Workload>), ApiError> {
     let limits = ManifestLimits::default();
     let mut documents = Vec::new();
     // Joined path as the manifest names it → the file on this machine.
     let mut referenced = BTreeMap::<String, PathBuf>::new();
+    let mut workloads = Vec::new();
     let mut problems = Vec::new();
     for file in manifest_files(files)? {
         let text = read_manifest(&file, limits.max_file_bytes)?;
         match load_str_with_files(&file, &text, &limits) {
-            Ok((_, found)) => referenced.extend(found),
+            Ok((found_workloads, found)) => {
+                let as_applied: BTreeMap<PathBuf, PathBuf> = found
+                    .iter()
+                    .map(|(joined, local)| (local.clone(), PathBuf::from(joined)))
+                    .collect();
+                for mut w in found_workloads {
+                    if let Some(path) = as_applied.get(&w.spec.component) {
+                        w.spec.component = path.clone();
+                    }
+                    if let Some(policy) = w.spec.policy.as_mut()
+                        && let Some(path) = as_applied.get(&policy.plugin)
+                    {
+                        policy.plugin = path.clone();
+                    }
+                    workloads.push(w);
+                }
+                referenced.extend(found);
+            }
             Err(rejected) => problems.extend(rejected.diagnostics.iter().map(|d| d.to_string())),
         }
         documents.push(Document {
@@ -162,18 +182,21 @@ async fn build_request(
         };
         digests.insert(joined, digest);
     }
-    Ok(ApplyRequest {
-        documents,
-        files: digests,
-        dry_run,
-    })
+    Ok((
+        ApplyRequest {
+            documents,
+            files: digests,
+            dry_run,
+        },
+        workloads,
+    ))
 }
 
 /// `setpoint apply -f FILE|DIR... [--dry-run]`.
 pub async fn apply(args: ApplyArgs) -> ExitCode {
     let client = args.target.client();
     let request = match build_request(&client, &args.files, args.dry_run).await {
-        Ok(r) => r,
+        Ok((r, _)) => r,
         Err(e) => return fail(&e),
     };
     let response: ApplyResponse = match client.send_json(Method::POST, "/v1/apply", &request).await

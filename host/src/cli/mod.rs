@@ -20,6 +20,7 @@ mod apply;
 mod check;
 mod client;
 mod daemon;
+mod diff;
 mod explain;
 mod get;
 mod logs;
@@ -117,6 +118,9 @@ enum Cmd {
     /// Set a workload's replica count (kept across restarts, until its manifest is
     /// applied again).
     Scale(scale::ScaleArgs),
+    /// Show what an apply of the manifests would change, field by field, changing
+    /// nothing (exit 0: no changes, 1: changes, 2: an error).
+    Diff(diff::DiffArgs),
     /// Wait until workloads or jobs are ready, complete, failed or deleted (exit 1 on
     /// timeout, or at once when the state can no longer come).
     Wait(wait::WaitArgs),
@@ -306,5 +310,6 @@ pub fn main() -> ExitCode {
         Cmd::Rollout { action } => runtime.block_on(rollout::run(action)),
         Cmd::Wait(args) => runtime.block_on(wait::wait(args)),
         Cmd::Scale(args) => runtime.block_on(scale::scale(args)),
+        Cmd::Diff(args) => runtime.block_on(diff::diff(args)),
     }
 }
