@@ -1329,3 +1329,23 @@ fn diff_shows_what_an_apply_would_change_field_by_field_and_changes_nothing() {
     manifests.write("web.yaml", "kind: Nonsense\n");
     assert_eq!(daemon.cli(&["diff", "-f", path]).status.code(), Some(2));
 }
+
+#[test]
+fn an_error_about_a_component_names_the_users_file_not_the_state_directory() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(state.path());
+    let manifests = Manifests::new();
+    std::fs::write(manifests.dir.path().join("fake.wasm"), b"not wasm").expect("fake");
+    let file = manifests.write(
+        "fake.yaml",
+        "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: fake\nspec:\n  component: fake.wasm\n",
+    );
+    let out = daemon.cli(&["apply", "-f", file.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fake.wasm` is not a valid Wasm component"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("blobs"), "{stderr}");
+}

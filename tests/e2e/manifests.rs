@@ -45,7 +45,7 @@ async fn every_rejected_manifest_is_located() {
         ("negative.yaml", workload("a", "ticker", "  replicas: -1\n"), 7, 13, "replicas must be between 0 and"),
         ("too-many.yaml", workload("a", "ticker", "  replicas: 100001\n"), 7, 13, "replicas must be between 0 and"),
         ("bad-duration.yaml", workload("a", "ticker", "  terminationGracePeriod: soon\n"), 7, 27, "is not a duration"),
-        ("bad-policy.yaml", workload("a", "ticker", "  restartPolicy: Sometimes\n"), 7, 18, "unknown variant `Sometimes`"),
+        ("bad-policy.yaml", workload("a", "ticker", "  restartPolicy: Sometimes\n"), 7, 18, "unknown value `Sometimes`"),
         ("bad-name.yaml", workload("Bad_Name", "ticker", ""), 4, 9, "invalid name `Bad_Name`"),
         ("dup-key.yaml", workload("a", "ticker", "  replicas: 1\n  replicas: 2\n"), 8, 3, "duplicate mapping key"),
         ("bad-env.yaml", workload("a", "ticker", "  env: {1BAD: x}\n"), 7, 8, "invalid env var name `1BAD`"),
@@ -236,4 +236,34 @@ fn building_a_host_outside_a_tokio_runtime_is_an_error_not_a_panic() {
         .err()
         .expect("no runtime, no host");
     assert!(err.to_string().contains("inside a tokio runtime"), "{err}");
+}
+
+#[test]
+fn every_problem_of_a_file_is_reported_at_once_with_what_was_meant() {
+    let m = Manifests::new();
+    let file = m.write(
+        "typos.yaml",
+        &workload(
+            "a",
+            "ticker",
+            "  replcas: 2\n  restartPolicy: Alway\n  env:\n    A: [1]\n  resources:\n    memry: 5Mi\n",
+        ),
+    );
+    let e = setpoint::manifest::load_files(&[file], &setpoint::manifest::ManifestLimits::default())
+        .expect_err("rejected");
+    let said: Vec<String> = e.diagnostics.iter().map(ToString::to_string).collect();
+    let expect = [
+        (7, "unknown field `replcas`: did you mean `replicas`?"),
+        (8, "unknown value `Alway`: did you mean `Always`?"),
+        (10, "expected text here, not a list or a map"),
+        (12, "unknown field `memry`: did you mean `memory`?"),
+    ];
+    assert_eq!(e.diagnostics.len(), expect.len(), "{said:#?}");
+    for ((line, needle), d) in expect.iter().zip(&e.diagnostics) {
+        assert_eq!(d.origin.as_ref().map(|o| o.line), Some(*line), "{said:#?}");
+        assert!(d.message.contains(needle), "{said:#?}");
+    }
+    // The fields there are, as help, not a pointer to a file the user does not have.
+    let help = e.diagnostics[3].help.clone().unwrap_or_default();
+    assert!(help.contains("memory, cpu"), "{help}");
 }

@@ -293,6 +293,22 @@ impl Desired {
         Ok(workloads)
     }
 
+    /// `rejected` with every stored blob's path replaced by the path the apply named it
+    /// by: an error about a component names the user's file, not the state directory.
+    pub(crate) fn named_as_applied(
+        &self,
+        files: &BTreeMap<String, String>,
+        mut rejected: Rejected,
+    ) -> Rejected {
+        for d in &mut rejected.diagnostics {
+            for (path, digest) in files {
+                let blob = self.store.blob_path(digest).display().to_string();
+                d.message = d.message.replace(&blob, path);
+            }
+        }
+        rejected
+    }
+
     /// Loads an apply's documents, finding the files they name among the stored blobs.
     pub(crate) fn load(
         &self,
@@ -472,7 +488,7 @@ impl Writing<'_> {
             .host
             .plan(workloads.clone())
             .await
-            .map_err(ChangeError::Rejected)?;
+            .map_err(|r| ChangeError::Rejected(d.named_as_applied(&files, r)))?;
         if dry_run {
             return Ok(ApplyResponse {
                 changes,

@@ -214,22 +214,132 @@ pub fn parse_documents(
         duplicate_keys: DuplicateKeyPolicy::Error,
         strict_booleans: true,
     };
-    serde_saphyr::from_multiple_with_options::<RawManifest>(text, options).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        let message = e.without_snippet().to_string();
-        let message = plain_words(
-            &strip_location_suffix(&message)
-                .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
-            limits,
-        );
-        Rejected::one(
-            Diagnostic::at(Some(Origin::new(path, line, column)), message)
-                .with_help("`setpoint schema` prints the manifest format"),
-        )
-    })
+    let parse =
+        |text: &str| serde_saphyr::from_multiple_with_options::<RawManifest>(text, options.clone());
+    let first = match parse(text) {
+        Ok(docs) => return Ok(docs),
+        Err(e) => e,
+    };
+    // serde stops at the first problem. To report every one, the block the problem is
+    // in is blanked out (its lines kept, as empty lines, so that every later location
+    // still points into the file as written) and the file parsed again, until it
+    // parses, a problem repeats, or the problems are not in a block that can go.
+    let mut diagnostics = vec![parse_diagnostic(path, &first, limits)];
+    let mut repaired = text.to_string();
+    let mut error = first;
+    for _ in 0..MAX_PARSE_PROBLEMS {
+        let Some(line) = error.location().map(|l| l.line()) else {
+            break;
+        };
+        let Some(next) = blank_block(&repaired, line) else {
+            break;
+        };
+        repaired = next;
+        match parse(&repaired) {
+            Ok(_) => break,
+            Err(e) => {
+                let diagnostic = parse_diagnostic(path, &e, limits);
+                // A field blanked out is not missing: that problem is already said.
+                if e.to_string().contains("missing field") || diagnostics.contains(&diagnostic) {
+                    break;
+                }
+                diagnostics.push(diagnostic);
+                error = e;
+            }
+        }
+    }
+    Err(Rejected { diagnostics })
+}
+
+/// Problems reported from one file's parse, at most (the rest would only repeat them).
+const MAX_PARSE_PROBLEMS: usize = 20;
+
+/// `text` with the block of the key on 1-based `line` (that line and the more indented
+/// ones after it) turned into empty lines; `None` when there is no such block to take
+/// away (a top-level key, the line out of range).
+fn blank_block(text: &str, line: u64) -> Option<String> {
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let at = usize::try_from(line).ok()?.checked_sub(1)?;
+    let first = *lines.get(at)?;
+    let indent = first.len() - first.trim_start().len();
+    if indent == 0 || first.trim().is_empty() {
+        return None;
+    }
+    let mut end = at + 1;
+    while end < lines.len() {
+        let l = lines[end];
+        let deeper = l.len() - l.trim_start().len() > indent;
+        if !(deeper || l.trim().is_empty()) {
+            break;
+        }
+        end += 1;
+    }
+    for l in &mut lines[at..end] {
+        *l = "";
+    }
+    Some(lines.join("\n"))
+}
+
+/// One parse problem, located, in plain words, with what to do.
+fn parse_diagnostic(path: &Path, e: &serde_saphyr::Error, limits: &ManifestLimits) -> Diagnostic {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let message = e.without_snippet().to_string();
+    let message = plain_words(
+        &strip_location_suffix(&message)
+            .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
+        limits,
+    );
+    let (message, help) = did_you_mean(&message);
+    Diagnostic::at(Some(Origin::new(path, line, column)), message).with_help(
+        help.unwrap_or_else(|| {
+            "`setpoint explain spec` describes every field of a manifest".into()
+        }),
+    )
+}
+
+/// "unknown field `replcas`, expected one of ..." → "unknown field `replcas`: did you
+/// mean `replicas`?", with the fields there are as the help; the same for enum values.
+fn did_you_mean(message: &str) -> (String, Option<String>) {
+    let kind = if message.starts_with("unknown field") {
+        "field"
+    } else if message.starts_with("unknown variant") {
+        "value"
+    } else {
+        return (message.to_string(), None);
+    };
+    let Some(given) = message.split('`').nth(1) else {
+        return (message.to_string(), None);
+    };
+    let Some((_, expected)) = message.split_once("expected ") else {
+        return (message.to_string(), None);
+    };
+    let choices: Vec<&str> = expected
+        .trim_start_matches("one of ")
+        .split([',', ' '])
+        .map(|c| c.trim_matches('`').trim())
+        .filter(|c| !c.is_empty() && *c != "or")
+        .collect();
+    let closest = choices
+        .iter()
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&given.to_lowercase(), &c.to_lowercase()),
+                *c,
+            )
+        })
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min();
+    let listed = format!("the {kind}s allowed here: {}", choices.join(", "));
+    match closest {
+        Some((_, c)) => (
+            format!("unknown {kind} `{given}`: did you mean `{c}`?"),
+            Some(listed),
+        ),
+        None => (format!("unknown {kind} `{given}`"), Some(listed)),
+    }
 }
 
 /// The parser's messages in the words of a manifest's author, not of Rust types.
@@ -255,6 +365,10 @@ fn plain_words(message: &str, limits: &ManifestLimits) -> String {
         .replace(
             "cannot deserialize null into string; use Option<String>",
             "a value is missing here: write a text value",
+        )
+        .replace(
+            "expected string scalar",
+            "expected text here, not a list or a map (quote it if it looks like something else)",
         )
         .replace("use Option<String>", "write a text value");
     for (rust, plain) in [
@@ -288,4 +402,18 @@ pub type Resolver<'a> = &'a dyn Fn(&Path) -> std::io::Result<PathBuf>;
 /// Resolves against the filesystem.
 fn on_disk(path: &Path) -> std::io::Result<PathBuf> {
     std::fs::canonicalize(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_blanked_block_keeps_every_line_where_it_was() {
+        let text = "spec:\n  a: 1\n  env:\n    X: [1]\n    Y: 2\n  b: 3\n";
+        let blanked = super::blank_block(text, 3).expect("a nested block");
+        assert_eq!(blanked, "spec:\n  a: 1\n\n\n\n  b: 3\n");
+        assert_eq!(blanked.lines().count(), text.lines().count());
+        assert_eq!(super::blank_block(text, 1), None, "a top-level key stays");
+        assert_eq!(super::blank_block(text, 99), None);
+        assert_eq!(super::blank_block(text, 0), None);
+    }
 }

@@ -129,7 +129,7 @@ pub async fn apply(
         .host()
         .plan(workloads.clone())
         .await
-        .map_err(ChangeError::Rejected)?;
+        .map_err(|r| ChangeError::Rejected(desired.named_as_applied(&files, r)))?;
     let mut changes = Vec::new();
     let mut writes = Vec::new();
     for w in &workloads {
