@@ -401,3 +401,67 @@ fn explain_describes_a_field_from_the_schema() {
     );
     assert!(err.contains("replicas"), "{err}");
 }
+
+#[test]
+fn runs_final_table_says_the_instances_stopped_and_a_terminal_gets_a_table_redrawn_in_place() {
+    let m = Manifests::new();
+    let file = m.write(
+        "t.yaml",
+        &workload(
+            "ticker",
+            "ticker",
+            "  replicas: 3\n  env: {TICK_MS: \"100\"}\n",
+        ),
+    );
+    // Not a terminal: guest lines on stderr, the final table alone on stdout.
+    let out = setpoint()
+        .args(["run", "--for", "2s", "--no-cache"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table.contains("Stopped (was Running)") && table.contains("0/3 (was 3)"),
+        "{table}"
+    );
+    assert!(
+        !table.contains('\u{1b}') && !table.contains(" | "),
+        "{table}"
+    );
+    // A terminal (`script` gives it one): the table is redrawn in place below the
+    // guest lines, and no guest line is torn by it.
+    let script = Command::new("script").arg("--version").output();
+    if script.map(|o| !o.status.success()).unwrap_or(true) {
+        eprintln!("skipped the terminal half: no `script` (util-linux) here");
+        return;
+    }
+    let command = format!(
+        "{} run --for 2s --no-cache --status-every 100ms {}",
+        env!("CARGO_BIN_EXE_setpoint"),
+        file.display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .output()
+        .expect("script runs");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        screen.contains("\u{1b}[2A\r\u{1b}[J"),
+        "not redrawn in place:\n{screen}"
+    );
+    let mut guest_lines = 0;
+    for line in screen.split('\n') {
+        let line = line
+            .trim_end_matches('\r')
+            .replace("\u{1b}[2A\r\u{1b}[J", "");
+        if line.contains(" | tick") {
+            guest_lines += 1;
+            assert!(
+                line.starts_with("ticker-") && !line.contains("PHASE"),
+                "a torn line: {line:?}"
+            );
+        }
+    }
+    assert!(guest_lines > 0, "{screen}");
+}

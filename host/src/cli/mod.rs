@@ -32,6 +32,7 @@ mod policy;
 mod rollout;
 mod run;
 mod scale;
+mod screen;
 mod signals;
 mod table;
 mod wait;

@@ -107,14 +107,18 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     }
     let mut logs_open = !args.quiet;
+    let live_table = args.output == Output::Table && std::io::stdout().is_terminal();
+    let screen = super::screen::Screen::new(live_table);
+    let printing = screen.clone();
+    let say = move |text: String| super::screen::lock(&printing).line(&text);
     let mut printer = tokio::spawn(async move {
         loop {
             tokio::select! {
                 // Output first: an instance's last lines come before the event of its end.
                 biased;
                 line = logs.recv(), if logs_open => match line {
-                    Ok(l) => eprintln!("{} | {}", l.instance, l.line),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => eprintln!("log ({n} lines skipped)"),
+                    Ok(l) => say(format!("{} | {}", l.instance, l.line)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => say(format!("log ({n} lines skipped)")),
                     // Both channels close when the host is gone: drain the events still
                     // buffered (the last instances' ends) before stopping.
                     Err(_) => logs_open = false,
@@ -123,15 +127,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
                     Ok(e) => {
                         let level = if e.kind == EventType::Warning { "WARN " } else { "event" };
                         let who = e.instance.as_deref().unwrap_or(&e.workload);
-                        eprintln!("{level} {who}: {} {}", e.reason, e.message);
+                        say(format!("{level} {who}: {} {}", e.reason, e.message));
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => eprintln!("event ({n} events skipped)"),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => say(format!("event ({n} events skipped)")),
                     Err(_) => break,
                 },
             }
         }
     });
-    let live_table = args.output == Output::Table && std::io::stdout().is_terminal();
     let deadline = args
         .run_for
         .map(|d| setpoint::clock::after_tokio(tokio::time::Instant::now(), d));
@@ -157,9 +160,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
                 }
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
                 _ = ticker.tick(), if live_table => {
-                    let table = table::render(&host.status().await);
+                    let table = table::render(&host.status().await, false);
                     if table != last_table {
-                        println!("{table}");
+                        super::screen::lock(&screen).status(&table);
                         last_table = table;
                     }
                 }
@@ -201,12 +204,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
     {
         printer.abort();
     }
+    super::screen::lock(&screen).finish();
     match args.output {
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(&status).unwrap_or_default()
         ),
-        Output::Table => println!("{}", table::render(&status)),
+        // Taken before the instances stopped, shown as what it is now: stopped.
+        Output::Table => println!("{}", table::render(&status, true)),
     }
     match jobs_outcome {
         Some(false) => ExitCode::FAILURE,

@@ -3,8 +3,10 @@
 use setpoint::HostStatus;
 use setpoint::manifest::units::format_duration;
 
-/// Renders one line per workload, kubectl-style.
-pub fn render(status: &HostStatus) -> String {
+/// Renders one line per workload, kubectl-style. With `stopped` (the final table of a
+/// `run`, whose instances have all stopped since `status` was taken), a workload shows
+/// as `Stopped` with none ready, and what it was before.
+pub fn render(status: &HostStatus, stopped: bool) -> String {
     let mut rows: Vec<[String; 7]> = vec![[
         "NAME".to_string(),
         "PHASE".to_string(),
@@ -31,13 +33,30 @@ pub fn render(status: &HostStatus) -> String {
             .iter()
             .find(|c| c.kind == setpoint::status::ConditionType::Failed)
             .map(|c| format!(" [{}]", c.reason));
+        let phase = format!("{:?}{}", w.phase, failed.unwrap_or_default());
+        let (phase, ready) = match &w.job {
+            Some(j) => {
+                let done = format!("{}/{} done", j.succeeded, j.completions);
+                let finished = matches!(
+                    w.phase,
+                    setpoint::status::Phase::Succeeded | setpoint::status::Phase::Failed
+                );
+                if stopped && !finished {
+                    (format!("Stopped (was {phase})"), done)
+                } else {
+                    (phase, done)
+                }
+            }
+            None if stopped => (
+                format!("Stopped (was {phase})"),
+                format!("0/{} (was {})", w.desired, w.ready),
+            ),
+            None => (phase, format!("{}/{}", w.ready, w.desired)),
+        };
         rows.push([
             w.name.clone(),
-            format!("{:?}{}", w.phase, failed.unwrap_or_default()),
-            match &w.job {
-                Some(j) => format!("{}/{} done", j.succeeded, j.completions),
-                None => format!("{}/{}", w.ready, w.desired),
-            },
+            phase,
+            ready,
             w.restarts.to_string(),
             w.revision.clone(),
             last,
