@@ -209,6 +209,12 @@ pub struct InstanceStatus {
     /// The fleet node it runs on (absent outside a fleet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Its linear memory now, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU time it has used, in milliseconds (sampled at the epoch tick).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
 }
 
 /// What an HTTP replica is doing.

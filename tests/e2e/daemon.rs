@@ -1349,3 +1349,60 @@ fn an_error_about_a_component_names_the_users_file_not_the_state_directory() {
     );
     assert!(!stderr.contains("blobs"), "{stderr}");
 }
+
+#[test]
+fn top_shows_the_busiest_instance_first_with_its_memory_and_cpu() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(state.path());
+    let manifests = Manifests::new();
+    let spin = manifests.write("spin.yaml", &workload("spin", "spinner", "  replicas: 1\n"));
+    let tick = manifests.write(
+        "tick.yaml",
+        &workload(
+            "tick",
+            "ticker",
+            "  replicas: 2\n  env: {TICK_MS: \"1000\"}\n",
+        ),
+    );
+    daemon.apply(&spin);
+    daemon.apply(&tick);
+    daemon.wait_ready("spin", 1);
+    daemon.wait_ready("tick", 2);
+    let out = daemon.cli(&["top", "--once", "--interval", "500ms"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0][..4],
+        ["INSTANCE", "OWNER", "MEMORY", "CPU%"],
+        "{text}"
+    );
+    assert_eq!(rows.len(), 4, "{text}");
+    // The spinner burns its share of a core; a ticker that sleeps uses next to none.
+    assert_eq!(rows[1][1], "spin", "{text}");
+    let cpu = |r: &Vec<&str>| {
+        r[4].trim_end_matches('%')
+            .parse::<f64>()
+            .expect("a percentage")
+    };
+    assert!(cpu(&rows[1]) > 20.0, "{text}");
+    assert!(cpu(&rows[3]) < cpu(&rows[1]), "{text}");
+    assert!(
+        rows[1][2].parse::<f64>().is_ok() && rows[1][3].ends_with("iB"),
+        "{text}"
+    );
+    // The same figures are in the status, for scripts.
+    let w = daemon.wait_ready("spin", 1);
+    assert!(
+        w["instances"][0]["memoryBytes"].as_u64().unwrap_or(0) > 0,
+        "{w}"
+    );
+    assert!(w["instances"][0]["cpuMs"].as_u64().is_some(), "{w}");
+}

@@ -35,6 +35,7 @@ mod scale;
 mod screen;
 mod signals;
 mod table;
+mod top;
 mod wait;
 
 use std::process::ExitCode;
@@ -122,6 +123,8 @@ enum Cmd {
     /// Show what an apply of the manifests would change, field by field, changing
     /// nothing (exit 0: no changes, 1: changes, 2: an error).
     Diff(diff::DiffArgs),
+    /// Show what each live instance uses now (memory, CPU%), busiest first, refreshed.
+    Top(top::TopArgs),
     /// Wait until workloads or jobs are ready, complete, failed or deleted (exit 1 on
     /// timeout, or at once when the state can no longer come).
     Wait(wait::WaitArgs),
@@ -312,5 +315,6 @@ pub fn main() -> ExitCode {
         Cmd::Wait(args) => runtime.block_on(wait::wait(args)),
         Cmd::Scale(args) => runtime.block_on(scale::scale(args)),
         Cmd::Diff(args) => runtime.block_on(diff::diff(args)),
+        Cmd::Top(args) => runtime.block_on(top::top(args)),
     }
 }

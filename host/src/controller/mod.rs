@@ -488,6 +488,14 @@ impl Controller {
                 let mut status =
                     view::workload_status(&e.state, &e.decider.name(&*self.policy), now);
                 self.add_http_status(&mut status);
+                // What each live instance uses now, from its handle's gauge.
+                for i in &mut status.instances {
+                    if let Some(handle) = self.handles.get(i.id.as_str()) {
+                        let usage = handle.usage();
+                        i.memory_bytes = Some(usage.memory_bytes());
+                        i.cpu_ms = Some(u64::try_from(usage.cpu().as_millis()).unwrap_or(u64::MAX));
+                    }
+                }
                 status
             })
             .collect();

@@ -153,6 +153,8 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
                     age: now.saturating_duration_since(i.since),
                     http: None,
                     node: None,
+                    memory_bytes: None,
+                    cpu_ms: None,
                 })
         })
         .collect();

@@ -441,8 +441,15 @@ pub(super) async fn drive_http(
             }
         }
         // A fresh instance takes the spent one's place; the replica stays in rotation.
-        let (fresh, refused) =
-            build_store(parts.rt, parts.req, parts.capture, parts.vitals.clone());
+        // The fresh instance reports to the replica's gauge.
+        let gauge = store.data().usage.clone();
+        let (fresh, refused) = build_store(
+            parts.rt,
+            parts.req,
+            parts.capture,
+            parts.vitals.clone(),
+            gauge,
+        );
         let old = std::mem::replace(store, fresh);
         if let Some(reason) = reason {
             let end = InstanceEnd {

@@ -80,9 +80,15 @@ fn unix_epoch() -> std::time::SystemTime {
 pub struct InstanceHandle {
     stop: watch::Sender<Option<StopCause>>,
     task: JoinHandle<()>,
+    usage: Arc<super::limits::Usage>,
 }
 
 impl InstanceHandle {
+    /// What the instance uses now (memory, CPU so far).
+    pub fn usage(&self) -> &super::limits::Usage {
+        &self.usage
+    }
+
     /// Asks the instance to stop gracefully; it reports `Ended` when it is gone.
     pub fn stop(&self, cause: StopCause) {
         self.stop.send_if_modified(|current| {
@@ -109,6 +115,8 @@ pub(super) fn spawn(
     events: mpsc::Sender<InstanceEvent>,
 ) -> InstanceHandle {
     let (stop_tx, stop_rx) = watch::channel(None);
+    let usage = Arc::new(super::limits::Usage::default());
+    let gauge = usage.clone();
     let task = tokio::spawn(async move {
         let started = Instant::now();
         let capture = OutputCapture::new(
@@ -124,7 +132,7 @@ pub(super) fn spawn(
             instance: req.instance.clone(),
         };
         let vitals = Arc::new(Vitals::new());
-        let (mut store, refused) = build_store(&rt, &req, &capture, vitals.clone());
+        let (mut store, refused) = build_store(&rt, &req, &capture, vitals.clone(), gauge);
         let reason = match refused {
             // A grant that cannot be handed over fails the start (recorded, replaced):
             // an instance never runs with less than its spec grants.
@@ -147,6 +155,7 @@ pub(super) fn spawn(
     InstanceHandle {
         stop: stop_tx,
         task,
+        usage,
     }
 }
 

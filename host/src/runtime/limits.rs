@@ -4,6 +4,7 @@
 //! that [`super::exit`] classifies.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
@@ -51,11 +52,33 @@ impl fmt::Display for LimitExceeded {
 
 impl std::error::Error for LimitExceeded {}
 
+/// An instance's live usage, read while it runs (`setpoint top`, status): its linear
+/// memory (which never shrinks, so the largest size is the size) and the CPU ticks its
+/// meter counted. Written by its Store, read by anyone holding the `Arc`.
+#[derive(Debug, Default)]
+pub struct Usage {
+    memory: std::sync::atomic::AtomicU64,
+    cpu_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Usage {
+    /// Linear memory now, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// CPU time used so far (tick resolution).
+    pub fn cpu(&self) -> Duration {
+        Duration::from_nanos(self.cpu_ns.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// Caps and counters for one Store.
 pub struct InstanceLimiter {
     memory_limit: usize,
     table_elements_limit: usize,
     peak_memory: usize,
+    usage: Option<Arc<Usage>>,
 }
 
 impl InstanceLimiter {
@@ -65,7 +88,14 @@ impl InstanceLimiter {
             memory_limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
             table_elements_limit: usize::try_from(table_elements_limit).unwrap_or(usize::MAX),
             peak_memory: 0,
+            usage: None,
         }
+    }
+
+    /// Also reports memory to `usage` as it grows.
+    pub fn with_usage(mut self, usage: Arc<Usage>) -> Self {
+        self.usage = Some(usage);
+        self
     }
 
     /// The largest total linear memory the instance reached, in bytes.
@@ -95,6 +125,12 @@ impl ResourceLimiter for InstanceLimiter {
             }));
         }
         self.peak_memory = self.peak_memory.max(desired);
+        if let Some(usage) = &self.usage {
+            usage.memory.store(
+                self.peak_memory as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         Ok(true)
     }
 
@@ -157,6 +193,7 @@ impl std::error::Error for CpuBudgetExceeded {}
 pub struct CpuMeter {
     tick: Duration,
     ticks: u64,
+    usage: Option<Arc<Usage>>,
     budget: Option<CpuBudget>,
     /// Remaining budget in nanoseconds, and the tick count when it was last refilled.
     remaining_ns: f64,
@@ -169,10 +206,17 @@ impl CpuMeter {
         Self {
             tick,
             ticks: 0,
+            usage: None,
             budget,
             remaining_ns: budget.map_or(0.0, |b| b.time.as_nanos() as f64),
             refilled_at: std::time::Instant::now(),
         }
+    }
+
+    /// Also reports the CPU it counts to `usage`.
+    pub fn with_usage(mut self, usage: Arc<Usage>) -> Self {
+        self.usage = Some(usage);
+        self
     }
 
     /// The epoch tick this meter counts in.
@@ -189,6 +233,10 @@ impl CpuMeter {
     /// Records one tick of execution; errs when the budget is spent.
     pub fn on_tick(&mut self) -> Result<(), CpuBudgetExceeded> {
         self.ticks += 1;
+        if let Some(usage) = &self.usage {
+            let ns = u64::try_from(self.used().as_nanos()).unwrap_or(u64::MAX);
+            usage.cpu_ns.store(ns, std::sync::atomic::Ordering::Relaxed);
+        }
         let Some(budget) = self.budget else {
             return Ok(());
         };

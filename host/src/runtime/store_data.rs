@@ -31,6 +31,8 @@ pub struct InstanceState {
     pub(super) cpu: CpuMeter,
     pub(crate) vitals: Arc<Vitals>,
     pub(crate) identity: Identity,
+    /// The live usage gauge the instance's handle reads.
+    pub(crate) usage: Arc<super::limits::Usage>,
     _live: LiveStore,
 }
 
@@ -124,6 +126,7 @@ pub(crate) fn build_plugin_store(
         outgoing_http: OutgoingHttp::new(&[]),
         limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
         cpu: CpuMeter::new(rt.config.epoch_tick, None),
+        usage: Default::default(),
         vitals: Arc::new(Vitals::new()),
         identity: Identity {
             workload: "policy".into(),
@@ -141,6 +144,7 @@ pub(super) fn build_store(
     req: &SpawnRequest,
     capture: &OutputCapture,
     vitals: Arc<Vitals>,
+    usage: Arc<super::limits::Usage>,
 ) -> (Store<InstanceState>, Option<String>) {
     let spec = &req.spec;
     let mut refused = None;
@@ -192,8 +196,10 @@ pub(super) fn build_store(
         table: ResourceTable::new(),
         http: WasiHttpCtx::new(),
         outgoing_http: OutgoingHttp::new(&spec.http_authorities),
-        limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
-        cpu: CpuMeter::new(rt.config.epoch_tick, spec.cpu_budget),
+        limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit)
+            .with_usage(usage.clone()),
+        cpu: CpuMeter::new(rt.config.epoch_tick, spec.cpu_budget).with_usage(usage.clone()),
+        usage,
         vitals,
         identity: Identity {
             workload: req.workload.clone(),
