@@ -465,3 +465,68 @@ fn runs_final_table_says_the_instances_stopped_and_a_terminal_gets_a_table_redra
     }
     assert!(guest_lines > 0, "{screen}");
 }
+
+#[test]
+fn validate_and_policy_test_cache_what_they_compile_as_run_does() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let files_in = |dir: &std::path::Path| {
+        fn count(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        let p = e.path();
+                        if p.is_dir() { count(&p) } else { 1 }
+                    })
+                    .sum()
+            })
+        }
+        count(dir)
+    };
+    // `policy test` of a plugin, twice: compiled into the cache the first time.
+    let cache = tempfile::tempdir().unwrap();
+    let plugin = crate::common::guest("policy_replicas");
+    let snapshot = root.join("specs/snapshots/crashloop.yaml");
+    for _ in 0..2 {
+        let out = setpoint()
+            .args(["policy", "test"])
+            .arg(&plugin)
+            .arg("--snapshot")
+            .arg(&snapshot)
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cached = files_in(cache.path());
+    assert!(cached > 0, "policy test cached nothing");
+    // `validate` likewise; --no-cache writes nothing.
+    let cache = tempfile::tempdir().unwrap();
+    let demo = root.join("specs/demo.yaml");
+    let out = setpoint()
+        .args(["validate", "--cache-dir"])
+        .arg(cache.path())
+        .arg(&demo)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(files_in(cache.path()) > 0, "validate cached nothing");
+    let empty = tempfile::tempdir().unwrap();
+    let out = setpoint()
+        .args(["validate", "--no-cache"])
+        .arg(&demo)
+        .env("XDG_CACHE_HOME", empty.path())
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    assert_eq!(files_in(empty.path()), 0);
+}

@@ -1406,3 +1406,24 @@ fn top_shows_the_busiest_instance_first_with_its_memory_and_cpu() {
     );
     assert!(w["instances"][0]["cpuMs"].as_u64().is_some(), "{w}");
 }
+
+#[test]
+fn the_daemon_names_a_policy_plugin_by_its_file_not_its_blob() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(state.path());
+    let manifests = Manifests::new();
+    let file = manifests.write(
+        "ordered.yaml",
+        &workload(
+            "ordered",
+            "ticker",
+            &format!(
+                "  replicas: 1\n  policy:\n    plugin: {}\n",
+                guest("policy_ordered").display()
+            ),
+        ),
+    );
+    daemon.apply(&file);
+    let w = daemon.wait_ready("ordered", 1);
+    assert_eq!(w["policy"], "plugin:policy_ordered.wasm", "{w}");
+}

@@ -16,6 +16,8 @@ pub struct ValidateArgs {
     #[arg(required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]
+    cache: super::CacheArgs,
+    #[command(flatten)]
     engine: EngineArgs,
 }
 
@@ -38,13 +40,17 @@ pub struct CompileArgs {
 
 /// Checks the manifests and compiles and links their components; starts nothing.
 pub async fn validate(args: ValidateArgs) -> ExitCode {
-    let (files, engine) = (args.files, args.engine);
+    let (files, engine, cache) = (args.files, args.engine, args.cache);
     let workloads = match load_files(&files, &ManifestLimits::default()) {
         Ok(w) => w,
         Err(rejected) => return report(&rejected),
     };
     // Compiling and linking each component is part of validation; nothing is started.
-    let host = match engine.apply(Host::builder()).build() {
+    let mut builder = engine.apply(Host::builder());
+    if let Some(dir) = cache.dir() {
+        builder = builder.cache_dir(dir);
+    }
+    let host = match builder.build() {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -136,6 +136,36 @@ enum Cmd {
     },
 }
 
+/// Where compiled components are cached: shared by every command that compiles, so
+/// that a big component (an 18 MB Python plugin) is compiled once, not on every run.
+#[derive(clap::Args, Clone)]
+struct CacheArgs {
+    /// Directory for compiled components (default: $XDG_CACHE_HOME/setpoint, or
+    /// ~/.cache/setpoint).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<std::path::PathBuf>,
+    /// Do not cache compiled components on disk.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The cache directory in effect, if any.
+    fn dir(&self) -> Option<std::path::PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
+                })?;
+            Some(base.join("setpoint"))
+        })
+    }
+}
+
 /// Engine options shared by the commands that load components.
 #[derive(clap::Args, Clone, Copy)]
 struct EngineArgs {

@@ -24,6 +24,8 @@ pub enum PolicyCmd {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        #[command(flatten)]
+        cache: super::CacheArgs,
     },
 }
 
@@ -35,7 +37,8 @@ pub async fn run(command: PolicyCmd) -> ExitCode {
             snapshot,
             builtin,
             output,
-        } => policy_test(plugin, snapshot, builtin, output).await,
+            cache,
+        } => policy_test(plugin, snapshot, builtin, output, cache.dir()).await,
     }
 }
 
@@ -44,6 +47,7 @@ async fn policy_test(
     snapshot: PathBuf,
     builtin: bool,
     output: Output,
+    cache_dir: Option<PathBuf>,
 ) -> ExitCode {
     use setpoint::policy::snapshot::{ActionRecord, Snapshot};
     let text = match std::fs::read_to_string(&snapshot) {
@@ -78,7 +82,11 @@ async fn policy_test(
         Ok(actions.iter().map(ActionRecord::from).collect())
     } else {
         let plugin = plugin.unwrap_or_default();
-        let runtime = match setpoint::runtime::Runtime::new(Default::default()) {
+        let config = setpoint::runtime::RuntimeConfig {
+            cache_dir,
+            ..Default::default()
+        };
+        let runtime = match setpoint::runtime::Runtime::new(config) {
             Ok(r) => std::sync::Arc::new(r),
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -30,35 +30,14 @@ pub struct RunArgs {
     /// Do not print guest output lines.
     #[arg(long)]
     quiet: bool,
-    /// Directory for compiled components (default: $XDG_CACHE_HOME/setpoint).
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-    /// Do not cache compiled components on disk.
-    #[arg(long, conflicts_with = "cache_dir")]
-    no_cache: bool,
+    #[command(flatten)]
+    cache: super::CacheArgs,
     /// At the end, write each workload's last policy snapshot to DIR/NAME.json, for
     /// replay with `setpoint policy test`.
     #[arg(long, value_name = "DIR")]
     snapshots: Option<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
-}
-
-impl RunArgs {
-    /// Where compiled components are cached, if anywhere.
-    fn cache_dir(&self) -> Option<PathBuf> {
-        if self.no_cache {
-            return None;
-        }
-        self.cache_dir.clone().or_else(default_cache_dir)
-    }
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("setpoint"))
 }
 
 /// Runs the manifests until stopped.
@@ -75,7 +54,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Err(rejected) => return report(&rejected),
     };
     let mut builder = args.engine.apply(Host::builder());
-    if let Some(dir) = args.cache_dir() {
+    if let Some(dir) = args.cache.dir() {
         builder = builder.cache_dir(dir);
     }
     let host = match builder.build() {

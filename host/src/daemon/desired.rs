@@ -198,6 +198,16 @@ impl Desired {
             };
             let component = named(&w.spec.component);
             let plugin = w.spec.policy.as_ref().and_then(|p| named(&p.plugin));
+            // The decider is named by the plugin's file: the user's, not the blob's.
+            if let (Some(path), Some(blob)) = (
+                plugin.as_ref(),
+                w.spec.policy.as_ref().and_then(|p| p.plugin.file_name()),
+            ) && let Some(file) = path.file_name()
+            {
+                w.policy = w
+                    .policy
+                    .replace(&*blob.to_string_lossy(), &file.to_string_lossy());
+            }
             if component.is_some() || plugin.is_some() {
                 let spec = Arc::make_mut(&mut w.spec);
                 if let Some(path) = component {
