@@ -452,9 +452,15 @@ fn runs_final_table_says_the_instances_stopped_and_a_terminal_gets_a_table_redra
     );
     let mut guest_lines = 0;
     for line in screen.split('\n') {
+        // What the terminal shows of a line: what follows its last carriage return (a
+        // spinner or a redraw before it was cleared), without the clearing sequences.
+        let line = line.trim_end_matches('\r');
         let line = line
-            .trim_end_matches('\r')
-            .replace("\u{1b}[2A\r\u{1b}[J", "");
+            .rsplit('\r')
+            .next()
+            .unwrap_or(line)
+            .trim_start_matches("\u{1b}[K")
+            .trim_start_matches("\u{1b}[J");
         if line.contains(" | tick") {
             guest_lines += 1;
             assert!(
@@ -529,4 +535,81 @@ fn validate_and_policy_test_cache_what_they_compile_as_run_does() {
         .expect("runs");
     assert!(out.status.success());
     assert_eq!(files_in(empty.path()), 0);
+}
+
+#[test]
+fn a_component_that_cannot_link_is_refused_before_it_is_compiled() {
+    let m = Manifests::new();
+    let file = m.write("bad.yaml", &workload("bad", "bad-import", ""));
+    let cache = tempfile::tempdir().unwrap();
+    let out = setpoint()
+        .args(["validate", "--cache-dir"])
+        .arg(cache.path())
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "it imports `example:bad-import/teleporter`, which this host does not provide"
+        ),
+        "{stderr}"
+    );
+    // Nothing was compiled: the cache is as empty as it was.
+    let cached = std::fs::read_dir(cache.path()).map_or(0, |d| d.count());
+    assert_eq!(cached, 0, "it was compiled before it was refused");
+    // A plugin that is not one is refused the same way.
+    let snapshot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/snapshots/crashloop.yaml");
+    let out = setpoint()
+        .args(["policy", "test"])
+        .arg(crate::common::guest("ticker"))
+        .arg("--snapshot")
+        .arg(&snapshot)
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("does not export `setpoint:policy/reconciler"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(cache.path()).map_or(0, |d| d.count()), 0);
+}
+
+#[test]
+fn a_long_compile_shows_a_spinner_on_a_terminal_and_clears_it() {
+    let script = Command::new("script").arg("--version").output();
+    if script.map(|o| !o.status.success()).unwrap_or(true) {
+        eprintln!("skipped: no `script` (util-linux) to give the command a terminal");
+        return;
+    }
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/demo.yaml");
+    // Shown at once (not after 0.4 s), so that a fast machine shows it too.
+    let command = format!(
+        "env SETPOINT_PROGRESS_AFTER_MS=0 {} validate --no-cache {}",
+        env!("CARGO_BIN_EXE_setpoint"),
+        demo.display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .output()
+        .expect("script runs");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        screen.contains("compiling 4 components (")
+            && screen.contains("\r\u{1b}[Kok: 4 workload(s)"),
+        "{screen:?}"
+    );
+    // Not a terminal: no spinner at all.
+    let out = setpoint()
+        .args(["validate", "--no-cache"])
+        .arg(&demo)
+        .output()
+        .expect("runs");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("compiling"));
 }

@@ -195,12 +195,18 @@ pub(super) async fn build_request(
 /// `setpoint apply -f FILE|DIR... [--dry-run]`.
 pub async fn apply(args: ApplyArgs) -> ExitCode {
     let client = args.target.client();
-    let request = match build_request(&client, &args.files, args.dry_run).await {
-        Ok((r, _)) => r,
+    let (request, workloads) = match build_request(&client, &args.files, args.dry_run).await {
+        Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    let response: ApplyResponse = match client.send_json(Method::POST, "/v1/apply", &request).await
-    {
+    // The daemon compiles what it has not compiled before.
+    let spinner = super::progress::Spinner::start(format!(
+        "the daemon compiles {}",
+        super::progress::describe(&super::components_of(&workloads))
+    ));
+    let sent = client.send_json(Method::POST, "/v1/apply", &request).await;
+    drop(spinner);
+    let response: ApplyResponse = match sent {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };

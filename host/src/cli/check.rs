@@ -59,7 +59,12 @@ pub async fn validate(args: ValidateArgs) -> ExitCode {
     };
     let count = workloads.len();
     // A plan checks exactly what an apply checks, and starts nothing.
+    let spinner = super::progress::Spinner::start(format!(
+        "compiling {}",
+        super::progress::describe(&super::components_of(&workloads))
+    ));
     let result = host.plan(workloads).await;
+    drop(spinner);
     host.shutdown().await;
     match result {
         Ok(_) => {
@@ -93,7 +98,13 @@ pub fn compile(args: CompileArgs) -> ExitCode {
             }
         };
         let started = std::time::Instant::now();
-        let compiled = match setpoint::runtime::engine::precompile(&config, target, &bytes) {
+        let spinner = super::progress::Spinner::start(format!(
+            "compiling {}",
+            super::progress::describe(&[component.to_path_buf()])
+        ));
+        let compiled = setpoint::runtime::engine::precompile(&config, target, &bytes);
+        drop(spinner);
+        let compiled = match compiled {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: cannot compile `{}`: {e:#}", component.display());

@@ -29,6 +29,7 @@ mod notify;
 mod objects;
 mod output;
 mod policy;
+mod progress;
 mod rollout;
 mod run;
 mod scale;
@@ -347,4 +348,15 @@ pub fn main() -> ExitCode {
         Cmd::Diff(args) => runtime.block_on(diff::diff(args)),
         Cmd::Top(args) => runtime.block_on(top::top(args)),
     }
+}
+
+/// The components (and policy plugins) `workloads` name, for the compile spinner.
+fn components_of(workloads: &[setpoint::manifest::Workload]) -> Vec<std::path::PathBuf> {
+    workloads
+        .iter()
+        .flat_map(|w| {
+            std::iter::once(w.spec.component.clone())
+                .chain(w.spec.policy.as_ref().map(|p| p.plugin.clone()))
+        })
+        .collect()
 }

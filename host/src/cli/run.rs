@@ -71,8 +71,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let mut events = host.events();
     let mut logs = host.logs();
     let mut interrupted = false;
+    let spinner = super::progress::Spinner::start(format!(
+        "compiling {}",
+        super::progress::describe(&super::components_of(&workloads))
+    ));
     tokio::select! {
         applied = host.apply(workloads) => if let Err(rejected) = applied {
+            drop(spinner);
             if let Some(why) = host.failure() {
                 eprintln!("error: the host's controller died: {why}");
                 return ExitCode::FAILURE;
@@ -85,6 +90,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             interrupted = true;
         }
     }
+    drop(spinner);
     let mut logs_open = !args.quiet;
     let live_table = args.output == Output::Table && std::io::stdout().is_terminal();
     let screen = super::screen::Screen::new(live_table);

@@ -10,6 +10,7 @@ pub mod capability;
 pub mod engine;
 pub mod exit;
 pub mod http;
+pub mod imports;
 mod instance;
 pub mod limits;
 pub mod mappings;
@@ -285,11 +286,18 @@ impl Runtime {
         if let Some(found) = self.lock_components().get(&digest) {
             return Ok(found.clone());
         }
-        let component = engine::load_component(&self.engine, &self.config, path, &bytes)?;
         let link_error = |message: String| PrepareError::Link {
             path: path.to_path_buf(),
             message,
         };
+        // Before compiling: an import no one provides is refused in milliseconds.
+        if let Some(missing) = self.unprovided_import(&bytes) {
+            return Err(link_error(format!(
+                "it imports `{missing}`, which this host does not provide; {}",
+                self.provides()
+            )));
+        }
+        let component = engine::load_component(&self.engine, &self.config, path, &bytes)?;
         let ty = component.component_type();
         let exports: Vec<String> = ty
             .exports(&self.engine)
@@ -304,17 +312,10 @@ impl Runtime {
             .filter(|(name, _)| self.capability(name).is_some())
             .map(|(name, _)| name.to_string())
             .collect();
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            link_error(format!(
-                "{}; this host provides WASI 0.2 (wasi:http included), setpoint:workload/heartbeat@0.1.0{}",
-                exit::error_text(&e),
-                self.config
-                    .capabilities
-                    .iter()
-                    .map(|c| format!(", {}", c.interface()))
-                    .collect::<String>()
-            ))
-        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| link_error(format!("{}; {}", exit::error_text(&e), self.provides())))?;
         let runs_as_command = exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2"));
         let serves_http = exports
             .iter()
@@ -368,6 +369,27 @@ impl Runtime {
         events: mpsc::Sender<InstanceEvent>,
     ) -> InstanceHandle {
         instance::spawn(self.clone(), request, events)
+    }
+
+    /// What this host's linker provides, in words.
+    fn provides(&self) -> String {
+        format!(
+            "this host provides WASI 0.2 (wasi:http included), setpoint:workload/heartbeat@0.1.0{}",
+            self.config
+                .capabilities
+                .iter()
+                .map(|c| format!(", {}", c.interface()))
+                .collect::<String>()
+        )
+    }
+
+    /// The first import of a `.wasm` component that nothing here provides, read from its
+    /// bytes without compiling it.
+    fn unprovided_import(&self, bytes: &[u8]) -> Option<String> {
+        imports::surface(bytes)?
+            .imports
+            .into_iter()
+            .find(|name| !imports::provided(name) && self.capability(name).is_none())
     }
 
     /// The embedder capability an import name refers to, compared without versions.

@@ -74,11 +74,29 @@ impl Runtime {
         if let Some(found) = self.lock_plugins().get(&digest) {
             return Ok(found.clone());
         }
-        let component = super::engine::load_component(&self.engine, &self.config, path, &bytes)?;
         let link_error = |message: String| PrepareError::Link {
             path: path.to_path_buf(),
             message,
         };
+        // Before compiling (a JavaScript or Python plugin is tens of megabytes): what it
+        // imports and exports, by name.
+        if let Some(surface) = super::imports::surface(&bytes) {
+            if !surface.exports.iter().any(|e| e == RECONCILER_EXPORT) {
+                return Err(link_error(format!(
+                    "it does not export `{RECONCILER_EXPORT}`: build it for the `setpoint:policy/plugin` world"
+                )));
+            }
+            if let Some(name) = surface
+                .imports
+                .iter()
+                .find(|name| !super::imports::provided_to_plugins(name))
+            {
+                return Err(link_error(format!(
+                    "it imports `{name}`, which a policy plugin is not given: plugins get WASI 0.2 and their own types, nothing else"
+                )));
+            }
+        }
+        let component = super::engine::load_component(&self.engine, &self.config, path, &bytes)?;
         let exports_reconciler = component
             .component_type()
             .exports(&self.engine)
