@@ -571,3 +571,41 @@ fn a_job_spreads_its_runs_and_counts_exactly_its_completions_while_a_host_is_kil
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_host_stopped_cleanly_hands_its_replicas_over_and_exits_0() {
+    let Some(engine) = engine(true) else { return };
+    let url = engine.url();
+    let states = state_dirs(3);
+    let mut daemons = three_nodes(&url, &states);
+    let manifests = Manifests::new();
+    // A watched command sees the stop request only between its beats, 2 s apart, so
+    // the stopping host takes a while: it keeps its heartbeat and its claims until its
+    // instances have ended, then the others take them. (The fleet's view cannot show
+    // the overlap this prevents: a stopping host no longer answers status requests.)
+    let file = manifests.write(
+        "web.yaml",
+        &workload(
+            "web",
+            "watched",
+            "  replicas: 6\n  terminationGracePeriod: 5s\n  env: {BEAT_MS: \"2000\"}\n",
+        ),
+    );
+    daemons[0].apply(&file);
+    let spread = counts(&[("node-a", 2), ("node-b", 2), ("node-c", 2)]);
+    wait_placement(&daemons[0], "web", "2/2/2", |p| *p == spread);
+    // SAFETY: a signal to a child this test started.
+    unsafe { libc::kill(daemons[2].child.id() as i32, libc::SIGTERM) };
+    let totals = wait_placement(&daemons[0], "web", "3/3 on a and b", |p| {
+        *p == counts(&[("node-a", 3), ("node-b", 3)])
+    });
+    assert!(totals.iter().all(|t| *t <= 6), "{totals:?}");
+    let status = daemons[2].child.wait().expect("exits");
+    // It released its claims (after its instances ended) rather than leaving them to
+    // be taken over from it: no slot was rescheduled from node-c.
+    for d in &daemons[..2] {
+        let events = String::from_utf8_lossy(&d.cli(&["events"]).stdout).into_owned();
+        assert!(!events.contains("from node node-c"), "{events}");
+    }
+    assert!(status.success(), "a clean stop exits 0: {status:?}");
+}

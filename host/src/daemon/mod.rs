@@ -265,10 +265,10 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     #[cfg(feature = "fleet")]
-    let fleet_tasks = joined.map(|joined| joined.start(desired.clone(), stop_rx.clone()));
+    let mut fleet_tasks = joined.map(|joined| joined.start(desired.clone(), stop_rx.clone()));
     #[cfg(feature = "fleet")]
     let fleet_died = async {
-        match fleet_tasks {
+        match fleet_tasks.as_mut() {
             Some(tasks) => tasks.died().await,
             None => std::future::pending().await,
         }
@@ -349,6 +349,12 @@ pub async fn run(
     }
     let _ = rollbacks.await;
     let _ = failures.await;
+    // The fleet's agent leaves first (its replicas stopped, its claims released), then
+    // the heartbeat's key goes.
+    #[cfg(feature = "fleet")]
+    if let Some(tasks) = fleet_tasks {
+        tasks.finish().await;
+    }
     drop(state);
     let host = Arc::into_inner(desired)
         .context("API handlers still running at shutdown")?
@@ -411,10 +417,13 @@ struct Joined {
     fenced: tokio::sync::watch::Sender<bool>,
 }
 
-/// The fleet's tasks: heartbeat, agent, status answers.
+/// The fleet's tasks: heartbeat, agent, status answers. Each reports how it ended on a
+/// channel (a panic included), so that a failure is seen at once, and the handles are
+/// awaited only at shutdown.
 #[cfg(feature = "fleet")]
 struct FleetTasks {
-    tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    handles: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    ended: tokio::sync::mpsc::UnboundedReceiver<(&'static str, Result<(), String>)>,
 }
 
 #[cfg(feature = "fleet")]
@@ -426,50 +435,80 @@ impl Joined {
     ) -> FleetTasks {
         let instances = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let fenced_rx = self.fenced.subscribe();
-        let tasks = vec![
-            (
+        let (left_tx, left_rx) = tokio::sync::watch::channel(false);
+        let (tx, ended) = tokio::sync::mpsc::unbounded_channel();
+        let spawn = |name: &'static str,
+                     task: std::pin::Pin<
+            Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>,
+        >| {
+            let tx = tx.clone();
+            let handle = tokio::spawn(async move {
+                use futures_util::FutureExt as _;
+                let result = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(_) => Err("it panicked".to_string()),
+                };
+                let _ = tx.send((name, result));
+            });
+            (name, handle)
+        };
+        let handles = vec![
+            spawn(
                 "heartbeat",
-                tokio::spawn(fleet::heartbeat::run(
+                Box::pin(fleet::heartbeat::run(
                     self.fleet.clone(),
                     instances.clone(),
                     self.fenced,
                     stop.clone(),
+                    left_rx,
                 )),
             ),
-            (
+            spawn(
                 "agent",
-                tokio::spawn(fleet::agent::run(
+                Box::pin(fleet::agent::run(
                     self.fleet.clone(),
                     desired.clone(),
                     self.mirror,
                     instances,
                     fenced_rx,
                     stop.clone(),
+                    left_tx,
                 )),
             ),
-            (
+            spawn(
                 "status answers",
-                tokio::spawn(fleet::view::answer(self.fleet, desired, stop)),
+                Box::pin(fleet::view::answer(self.fleet, desired, stop)),
             ),
         ];
-        FleetTasks { tasks }
+        FleetTasks { handles, ended }
     }
 }
 
 #[cfg(feature = "fleet")]
 impl FleetTasks {
     /// Resolves when a task fails (a clean stop at shutdown never resolves).
-    async fn died(self) -> String {
-        let waits = self.tasks.into_iter().map(|(name, task)| {
-            Box::pin(async move {
-                match task.await {
-                    Ok(Ok(())) => std::future::pending().await,
-                    Ok(Err(e)) => format!("the fleet's {name} failed: {e:#}"),
-                    Err(e) => format!("the fleet's {name} task died: {e}"),
-                }
-            })
-        });
-        futures_util::future::select_all(waits).await.0
+    async fn died(&mut self) -> String {
+        loop {
+            match self.ended.recv().await {
+                Some((name, Err(why))) => return format!("the fleet's {name} failed: {why}"),
+                Some((_, Ok(()))) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Waits for every task to end after a stop request (bounded: a task that hangs is
+    /// left behind, said in the log).
+    async fn finish(self) {
+        for (name, task) in self.handles {
+            if tokio::time::timeout(std::time::Duration::from_secs(90), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the fleet's {name} did not end at shutdown");
+            }
+        }
     }
 }
 

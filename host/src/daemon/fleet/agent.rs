@@ -114,6 +114,7 @@ pub async fn run(
     instances: Arc<AtomicU32>,
     mut fenced: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    left: tokio::sync::watch::Sender<bool>,
 ) -> anyhow::Result<()> {
     let mut agent = Agent {
         fleet: fleet.clone(),
@@ -170,6 +171,10 @@ pub async fn run(
             follow.heal(&fleet).await;
         }
     }
+    // Leaving cleanly: this node's movable replicas stop here first, then their claims
+    // go, and only then does the heartbeat's key (so that no slot runs twice).
+    agent.leave().await;
+    let _ = left.send(true);
     Ok(())
 }
 
@@ -423,6 +428,68 @@ impl Agent {
                 reason::REJOINED,
                 "the heartbeat is renewed again: this node takes claims again".into(),
             );
+        }
+    }
+
+    /// Stops every movable fleet workload here, waits (within the longest grace period
+    /// and a margin) until its instances are gone, then deletes the claims this node
+    /// holds. Pinned workloads stop with the daemon; they hold no claims.
+    async fn leave(&mut self) {
+        let movable: Vec<String> = {
+            let mirror = lock(&self.mirror);
+            self.local
+                .keys()
+                .filter(|name| {
+                    mirror
+                        .workloads
+                        .get(*name)
+                        .is_none_or(|(w, _)| w.placement.node_name.is_none())
+                })
+                .cloned()
+                .collect()
+        };
+        let grace = self
+            .desired
+            .host()
+            .status()
+            .await
+            .workloads
+            .iter()
+            .map(|w| w.spec.termination_grace_period)
+            .max()
+            .unwrap_or_default();
+        for name in &movable {
+            let writing = self.desired.write().await;
+            if let Err(e) = writing.delete_local(name).await {
+                tracing::warn!(workload = %name, "cannot stop it before leaving: {e}");
+            }
+        }
+        let deadline = Instant::now() + grace + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let live: u32 = self
+                .desired
+                .host()
+                .counts()
+                .await
+                .iter()
+                .filter(|c| movable.contains(&c.name))
+                .map(|c| c.live)
+                .sum();
+            if live == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mine: Vec<(SlotKey, u64)> = lock(&self.mirror)
+            .claims
+            .iter()
+            .filter(|(slot, (claim, _))| {
+                claim.node == self.fleet.node && self.owned.contains_key(*slot)
+            })
+            .map(|(slot, (_, rev))| (slot.clone(), *rev))
+            .collect();
+        for (slot, expect) in mine {
+            self.carry_out(Step::Release { slot, expect }).await;
         }
     }
 

@@ -20,6 +20,9 @@ use async_nats::jetstream::kv;
 use super::model::{self, NodeRecord};
 use super::{Fleet, now_ms};
 
+/// Longest the heartbeat goes on after a stop request while the agent leaves.
+const LEAVE_WITHIN: Duration = Duration::from_secs(70);
+
 /// Renewals per TTL.
 const RENEWALS_PER_TTL: u32 = 6;
 
@@ -37,6 +40,7 @@ pub async fn run(
     instances: Arc<AtomicU32>,
     fenced: tokio::sync::watch::Sender<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    left: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (every, fence_after) = timing(fleet.heartbeat_ttl);
     let key = model::key_of(&fleet.node).to_string();
@@ -44,10 +48,18 @@ pub async fn run(
     let mut last_ack = Instant::now();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a stop request, the heartbeat goes on until the agent has left (its
+    // replicas stopped, its claims released), within a bound.
+    let mut leaving_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => break,
+            _ = stop.changed(), if leaving_since.is_none() => {
+                leaving_since = Some(Instant::now());
+            }
+        }
+        if leaving_since.is_some_and(|t| *left.borrow() || t.elapsed() > LEAVE_WITHIN) {
+            break;
         }
         let record = NodeRecord {
             labels: fleet.labels.clone(),
