@@ -36,6 +36,16 @@ pub struct QuarantinedApply {
 }
 
 impl HostStatus {
+    /// The longest termination grace period of its workloads: how long stopping them all
+    /// may take.
+    pub fn longest_grace_period(&self) -> Duration {
+        self.workloads
+            .iter()
+            .map(|w| w.spec.termination_grace_period)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// The workload with this name.
     pub fn workload(&self, name: &str) -> Option<&WorkloadStatus> {
         self.workloads.iter().find(|w| w.name == name)

@@ -10,6 +10,21 @@ fn setpoint() -> Command {
     cmd
 }
 
+/// What `command` (a shell command line) writes to a terminal that `script`
+/// (util-linux) gives it, or `None` after saying why there is no terminal here.
+fn on_a_terminal(command: &str) -> Option<String> {
+    let script = Command::new("script").arg("--version").output();
+    if script.map(|o| !o.status.success()).unwrap_or(true) {
+        eprintln!("skipped the terminal part: no `script` (util-linux) here");
+        return None;
+    }
+    let out = Command::new("script")
+        .args(["-qfec", command, "/dev/null"])
+        .output()
+        .expect("script runs");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Asserts that `setpoint validate specs/FILE` accepts `count` workloads.
 fn assert_spec_validates(file: &str, count: usize) {
     let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -431,21 +446,14 @@ fn runs_final_table_says_the_instances_stopped_and_a_terminal_gets_a_table_redra
     );
     // A terminal (`script` gives it one): the table is redrawn in place below the
     // guest lines, and no guest line is torn by it.
-    let script = Command::new("script").arg("--version").output();
-    if script.map(|o| !o.status.success()).unwrap_or(true) {
-        eprintln!("skipped the terminal half: no `script` (util-linux) here");
-        return;
-    }
     let command = format!(
         "{} run --for 2s --no-cache --status-every 100ms {}",
         env!("CARGO_BIN_EXE_setpoint"),
         file.display()
     );
-    let out = Command::new("script")
-        .args(["-qfec", &command, "/dev/null"])
-        .output()
-        .expect("script runs");
-    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Some(screen) = on_a_terminal(&command) else {
+        return;
+    };
     assert!(
         screen.contains("\u{1b}[2A\r\u{1b}[J"),
         "not redrawn in place:\n{screen}"
@@ -583,11 +591,6 @@ fn a_component_that_cannot_link_is_refused_before_it_is_compiled() {
 
 #[test]
 fn a_long_compile_shows_a_spinner_on_a_terminal_and_clears_it() {
-    let script = Command::new("script").arg("--version").output();
-    if script.map(|o| !o.status.success()).unwrap_or(true) {
-        eprintln!("skipped: no `script` (util-linux) to give the command a terminal");
-        return;
-    }
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/demo.yaml");
     // Shown at once (not after 0.4 s), so that a fast machine shows it too.
     let command = format!(
@@ -595,11 +598,9 @@ fn a_long_compile_shows_a_spinner_on_a_terminal_and_clears_it() {
         env!("CARGO_BIN_EXE_setpoint"),
         demo.display()
     );
-    let out = Command::new("script")
-        .args(["-qfec", &command, "/dev/null"])
-        .output()
-        .expect("script runs");
-    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Some(screen) = on_a_terminal(&command) else {
+        return;
+    };
     assert!(
         screen.contains("compiling 4 components (")
             && screen.contains("\r\u{1b}[Kok: 4 workload(s)"),

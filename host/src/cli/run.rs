@@ -168,12 +168,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     {
         eprintln!("error: writing snapshots to {}: {e}", dir.display());
     }
-    let grace = status
-        .workloads
-        .iter()
-        .map(|w| w.spec.termination_grace_period)
-        .max()
-        .unwrap_or_default();
+    let grace = status.longest_grace_period();
     tokio::select! {
         _ = host.shutdown() => {}
         _ = tokio::time::sleep(grace.saturating_add(STOP_MARGIN)) => {

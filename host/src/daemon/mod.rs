@@ -360,14 +360,7 @@ pub async fn run(
         .context("API handlers still running at shutdown")?
         .into_host();
     // Bounded at any load: the longest grace period, and a margin.
-    let grace = host
-        .status()
-        .await
-        .workloads
-        .iter()
-        .map(|w| w.spec.termination_grace_period)
-        .max()
-        .unwrap_or_default();
+    let grace = host.status().await.longest_grace_period();
     let bound = grace.saturating_add(std::time::Duration::from_secs(10));
     tracing::info!("shutting down: stopping every instance (within {bound:?})");
     tokio::time::timeout(bound, host.shutdown())

@@ -124,7 +124,7 @@ pub async fn run(
         local: BTreeMap::new(),
         failed: BTreeMap::new(),
         instances,
-        settling_until: Instant::now() + fleet.heartbeat_ttl,
+        settling_until: crate::clock::after(Instant::now(), fleet.heartbeat_ttl),
         releasing: BTreeMap::new(),
     };
     let mut nodes = Follow::new(&fleet.nodes).await;
@@ -398,7 +398,7 @@ impl Agent {
     /// A node whose heartbeat has not been renewed for twice the TTL is gone even if
     /// its key's deletion was missed.
     fn expire_silent_nodes(&mut self) {
-        let limit = self.fleet.heartbeat_ttl * 2;
+        let limit = self.fleet.heartbeat_ttl.saturating_mul(2);
         let mut mirror = lock(&self.mirror);
         let me = self.fleet.node.clone();
         mirror
@@ -421,7 +421,7 @@ impl Agent {
                 ),
             );
         } else {
-            self.settling_until = Instant::now() + self.fleet.heartbeat_ttl;
+            self.settling_until = crate::clock::after(Instant::now(), self.fleet.heartbeat_ttl);
             self.event(
                 &format!("node/{}", self.fleet.node),
                 false,
@@ -448,23 +448,15 @@ impl Agent {
                 .cloned()
                 .collect()
         };
-        let grace = self
-            .desired
-            .host()
-            .status()
-            .await
-            .workloads
-            .iter()
-            .map(|w| w.spec.termination_grace_period)
-            .max()
-            .unwrap_or_default();
+        let grace = self.desired.host().status().await.longest_grace_period();
         for name in &movable {
             let writing = self.desired.write().await;
             if let Err(e) = writing.delete_local(name).await {
                 tracing::warn!(workload = %name, "cannot stop it before leaving: {e}");
             }
         }
-        let deadline = Instant::now() + grace + Duration::from_secs(5);
+        let deadline =
+            crate::clock::after(Instant::now(), grace.saturating_add(Duration::from_secs(5)));
         while Instant::now() < deadline {
             let live: u32 = self
                 .desired
@@ -495,6 +487,8 @@ impl Agent {
 
     /// One level-triggered pass: placement's steps, then the local host.
     async fn pass(&mut self, fenced: bool) {
+        // What takes slots, read once: only this task changes the mirror's workloads.
+        let workloads = placed(&lock(&self.mirror));
         if !fenced {
             let steps = {
                 let mirror = lock(&self.mirror);
@@ -517,7 +511,6 @@ impl Agent {
                 nodes.entry(self.fleet.node.clone()).or_insert(LiveNode {
                     labels: self.fleet.labels.clone(),
                 });
-                let workloads = placed(&mirror);
                 placement::plan(&View {
                     me: &self.fleet.node,
                     nodes: &nodes,
@@ -549,7 +542,6 @@ impl Agent {
         }
         let (wanted, workloads) = {
             let mirror = lock(&self.mirror);
-            let workloads = placed(&mirror);
             let wanted = placement::local_replicas(
                 &self.fleet.node,
                 fenced,

@@ -64,6 +64,9 @@ impl FleetConfig {
 /// be able to renew several times within one.
 pub const MIN_HEARTBEAT_TTL: Duration = Duration::from_millis(500);
 
+/// The largest heartbeat TTL: a lost node's replicas wait this long at most.
+pub const MAX_HEARTBEAT_TTL: Duration = Duration::from_secs(600);
+
 /// A joined fleet: the connection and its buckets.
 pub struct Fleet {
     /// This node's name.
@@ -173,8 +176,8 @@ impl Fleet {
             )
         })?;
         anyhow::ensure!(
-            config.heartbeat_ttl >= MIN_HEARTBEAT_TTL,
-            "--fleet-heartbeat-ttl must be at least {MIN_HEARTBEAT_TTL:?}"
+            (MIN_HEARTBEAT_TTL..=MAX_HEARTBEAT_TTL).contains(&config.heartbeat_ttl),
+            "--fleet-heartbeat-ttl must be between {MIN_HEARTBEAT_TTL:?} and {MAX_HEARTBEAT_TTL:?}"
         );
         let node = config.node.clone();
         let options = async_nats::ConnectOptions::new()
@@ -242,7 +245,8 @@ impl Fleet {
         };
         // A cluster that is still electing its JetStream leader refuses for a moment:
         // tried again until the connect timeout.
-        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let deadline =
+            crate::clock::after_tokio(tokio::time::Instant::now(), config.connect_timeout);
         let (nodes, desired, claims, jobs, components) = loop {
             let opened = async {
                 let nodes = open(model::NODES, ttl, true, 1).await?;
@@ -282,6 +286,13 @@ impl Fleet {
             .await
             .map(|i| i.config.max_age)
             .unwrap_or(ttl);
+        // The bucket's setting is the engine's, so read as hostile input: a node never
+        // computes deadlines from a TTL outside the range it accepts itself.
+        anyhow::ensure!(
+            (MIN_HEARTBEAT_TTL..=MAX_HEARTBEAT_TTL).contains(&heartbeat_ttl),
+            "the fleet's nodes bucket has a heartbeat TTL of {heartbeat_ttl:?}, outside {MIN_HEARTBEAT_TTL:?}..={MAX_HEARTBEAT_TTL:?}; delete the bucket {} so that it is made again",
+            model::NODES
+        );
         if heartbeat_ttl != ttl {
             tracing::warn!(
                 "the fleet's heartbeat TTL is {heartbeat_ttl:?} (set when its bucket was created), not the {ttl:?} asked for"
