@@ -90,9 +90,19 @@
 //! | `pulley` | yes | the Pulley interpreter (and, with `cranelift`, compiling for it) |
 //! | `cache` | yes | the on-disk cache of compiled components |
 //! | `all-arch` | no | `setpoint compile --target` for every other architecture |
+//! | `http` | yes (through `daemon`) | HTTP workloads (`wasi:http/proxy`), HTTP probes, outgoing HTTP |
+//! | `daemon` | yes (through `cli`) | [`daemon`]: the durable, long-running host and its API (implies `http`) |
+//! | `fleet` | yes | the daemon's fleet of hosts over NATS JetStream (implies `daemon`) |
+//! | `cli` | yes | the `setpoint` binary (implies `daemon`) |
 //!
-//! A device build is `--no-default-features` (plus `pulley` where the CPU has no
-//! Cranelift backend); [`HostBuilder::interpreter`] runs guests on Pulley.
+//! An embedder depends on the library alone:
+//! `setpoint = { version = "0.1", default-features = false, features = ["cranelift"] }`
+//! builds the reconciler, the runtime, manifests, policies and metrics, without the
+//! daemon's, the CLI's or HTTP serving's dependencies (add `http` to serve HTTP
+//! workloads). With no features at all the host runs precompiled `.cwasm` components
+//! only: the smallest embedding, for a device whose components are compiled elsewhere
+//! (plus `pulley` where the CPU has no Cranelift backend; [`HostBuilder::interpreter`]
+//! runs guests on Pulley).
 //!
 //! ## Where things live
 //!
@@ -103,7 +113,7 @@
 mod admission;
 pub mod clock;
 mod controller;
-#[cfg(unix)]
+#[cfg(all(unix, feature = "daemon"))]
 pub mod daemon;
 pub mod end;
 mod front;

@@ -88,14 +88,9 @@ impl Metrics {
     }
 
     /// An HTTP request answered with `status` (its head sent) after `took`.
-    pub(crate) fn http_answered(
-        &self,
-        workload: &str,
-        route: &str,
-        status: http::StatusCode,
-        took: Duration,
-    ) {
-        let class = format!("{}xx", status.as_u16() / 100);
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn http_answered(&self, workload: &str, route: &str, status: u16, took: Duration) {
+        let class = format!("{}xx", status / 100);
         self.http_requests
             .get_or_create(&RequestLabels {
                 workload: workload.into(),
@@ -111,6 +106,7 @@ impl Metrics {
     }
 
     /// An HTTP request sent again after its instance failed before answering.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn http_retried(&self, workload: &str) {
         self.http_retries
             .get_or_create(&WorkloadLabel {
@@ -120,6 +116,7 @@ impl Metrics {
     }
 
     /// An HTTP request refused by the host (`reason`: `QueueFull`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn http_rejected(&self, workload: &str, reason: &str) {
         self.http_rejected
             .get_or_create(&RejectLabels {

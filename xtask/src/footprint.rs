@@ -1,8 +1,11 @@
-//! `cargo xtask footprint`: builds the default and the minimal (no compiler) release
-//! binaries and measures what a device maker asks about: stripped size, idle RSS with
-//! no instances and with the example specs, and the time from process start to the
-//! first instance's first output line (warm compiled-code cache; precompiled for the
-//! minimal build). Prints a Markdown table for the README.
+//! `cargo xtask footprint`: builds what a device ships (profile `dist`: fat LTO, one
+//! codegen unit, size-optimized, stripped) and measures what a device maker asks about:
+//! binary size, idle RSS (split into anonymous memory and mapped file pages) with no
+//! instances and with the example specs, and the time from process start to the first
+//! instance's first output line. For the `setpoint` binary (default build, and the
+//! minimal build without a compiler) and for the embedding example (the library alone,
+//! with the compiler and with precompiled `.cwasm` only). Prints a Markdown table for
+//! the README, headed with the date and commit it measured.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,22 +16,54 @@ use anyhow::{Context, Result, bail};
 
 /// Runs of each start-up measurement; the median is reported.
 const START_RUNS: usize = 15;
+/// The profile measured: what a device ships.
+const PROFILE: &str = crate::dist::PROFILE;
 
 pub fn run(root: &Path) -> Result<()> {
     let out = root.join("target/footprint");
     std::fs::create_dir_all(&out)?;
-    let default = build(root, &out, "setpoint", &[])?;
-    let minimal = build(root, &out, "setpoint-minimal", &["--no-default-features"])?;
     let guests = root.join("guest-examples/target/wasm32-wasip2/release");
     let ticker_wasm = guests.join("ticker.wasm");
     let ticker_cwasm = out.join("ticker.cwasm");
+    let default = crate::dist::ship(
+        root,
+        &[],
+        &crate::dist::Scenario {
+            component: &ticker_wasm,
+            scratch: &out,
+        },
+        &out,
+        "setpoint",
+    )?;
     check(
-        Command::new(&default)
+        Command::new(&default.path)
             .arg("compile")
             .arg(&ticker_wasm)
             .arg("-o")
             .arg(&ticker_cwasm),
     )?;
+    let minimal = crate::dist::ship(
+        root,
+        &["--no-default-features", "--features", "cli"],
+        &crate::dist::Scenario {
+            component: &ticker_cwasm,
+            scratch: &out,
+        },
+        &out,
+        "setpoint-minimal",
+    )?;
+    let ordered = format!(
+        "start-up ordered: {} / {} functions (default / minimal; 0 is unordered)",
+        default.ordered, minimal.ordered
+    );
+    let (default, minimal) = (default.path, minimal.path);
+    let embed = build(
+        root,
+        &out,
+        "embed",
+        &["--no-default-features", "--features", "cranelift"],
+    )?;
+    let embed_pre = build(root, &out, "embed-precompiled", &["--no-default-features"])?;
     let spec = |name: &str, component: &Path, replicas: u32| -> Result<PathBuf> {
         let path = out.join(format!("{name}.yaml"));
         std::fs::write(
@@ -46,48 +81,106 @@ pub fn run(root: &Path) -> Result<()> {
     let one_cwasm = spec("one-pre", &ticker_cwasm, 1)?;
     let cache = out.join("cache");
     let cache_arg = format!("--cache-dir={}", cache.display());
+    let run = |bin: &Path, args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .args(args)
+            .args(["--for", "6s", "--quiet", "-o", "json"]);
+        cmd
+    };
+    // Warm the compiled-code cache first.
+    first_output(run(&default, &[one_wasm.as_os_str(), cache_arg.as_ref()]))?;
 
     let mut rows = Vec::new();
-    for (name, bin) in [("default", &default), ("minimal", &minimal)] {
-        let size = std::fs::metadata(bin)?.len();
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    for (name, bin) in [
+        ("`setpoint`, default build", &default),
+        (
+            "`setpoint`, minimal build (`--no-default-features --features cli`: `.cwasm` only)",
+            &minimal,
+        ),
+        (
+            "embed example, library alone with the compiler (`--features cranelift`)",
+            &embed,
+        ),
+        (
+            "embed example, library alone, `.cwasm` only (no features)",
+            &embed_pre,
+        ),
+    ] {
         rows.push(format!(
-            "| stripped binary, {name} build | {:.1} MiB |",
-            size as f64 / (1024.0 * 1024.0)
+            "| binary: {name} | {:.1} MiB |",
+            mib(std::fs::metadata(bin)?.len())
         ));
     }
-    let rss = idle_rss(&default, &[idle_wasm.as_os_str(), cache_arg.as_ref()])?;
+    let idle = [
+        (
+            "`setpoint run`, no instances, default build, warm cache",
+            run(&default, &[idle_wasm.as_os_str(), cache_arg.as_ref()]),
+        ),
+        (
+            "`setpoint run`, no instances, minimal build",
+            run(
+                &minimal,
+                &[idle_cwasm.as_os_str(), "--allow-precompiled".as_ref()],
+            ),
+        ),
+        (
+            "`setpoint run specs/demo.yaml` (7 instances), default build, warm cache",
+            run(
+                &default,
+                &[root.join("specs/demo.yaml").as_os_str(), cache_arg.as_ref()],
+            ),
+        ),
+        (
+            "embed example, 2 instances, with the compiler",
+            embed_cmd(&embed, &ticker_wasm),
+        ),
+        (
+            "embed example, 2 instances, `.cwasm` only",
+            embed_cmd(&embed_pre, &ticker_cwasm),
+        ),
+    ];
+    for (name, cmd) in idle {
+        let rss = rss_after(cmd, Duration::from_secs(3))?;
+        rows.push(format!(
+            "| RSS: {name} | {:.1} MiB ({:.1} anonymous, {:.1} mapped files) |",
+            rss.total, rss.anon, rss.file
+        ));
+    }
+    let warm = median_start(|| run(&default, &[one_wasm.as_os_str(), cache_arg.as_ref()]))?;
     rows.push(format!(
-        "| idle RSS, no instances, default build | {:.1} MiB |",
-        rss
+        "| start → first instance's first output line, default build, warm cache | {warm:.1} ms |"
     ));
-    let rss = idle_rss(&minimal, &[idle_cwasm.as_os_str()])?;
+    let cold = median_start(|| run(&default, &[one_wasm.as_os_str(), "--no-cache".as_ref()]))?;
     rows.push(format!(
-        "| idle RSS, no instances, minimal build | {:.1} MiB |",
-        rss
+        "| the same, cache disabled (compiles the 85 KB `ticker`) | {cold:.1} ms |"
     ));
-    let demo = root.join("specs/demo.yaml");
-    let rss = idle_rss(&default, &[demo.as_os_str(), cache_arg.as_ref()])?;
+    let pre = median_start(|| {
+        run(
+            &minimal,
+            &[one_cwasm.as_os_str(), "--allow-precompiled".as_ref()],
+        )
+    })?;
     rows.push(format!(
-        "| RSS with `specs/demo.yaml` running (7 instances), default build | {:.1} MiB |",
-        rss
+        "| the same, minimal build, precompiled `.cwasm` | {pre:.1} ms |"
     ));
-    // Warm the cache, then measure.
-    first_output(&default, &[one_wasm.as_os_str(), cache_arg.as_ref()])?;
-    let warm = median_start(&default, &[one_wasm.as_os_str(), cache_arg.as_ref()])?;
-    rows.push(format!(
-        "| process start to first instance's first output, default build, warm cache | {:.1} ms |",
-        warm
-    ));
-    let cold = median_start(&default, &[one_wasm.as_os_str(), "--no-cache".as_ref()])?;
-    rows.push(format!(
-        "| the same, no cache (compiles the 85 KB component) | {:.1} ms |",
-        cold
-    ));
-    let pre = median_start(&minimal, &[one_cwasm.as_os_str()])?;
-    rows.push(format!(
-        "| the same, minimal build, precompiled `.cwasm` | {:.1} ms |",
-        pre
-    ));
+    let commit = Command::new("git")
+        .current_dir(root)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "Measured {date} at `{commit}` (`cargo xtask footprint`, profile `{PROFILE}`, {ordered}):\n"
+    );
     println!("| measure | value |\n|---|---|");
     for row in rows {
         println!("{row}");
@@ -95,25 +188,31 @@ pub fn run(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds the release binary with `features`, copies it to `out/name` and strips it.
-fn build(root: &Path, out: &Path, name: &str, features: &[&str]) -> Result<PathBuf> {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(root).args([
+/// The embed example on `component`, held running after its replicas are ready.
+fn embed_cmd(bin: &Path, component: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg(component).env("SETPOINT_EMBED_HOLD_MS", "6000");
+    cmd
+}
+
+/// Builds the embed example in the shipping profile with `features` (stripped by the
+/// profile), and copies it to `out/copy`.
+fn build(root: &Path, out: &Path, copy: &str, features: &[&str]) -> Result<PathBuf> {
+    let mut cmd = crate::cargo(root);
+    cmd.args([
         "build",
-        "--release",
+        "--profile",
+        PROFILE,
         "--package",
         "setpoint",
-        "--bin",
-        "setpoint",
-    ]);
-    cmd.args(features);
+        "--example",
+        "embed",
+    ])
+    .args(features);
     check(&mut cmd)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let copy = out.join(name);
-    std::fs::copy(target.join("release/setpoint"), &copy)?;
-    check(Command::new("strip").arg(&copy)).context("stripping needs binutils' `strip`")?;
+    let built = crate::target_dir(root).join(PROFILE).join("examples/embed");
+    let copy = out.join(copy);
+    std::fs::copy(built, &copy)?;
     Ok(copy)
 }
 
@@ -131,37 +230,40 @@ fn check(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// RSS in MiB of `setpoint run ARGS` three seconds after start.
-fn idle_rss(bin: &Path, args: &[&std::ffi::OsStr]) -> Result<f64> {
-    let mut child = Command::new(bin)
-        .arg("run")
-        .args(args)
-        .args(["--for", "5s", "--quiet", "-o", "json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_secs(3));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
-    let _ = child.kill();
-    let _ = child.wait();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/PID/status")?;
-    Ok(kib / 1024.0)
+/// A process's resident memory, in MiB.
+struct Rss {
+    total: f64,
+    anon: f64,
+    file: f64,
 }
 
-/// Milliseconds from spawning `setpoint run ARGS` to the first guest output line.
-fn first_output(bin: &Path, args: &[&std::ffi::OsStr]) -> Result<f64> {
+/// The RSS of `cmd` `after` its start.
+fn rss_after(mut cmd: Command, after: Duration) -> Result<Rss> {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    std::thread::sleep(after);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    let status = status?;
+    let field = |name: &str| -> Result<f64> {
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/PID/status"))?;
+        Ok(kib / 1024.0)
+    };
+    Ok(Rss {
+        total: field("VmRSS:")?,
+        anon: field("RssAnon:")?,
+        file: field("RssFile:")? + field("RssShmem:")?,
+    })
+}
+
+/// Milliseconds from spawning `cmd` to the first guest output line.
+fn first_output(mut cmd: Command) -> Result<f64> {
     let started = Instant::now();
-    let mut child = Command::new(bin)
-        .arg("run")
-        .args(args)
-        .args(["--for", "10s", "-o", "json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
     let stderr = child.stderr.take().context("piped stderr")?;
     let mut found = None;
     for line in BufReader::new(stderr).lines() {
@@ -176,9 +278,9 @@ fn first_output(bin: &Path, args: &[&std::ffi::OsStr]) -> Result<f64> {
     Ok(elapsed.as_secs_f64() * 1000.0)
 }
 
-fn median_start(bin: &Path, args: &[&std::ffi::OsStr]) -> Result<f64> {
+fn median_start(cmd: impl Fn() -> Command) -> Result<f64> {
     let mut times = (0..START_RUNS)
-        .map(|_| first_output(bin, args))
+        .map(|_| first_output(cmd()))
         .collect::<Result<Vec<_>>>()?;
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])

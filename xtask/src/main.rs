@@ -4,15 +4,20 @@
 //!   example guest in `guest-examples/` (release) for it.
 //! - `demo [ARGS]`: build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml specs/http.yaml [ARGS]`.
 //! - `test`: build the guests, check formatting and lints, run every test, run the
-//!   embedding examples, and check the minimal (no compiler) build and the aarch64
-//!   build. This is what CI runs.
-//! - `footprint`: build the release binaries and measure size, RSS and start-up time.
+//!   embedding examples, check that the library builds alone (no daemon, CLI or HTTP),
+//!   and cross-build the device binary for aarch64 and run it under qemu (`arm.rs`).
+//!   This is what CI runs.
+//! - `arm`: the aarch64 step of `test` alone (cross-build, run under qemu; `arm.rs`).
+//! - `dist`: build the shipping `setpoint` (profile `dist`, start-up ordered; `dist.rs`).
+//! - `footprint`: build the shipping binaries and measure size, RSS and start-up time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod arm;
+mod dist;
 mod footprint;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -24,9 +29,24 @@ tasks:
   demo [ARGS] build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml specs/http.yaml [ARGS]`
   test        build the guests, check formatting and lints, run every test (what CI runs);
               `test --no-lint` skips formatting and lints
-  footprint   build the release binaries and measure size, RSS and start-up time";
-/// The cross target CI checks that the host builds for.
-const ARM_TARGET: &str = "aarch64-unknown-linux-gnu";
+  arm         cross-build for aarch64 and run the embed example and the demo specs under qemu
+  dist        build the shipping binaries (profile `dist`, start-up ordered) into target/ship
+  footprint   build the shipping binaries and measure size, RSS and start-up time";
+/// The features every build of `cargo xtask test` uses (see `test`).
+const ALL_ARCH: &str = "setpoint/all-arch";
+/// Crates the library alone must not depend on: the daemon's, the CLI's and HTTP's.
+const NOT_IN_THE_LIBRARY: &[&str] = &[
+    "async-nats",
+    "axum",
+    "clap",
+    "hyper",
+    "notify",
+    "redb",
+    "rustls",
+    "sd-notify",
+    "tracing-subscriber",
+    "wasmtime-wasi-http",
+];
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -72,7 +92,10 @@ fn main() -> Result<()> {
                     ],
                 )?;
             }
-            run_cargo(&root, &["test", "--workspace"])?;
+            // `all-arch` lets this machine's `setpoint` precompile guests for the
+            // aarch64 run; every cargo step below builds with the same features, so
+            // wasmtime is built once.
+            run_cargo(&root, &["test", "--workspace", "--features", ALL_ARCH])?;
             for example in ["embed", "device"] {
                 run_cargo(
                     &root,
@@ -81,35 +104,88 @@ fn main() -> Result<()> {
                         "--quiet",
                         "--package",
                         "setpoint",
+                        "--features",
+                        ALL_ARCH,
                         "--example",
                         example,
                     ],
                 )?;
             }
-            // The device build: no compiler, precompiled components only.
+            library_alone(&root)?;
+            let host_setpoint = target_dir(&root).join("debug/setpoint");
+            let arm = arm::run_arm(&root, &host_setpoint)?;
+            if !matches!(arm, arm::Outcome::Ran) {
+                // The device build (no compiler, precompiled components only), which
+                // the aarch64 run would have built.
+                run_cargo(
+                    &root,
+                    &[
+                        "check",
+                        "--package",
+                        "setpoint",
+                        "--lib",
+                        "--bins",
+                        "--no-default-features",
+                        "--features",
+                        "cli,pulley",
+                    ],
+                )?;
+            }
+            println!(
+                "xtask test: ok in {}s: {}every test, the embed and device examples, the library alone, {}",
+                started.elapsed().as_secs(),
+                if lint { "formatting, lints, " } else { "" },
+                match arm {
+                    arm::Outcome::Ran => "the aarch64 build run under qemu".to_string(),
+                    arm::Outcome::Checked(why) =>
+                        format!("the minimal build; the aarch64 build checked, not run ({why})"),
+                    arm::Outcome::Skipped(why) =>
+                        format!("the minimal build; the aarch64 build SKIPPED ({why})"),
+                }
+            );
+            Ok(())
+        }
+        "arm" => {
+            build_guests(&root)?;
             run_cargo(
                 &root,
                 &[
-                    "check",
+                    "build",
                     "--package",
                     "setpoint",
-                    "--lib",
-                    "--bins",
-                    "--no-default-features",
+                    "--bin",
+                    "setpoint",
                     "--features",
-                    "pulley",
+                    ALL_ARCH,
                 ],
             )?;
-            let arm = check_arm(&root)?;
-            println!(
-                "xtask test: ok in {}s: {}every test, the embed and device examples, the minimal build{}",
-                started.elapsed().as_secs(),
-                if lint { "formatting, lints, " } else { "" },
-                if arm {
-                    ", the aarch64 build"
-                } else {
-                    " (the aarch64 check was skipped)"
+            match arm::run_arm(&root, &target_dir(&root).join("debug/setpoint"))? {
+                arm::Outcome::Ran => Ok(()),
+                arm::Outcome::Checked(why) | arm::Outcome::Skipped(why) => {
+                    bail!("the aarch64 run was skipped: {why}")
                 }
+            }
+        }
+        "dist" => {
+            build_guests(&root)?;
+            let out = target_dir(&root).join("ship");
+            std::fs::create_dir_all(&out)?;
+            let ticker = root.join("guest-examples/target/wasm32-wasip2/release/ticker.wasm");
+            let shipped = dist::ship(
+                &root,
+                &[],
+                &dist::Scenario {
+                    component: &ticker,
+                    scratch: &out,
+                },
+                &out,
+                "setpoint",
+            )?;
+            println!(
+                "xtask dist: {} ({} bytes, {} functions in start-up order)",
+                shipped.path.display(),
+                std::fs::metadata(&shipped.path)?.len(),
+                shipped.ordered
             );
             Ok(())
         }
@@ -137,7 +213,7 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn cargo(root: &Path) -> Command {
+pub(crate) fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root);
     cmd
@@ -149,7 +225,7 @@ fn run_cargo(root: &Path, args: &[&str]) -> Result<()> {
     run(cmd)
 }
 
-fn run(mut cmd: Command) -> Result<()> {
+pub(crate) fn run(mut cmd: Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     let status = cmd
         .status()
@@ -180,50 +256,72 @@ fn ensure_wasm_target(root: &Path) -> Result<()> {
     }
 }
 
-/// `cargo check` of the library and binary for aarch64 Linux. Checking never links, so
-/// when no aarch64 C compiler is installed the C helpers of wasmtime and zstd are
-/// compiled by the host's `gcc` just to satisfy their build scripts (set
-/// `CC_aarch64_unknown_linux_gnu` to a real cross compiler to override).
-/// Checks that the host builds for aarch64; false if the check had to be skipped.
-fn check_arm(root: &Path) -> Result<bool> {
-    if !target_installed(root, ARM_TARGET) {
-        eprintln!("xtask: installing the {ARM_TARGET} target with rustup");
-        let added = Command::new("rustup")
-            .current_dir(root)
-            .args(["target", "add", ARM_TARGET])
-            .status();
-        if !added.is_ok_and(|s| s.success()) {
-            // Only the target's download can fail here, never the check itself: a machine
-            // without access to rustup's servers skips the check, loudly.
-            eprintln!(
-                "xtask: WARNING: the aarch64 check was SKIPPED: the {ARM_TARGET} target could not be installed (run `rustup target add {ARM_TARGET}`)"
-            );
-            return Ok(false);
-        }
-    }
-    let mut cmd = cargo(root);
-    cmd.args([
-        "check",
+/// The library as an embedder takes it: `cargo tree` shows none of the daemon's, the
+/// CLI's or HTTP's dependencies, its unit tests pass in that build, and the embed
+/// example builds and runs against it.
+fn library_alone(root: &Path) -> Result<()> {
+    // The features of the test build, but the daemon, the CLI and HTTP (so that
+    // wasmtime is not built again).
+    let features = [
+        "--no-default-features",
+        "--features",
+        "cranelift,cache,pulley,all-arch",
+    ];
+    let mut tree = cargo(root);
+    tree.args([
+        "tree",
         "--package",
         "setpoint",
-        "--lib",
-        "--bins",
-        "--target",
-        ARM_TARGET,
-    ]);
-    let cross_cc = Command::new("aarch64-linux-gnu-gcc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !cross_cc && std::env::var_os("CC_aarch64_unknown_linux_gnu").is_none() {
-        cmd.env("CC_aarch64_unknown_linux_gnu", "gcc")
-            .env("AR_aarch64_unknown_linux_gnu", "ar");
+        "--edges",
+        "normal",
+        "--prefix",
+        "none",
+    ])
+    .args(features);
+    let output = tree.output().context("cannot start cargo tree")?;
+    if !output.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    run(cmd).context("checking the aarch64 build")?;
-    Ok(true)
+    let listed = String::from_utf8_lossy(&output.stdout);
+    let found: Vec<&str> = NOT_IN_THE_LIBRARY
+        .iter()
+        .copied()
+        .filter(|name| {
+            listed
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(*name))
+        })
+        .collect();
+    if !found.is_empty() {
+        bail!(
+            "the library without default features depends on {}: gate them behind the `daemon`, `cli` or `http` feature",
+            found.join(", ")
+        );
+    }
+    let mut embed = cargo(root);
+    embed
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "setpoint",
+            "--example",
+            "embed",
+        ])
+        .args(features);
+    run(embed).context("the embed example against the library alone")
 }
 
-fn target_installed(root: &Path, target: &str) -> bool {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+pub(crate) fn target_installed(root: &Path, target: &str) -> bool {
     let Ok(out) = Command::new("rustc")
         .current_dir(root)
         .args(["--print", "sysroot"])

@@ -487,7 +487,7 @@ impl Controller {
             .map(|e| {
                 let mut status =
                     view::workload_status(&e.state, &e.decider.name(&*self.policy), now);
-                self.add_http_status(&mut status);
+                self.front.add_status(&mut status);
                 // What each live instance uses now, from its handle's gauge.
                 for i in &mut status.instances {
                     if let Some(handle) = self.handles.get(i.id.as_str()) {
@@ -502,29 +502,6 @@ impl Controller {
         HostStatus {
             workloads,
             quarantined: Vec::new(),
-        }
-    }
-
-    /// What the front knows of an HTTP workload: its URL, its queue, each replica's load.
-    fn add_http_status(&self, status: &mut crate::status::WorkloadStatus) {
-        let Some(service) = self.front.service(&status.name) else {
-            return;
-        };
-        let replicas = service.replicas();
-        status.http = Some(crate::status::HttpStatus {
-            url: self.front.url(&status.name).unwrap_or_default(),
-            queued: service.queued() as u64,
-            in_flight: service.in_flight() as u64,
-        });
-        for instance in &mut status.instances {
-            if let Some(r) = replicas.get(instance.id.as_str()) {
-                instance.http = Some(crate::status::ReplicaHttp {
-                    draining: r.draining,
-                    in_flight: r.in_flight,
-                    served: r.served,
-                    failed: r.failed,
-                });
-            }
         }
     }
 

@@ -46,7 +46,7 @@ impl Outlets {
         replica: Option<&Arc<str>>,
     ) {
         self.metrics
-            .http_answered(service.workload(), route, status, took);
+            .http_answered(service.workload(), route, status.as_u16(), took);
         if self.logs.receiver_count() == 0 {
             return;
         }

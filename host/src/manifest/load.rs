@@ -406,6 +406,38 @@ fn on_disk(path: &Path) -> std::io::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    /// A build with the `http` feature takes `spec.http` and `spec.network.http`; a build
+    /// without it refuses each at its own line, naming the feature.
+    #[test]
+    fn http_fields_are_taken_only_by_a_build_with_http() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("web.wasm"), b"\0asm").expect("a component file");
+        let text = "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata: {name: web}\nspec:\n  component: web.wasm\n  http: {listen: 127.0.0.1:8080}\n  network:\n    http: [api.example.com:443]\n";
+        let loaded = super::load_str(
+            &dir.path().join("web.yaml"),
+            text,
+            &super::ManifestLimits::default(),
+        );
+        if cfg!(feature = "http") {
+            let workloads = loaded.expect("a build with http takes the HTTP fields");
+            assert!(workloads[0].spec.http.is_some());
+            assert_eq!(workloads[0].spec.http_authorities.len(), 1);
+        } else {
+            let rejected = loaded.expect_err("a build without http refuses the HTTP fields");
+            let shown = rejected.to_string();
+            assert_eq!(
+                shown.matches("cargo feature `http`").count(),
+                2,
+                "both fields are refused: {shown}"
+            );
+            assert!(shown.contains("web.yaml:6:"), "spec.http located: {shown}");
+            assert!(
+                shown.contains("web.yaml:8:"),
+                "network.http located: {shown}"
+            );
+        }
+    }
+
     #[test]
     fn a_blanked_block_keeps_every_line_where_it_was() {
         let text = "spec:\n  a: 1\n  env:\n    X: [1]\n    Y: 2\n  b: 3\n";

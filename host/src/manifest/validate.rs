@@ -20,6 +20,9 @@ use super::spec::{
 };
 use super::units::{parse_bytes, parse_duration};
 
+/// What to do about an HTTP field in a build without the `http` feature.
+const NO_HTTP_HELP: &str = "run this workload on a build with the `http` feature (the default `setpoint` binary has it), or remove the field";
+
 /// Validates the documents of one file, collecting every problem, located.
 pub(super) struct Validator<'a> {
     file: &'a Path,
@@ -252,6 +255,14 @@ impl Validator<'_> {
         }
         let network = raw.network.unwrap_or_default();
         for authority in network.http {
+            if !cfg!(feature = "http") {
+                self.error(
+                    authority.referenced,
+                    "this setpoint was built without HTTP (cargo feature `http`), so it cannot grant outgoing HTTP requests",
+                    Some(NO_HTTP_HELP.into()),
+                );
+                continue;
+            }
             if !self.limits.allow_network {
                 self.error(
                     authority.referenced,
@@ -461,6 +472,14 @@ impl Validator<'_> {
 
     /// `spec.http`, or `None` after recording what is wrong with it.
     fn http(&mut self, raw: super::raw::RawHttp) -> Option<super::spec::HttpSpec> {
+        if !cfg!(feature = "http") {
+            self.error(
+                raw.listen.referenced,
+                "this setpoint was built without HTTP (cargo feature `http`), so it cannot serve spec.http",
+                Some(NO_HTTP_HELP.into()),
+            );
+            return None;
+        }
         let listen = match raw.listen.value.parse::<std::net::SocketAddr>() {
             Ok(a) => a,
             Err(_) => {

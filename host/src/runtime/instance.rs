@@ -188,12 +188,13 @@ async fn drive(
     rt: &Runtime,
     store: &mut Store<InstanceState>,
     req: &SpawnRequest,
-    capture: &OutputCapture,
+    #[cfg_attr(not(feature = "http"), allow(unused_variables))] capture: &OutputCapture,
     vitals: &Arc<Vitals>,
     reporter: &Reporter,
     stop_rx: watch::Receiver<Option<StopCause>>,
 ) -> EndReason {
     let command = match &req.component.pre {
+        #[cfg(feature = "http")]
         Prepared::Http { proxy, command } => match (&req.http, command) {
             (Some(service), _) => {
                 let parts = super::http::Rebuild {

@@ -9,11 +9,16 @@ mod bindings;
 pub mod capability;
 pub mod engine;
 pub mod exit;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(not(feature = "http"))]
+#[path = "no_http.rs"]
 pub mod http;
 pub mod imports;
 mod instance;
 pub mod limits;
 pub mod mappings;
+#[cfg(feature = "http")]
 mod outgoing_http;
 pub mod output;
 pub mod plugin;
@@ -151,6 +156,7 @@ pub struct PreparedComponent {
 enum Prepared {
     Command(wasmtime_wasi::p2::bindings::CommandPre<InstanceState>),
     Reactor(bindings::ReactorPre<InstanceState>),
+    #[cfg(feature = "http")]
     Http {
         proxy: wasmtime_wasi_http::p2::bindings::ProxyPre<InstanceState>,
         command: Option<wasmtime_wasi::p2::bindings::CommandPre<InstanceState>>,
@@ -242,6 +248,7 @@ impl Runtime {
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        #[cfg(feature = "http")]
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::setpoint::workload::heartbeat::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
@@ -329,14 +336,8 @@ impl Runtime {
                 bindings::ReactorPre::new(pre).map_err(|e| link_error(exit::error_text(&e)))?;
             (ComponentStyle::Reactor, Prepared::Reactor(pre))
         } else if serves_http {
-            let command = if runs_as_command {
-                Some(command_pre(pre.clone())?)
-            } else {
-                None
-            };
-            let proxy = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre)
-                .map_err(|e| link_error(exit::error_text(&e)))?;
-            (ComponentStyle::Http, Prepared::Http { proxy, command })
+            let pre = prepare_http(pre, runs_as_command).map_err(link_error)?;
+            (ComponentStyle::Http, pre)
         } else if runs_as_command {
             (
                 ComponentStyle::Command,
@@ -374,7 +375,12 @@ impl Runtime {
     /// What this host's linker provides, in words.
     fn provides(&self) -> String {
         format!(
-            "this host provides WASI 0.2 (wasi:http included), setpoint:workload/heartbeat@0.1.0{}",
+            "this host provides WASI 0.2 ({}), setpoint:workload/heartbeat@0.1.0{}",
+            if cfg!(feature = "http") {
+                "wasi:http included"
+            } else {
+                "without wasi:http: this setpoint was built without the `http` feature"
+            },
             self.config
                 .capabilities
                 .iter()
@@ -450,6 +456,34 @@ impl Runtime {
     pub fn stop_ticker(&self) {
         self.ticker.stop();
     }
+}
+
+/// An HTTP component's prepared form: its `wasi:http/proxy` handler, and its command
+/// when it can also run as one.
+#[cfg(feature = "http")]
+fn prepare_http(
+    pre: wasmtime::component::InstancePre<InstanceState>,
+    runs_as_command: bool,
+) -> Result<Prepared, String> {
+    let command = if runs_as_command {
+        let command = wasmtime_wasi::p2::bindings::CommandPre::new(pre.clone())
+            .map_err(|e| exit::error_text(&e))?;
+        Some(command)
+    } else {
+        None
+    };
+    let proxy =
+        wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(|e| exit::error_text(&e))?;
+    Ok(Prepared::Http { proxy, command })
+}
+
+/// A build without the `http` feature cannot serve an HTTP component.
+#[cfg(not(feature = "http"))]
+fn prepare_http(
+    _pre: wasmtime::component::InstancePre<InstanceState>,
+    _runs_as_command: bool,
+) -> Result<Prepared, String> {
+    Err("it serves HTTP (it exports `wasi:http/incoming-handler`), and this setpoint was built without HTTP (cargo feature `http`)".into())
 }
 
 /// Everything needed to start one instance.

@@ -11,10 +11,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-
+#[cfg(feature = "http")]
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::{CpuMeter, InstanceLimiter};
+#[cfg(feature = "http")]
 use super::outgoing_http::OutgoingHttp;
 use super::output::{OutputCapture, Stream};
 use super::vitals::Vitals;
@@ -24,14 +25,18 @@ use super::{Runtime, SpawnRequest};
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
+    #[cfg(feature = "http")]
     http: WasiHttpCtx,
     /// Which outgoing HTTP requests the instance may send.
+    #[cfg(feature = "http")]
     outgoing_http: OutgoingHttp,
     pub(super) limiter: InstanceLimiter,
     pub(super) cpu: CpuMeter,
     pub(crate) vitals: Arc<Vitals>,
     pub(crate) identity: Identity,
-    /// The live usage gauge the instance's handle reads.
+    /// The live usage gauge the instance's handle reads (and an HTTP instance's next
+    /// Store takes over).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) usage: Arc<super::limits::Usage>,
     _live: LiveStore,
 }
@@ -76,6 +81,7 @@ impl WasiView for InstanceState {
     }
 }
 
+#[cfg(feature = "http")]
 impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
@@ -122,7 +128,9 @@ pub(crate) fn build_plugin_store(
     let state = InstanceState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
+        #[cfg(feature = "http")]
         http: WasiHttpCtx::new(),
+        #[cfg(feature = "http")]
         outgoing_http: OutgoingHttp::new(&[]),
         limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit),
         cpu: CpuMeter::new(rt.config.epoch_tick, None),
@@ -194,7 +202,9 @@ pub(super) fn build_store(
     let state = InstanceState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
+        #[cfg(feature = "http")]
         http: WasiHttpCtx::new(),
+        #[cfg(feature = "http")]
         outgoing_http: OutgoingHttp::new(&spec.http_authorities),
         limiter: InstanceLimiter::new(memory, rt.config.table_elements_limit)
             .with_usage(usage.clone()),

@@ -1,0 +1,248 @@
+//! `cargo xtask dist`: the binaries a device ships. Profile `dist` (fat LTO, one codegen
+//! unit, optimized for size), then a startup-ordered relink: the functions that run when
+//! the host starts and idles are laid out together, so the kernel maps (and keeps
+//! resident) a few megabytes of code instead of pages all over a 20 MiB text segment.
+//!
+//! How: the binary is built with its symbols, run under valgrind's callgrind through
+//! the start-up scenarios (`setpoint run` with and without instances, an idle
+//! `setpoint daemon`), the functions each executed are written to an order file
+//! (warm-start functions first, then those only a compiling start runs), and the binary
+//! is linked again with lld's `--symbol-ordering-file`, then stripped. Names the order
+//! file has and the binary lacks are ignored, so a stale order only costs memory, never
+//! correctness. Without valgrind (installed from apt when missing) the binary ships
+//! unordered, and the xtask says so.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, run, target_dir};
+
+/// The shipping profile.
+pub const PROFILE: &str = "dist";
+
+/// A shipped binary.
+pub struct Shipped {
+    /// The stripped binary.
+    pub path: PathBuf,
+    /// Functions in its start-up order (0: shipped unordered).
+    pub ordered: usize,
+}
+
+/// What the start-up scenarios run: a manifest of `ticker` with no replicas and one with
+/// one replica (a `.cwasm` when the build has no compiler).
+pub struct Scenario<'a> {
+    /// The component the manifests name.
+    pub component: &'a Path,
+    /// Where scratch files go.
+    pub scratch: &'a Path,
+}
+
+/// Builds the `setpoint` binary with `features` in the shipping profile, orders it by
+/// the start-up scenarios, and copies the stripped result to `out/name`.
+pub fn ship(
+    root: &Path,
+    features: &[&str],
+    scenario: &Scenario<'_>,
+    out: &Path,
+    name: &str,
+) -> Result<Shipped> {
+    let built = target_dir(root).join(PROFILE).join("setpoint");
+    link(root, features, None)?;
+    let order = out.join(format!("{name}.order"));
+    let ordered = match profile(&built, scenario, &order) {
+        Ok(n) => {
+            link(root, features, Some(&order))?;
+            n
+        }
+        Err(why) => {
+            eprintln!("xtask: {name} ships WITHOUT a start-up order: {why:#}");
+            0
+        }
+    };
+    let path = out.join(name);
+    std::fs::copy(&built, &path)?;
+    let mut strip = Command::new("strip");
+    strip.arg(&path);
+    run(strip).context("stripping needs binutils' `strip`")?;
+    Ok(Shipped { path, ordered })
+}
+
+/// `cargo rustc` of the binary with its symbols (and the order file, if any).
+fn link(root: &Path, features: &[&str], order: Option<&Path>) -> Result<()> {
+    let mut cmd = cargo(root);
+    cmd.args([
+        "rustc",
+        "--profile",
+        PROFILE,
+        "--package",
+        "setpoint",
+        "--bin",
+        "setpoint",
+    ])
+    .args(features)
+    .args(["--", "-C", "strip=none"]);
+    if let Some(order) = order {
+        cmd.arg("-C")
+            .arg(format!(
+                "link-arg=-Wl,--symbol-ordering-file={}",
+                order.display()
+            ))
+            .args(["-C", "link-arg=-Wl,--no-warn-symbol-ordering"]);
+    }
+    run(cmd).context("building the shipping binary")
+}
+
+/// Runs the start-up scenarios under callgrind and writes the functions of `binary`
+/// they executed to `order`; how many.
+fn profile(binary: &Path, scenario: &Scenario<'_>, order: &Path) -> Result<usize> {
+    ensure_valgrind()?;
+    let dir = scenario.scratch.join("order");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let spec = |file: &str, replicas: u32| -> Result<PathBuf> {
+        let path = dir.join(file);
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata: {{name: ticker}}\nspec:\n  component: {}\n  replicas: {replicas}\n  env: {{TICK_MS: '500'}}\n",
+                scenario.component.display()
+            ),
+        )?;
+        Ok(path)
+    };
+    let idle = spec("idle.yaml", 0)?;
+    let one = spec("one.yaml", 1)?;
+    let cache = format!("--cache-dir={}", dir.join("cache").display());
+    let state = dir.join("state");
+    let run_args = |spec: &Path| -> Vec<String> {
+        vec![
+            "run".into(),
+            spec.display().to_string(),
+            cache.clone(),
+            "--allow-precompiled".into(),
+            "--for".into(),
+            "3s".into(),
+            "--quiet".into(),
+            "-o".into(),
+            "json".into(),
+        ]
+    };
+    // The first run fills the compile cache for valgrind's CPU; the others start warm.
+    let cold = callgrind(binary, &run_args(&one), &dir.join("cold.out"), None)?;
+    let mut warm = callgrind(binary, &run_args(&one), &dir.join("warm.out"), None)?;
+    warm.extend(callgrind(
+        binary,
+        &run_args(&idle),
+        &dir.join("idle.out"),
+        None,
+    )?);
+    let daemon = vec![
+        "daemon".to_string(),
+        format!("--state-dir={}", state.display()),
+    ];
+    warm.extend(callgrind(
+        binary,
+        &daemon,
+        &dir.join("daemon.out"),
+        Some(Duration::from_secs(4)),
+    )?);
+    let mut seen = std::collections::HashSet::new();
+    let functions: Vec<String> = warm
+        .into_iter()
+        .chain(cold)
+        .filter(|f| seen.insert(f.clone()))
+        .collect();
+    if functions.len() < 100 {
+        bail!(
+            "callgrind saw only {} functions: is the binary stripped?",
+            functions.len()
+        );
+    }
+    std::fs::write(order, functions.join("\n") + "\n")?;
+    Ok(functions.len())
+}
+
+/// Runs `binary args` under callgrind (stopped with SIGTERM after `stop_after`, if
+/// given) and returns the mangled names of the functions of `binary` it executed, in
+/// the order callgrind lists them.
+fn callgrind(
+    binary: &Path,
+    args: &[String],
+    out: &Path,
+    stop_after: Option<Duration>,
+) -> Result<Vec<String>> {
+    let mut child = Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            "--dump-instr=no",
+            "--compress-strings=no",
+            "--demangle=no",
+        ])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(binary)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start valgrind")?;
+    if let Some(after) = stop_after {
+        std::thread::sleep(after);
+        // A graceful stop, so that callgrind writes its profile.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    let status = child.wait()?;
+    if !status.success() && stop_after.is_none() {
+        bail!(
+            "{} {} under callgrind failed ({status})",
+            binary.display(),
+            args.join(" ")
+        );
+    }
+    let text = std::fs::read_to_string(out)
+        .with_context(|| format!("callgrind wrote no {}", out.display()))?;
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut object = String::new();
+    let mut functions = Vec::new();
+    for line in text.lines() {
+        if let Some(ob) = line.strip_prefix("ob=") {
+            object = ob.to_string();
+        } else if let Some(f) = line.strip_prefix("fn=")
+            && object.ends_with(&name)
+        {
+            functions.push(f.to_string());
+        }
+    }
+    Ok(functions)
+}
+
+/// Installs valgrind from apt when it is missing.
+fn ensure_valgrind() -> Result<()> {
+    let runs = || {
+        Command::new("valgrind")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if runs() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing valgrind with apt-get");
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", "valgrind"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status();
+    if !installed.is_ok_and(|s| s.success()) || !runs() {
+        bail!("valgrind is missing and apt-get could not install it");
+    }
+    Ok(())
+}
