@@ -23,6 +23,32 @@ use crate::{cargo, run, target_dir};
 /// The shipping profile.
 pub const PROFILE: &str = "dist";
 
+/// What is shipped.
+#[derive(Clone, Copy)]
+pub enum Artifact {
+    /// The `setpoint` binary.
+    Setpoint,
+    /// The embedding example (`host/examples/embed.rs`).
+    Embed,
+}
+
+impl Artifact {
+    fn cargo_args(self) -> [&'static str; 2] {
+        match self {
+            Artifact::Setpoint => ["--bin", "setpoint"],
+            Artifact::Embed => ["--example", "embed"],
+        }
+    }
+
+    fn built(self, root: &Path) -> PathBuf {
+        let dir = target_dir(root).join(PROFILE);
+        match self {
+            Artifact::Setpoint => dir.join("setpoint"),
+            Artifact::Embed => dir.join("examples/embed"),
+        }
+    }
+}
+
 /// A shipped binary.
 pub struct Shipped {
     /// The stripped binary.
@@ -40,21 +66,26 @@ pub struct Scenario<'a> {
     pub scratch: &'a Path,
 }
 
-/// Builds the `setpoint` binary with `features` in the shipping profile, orders it by
-/// the start-up scenarios, and copies the stripped result to `out/name`.
+/// Builds `artifact` with `features` in the shipping profile, orders it by the
+/// start-up scenarios, and copies the stripped result to `out/name`.
 pub fn ship(
     root: &Path,
+    artifact: Artifact,
     features: &[&str],
     scenario: &Scenario<'_>,
     out: &Path,
     name: &str,
 ) -> Result<Shipped> {
-    let built = target_dir(root).join(PROFILE).join("setpoint");
-    link(root, features, None)?;
+    let built = artifact.built(root);
+    link(root, artifact, features, None)?;
     let order = out.join(format!("{name}.order"));
-    let ordered = match profile(&built, scenario, &order) {
+    let profiled = match artifact {
+        Artifact::Setpoint => profile(&built, scenario, &order),
+        Artifact::Embed => profile_embed(&built, scenario, &order),
+    };
+    let ordered = match profiled {
         Ok(n) => {
-            link(root, features, Some(&order))?;
+            link(root, artifact, features, Some(&order))?;
             n
         }
         Err(why) => {
@@ -70,20 +101,13 @@ pub fn ship(
     Ok(Shipped { path, ordered })
 }
 
-/// `cargo rustc` of the binary with its symbols (and the order file, if any).
-fn link(root: &Path, features: &[&str], order: Option<&Path>) -> Result<()> {
+/// `cargo rustc` of the artifact with its symbols (and the order file, if any).
+fn link(root: &Path, artifact: Artifact, features: &[&str], order: Option<&Path>) -> Result<()> {
     let mut cmd = cargo(root);
-    cmd.args([
-        "rustc",
-        "--profile",
-        PROFILE,
-        "--package",
-        "setpoint",
-        "--bin",
-        "setpoint",
-    ])
-    .args(features)
-    .args(["--", "-C", "strip=none"]);
+    cmd.args(["rustc", "--profile", PROFILE, "--package", "setpoint"])
+        .args(artifact.cargo_args())
+        .args(features)
+        .args(["--", "-C", "strip=none"]);
     if let Some(order) = order {
         cmd.arg("-C")
             .arg(format!(
@@ -149,6 +173,21 @@ fn profile(binary: &Path, scenario: &Scenario<'_>, order: &Path) -> Result<usize
         &dir.join("daemon.out"),
         Some(Duration::from_secs(4)),
     )?);
+    write_order(warm, cold, order)
+}
+
+/// The embed example's start-up: `embed COMPONENT`, held a moment once ready.
+fn profile_embed(binary: &Path, scenario: &Scenario<'_>, order: &Path) -> Result<usize> {
+    ensure_valgrind()?;
+    let dir = scenario.scratch.join("order");
+    std::fs::create_dir_all(&dir)?;
+    let args = [scenario.component.display().to_string()];
+    let functions = callgrind(binary, &args, &dir.join("embed.out"), None)?;
+    write_order(functions, Vec::new(), order)
+}
+
+/// Writes the functions of the warm start, then those only the cold one ran, once each.
+fn write_order(warm: Vec<String>, cold: Vec<String>, order: &Path) -> Result<usize> {
     let mut seen = std::collections::HashSet::new();
     let functions: Vec<String> = warm
         .into_iter()
@@ -175,6 +214,7 @@ fn callgrind(
     stop_after: Option<Duration>,
 ) -> Result<Vec<String>> {
     let mut child = Command::new("valgrind")
+        .env("SETPOINT_EMBED_HOLD_MS", "1500")
         .args([
             "--tool=callgrind",
             "--dump-instr=no",

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::dist::Artifact;
+
 /// Runs of each start-up measurement; the median is reported.
 const START_RUNS: usize = 15;
 /// The profile measured: what a device ships.
@@ -27,6 +29,7 @@ pub fn run(root: &Path) -> Result<()> {
     let ticker_cwasm = out.join("ticker.cwasm");
     let default = crate::dist::ship(
         root,
+        Artifact::Setpoint,
         &[],
         &crate::dist::Scenario {
             component: &ticker_wasm,
@@ -44,6 +47,7 @@ pub fn run(root: &Path) -> Result<()> {
     )?;
     let minimal = crate::dist::ship(
         root,
+        Artifact::Setpoint,
         &["--no-default-features", "--features", "cli"],
         &crate::dist::Scenario {
             component: &ticker_cwasm,
@@ -52,18 +56,34 @@ pub fn run(root: &Path) -> Result<()> {
         &out,
         "setpoint-minimal",
     )?;
-    let ordered = format!(
-        "start-up ordered: {} / {} functions (default / minimal; 0 is unordered)",
-        default.ordered, minimal.ordered
-    );
-    let (default, minimal) = (default.path, minimal.path);
-    let embed = build(
+    let embed = crate::dist::ship(
         root,
+        Artifact::Embed,
+        &["--no-default-features", "--features", "cranelift"],
+        &crate::dist::Scenario {
+            component: &ticker_wasm,
+            scratch: &out,
+        },
         &out,
         "embed",
-        &["--no-default-features", "--features", "cranelift"],
     )?;
-    let embed_pre = build(root, &out, "embed-precompiled", &["--no-default-features"])?;
+    let embed_pre = crate::dist::ship(
+        root,
+        Artifact::Embed,
+        &["--no-default-features"],
+        &crate::dist::Scenario {
+            component: &ticker_cwasm,
+            scratch: &out,
+        },
+        &out,
+        "embed-precompiled",
+    )?;
+    let ordered = format!(
+        "functions in start-up order: {} / {} / {} / {} (default / minimal / embed / embed `.cwasm` only; 0 is unordered)",
+        default.ordered, minimal.ordered, embed.ordered, embed_pre.ordered
+    );
+    let (default, minimal, embed, embed_pre) =
+        (default.path, minimal.path, embed.path, embed_pre.path);
     let spec = |name: &str, component: &Path, replicas: u32| -> Result<PathBuf> {
         let path = out.join(format!("{name}.yaml"));
         std::fs::write(
@@ -132,6 +152,14 @@ pub fn run(root: &Path) -> Result<()> {
                 &[root.join("specs/demo.yaml").as_os_str(), cache_arg.as_ref()],
             ),
         ),
+        ("`setpoint daemon`, no workloads, default build", {
+            let mut cmd = Command::new(&default);
+            cmd.arg("daemon").arg(format!(
+                "--state-dir={}",
+                out.join("daemon-state").display()
+            ));
+            cmd
+        }),
         (
             "embed example, 2 instances, with the compiler",
             embed_cmd(&embed, &ticker_wasm),
@@ -193,27 +221,6 @@ fn embed_cmd(bin: &Path, component: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg(component).env("SETPOINT_EMBED_HOLD_MS", "6000");
     cmd
-}
-
-/// Builds the embed example in the shipping profile with `features` (stripped by the
-/// profile), and copies it to `out/copy`.
-fn build(root: &Path, out: &Path, copy: &str, features: &[&str]) -> Result<PathBuf> {
-    let mut cmd = crate::cargo(root);
-    cmd.args([
-        "build",
-        "--profile",
-        PROFILE,
-        "--package",
-        "setpoint",
-        "--example",
-        "embed",
-    ])
-    .args(features);
-    check(&mut cmd)?;
-    let built = crate::target_dir(root).join(PROFILE).join("examples/embed");
-    let copy = out.join(copy);
-    std::fs::copy(built, &copy)?;
-    Ok(copy)
 }
 
 fn check(cmd: &mut Command) -> Result<()> {

@@ -173,6 +173,7 @@ fn main() -> Result<()> {
             let ticker = root.join("guest-examples/target/wasm32-wasip2/release/ticker.wasm");
             let shipped = dist::ship(
                 &root,
+                dist::Artifact::Setpoint,
                 &[],
                 &dist::Scenario {
                     component: &ticker,

@@ -92,8 +92,10 @@ pub struct JobTarget {
     pub backoff_limit: u32,
 }
 
-/// A fleet Job's progress: every node adds the runs it counted, by compare-and-set, so
-/// each counted run is counted once; past `completions`, nothing more is counted.
+/// A fleet Job's progress: every node writes the running totals of the runs it counted
+/// under its own name, by compare-and-set, and the totals here are their sum, so each
+/// counted run is counted once, a retried write included; past `completions`, nothing
+/// more is counted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct FleetJob {
@@ -114,6 +116,54 @@ pub struct FleetJob {
     /// When it finished, in seconds since the Unix epoch.
     #[serde(default)]
     pub finished_at: u64,
+    /// What each node's current local run of the job has counted, by node. A node
+    /// writes its own running totals, never a delta, so the same record written twice
+    /// (a retry after an answer that was lost) counts nothing twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_node: BTreeMap<String, NodeCount>,
+    /// What nodes' earlier local runs counted, folded in when a node starts another.
+    #[serde(default)]
+    pub settled: Counts,
+}
+
+/// Runs counted: succeeded, failed toward the back-off limit, failed and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// Runs that succeeded.
+    pub succeeded: u32,
+    /// Failed runs counted toward the back-off limit.
+    pub failed: u32,
+    /// Failed runs a failure rule ignored.
+    pub ignored: u32,
+}
+
+impl Counts {
+    /// Both added, saturating.
+    pub fn plus(self, other: Counts) -> Counts {
+        Counts {
+            succeeded: self.succeeded.saturating_add(other.succeeded),
+            failed: self.failed.saturating_add(other.failed),
+            ignored: self.ignored.saturating_add(other.ignored),
+        }
+    }
+
+    /// Whether every count is at least `other`'s.
+    pub fn covers(self, other: Counts) -> bool {
+        self.succeeded >= other.succeeded
+            && self.failed >= other.failed
+            && self.ignored >= other.ignored
+    }
+}
+
+/// One node's local run of a fleet Job and what it has counted so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCount {
+    /// When that local run started, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// Its running totals.
+    pub counts: Counts,
 }
 
 /// The owner of one replica slot. A takeover writes a higher epoch by compare-and-set,
