@@ -7,9 +7,11 @@
 //! the start-up scenarios (`setpoint run` with and without instances, an idle
 //! `setpoint daemon`), the functions each executed are written to an order file
 //! (warm-start functions first, then those only a compiling start runs), and the binary
-//! is linked again with lld's `--symbol-ordering-file`, then stripped. Names the order
-//! file has and the binary lacks are ignored, so a stale order only costs memory, never
-//! correctness. Without valgrind (installed from apt when missing) the binary ships
+//! is linked again with lld's `--symbol-ordering-file`, then stripped. The order is kept
+//! in `target/footprint` (or `target/ship`) and grows: a later run links with it first,
+//! profiles that binary, and links again only if it saw functions the order lacks. Names
+//! the order file has and the binary lacks are ignored, so a stale order only costs
+//! memory, never correctness. Without valgrind (installed from apt when missing) the binary ships
 //! unordered, and the xtask says so.
 
 use std::path::{Path, PathBuf};
@@ -77,18 +79,43 @@ pub fn ship(
     name: &str,
 ) -> Result<Shipped> {
     let built = artifact.built(root);
-    link(root, artifact, features, None)?;
     let order = out.join(format!("{name}.order"));
+    // An order from an earlier run names the same symbols (only their places differ),
+    // so the binary it orders is profiled as well as an unordered one would be; it is
+    // linked again only when this run saw functions the order lacks.
+    let previous: Option<Vec<String>> = std::fs::read_to_string(&order)
+        .ok()
+        .map(|text| text.lines().map(str::to_string).collect());
+    link(
+        root,
+        artifact,
+        features,
+        previous.as_ref().map(|_| order.as_path()),
+    )?;
     let profiled = match artifact {
-        Artifact::Setpoint => profile(&built, scenario, &order),
-        Artifact::Embed => profile_embed(&built, scenario, &order),
+        Artifact::Setpoint => profile(&built, scenario),
+        Artifact::Embed => profile_embed(&built, scenario),
     };
-    let ordered = match profiled {
-        Ok(n) => {
-            link(root, artifact, features, Some(&order))?;
-            n
+    let ordered = match (profiled, previous) {
+        (Ok(functions), previous) => {
+            let mut listed = previous.unwrap_or_default();
+            let known: std::collections::HashSet<String> = listed.iter().cloned().collect();
+            let new: Vec<String> = functions
+                .into_iter()
+                .filter(|f| !known.contains(f))
+                .collect();
+            if !new.is_empty() {
+                listed.extend(new);
+                std::fs::write(&order, listed.join("\n") + "\n")?;
+                link(root, artifact, features, Some(&order))?;
+            }
+            listed.len()
         }
-        Err(why) => {
+        (Err(why), Some(previous)) => {
+            eprintln!("xtask: {name} keeps its earlier start-up order: {why:#}");
+            previous.len()
+        }
+        (Err(why), None) => {
             eprintln!("xtask: {name} ships WITHOUT a start-up order: {why:#}");
             0
         }
@@ -119,9 +146,9 @@ fn link(root: &Path, artifact: Artifact, features: &[&str], order: Option<&Path>
     run(cmd).context("building the shipping binary")
 }
 
-/// Runs the start-up scenarios under callgrind and writes the functions of `binary`
-/// they executed to `order`; how many.
-fn profile(binary: &Path, scenario: &Scenario<'_>, order: &Path) -> Result<usize> {
+/// Runs the start-up scenarios under callgrind: the functions of `binary` they executed,
+/// warm-start ones first.
+fn profile(binary: &Path, scenario: &Scenario<'_>) -> Result<Vec<String>> {
     ensure_valgrind()?;
     let dir = scenario.scratch.join("order");
     let _ = std::fs::remove_dir_all(&dir);
@@ -173,21 +200,21 @@ fn profile(binary: &Path, scenario: &Scenario<'_>, order: &Path) -> Result<usize
         &dir.join("daemon.out"),
         Some(Duration::from_secs(4)),
     )?);
-    write_order(warm, cold, order)
+    in_order(warm, cold)
 }
 
 /// The embed example's start-up: `embed COMPONENT`, held a moment once ready.
-fn profile_embed(binary: &Path, scenario: &Scenario<'_>, order: &Path) -> Result<usize> {
+fn profile_embed(binary: &Path, scenario: &Scenario<'_>) -> Result<Vec<String>> {
     ensure_valgrind()?;
     let dir = scenario.scratch.join("order");
     std::fs::create_dir_all(&dir)?;
     let args = [scenario.component.display().to_string()];
     let functions = callgrind(binary, &args, &dir.join("embed.out"), None)?;
-    write_order(functions, Vec::new(), order)
+    in_order(functions, Vec::new())
 }
 
-/// Writes the functions of the warm start, then those only the cold one ran, once each.
-fn write_order(warm: Vec<String>, cold: Vec<String>, order: &Path) -> Result<usize> {
+/// The functions of the warm start, then those only the cold one ran, once each.
+fn in_order(warm: Vec<String>, cold: Vec<String>) -> Result<Vec<String>> {
     let mut seen = std::collections::HashSet::new();
     let functions: Vec<String> = warm
         .into_iter()
@@ -200,8 +227,7 @@ fn write_order(warm: Vec<String>, cold: Vec<String>, order: &Path) -> Result<usi
             functions.len()
         );
     }
-    std::fs::write(order, functions.join("\n") + "\n")?;
-    Ok(functions.len())
+    Ok(functions)
 }
 
 /// Runs `binary args` under callgrind (stopped with SIGTERM after `stop_after`, if
