@@ -2,13 +2,12 @@
 //! controller asks it, as part of an apply, whether the batch's routes and addresses
 //! can be served ([`Front::plan`]: a route claimed twice or an address that cannot be
 //! bound refuses the whole apply, before anything changes) and then commits the plan.
-//! Each HTTP workload has one [`Service`] (its queue of requests), which its replicas
+//! Each HTTP workload has one `Service` (its queue of requests), which its replicas
 //! of every revision take from; a rollout therefore never changes where requests go,
 //! only which replicas take them.
 //!
 //! Dependencies point inward: the front uses the runtime's `Service` and the manifest's
 //! `HttpSpec`; the controller drives the front; nothing here knows the controller.
-
 //!
 //! A build without the `http` feature has no front: `absent.rs` stands in, serving
 //! nothing and refusing any batch that asks to be served.
