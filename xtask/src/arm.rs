@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::tools::{apt_install, has};
 use crate::{cargo, run, target_dir, target_installed};
 
 /// The cross target.
@@ -175,16 +176,6 @@ fn check(root: &Path) -> Result<()> {
     run(cmd).context("checking the aarch64 build")
 }
 
-/// Whether `program --version` runs.
-fn has(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Installs the cross compiler, its libc and qemu-user from apt when missing.
 fn ensure_tools() -> Result<()> {
     let missing: Vec<&str> = [(CROSS_CC, "gcc-aarch64-linux-gnu"), (QEMU, "qemu-user")]
@@ -198,32 +189,9 @@ fn ensure_tools() -> Result<()> {
     if missing.is_empty() && libc {
         return Ok(());
     }
-    if !has("apt-get") {
-        bail!("{} missing and there is no apt-get", missing.join(", "));
-    }
     let mut packages = missing;
     packages.push("libc6-dev-arm64-cross");
-    eprintln!("xtask: installing {} with apt-get", packages.join(" "));
-    let quiet = |args: &[&str]| -> Result<()> {
-        let output = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-            .context("cannot start apt-get")?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            bail!(
-                "`apt-get {}` failed: {}",
-                args.join(" "),
-                stderr.lines().last().unwrap_or("no message")
-            );
-        }
-        Ok(())
-    };
-    quiet(&["update", "-q"])?;
-    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
-    install.extend(packages.iter().copied());
-    quiet(&install)?;
+    apt_install(&packages)?;
     if !has(CROSS_CC) || !has(QEMU) {
         bail!(
             "apt-get installed {} but they do not run",

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::tools::{apt_install, has};
 use crate::{cargo, run, target_dir};
 
 /// The shipping profile.
@@ -59,22 +60,15 @@ pub struct Shipped {
     pub ordered: usize,
 }
 
-/// What the start-up scenarios run: a manifest of `ticker` with no replicas and one with
-/// one replica (a `.cwasm` when the build has no compiler).
-pub struct Scenario<'a> {
-    /// The component the manifests name.
-    pub component: &'a Path,
-    /// Where scratch files go.
-    pub scratch: &'a Path,
-}
-
 /// Builds `artifact` with `features` in the shipping profile, orders it by the
-/// start-up scenarios, and copies the stripped result to `out/name`.
+/// start-up scenarios run on `component` (`ticker`, as `.wasm` or, for a build without
+/// a compiler, as a `.cwasm`; scratch files go to `out/order`), and copies the
+/// stripped result to `out/name`.
 pub fn ship(
     root: &Path,
     artifact: Artifact,
     features: &[&str],
-    scenario: &Scenario<'_>,
+    component: &Path,
     out: &Path,
     name: &str,
 ) -> Result<Shipped> {
@@ -86,15 +80,14 @@ pub fn ship(
     let previous: Option<Vec<String>> = std::fs::read_to_string(&order)
         .ok()
         .map(|text| text.lines().map(str::to_string).collect());
-    link(
-        root,
-        artifact,
-        features,
-        previous.as_ref().map(|_| order.as_path()),
-    )?;
+    let linked_with = match &previous {
+        Some(listed) => Some(versioned(&order, listed)?),
+        None => None,
+    };
+    link(root, artifact, features, linked_with.as_deref())?;
     let profiled = match artifact {
-        Artifact::Setpoint => profile(&built, scenario),
-        Artifact::Embed => profile_embed(&built, scenario),
+        Artifact::Setpoint => profile(&built, component, out),
+        Artifact::Embed => profile_embed(&built, component, out),
     };
     let ordered = match (profiled, previous) {
         (Ok(functions), previous) => {
@@ -107,7 +100,7 @@ pub fn ship(
             if !new.is_empty() {
                 listed.extend(new);
                 std::fs::write(&order, listed.join("\n") + "\n")?;
-                link(root, artifact, features, Some(&order))?;
+                link(root, artifact, features, Some(&versioned(&order, &listed)?))?;
             }
             listed.len()
         }
@@ -126,6 +119,18 @@ pub fn ship(
     strip.arg(&path);
     run(strip).context("stripping needs binutils' `strip`")?;
     Ok(Shipped { path, ordered })
+}
+
+/// The copy of the order `listed` that a link names: `NAME.order.N` for an order of N
+/// functions (an order only grows, so N names its content). Cargo relinks when a link
+/// argument changes, never when a file it names does, so a grown order must have a
+/// path of its own.
+fn versioned(order: &Path, listed: &[String]) -> Result<PathBuf> {
+    let copy = order.with_extension(format!("order.{}", listed.len()));
+    if !copy.exists() {
+        std::fs::write(&copy, listed.join("\n") + "\n")?;
+    }
+    Ok(copy)
 }
 
 /// `cargo rustc` of the artifact with its symbols (and the order file, if any).
@@ -148,9 +153,9 @@ fn link(root: &Path, artifact: Artifact, features: &[&str], order: Option<&Path>
 
 /// Runs the start-up scenarios under callgrind: the functions of `binary` they executed,
 /// warm-start ones first.
-fn profile(binary: &Path, scenario: &Scenario<'_>) -> Result<Vec<String>> {
+fn profile(binary: &Path, component: &Path, out: &Path) -> Result<Vec<String>> {
     ensure_valgrind()?;
-    let dir = scenario.scratch.join("order");
+    let dir = out.join("order");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let spec = |file: &str, replicas: u32| -> Result<PathBuf> {
@@ -159,7 +164,7 @@ fn profile(binary: &Path, scenario: &Scenario<'_>) -> Result<Vec<String>> {
             &path,
             format!(
                 "apiVersion: setpoint.dev/v1alpha1\nkind: Workload\nmetadata: {{name: ticker}}\nspec:\n  component: {}\n  replicas: {replicas}\n  env: {{TICK_MS: '500'}}\n",
-                scenario.component.display()
+                component.display()
             ),
         )?;
         Ok(path)
@@ -204,11 +209,11 @@ fn profile(binary: &Path, scenario: &Scenario<'_>) -> Result<Vec<String>> {
 }
 
 /// The embed example's start-up: `embed COMPONENT`, held a moment once ready.
-fn profile_embed(binary: &Path, scenario: &Scenario<'_>) -> Result<Vec<String>> {
+fn profile_embed(binary: &Path, component: &Path, out: &Path) -> Result<Vec<String>> {
     ensure_valgrind()?;
-    let dir = scenario.scratch.join("order");
+    let dir = out.join("order");
     std::fs::create_dir_all(&dir)?;
-    let args = [scenario.component.display().to_string()];
+    let args = [component.display().to_string()];
     let functions = callgrind(binary, &args, &dir.join("embed.out"), None)?;
     in_order(functions, Vec::new())
 }
@@ -291,24 +296,11 @@ fn callgrind(
 
 /// Installs valgrind from apt when it is missing.
 fn ensure_valgrind() -> Result<()> {
-    let runs = || {
-        Command::new("valgrind")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if runs() {
-        return Ok(());
+    if !has("valgrind") {
+        apt_install(&["valgrind"])?;
     }
-    eprintln!("xtask: installing valgrind with apt-get");
-    let installed = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends", "valgrind"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status();
-    if !installed.is_ok_and(|s| s.success()) || !runs() {
-        bail!("valgrind is missing and apt-get could not install it");
+    if !has("valgrind") {
+        bail!("apt-get installed valgrind but it does not run");
     }
     Ok(())
 }

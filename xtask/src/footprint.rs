@@ -31,10 +31,7 @@ pub fn run(root: &Path) -> Result<()> {
         root,
         Artifact::Setpoint,
         &[],
-        &crate::dist::Scenario {
-            component: &ticker_wasm,
-            scratch: &out,
-        },
+        &ticker_wasm,
         &out,
         "setpoint",
     )?;
@@ -61,10 +58,7 @@ pub fn run(root: &Path) -> Result<()> {
         root,
         Artifact::Setpoint,
         &["--no-default-features", "--features", "cli"],
-        &crate::dist::Scenario {
-            component: &ticker_portable,
-            scratch: &out,
-        },
+        &ticker_portable,
         &out,
         "setpoint-minimal",
     )?;
@@ -72,10 +66,7 @@ pub fn run(root: &Path) -> Result<()> {
         root,
         Artifact::Embed,
         &["--no-default-features", "--features", "cranelift"],
-        &crate::dist::Scenario {
-            component: &ticker_wasm,
-            scratch: &out,
-        },
+        &ticker_wasm,
         &out,
         "embed",
     )?;
@@ -83,10 +74,7 @@ pub fn run(root: &Path) -> Result<()> {
         root,
         Artifact::Embed,
         &["--no-default-features"],
-        &crate::dist::Scenario {
-            component: &ticker_portable,
-            scratch: &out,
-        },
+        &ticker_portable,
         &out,
         "embed-precompiled",
     )?;

@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 mod arm;
 mod dist;
 mod footprint;
+mod tools;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 /// What `cargo xtask` with no task (or an unknown one) prints.
@@ -175,10 +176,7 @@ fn main() -> Result<()> {
                 &root,
                 dist::Artifact::Setpoint,
                 &[],
-                &dist::Scenario {
-                    component: &ticker,
-                    scratch: &out,
-                },
+                &ticker,
                 &out,
                 "setpoint",
             )?;
