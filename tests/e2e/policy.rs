@@ -197,7 +197,7 @@ fn the_replica_plugin_decides_exactly_like_the_builtin() {
         let mut builtin = Vec::new();
         ReplicaPolicy.reconcile(&replay.input(), &mut builtin);
         let builtin: Vec<ActionRecord> = builtin.iter().map(ActionRecord::from).collect();
-        let from_plugin = rt.block_on(setpoint::policy::ask_plugin(&mut plugin.borrow_mut(), &snapshot)).expect("the plugin decides");
+        let from_plugin = rt.block_on(setpoint::policy::ask_plugin_on_snapshot(&mut plugin.borrow_mut(), &snapshot)).expect("the plugin decides");
         prop_assert_eq!(&from_plugin, &builtin, "snapshot: {}", serde_json::to_string(&snapshot).unwrap());
         compared.set(compared.get() + 1);
     });
@@ -382,9 +382,39 @@ async fn a_file_that_is_not_a_policy_plugin_is_rejected_at_apply() {
         "{rejected}"
     );
     assert!(
-        d.message.contains("setpoint:policy/reconciler@0.1.0"),
+        d.message.contains("setpoint:policy/reconciler@0.2.0"),
         "{rejected}"
     );
+    assert!(host.status().await.workloads.is_empty());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_for_the_previous_contract_is_told_what_changed() {
+    let m = Manifests::new();
+    let spec = format!(
+        "  policy:\n    plugin: {}\n",
+        guest("policy_older").display()
+    );
+    let file = m.write("w.yaml", &workload("w", "ticker", &spec));
+    let host = host();
+    let rejected = host
+        .apply_files(std::slice::from_ref(&file))
+        .await
+        .expect_err("a 0.1.0 plugin");
+    let d = &rejected.diagnostics[0];
+    assert_eq!(
+        d.origin.as_ref().map(|o| (o.line, o.column)),
+        Some((8, 13)),
+        "{rejected}"
+    );
+    for needle in [
+        "setpoint:policy/reconciler@0.1.0",
+        "setpoint:policy/reconciler@0.2.0",
+        "`current` instead of `id` and `revision`",
+    ] {
+        assert!(d.message.contains(needle), "{needle}: {rejected}");
+    }
     assert!(host.status().await.workloads.is_empty());
     host.shutdown().await;
 }

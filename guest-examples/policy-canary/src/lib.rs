@@ -25,10 +25,10 @@ fn event(reason: &str, message: String) -> Action {
     })
 }
 
-fn current(slot: &Slot, revision: &str) -> bool {
+fn current(slot: &Slot) -> bool {
     slot.instance
         .as_ref()
-        .is_some_and(|i| i.revision == revision && !i.stopping)
+        .is_some_and(|i| i.current && !i.stopping)
 }
 
 impl Guest for Canary {
@@ -74,12 +74,12 @@ impl Guest for Canary {
         }
         let updated: Vec<&Slot> = slots
             .iter()
-            .filter(|s| current(s, &desired.revision))
+            .filter(|s| current(s))
             .collect();
         let outdated = slots.iter().find(|s| {
             s.instance
                 .as_ref()
-                .is_some_and(|i| i.revision != desired.revision && !i.stopping)
+                .is_some_and(|i| !i.current && !i.stopping)
         });
         let Some(next) = outdated else { return actions };
         if updated.len() >= canary.min(replicas) {

@@ -9,7 +9,7 @@ wit_bindgen::generate!({ path: "../../wit/policy", world: "plugin" });
 
 use exports::setpoint::policy::reconciler::Guest;
 use setpoint::policy::types::{
-    Action, Desired, End, Event, Failure, Instance, Observed, RestartPolicy,
+    Action, Desired, End, EndReason, Event, Failure, Instance, Observed, RestartPolicy,
 };
 
 struct Replicas;
@@ -35,7 +35,7 @@ fn rolling(desired: &Desired, observed: &Observed) -> bool {
             s.successor.is_some()
                 || s.instance
                     .as_ref()
-                    .is_some_and(|i| i.revision != desired.revision)
+                    .is_some_and(|i| !i.current)
         })
 }
 
@@ -61,7 +61,7 @@ fn roll(desired: &Desired, observed: &Observed, actions: &mut Vec<Action>) {
     let mut soonest: Option<Duration> = None;
     for slot in slots {
         let Some(old) = &slot.instance else { continue };
-        if old.stopping || old.revision == desired.revision {
+        if old.stopping || old.current {
             continue;
         }
         match &slot.successor {
@@ -109,16 +109,33 @@ fn rollout_complete(desired: &Desired, observed: &Observed) -> bool {
         .filter(|s| {
             s.instance
                 .as_ref()
-                .is_some_and(|i| i.ready && !i.stopping && i.revision == desired.revision)
+                .is_some_and(|i| i.ready && !i.stopping && i.current)
         })
         .count();
     !rolling(desired, observed) && ready_current == desired.replicas as usize
 }
 
+/// The reason's name, as the host spells it in status and events.
+fn name(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::Exited => "Exited",
+        EndReason::Trapped => "Trapped",
+        EndReason::OutOfMemory => "OutOfMemory",
+        EndReason::CpuBudgetExceeded => "CpuBudgetExceeded",
+        EndReason::StartFailed => "StartFailed",
+        EndReason::InstantiationFailed => "InstantiationFailed",
+        EndReason::ProbeFailed => "ProbeFailed",
+        EndReason::ProbeTimeout => "ProbeTimeout",
+        EndReason::WatchdogTimeout => "WatchdogTimeout",
+        EndReason::RequestTimeout => "RequestTimeout",
+        EndReason::Stopped => "Stopped",
+    }
+}
+
 fn summary(end: &End) -> String {
-    match (end.reason.as_str(), end.exit_code) {
-        ("Exited", Some(code)) => format!("Exited ({code})"),
-        (reason, _) => reason.to_string(),
+    match (end.reason, end.exit_code) {
+        (EndReason::Exited, Some(code)) => format!("Exited ({code})"),
+        (reason, _) => name(reason).to_string(),
     }
 }
 
@@ -169,7 +186,7 @@ impl Guest for Replicas {
             };
             if end.deterministic {
                 actions.push(Action::MarkFailed(Failure {
-                    reason: end.reason.clone(),
+                    reason: name(end.reason).to_string(),
                     message: format!(
                         "slot {index} ended with {}; retrying cannot help",
                         summary(end)

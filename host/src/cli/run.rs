@@ -32,8 +32,8 @@ pub struct RunArgs {
     quiet: bool,
     #[command(flatten)]
     cache: super::CacheArgs,
-    /// At the end, write each workload's last policy snapshot to DIR/NAME.json, for
-    /// replay with `setpoint policy test`.
+    /// At the end, write each workload's policy snapshot (what its policy would be shown
+    /// then) to DIR/NAME.json, for replay with `setpoint policy test`.
     #[arg(long, value_name = "DIR")]
     snapshots: Option<PathBuf>,
     #[command(flatten)]

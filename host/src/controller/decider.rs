@@ -54,15 +54,13 @@ impl Decider {
         }
     }
 
-    /// What a plugin was last shown, or what it would be shown now.
+    /// What the policy would be shown now. (Not what a plugin was last shown: recording
+    /// that on every decision would cost more than the decision.)
     pub fn snapshot(&self, state: &WorkloadState, now: Instant) -> Snapshot {
         let plugin = match self {
             Self::Plugin(plugin) => Some(plugin),
             _ => None,
         };
-        if let Some(s) = plugin.and_then(|p| p.last_snapshot()) {
-            return s.clone();
-        }
         let config = plugin.map_or(serde_json::Value::Null, |p| p.config().clone());
         Snapshot::capture(&state.policy_input(now), &state.revision, &config)
     }
@@ -113,7 +111,6 @@ impl Decider {
             format!("plugin:{label}"),
             instance,
             config,
-            state.revision.to_string(),
         )))
     }
 }

@@ -344,8 +344,8 @@ impl Host {
         }
     }
 
-    /// The snapshot the workload's policy was last given (for a plugin), or would be given
-    /// now (built-in): replay it offline with `setpoint policy test`.
+    /// The snapshot the workload's policy would be given now: replay it offline with
+    /// `setpoint policy test`.
     pub async fn policy_snapshot(&self, name: &str) -> Option<crate::policy::snapshot::Snapshot> {
         let (reply, done) = oneshot::channel();
         self.commands

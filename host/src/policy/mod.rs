@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use plugin::{MAX_CONSECUTIVE_FAILURES, PluginPolicy, dry_run, validate};
 pub use replicas::ReplicaPolicy;
-pub use wit::ask_plugin;
+pub use wit::{PluginInput, ask_plugin, ask_plugin_on_snapshot};
 
 use crate::end::EndSummary;
 use crate::manifest::WorkloadSpec;

@@ -5,9 +5,10 @@
 //! revision; re-applying the workload gives it a fresh start.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::snapshot::{ActionRecord, Snapshot};
+use super::wit::PluginInput;
 use super::{Action, Policy, PolicyInput};
 use crate::runtime::StopCause;
 use crate::runtime::plugin::{PluginFailure, PluginInstance};
@@ -25,28 +26,21 @@ pub struct PluginPolicy {
     name: String,
     instance: PluginInstance,
     config: serde_json::Value,
-    revision: String,
+    input: PluginInput,
     failures: u32,
     disabled: bool,
-    last_snapshot: Option<Snapshot>,
 }
 
 impl PluginPolicy {
     /// A policy backed by `instance`, shown as `name` (e.g. `plugin:ordered.wasm`).
-    pub fn new(
-        name: String,
-        instance: PluginInstance,
-        config: serde_json::Value,
-        revision: String,
-    ) -> Self {
+    pub fn new(name: String, instance: PluginInstance, config: serde_json::Value) -> Self {
         Self {
             name,
             instance,
+            input: PluginInput::new(&config),
             config,
-            revision,
             failures: 0,
             disabled: false,
-            last_snapshot: None,
         }
     }
 
@@ -57,11 +51,6 @@ impl PluginPolicy {
         } else {
             self.name.clone()
         }
-    }
-
-    /// The last snapshot the plugin was given.
-    pub fn last_snapshot(&self) -> Option<&Snapshot> {
-        self.last_snapshot.as_ref()
     }
 
     /// The plugin's config.
@@ -80,13 +69,16 @@ impl PluginPolicy {
             fallback.reconcile(input, actions);
             return;
         }
-        let snapshot = Snapshot::capture(input, &self.revision, &self.config);
-        let outcome = match super::wit::ask_plugin(&mut self.instance, &snapshot).await {
+        let now_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let asked =
+            super::wit::ask_plugin(&mut self.instance, &mut self.input, input, now_unix_ms).await;
+        let outcome = match asked {
             Ok(records) => validate(&records, input)
                 .map_err(|why| format!("returned an invalid decision: {why}")),
             Err(failure) => Err(describe_failure(&failure)),
         };
-        self.last_snapshot = Some(snapshot);
         match outcome {
             Ok(decided) => {
                 self.failures = 0;
@@ -242,7 +234,7 @@ pub async fn dry_run(
     let mut instance = PluginInstance::new(runtime, prepared, limits, "dry-run".into(), None);
     let replay = snapshot.replay(std::time::Instant::now());
     Ok(
-        match super::wit::ask_plugin(&mut instance, snapshot).await {
+        match super::wit::ask_plugin_on_snapshot(&mut instance, snapshot).await {
             Ok(records) => validate(&records, &replay.input()).map(|_| records),
             Err(failure) => Err(describe_failure(&failure)),
         },

@@ -1,94 +1,156 @@
-//! The conversion between the policy's snapshot records and the WIT records a plugin
-//! speaks (the plugin host in [`crate::runtime::plugin`] knows only the latter).
+//! The conversion between a policy's input and the WIT records a plugin speaks (the plugin
+//! host in [`crate::runtime::plugin`] knows only the latter), and from the plugin's actions
+//! back to records the host checks.
+//!
+//! This is the hot path of every plugin decision, so the records a plugin is shown hold
+//! no per-instance text: an instance is named by its slot, its revision by `current`, an
+//! end's reason by an enum. The slots are written straight into the guest's memory in the
+//! canonical ABI's layout ([`crate::runtime::plugin_abi`]), with nothing buffered here.
 
-use super::snapshot::{ActionRecord, InstanceSnapshot, Snapshot};
-use crate::runtime::plugin::t;
+use std::time::{Duration, Instant};
 
-/// Asks a plugin's `instance` to decide on `snapshot`: the records it returns, not yet
-/// checked (see [`super::validate`]).
-pub async fn ask_plugin(
-    instance: &mut crate::runtime::plugin::PluginInstance,
-    snapshot: &Snapshot,
-) -> Result<Vec<ActionRecord>, crate::runtime::plugin::PluginFailure> {
-    let (desired, observed) = to_wit(snapshot);
-    let actions = instance
-        .decide(&desired, &observed, snapshot.now_unix_ms)
-        .await?;
-    Ok(actions.into_iter().map(from_wit).collect())
+use super::snapshot::ActionRecord;
+use super::{InstanceObservation, PolicyInput};
+use crate::end::EndKind;
+use crate::manifest::{RestartPolicy, StrategyKind};
+use crate::runtime::plugin::{PluginFailure, PluginInstance, t};
+use crate::runtime::plugin_abi::{Observed, Slots};
+
+/// What a plugin is shown that is kept between calls: the config's JSON text, made once,
+/// and the buffer of recent restarts.
+#[derive(Debug, Default)]
+pub struct PluginInput {
+    config: String,
+    recent_restarts: Vec<u64>,
 }
 
-/// The records a plugin is shown for `s`.
-pub(super) fn to_wit(s: &Snapshot) -> (t::Desired, t::Observed) {
-    let d = &s.desired;
-    let desired = t::Desired {
-        workload: d.workload.clone(),
-        revision: d.revision.clone(),
-        replicas: d.replicas,
-        restart_policy: match d.restart_policy {
-            crate::manifest::RestartPolicy::Always => t::RestartPolicy::Always,
-            crate::manifest::RestartPolicy::OnFailure => t::RestartPolicy::OnFailure,
-            crate::manifest::RestartPolicy::Never => t::RestartPolicy::Never,
+impl PluginInput {
+    /// Buffers for a plugin whose `spec.policy.config` is `config`.
+    pub fn new(config: &serde_json::Value) -> Self {
+        Self {
+            config: config.to_string(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Asks a plugin's `instance` to decide on `input` at `now_unix_ms`: the records it
+/// returns, not yet checked (see [`super::validate`]).
+pub async fn ask_plugin(
+    instance: &mut PluginInstance,
+    buffers: &mut PluginInput,
+    input: &PolicyInput<'_>,
+    now_unix_ms: u64,
+) -> Result<Vec<ActionRecord>, PluginFailure> {
+    let desired = desired(input, &buffers.config);
+    let slot = |index: usize| slot(input, index);
+    let recent = &mut buffers.recent_restarts;
+    recent.clear();
+    recent.extend(input.recent_restarts.iter().map(|t| ago(input.now, *t)));
+    let observed = Observed {
+        slots: Slots {
+            count: input.slots.len(),
+            slot: &slot,
         },
-        backoff: t::Backoff {
-            initial_ms: d.backoff.initial_ms,
-            max_ms: d.backoff.max_ms,
-            reset_after_ms: d.backoff.reset_after_ms,
-        },
-        restart_budget: d.restart_budget.map(|b| t::RestartBudget {
-            max_restarts: b.max_restarts,
-            window_ms: b.window_ms,
-        }),
-        config: d.config.to_string(),
-        strategy: t::Strategy {
-            recreate: d.strategy.recreate,
-            max_surge: d.strategy.max_surge,
-            max_unavailable: d.strategy.max_unavailable,
-            progress_deadline_ms: d.strategy.progress_deadline_ms,
-            auto_rollback: d.strategy.auto_rollback,
-            min_ready_ms: d.strategy.min_ready_ms,
-        },
-    };
-    let instance = |i: &InstanceSnapshot| t::Instance {
-        id: i.id.clone(),
-        revision: i.revision.clone(),
-        age_ms: i.age_ms,
-        ready: i.ready,
-        stopping: i.stopping,
-    };
-    let slots = s
-        .observed
-        .slots
-        .iter()
-        .map(|slot| t::Slot {
-            index: slot.index,
-            instance: slot.instance.as_ref().map(instance),
-            successor: slot.successor.as_ref().map(instance),
-            restarts: slot.restarts,
-            consecutive_ends: slot.consecutive_ends,
-            last_end: slot.last_end.as_ref().map(|e| t::End {
-                reason: e.reason.name().to_string(),
-                exit_code: e.exit_code,
-                success: e.success(),
-                host_stop: e.host_stop(),
-                deterministic: e.deterministic(),
-                ago_ms: e.ago_ms,
-            }),
-        })
-        .collect();
-    let observed = t::Observed {
-        slots,
-        recent_restarts_ago_ms: s.observed.recent_restarts_ago_ms.clone(),
-        failed: s.observed.failed,
-        rollout: s.observed.rollout.map(|r| t::Rollout {
-            started_ago_ms: r.started_ago_ms,
+        recent_restarts_ago_ms: recent,
+        failed: input.failed,
+        rollout: input.rollout.map(|r| t::Rollout {
+            started_ago_ms: ago(input.now, r.started),
             rolled_back: r.rolled_back,
         }),
     };
-    (desired, observed)
+    let decided = instance.decide(&desired, observed, now_unix_ms).await?;
+    Ok(decided.into_iter().map(from_wit).collect())
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn desired(input: &PolicyInput<'_>, config: &str) -> t::Desired {
+    let d = input.desired;
+    let (max_surge, max_unavailable) = d.strategy.resolve(d.replicas);
+    t::Desired {
+        workload: input.workload.to_string(),
+        revision: input.revision.to_string(),
+        replicas: d.replicas,
+        restart_policy: match d.restart_policy {
+            RestartPolicy::Always => t::RestartPolicy::Always,
+            RestartPolicy::OnFailure => t::RestartPolicy::OnFailure,
+            RestartPolicy::Never => t::RestartPolicy::Never,
+        },
+        backoff: t::Backoff {
+            initial_ms: ms(d.backoff.initial),
+            max_ms: ms(d.backoff.max),
+            reset_after_ms: ms(d.backoff.reset_after),
+        },
+        restart_budget: d.restart_budget.map(|b| t::RestartBudget {
+            max_restarts: b.max_restarts,
+            window_ms: ms(b.window),
+        }),
+        config: config.to_string(),
+        strategy: t::Strategy {
+            recreate: d.strategy.kind == StrategyKind::Recreate,
+            max_surge,
+            max_unavailable,
+            progress_deadline_ms: ms(d.strategy.progress_deadline),
+            auto_rollback: d.strategy.auto_rollback,
+            min_ready_ms: ms(d.strategy.min_ready),
+        },
+    }
+}
+
+fn ago(now: Instant, then: Instant) -> u64 {
+    ms(now.saturating_duration_since(then))
+}
+
+/// Slot `index` of `input` as the plugin sees it.
+fn slot(input: &PolicyInput<'_>, index: usize) -> t::Slot {
+    let s = &input.slots[index];
+    let instance = |i: &InstanceObservation| t::Instance {
+        // Instances of the applied revision share its text, so this rarely compares bytes.
+        current: std::ptr::eq(i.revision.as_ptr(), input.revision.as_ptr())
+            || *i.revision == *input.revision,
+        age_ms: ago(input.now, i.since),
+        ready: i.ready,
+        stopping: i.stopping,
+    };
+    t::Slot {
+        index: index as u32,
+        instance: s.instance.as_ref().map(instance),
+        successor: s.successor.as_ref().map(instance),
+        restarts: s.restarts,
+        consecutive_ends: s.consecutive_ends,
+        last_end: s.last_end.as_ref().map(|(at, e)| t::End {
+            reason: end_reason(e.kind),
+            exit_code: e.exit_code,
+            success: e.is_success(),
+            host_stop: e.kind.is_host_stop(),
+            deterministic: e.kind.is_deterministic(),
+            ago_ms: ago(input.now, *at),
+        }),
+    }
+}
+
+/// An end's reason as the plugin sees it.
+fn end_reason(kind: EndKind) -> t::EndReason {
+    match kind {
+        EndKind::Exited => t::EndReason::Exited,
+        EndKind::Trapped => t::EndReason::Trapped,
+        EndKind::OutOfMemory => t::EndReason::OutOfMemory,
+        EndKind::CpuBudgetExceeded => t::EndReason::CpuBudgetExceeded,
+        EndKind::StartFailed => t::EndReason::StartFailed,
+        EndKind::InstantiationFailed => t::EndReason::InstantiationFailed,
+        EndKind::ProbeFailed => t::EndReason::ProbeFailed,
+        EndKind::ProbeTimeout => t::EndReason::ProbeTimeout,
+        EndKind::WatchdogTimeout => t::EndReason::WatchdogTimeout,
+        EndKind::RequestTimeout => t::EndReason::RequestTimeout,
+        EndKind::Stopped => t::EndReason::Stopped,
+    }
 }
 
 /// What a plugin's action means, before it is checked.
-pub(super) fn from_wit(a: t::Action) -> ActionRecord {
+fn from_wit(a: t::Action) -> ActionRecord {
     match a {
         t::Action::Spawn(slot) => ActionRecord::Spawn { slot },
         t::Action::Stop(slot) => ActionRecord::Stop { slot },
@@ -105,4 +167,22 @@ pub(super) fn from_wit(a: t::Action) -> ActionRecord {
             message: f.message,
         },
     }
+}
+
+/// Asks a plugin to decide on a recorded or hand-written snapshot, as it would have
+/// decided on the input the snapshot describes (`setpoint policy test`, the differential
+/// tests).
+pub async fn ask_plugin_on_snapshot(
+    instance: &mut PluginInstance,
+    snapshot: &super::snapshot::Snapshot,
+) -> Result<Vec<ActionRecord>, PluginFailure> {
+    let replay = snapshot.replay(Instant::now());
+    let mut buffers = PluginInput::new(&snapshot.desired.config);
+    ask_plugin(
+        instance,
+        &mut buffers,
+        &replay.input(),
+        snapshot.now_unix_ms,
+    )
+    .await
 }

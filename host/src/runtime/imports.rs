@@ -57,13 +57,19 @@ pub fn surface(bytes: &[u8]) -> Option<Surface> {
     Some(out)
 }
 
+/// Whether `version` is empty or of the minor version `want` (`0.2`: `0.2.0`, `0.2.3`...).
+fn minor(version: &str, want: &str) -> bool {
+    version.is_empty()
+        || version
+            .strip_prefix(want)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 /// Whether the host's linker provides import `name`, besides the embedder's
 /// capabilities: WASI 0.2 and setpoint's heartbeat 0.1.
 pub fn provided(name: &str) -> bool {
     let (base, version) = name.split_once('@').unwrap_or((name, ""));
     let package = base.split_once('/').map_or(base, |(p, _)| p);
-    let minor =
-        |v: &str, want: &str| v.is_empty() || v == want || v.starts_with(&format!("{want}."));
     (WASI_PACKAGES.contains(&package) && minor(version, "0.2"))
         || (base == "setpoint:workload/heartbeat" && minor(version, "0.1"))
 }
@@ -73,8 +79,7 @@ pub fn provided(name: &str) -> bool {
 pub fn provided_to_plugins(name: &str) -> bool {
     let (base, version) = name.split_once('@').unwrap_or((name, ""));
     (WASI_PACKAGES.contains(&base.split_once('/').map_or(base, |(p, _)| p)) && provided(name))
-        || (base == "setpoint:policy/types"
-            && (version.is_empty() || version == "0.1" || version.starts_with("0.1.")))
+        || (base == "setpoint:policy/types" && minor(version, "0.2"))
 }
 
 #[cfg(test)]
@@ -95,7 +100,8 @@ mod tests {
         assert!(!provided("wasi:keyvalue/store@0.2.0-draft"));
         assert!(!provided("example:bad-import/teleporter"));
         assert!(!provided("setpoint:workload/heartbeat@0.2.0"));
-        assert!(provided_to_plugins("setpoint:policy/types@0.1.0"));
+        assert!(provided_to_plugins("setpoint:policy/types@0.2.0"));
+        assert!(!provided_to_plugins("setpoint:policy/types@0.1.0"));
         assert!(provided_to_plugins("wasi:random/random@0.2.3"));
         assert!(!provided_to_plugins("setpoint:workload/heartbeat@0.1.0"));
         assert!(!provided_to_plugins("device:sensors/read@0.1.0"));

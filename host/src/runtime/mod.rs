@@ -22,6 +22,7 @@ pub mod mappings;
 mod outgoing_http;
 pub mod output;
 pub mod plugin;
+pub mod plugin_abi;
 pub(crate) mod store_data;
 mod vitals;
 

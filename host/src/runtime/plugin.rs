@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use wasmtime::Store;
+use wasmtime::component::{ComponentExportIndex, Func, TypedFunc};
 
 use super::exit::{EndReason, error_text};
 use super::output::{LogLine, OutputCapture};
+use super::plugin_abi::Observed;
 use super::store_data::{InstanceState, build_plugin_store};
 use super::{Digest, PrepareError, Runtime};
 use crate::manifest::CpuBudget;
@@ -30,13 +32,17 @@ pub mod wit {
 pub use wit::setpoint::policy::types as t;
 
 /// The export by which a plugin is recognised.
-pub const RECONCILER_EXPORT: &str = "setpoint:policy/reconciler@0.1.0";
+pub const RECONCILER_EXPORT: &str = "setpoint:policy/reconciler@0.2.0";
+
+/// What changed since the contract's previous version, for the author of an older plugin.
+const MIGRATION: &str = "since 0.1.0 an instance has `current` instead of `id` and `revision`, and an end's `reason` is the enum `end-reason`";
 
 /// A compiled, linked policy plugin.
 pub struct PreparedPlugin {
     /// Content digest of the `.wasm` bytes.
     pub digest: Digest,
     pre: wit::PluginPre<InstanceState>,
+    reconcile: ComponentExportIndex,
 }
 
 /// Why a plugin call produced no decision.
@@ -81,6 +87,15 @@ impl Runtime {
         // Before compiling (a JavaScript or Python plugin is tens of megabytes): what it
         // imports and exports, by name.
         if let Some(surface) = super::imports::surface(&bytes) {
+            if let Some(older) = surface
+                .exports
+                .iter()
+                .find(|e| e.starts_with("setpoint:policy/reconciler@") && *e != RECONCILER_EXPORT)
+            {
+                return Err(link_error(format!(
+                    "it exports `{older}`, but this host speaks `{RECONCILER_EXPORT}`: rebuild it against wit/policy ({MIGRATION})"
+                )));
+            }
             if !surface.exports.iter().any(|e| e == RECONCILER_EXPORT) {
                 return Err(link_error(format!(
                     "it does not export `{RECONCILER_EXPORT}`: build it for the `setpoint:policy/plugin` world"
@@ -120,7 +135,15 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| link_error(error_text(&e)))?;
         let pre = wit::PluginPre::new(pre).map_err(|e| link_error(error_text(&e)))?;
-        let prepared = Arc::new(PreparedPlugin { digest, pre });
+        let reconcile = component
+            .get_export_index(None, RECONCILER_EXPORT)
+            .and_then(|interface| component.get_export_index(Some(&interface), "reconcile"))
+            .ok_or_else(|| link_error(format!("`{RECONCILER_EXPORT}` has no `reconcile`")))?;
+        let prepared = Arc::new(PreparedPlugin {
+            digest,
+            pre,
+            reconcile,
+        });
         self.lock_plugins().insert(digest, prepared.clone());
         Ok(prepared)
     }
@@ -133,7 +156,8 @@ pub struct PluginLimits {
     pub memory: u64,
     /// CPU a call may use before it is interrupted.
     pub cpu_per_call: Duration,
-    /// Wall-clock bound of a call (covers time blocked in host calls too).
+    /// Wall-clock bound of a call waiting in a host call. A call that computes does not
+    /// yield to be timed out: `cpu_per_call` is what ends it.
     pub wall_per_call: Duration,
 }
 
@@ -154,8 +178,11 @@ pub struct PluginInstance {
     limits: PluginLimits,
     label: Arc<str>,
     log_sink: Option<broadcast::Sender<LogLine>>,
-    live: Option<(Store<InstanceState>, wit::Plugin)>,
+    live: Option<(Store<InstanceState>, Func)>,
 }
+
+/// `reconcile`'s signature, with the slots already in the canonical ABI's layout.
+type Reconcile<'a> = TypedFunc<(&'a t::Desired, Observed<'a>, u64), (Vec<t::Action>,)>;
 
 impl PluginInstance {
     /// A plugin instance for `label` (shown as the instance in log lines); instantiated lazily.
@@ -180,7 +207,7 @@ impl PluginInstance {
     pub async fn decide(
         &mut self,
         desired: &t::Desired,
-        observed: &t::Observed,
+        observed: Observed<'_>,
         now_unix_ms: u64,
     ) -> Result<Vec<t::Action>, PluginFailure> {
         let result = self.call(desired, observed, now_unix_ms).await;
@@ -194,7 +221,7 @@ impl PluginInstance {
     async fn call(
         &mut self,
         desired: &t::Desired,
-        observed: &t::Observed,
+        observed: Observed<'_>,
         now_unix_ms: u64,
     ) -> Result<Vec<t::Action>, PluginFailure> {
         if self.live.is_none() {
@@ -208,24 +235,34 @@ impl PluginInstance {
             let instance = self
                 .plugin
                 .pre
+                .instance_pre()
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| PluginFailure::Instantiate(error_text(&e)))?;
-            self.live = Some((store, instance));
+            let reconcile = instance
+                .get_func(&mut store, self.plugin.reconcile)
+                .ok_or_else(|| PluginFailure::Instantiate("no `reconcile` export".into()))?;
+            // Checked once here; each call then names the same types with its own lifetimes.
+            reconcile
+                .typed::<(&t::Desired, Observed<'_>, u64), (Vec<t::Action>,)>(&store)
+                .map_err(|e| PluginFailure::Instantiate(error_text(&e)))?;
+            self.live = Some((store, reconcile));
         }
-        let Some((store, instance)) = self.live.as_mut() else {
+        let Some((store, reconcile)) = self.live.as_mut() else {
             unreachable!("instantiated above")
         };
+        // SAFETY: these are the types `typed` checked when the instance was made.
+        let reconcile: Reconcile<'_> = unsafe { TypedFunc::new_unchecked(*reconcile) };
         store.data_mut().reset_cpu(Some(CpuBudget {
             time: self.limits.cpu_per_call,
             per: None,
         }));
-        let call = instance.setpoint_policy_reconciler().call_reconcile(
-            &mut *store,
-            desired,
-            observed,
-            now_unix_ms,
-        );
+        let call = async {
+            let (actions,) = reconcile
+                .call_async(&mut *store, (desired, observed, now_unix_ms))
+                .await?;
+            wasmtime::Result::Ok(actions)
+        };
         match tokio::time::timeout(self.limits.wall_per_call, call).await {
             Err(_) => Err(PluginFailure::Timeout(self.limits.wall_per_call)),
             Ok(Err(e)) => Err(PluginFailure::Trapped(EndReason::from_guest_error(&e))),

@@ -143,7 +143,19 @@ pub(crate) fn build_plugin_store(
         },
         _live: LiveStore::new(&rt.live_stores),
     };
-    store_with_limits(rt, state)
+    // The controller waits for a plugin's decision: yielding at a tick would only send
+    // the call to the back of the run queue (the tail latency of plugin calls under
+    // churn). The CPU limit per call still ends a spinning plugin.
+    store_with_limits(rt, state, OnTick::Continue)
+}
+
+/// What a guest running Wasm does at an epoch tick, once its CPU is counted.
+#[derive(Clone, Copy)]
+enum OnTick {
+    /// Yields to the scheduler: an instance, which shares worker threads with every other.
+    Yield,
+    /// Goes on: a policy plugin, whose caller waits for it anyway.
+    Continue,
 }
 
 /// The Store of an instance of `req`, and why a grant could not be made, if one could not.
@@ -218,20 +230,23 @@ pub(super) fn build_store(
         },
         _live: LiveStore::new(&rt.live_stores),
     };
-    (store_with_limits(rt, state), refused)
+    (store_with_limits(rt, state, OnTick::Yield), refused)
 }
 
 /// Wraps `state` in a Store with its limiter and the epoch callback that meters CPU.
-fn store_with_limits(rt: &Runtime, state: InstanceState) -> Store<InstanceState> {
+fn store_with_limits(rt: &Runtime, state: InstanceState, on_tick: OnTick) -> Store<InstanceState> {
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
-    // Every epoch tick that finds the guest running Wasm is one tick of CPU; the guest then
-    // yields to the scheduler, so a spinning guest cannot hold a worker thread for longer
-    // than one tick, and a spent CPU budget ends it.
+    // Every epoch tick that finds the guest running Wasm is one tick of CPU, and a spent
+    // CPU budget ends it. An instance then yields to the scheduler, so a spinning guest
+    // cannot hold a worker thread for longer than one tick.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|mut ctx| {
+    store.epoch_deadline_callback(move |mut ctx| {
         ctx.data_mut().cpu.on_tick().map_err(wasmtime::Error::new)?;
-        Ok(UpdateDeadline::Yield(1))
+        Ok(match on_tick {
+            OnTick::Yield => UpdateDeadline::Yield(1),
+            OnTick::Continue => UpdateDeadline::Continue(1),
+        })
     });
     store
 }
