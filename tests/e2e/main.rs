@@ -15,6 +15,7 @@ mod jobs;
 mod lifecycle;
 mod manifests;
 mod policy;
+mod polyglot;
 mod rollout;
 mod sandbox;
 mod security;

@@ -73,7 +73,7 @@ fn slot_strategy() -> impl Strategy<Value = SlotParts> {
 }
 
 /// Any snapshot a policy could be given, rollouts included.
-fn snapshot_strategy() -> impl Strategy<Value = Snapshot> {
+pub(crate) fn snapshot_strategy() -> impl Strategy<Value = Snapshot> {
     let policy = prop::sample::select(vec![
         RestartPolicy::Always,
         RestartPolicy::OnFailure,
@@ -175,6 +175,16 @@ fn snapshot_strategy() -> impl Strategy<Value = Snapshot> {
 
 #[test]
 fn the_replica_plugin_decides_exactly_like_the_builtin() {
+    decides_like_the_builtin("policy_replicas", snapshot_strategy(), 2000);
+}
+
+/// The example plugin `name` decides as the built-in does on `cases` snapshots drawn from
+/// `snapshots`.
+pub(crate) fn decides_like_the_builtin(
+    name: &str,
+    snapshots: impl Strategy<Value = Snapshot>,
+    cases: u32,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -182,7 +192,7 @@ fn the_replica_plugin_decides_exactly_like_the_builtin() {
         .unwrap();
     let runtime = Arc::new(Runtime::new(Default::default()).unwrap());
     let prepared = runtime
-        .prepare_plugin(&guest("policy_replicas"))
+        .prepare_plugin(&guest(name))
         .expect("plugin builds and links");
     let plugin = std::cell::RefCell::new(PluginInstance::new(
         runtime.clone(),
@@ -192,16 +202,16 @@ fn the_replica_plugin_decides_exactly_like_the_builtin() {
         None,
     ));
     let compared = std::cell::Cell::new(0);
-    proptest!(ProptestConfig::with_cases(2000), |(snapshot in snapshot_strategy())| {
+    proptest!(ProptestConfig::with_cases(cases), |(snapshot in snapshots)| {
         let replay = snapshot.replay(Instant::now());
         let mut builtin = Vec::new();
         ReplicaPolicy.reconcile(&replay.input(), &mut builtin);
         let builtin: Vec<ActionRecord> = builtin.iter().map(ActionRecord::from).collect();
         let from_plugin = rt.block_on(setpoint::policy::ask_plugin_on_snapshot(&mut plugin.borrow_mut(), &snapshot)).expect("the plugin decides");
-        prop_assert_eq!(&from_plugin, &builtin, "snapshot: {}", serde_json::to_string(&snapshot).unwrap());
+        prop_assert_eq!(&from_plugin, &builtin, "{}: snapshot: {}", name, serde_json::to_string(&snapshot).unwrap());
         compared.set(compared.get() + 1);
     });
-    assert_eq!(compared.get(), 2000);
+    assert_eq!(compared.get(), cases);
     runtime.stop_ticker();
 }
 

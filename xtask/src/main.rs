@@ -1,8 +1,9 @@
 //! Project automation: `cargo xtask <task>`.
 //!
 //! - `guests`: make sure the `wasm32-wasip2` target is installed, then build every
-//!   example guest in `guest-examples/` (release) for it.
-//! - `demo [ARGS]`: build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml specs/http.yaml [ARGS]`.
+//!   example guest in `guest-examples/` (release) for it, and the Python and JavaScript
+//!   ones with their toolchains (`polyglot.rs`).
+//! - `demo [ARGS]`: build the Rust guests and run `setpoint run specs/demo.yaml specs/jobs.yaml specs/http.yaml [ARGS]`.
 //! - `test`: build the guests, check formatting and lints, run every test, run the
 //!   embedding examples, check that the library builds alone (no daemon, CLI or HTTP),
 //!   and cross-build the device binary for aarch64 and run it under qemu (`arm.rs`).
@@ -19,6 +20,7 @@ use anyhow::{Context, Result, bail};
 mod arm;
 mod dist;
 mod footprint;
+mod polyglot;
 mod tools;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -26,7 +28,8 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  guests      build the example guests (installs the wasm32-wasip2 target if needed)
+  guests      build the example guests (installs the wasm32-wasip2 target if needed, and
+              componentize-py and jco for the Python and JavaScript ones)
   demo [ARGS] build the guests and run `setpoint run specs/demo.yaml specs/jobs.yaml specs/http.yaml [ARGS]`
   test        build the guests, check formatting and lints, run every test (what CI runs);
               `test --no-lint` skips formatting and lints
@@ -55,7 +58,10 @@ fn main() -> Result<()> {
     let rest: Vec<String> = args.collect();
     let root = project_root();
     match task.as_str() {
-        "guests" => build_guests(&root),
+        "guests" => {
+            build_guests(&root)?;
+            polyglot::build(&root)
+        }
         "demo" => {
             build_guests(&root)?;
             let mut cmd = cargo(&root);
@@ -76,6 +82,7 @@ fn main() -> Result<()> {
         }
         "test" => {
             build_guests(&root)?;
+            polyglot::build(&root)?;
             let lint = !rest.iter().any(|a| a == "--no-lint");
             let started = std::time::Instant::now();
             if lint {
