@@ -16,8 +16,10 @@
 //     config: {maxCrashes: 3, cooldownMs: 30000}
 //
 // Types as jco gives them: records are objects with camelCase fields, an option is the
-// value or `undefined`, an enum is its WIT name as a string, a variant is `{tag, val}`,
-// and a u64 is a BigInt.
+// value or, when absent, `undefined` (StarlingMonkey) or `null` (QuickJS), so it is
+// tested with `== null`; an enum is its WIT name as a string, a variant is `{tag, val}`;
+// a u64 is a BigInt (StarlingMonkey) or a number (QuickJS), so this code makes every one
+// it computes with a BigInt first.
 
 const NAMES = {
   exited: "Exited",
@@ -34,7 +36,7 @@ const NAMES = {
 };
 
 function summary(end) {
-  if (end.reason === "exited" && end.exitCode !== undefined) {
+  if (end.reason === "exited" && end.exitCode != null) {
     return `Exited (${end.exitCode})`;
   }
   return NAMES[end.reason];
@@ -60,8 +62,9 @@ function settings(text) {
 function backoffMs(backoff, consecutive) {
   if (consecutive <= 1) return 0n;
   const doublings = BigInt(Math.min(consecutive - 2, 31));
-  const wait = backoff.initialMs * (1n << doublings);
-  return wait < backoff.maxMs ? wait : backoff.maxMs;
+  const wait = BigInt(backoff.initialMs) * (1n << doublings);
+  const max = BigInt(backoff.maxMs);
+  return wait < max ? wait : max;
 }
 
 function wantsRestart(policy, end) {
@@ -76,7 +79,7 @@ export const reconciler = {
     const replicas = desired.replicas;
     const actions = [];
     for (const slot of observed.slots.slice(replicas)) {
-      if (slot.instance !== undefined && !slot.instance.stopping) {
+      if (slot.instance != null && !slot.instance.stopping) {
         actions.push({ tag: "stop", val: slot.index });
       }
     }
@@ -85,9 +88,9 @@ export const reconciler = {
     const quarantined = [];
     for (let index = 0; index < replicas; index++) {
       const slot = observed.slots[index];
-      if (slot !== undefined && slot.instance !== undefined) continue;
-      const end = slot === undefined ? undefined : slot.lastEnd;
-      if (end === undefined) {
+      if (slot != null && slot.instance != null) continue;
+      const end = slot == null ? null : slot.lastEnd;
+      if (end == null) {
         actions.push({ tag: "spawn", val: index });
         continue;
       }
@@ -102,15 +105,16 @@ export const reconciler = {
         return actions;
       }
       if (!wantsRestart(desired.restartPolicy, end)) continue;
-      if (maxCrashes > 0 && !end.hostStop && slot.consecutiveEnds >= maxCrashes && end.agoMs < cooldownMs) {
+      const ago = BigInt(end.agoMs);
+      if (maxCrashes > 0 && !end.hostStop && slot.consecutiveEnds >= maxCrashes && ago < cooldownMs) {
         quarantined.push(index);
-        const left = cooldownMs - end.agoMs;
+        const left = cooldownMs - ago;
         soonest = soonest === undefined || left < soonest ? left : soonest;
         continue;
       }
       const wait = backoffMs(desired.backoff, slot.consecutiveEnds);
-      if (end.agoMs < wait) {
-        const left = wait - end.agoMs;
+      if (ago < wait) {
+        const left = wait - ago;
         soonest = soonest === undefined || left < soonest ? left : soonest;
         continue;
       }
@@ -127,7 +131,8 @@ export const reconciler = {
       });
     }
     if (soonest !== undefined) {
-      actions.push({ tag: "requeue-after-ms", val: soonest });
+      // A number is taken for a u64 by both backends.
+      actions.push({ tag: "requeue-after-ms", val: Number(soonest) });
     }
     return actions;
   },

@@ -153,11 +153,20 @@ async fn main() -> anyhow::Result<()> {
     }
     // The Python and JavaScript examples (other policies, the same converged input), where
     // `cargo xtask guests` could build them.
-    for name in ["policy_python", "policy_js"] {
+    for name in ["policy_python", "policy_js", "policy_js_qjs"] {
         if !guest(name).exists() {
             println!("  {name}: not built, skipped");
             continue;
         }
+        // The QuickJS build uses the async ABI, which a runtime runs only when asked to.
+        let runtime = if name.ends_with("_qjs") {
+            Arc::new(Runtime::new(setpoint::runtime::RuntimeConfig {
+                component_model_async: true,
+                ..Default::default()
+            })?)
+        } else {
+            runtime.clone()
+        };
         let mut other = plugin(&runtime, name)?;
         for &slots in sizes.iter().filter(|s| **s <= 10_000) {
             let converged = Converged::new(slots);
@@ -183,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
                 serde_json::json!({"batch": 10, "intervalMs": 0}),
             ),
             ("policy_js", serde_json::json!({"maxCrashes": 0})),
+            ("policy_js_qjs", serde_json::json!({"maxCrashes": 0})),
         ];
         for (name, config) in plugins {
             if guest(name).exists() {
@@ -210,7 +220,11 @@ async fn churn(plugin: Option<(&str, serde_json::Value)>, seconds: u64) -> anyho
         .as_ref()
         .map_or("built-in", |(name, _)| *name)
         .to_string();
-    let host = HostBuilder::default().event_history(4).build()?;
+    let async_abi = name.ends_with("_qjs");
+    let host = HostBuilder::default()
+        .event_history(4)
+        .component_model_async(async_abi)
+        .build()?;
     let mut spec = WorkloadSpec::new(guest("crasher"));
     spec.replicas = 10;
     spec.env = vec![

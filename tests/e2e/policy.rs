@@ -175,22 +175,29 @@ pub(crate) fn snapshot_strategy() -> impl Strategy<Value = Snapshot> {
 
 #[test]
 fn the_replica_plugin_decides_exactly_like_the_builtin() {
-    decides_like_the_builtin("policy_replicas", snapshot_strategy(), 2000);
+    decides_like_the_builtin("policy_replicas", snapshot_strategy(), 2000, false);
 }
 
 /// The example plugin `name` decides as the built-in does on `cases` snapshots drawn from
-/// `snapshots`.
+/// `snapshots`, on a runtime with the component model's async ABI if `async_abi`.
 pub(crate) fn decides_like_the_builtin(
     name: &str,
     snapshots: impl Strategy<Value = Snapshot>,
     cases: u32,
+    async_abi: bool,
 ) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let runtime = Arc::new(Runtime::new(Default::default()).unwrap());
+    let runtime = Arc::new(
+        Runtime::new(setpoint::runtime::RuntimeConfig {
+            component_model_async: async_abi,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     let prepared = runtime
         .prepare_plugin(&guest(name))
         .expect("plugin builds and links");

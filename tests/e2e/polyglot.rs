@@ -96,7 +96,8 @@ fn plain_snapshots(config: serde_json::Value) -> impl Strategy<Value = Snapshot>
 /// `plugin`, configured as `config`, decides as the built-in does on `cases` snapshots.
 fn decides_like_the_builtin(plugin: &str, config: serde_json::Value, cases: u32) {
     if built(plugin) {
-        crate::policy::decides_like_the_builtin(plugin, plain_snapshots(config), cases);
+        let async_abi = plugin.ends_with("_qjs");
+        crate::policy::decides_like_the_builtin(plugin, plain_snapshots(config), cases, async_abi);
     }
 }
 
@@ -191,4 +192,54 @@ async fn the_javascript_plugin_quarantines_a_crashing_slot_and_nothing_else() {
         "{status:?}"
     );
     host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quickjs_reactor_that_uses_the_async_abi_runs_as_a_workload() {
+    if !built("hello_js") {
+        return;
+    }
+    let m = Manifests::new();
+    let spec = "  replicas: 2\n  health:\n    probe: {period: 100ms}\n";
+    let file = m.write("w.yaml", &workload("hello-js", "hello_js", spec));
+    // Without the async ABI the host refuses it at apply, naming the feature and the flag.
+    let plain = host();
+    let refused = plain
+        .apply_files(std::slice::from_ref(&file))
+        .await
+        .expect_err("the async ABI is off by default");
+    let d = &refused.diagnostics[0];
+    assert!(
+        d.message.contains("uses the component model async feature"),
+        "{refused}"
+    );
+    let help = d.help.as_deref().unwrap_or_default();
+    assert!(help.contains("--component-model-async"), "{refused}");
+    assert!(!help.contains("wasm32-wasip2"), "{refused}");
+    plain.shutdown().await;
+    let host = setpoint::Host::builder()
+        .component_model_async(true)
+        .build()
+        .expect("host starts");
+    host.apply_files(&[file]).await.expect("valid manifest");
+    let w = wait_for(&host, "hello-js", "2 ready", |w| w.ready == 2).await;
+    assert_eq!(w.restarts, 0, "{:?}", w.events);
+    // Probed through its exported `health` a few times, and still ready.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let status = host.status().await;
+    let w = status.workload("hello-js").unwrap();
+    assert_eq!((w.ready, w.restarts), (2, 0), "{:?}", w.events);
+    let stopped = host.shutdown().await;
+    let w = stopped.workload("hello-js").unwrap();
+    assert!(
+        w.events.iter().all(|e| e.reason != "StartFailed"),
+        "{:?}",
+        w.events
+    );
+}
+
+#[test]
+fn the_quickjs_build_of_the_javascript_plugin_decides_like_the_builtin_too() {
+    // The same source as `policy_js`, through jco's QuickJS backend and the async ABI.
+    decides_like_the_builtin("policy_js_qjs", serde_json::json!({"maxCrashes": 0}), 200);
 }

@@ -271,7 +271,7 @@ fn library_alone(root: &Path) -> Result<()> {
     let features = [
         "--no-default-features",
         "--features",
-        "cranelift,cache,pulley,all-arch",
+        "cranelift,cache,pulley,all-arch,component-model-async",
     ];
     let mut tree = cargo(root);
     tree.args([

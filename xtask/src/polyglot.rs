@@ -1,5 +1,6 @@
-//! The guests written in Python and JavaScript, built with their own toolchains from their
-//! registries, pinned: componentize-py from PyPI into a venv under `target/tools/python`,
+//! The guests written in Python and JavaScript (policy plugins, and a reactor on jco's
+//! QuickJS backend, which uses the component model's async ABI), built with their own
+//! toolchains from their registries, pinned: componentize-py from PyPI into a venv under `target/tools/python`,
 //! and jco with componentize-js from npm into `guest-examples/policy-js/node_modules`
 //! (its `package.json` pins the versions and the preview2-shim override, its lock file
 //! the rest). They land beside the Rust guests in `guest-examples/target/wasm32-wasip2/
@@ -40,6 +41,22 @@ const JAVASCRIPT: Guest = Guest {
     output: "policy_js.wasm",
 };
 
+/// The same plugin, built with jco's QuickJS backend (the component model's async ABI).
+const JAVASCRIPT_QUICKJS: Guest = Guest {
+    name: "the JavaScript policy plugin on QuickJS",
+    dir: "policy-js",
+    source: "app.js",
+    output: "policy_js_qjs.wasm",
+};
+
+/// A reactor workload in JavaScript, built with the QuickJS backend.
+const REACTOR_QUICKJS: Guest = Guest {
+    name: "the JavaScript reactor on QuickJS",
+    dir: "hello-js",
+    source: "app.js",
+    output: "hello_js.wasm",
+};
+
 /// Builds the Python and JavaScript guests that are out of date.
 pub fn build(root: &Path) -> Result<()> {
     let out = root.join("guest-examples/target/wasm32-wasip2/release");
@@ -57,27 +74,36 @@ pub fn build(root: &Path) -> Result<()> {
             .arg(out.join(PYTHON.output));
         crate::run(cmd)
     };
-    let javascript = || -> Result<()> {
-        let dir = root.join("guest-examples").join(JAVASCRIPT.dir);
-        let jco = npm_install(&dir)?;
+    let jco_dir = root.join("guest-examples").join(JAVASCRIPT.dir);
+    // `jco componentize` of `guest` for `world` of the WIT at `wit`, with `backend`.
+    let jco = |guest: &Guest, wit: &Path, world: &str, backend: &str| -> Result<()> {
+        let jco = npm_install(&jco_dir)?;
         let mut cmd = Command::new(jco);
-        cmd.current_dir(&dir)
-            .args(["componentize", JAVASCRIPT.source, "--wit"])
-            .arg(&wit)
-            .args(["--world-name", "plugin", "-o"])
-            .arg(out.join(JAVASCRIPT.output));
+        cmd.current_dir(root.join("guest-examples").join(guest.dir))
+            .args(["componentize", guest.source, "--backend", backend, "--wit"])
+            .arg(wit)
+            .args(["--world-name", world, "-o"])
+            .arg(out.join(guest.output));
         crate::run(cmd)
     };
-    for (guest, build) in [
-        (&PYTHON, &python as &dyn Fn() -> Result<()>),
-        (&JAVASCRIPT, &javascript),
+    let workload_wit = root.join("wit/workload");
+    let javascript = || jco(&JAVASCRIPT, &wit, "plugin", "starlingmonkey");
+    let javascript_quickjs = || jco(&JAVASCRIPT_QUICKJS, &wit, "plugin", "quickjs");
+    let reactor_quickjs = || jco(&REACTOR_QUICKJS, &workload_wit, "reactor", "quickjs");
+    let policy_wit = wit.join("policy.wit");
+    let reactor_wit = workload_wit.join("workload.wit");
+    for (guest, build, wit) in [
+        (&PYTHON, &python as &dyn Fn() -> Result<()>, &policy_wit),
+        (&JAVASCRIPT, &javascript, &policy_wit),
+        (&JAVASCRIPT_QUICKJS, &javascript_quickjs, &policy_wit),
+        (&REACTOR_QUICKJS, &reactor_quickjs, &reactor_wit),
     ] {
         let source = root
             .join("guest-examples")
             .join(guest.dir)
             .join(guest.source);
         let output = out.join(guest.output);
-        if up_to_date(&output, &[&source, &wit.join("policy.wit")]) {
+        if up_to_date(&output, &[&source, wit]) {
             continue;
         }
         eprintln!("xtask: building {} ({})", guest.name, guest.output);

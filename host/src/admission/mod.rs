@@ -96,9 +96,12 @@ pub(crate) fn prepare_all(
                     Some(policy) => match runtime.prepare_plugin(&policy.plugin) {
                         Ok(plugin) => Some(plugin),
                         Err(e) => {
+                            let help = e.unsupported_help().unwrap_or_else(|| {
+                                "build the plugin for the `setpoint:policy/plugin` world (wit/policy/policy.wit)".into()
+                            });
                             diagnostics.push(
                                 Diagnostic::at(w.policy_origin.clone(), e.to_string())
-                                    .with_help("build the plugin for the `setpoint:policy/plugin` world (wit/policy/policy.wit)"),
+                                    .with_help(help),
                             );
                             continue;
                         }
@@ -120,7 +123,9 @@ pub(crate) fn prepare_all(
             }
             Err(e) => {
                 use crate::runtime::PrepareError as E;
+                let unsupported = e.unsupported_help();
                 let help = match &e {
+                    E::Unsupported { .. } => unsupported.as_deref().unwrap_or_default(),
                     E::Link { .. } => {
                         "setpoint does not retry a component that cannot be linked; rebuild it against what the host provides"
                     }

@@ -36,6 +36,9 @@ pub struct CompileArgs {
     /// Compile for hosts running with `--compact-memory`.
     #[arg(long)]
     compact_memory: bool,
+    /// Compile for hosts running with `--component-model-async`.
+    #[arg(long)]
+    component_model_async: bool,
 }
 
 /// Checks the manifests and compiles and links their components; starts nothing.
@@ -88,6 +91,7 @@ pub fn compile(args: CompileArgs) -> ExitCode {
         let output = output.unwrap_or_else(|| component.with_extension("cwasm"));
         let config = setpoint::runtime::RuntimeConfig {
             compact_memory,
+            component_model_async: args.component_model_async,
             ..Default::default()
         };
         let bytes = match std::fs::read(component) {

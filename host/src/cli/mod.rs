@@ -181,6 +181,10 @@ struct EngineArgs {
     /// instances), at the price of bounds-checked memory accesses.
     #[arg(long)]
     compact_memory: bool,
+    /// Run components that use the component model's async ABI (jco's QuickJS backend
+    /// makes them). It slows every call into every guest a little.
+    #[arg(long)]
+    component_model_async: bool,
     /// Reserve this many instance slots up front (the fastest spawn and recovery). The
     /// host then holds at most this many instances, and no memory limit may exceed
     /// 64 MiB, the slot size. 0 allocates on demand.
@@ -208,6 +212,7 @@ impl EngineArgs {
         builder
             .interpreter(self.interpreter)
             .compact_memory(self.compact_memory)
+            .component_model_async(self.component_model_async)
             .instance_pool(self.instance_pool)
             .http_limits(setpoint::FrontConfig {
                 max_connections: self.http_max_connections,

@@ -24,6 +24,9 @@ pub enum PolicyCmd {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Run a plugin that uses the component model's async ABI.
+        #[arg(long)]
+        component_model_async: bool,
         #[command(flatten)]
         cache: super::CacheArgs,
     },
@@ -37,8 +40,16 @@ pub async fn run(command: PolicyCmd) -> ExitCode {
             snapshot,
             builtin,
             output,
+            component_model_async,
             cache,
-        } => policy_test(plugin, snapshot, builtin, output, cache.dir()).await,
+        } => {
+            let engine = setpoint::runtime::RuntimeConfig {
+                cache_dir: cache.dir(),
+                component_model_async,
+                ..Default::default()
+            };
+            policy_test(plugin, snapshot, builtin, output, engine).await
+        }
     }
 }
 
@@ -47,7 +58,7 @@ async fn policy_test(
     snapshot: PathBuf,
     builtin: bool,
     output: Output,
-    cache_dir: Option<PathBuf>,
+    config: setpoint::runtime::RuntimeConfig,
 ) -> ExitCode {
     use setpoint::policy::snapshot::{ActionRecord, Snapshot};
     let text = match std::fs::read_to_string(&snapshot) {
@@ -82,10 +93,6 @@ async fn policy_test(
         Ok(actions.iter().map(ActionRecord::from).collect())
     } else {
         let plugin = plugin.unwrap_or_default();
-        let config = setpoint::runtime::RuntimeConfig {
-            cache_dir,
-            ..Default::default()
-        };
         let runtime = match setpoint::runtime::Runtime::new(config) {
             Ok(r) => std::sync::Arc::new(r),
             Err(e) => {

@@ -167,6 +167,16 @@ impl HostBuilder {
         self
     }
 
+    /// Runs components that use the component model's async ABI (jco's QuickJS backend
+    /// makes them), as workloads and plugins. Off by default: it turns on wasmtime's
+    /// concurrency support, which slows every call into every guest. Building the host
+    /// fails when the build lacks the `component-model-async` feature. Precompiled
+    /// artifacts must be compiled with the same setting.
+    pub fn component_model_async(mut self, on: bool) -> Self {
+        self.runtime.component_model_async = on;
+        self
+    }
+
     /// Reserves `slots` instance slots up front (wasmtime's pooling allocator): spawn and
     /// teardown become slot reuse, the fastest recovery. The host then holds at most
     /// `slots` instances, and no instance's memory may exceed the default memory limit

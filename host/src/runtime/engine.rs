@@ -29,8 +29,24 @@ pub fn engine_config(config: &RuntimeConfig, target: Option<&str>) -> anyhow::Re
     let mut wasm = Config::new();
     wasm.epoch_interruption(true);
     wasm.wasm_component_model(true);
-    // Component-model async is not used; leaving it on makes every call ~3x slower.
-    wasm.concurrency_support(false);
+    // The component model's async ABI, only when asked for: its concurrency support slows
+    // every call into every guest.
+    #[cfg(feature = "component-model-async")]
+    if config.component_model_async {
+        wasm.concurrency_support(true)
+            .wasm_component_model_async(true);
+    } else {
+        wasm.concurrency_support(false);
+    }
+    #[cfg(not(feature = "component-model-async"))]
+    {
+        if config.component_model_async {
+            anyhow::bail!(
+                "this build of setpoint leaves the component model's async ABI out: build it with the Cargo feature `component-model-async`"
+            );
+        }
+        wasm.concurrency_support(false);
+    }
     wasm.max_wasm_stack(config.max_wasm_stack);
     // The fiber stack must hold the Wasm stack plus the host calls made from it.
     wasm.async_stack_size(config.max_wasm_stack + 1024 * 1024);
@@ -153,20 +169,78 @@ pub fn load_component(
             path: path.to_path_buf(),
             message: "it is not a WebAssembly file (no `\\0asm` header)".into(),
         }),
-        None => compile(engine, path, bytes),
+        None => compile(engine, config, path, bytes),
     }
 }
 
 #[cfg(feature = "cranelift")]
-fn compile(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Component, PrepareError> {
-    Component::from_binary(engine, bytes).map_err(|e| PrepareError::Compile {
-        path: path.to_path_buf(),
-        message: exit::error_text(&e),
+fn compile(
+    engine: &Engine,
+    config: &RuntimeConfig,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Component, PrepareError> {
+    Component::from_binary(engine, bytes).map_err(|e| {
+        let message = exit::error_text(&e);
+        match unsupported_feature(&message) {
+            Some(feature) => PrepareError::Unsupported {
+                path: path.to_path_buf(),
+                help: unsupported_help(&feature, config.component_model_async),
+                feature,
+                message,
+            },
+            None => PrepareError::Compile {
+                path: path.to_path_buf(),
+                message,
+            },
+        }
     })
 }
 
+/// What to do about a component that uses `feature`, on a host whose async ABI is
+/// `async_enabled`.
+fn unsupported_help(feature: &str, async_enabled: bool) -> String {
+    let async_abi = feature == "the component model async feature";
+    if async_abi && !cfg!(feature = "component-model-async") {
+        "this build of setpoint leaves the component model's async ABI out: build it with the Cargo feature `component-model-async` (a default one)".to_string()
+    } else if async_abi && !async_enabled {
+        "start the host with `--component-model-async` (`HostBuilder::component_model_async`): it runs the component model's async ABI, at a cost to every call into every guest".to_string()
+    } else {
+        format!(
+            "setpoint runs WASI 0.2 components, and with `--component-model-async` the async ABI's base; rebuild the component without {feature}"
+        )
+    }
+}
+
+/// The feature a validation error says is missing, in the validator's words: "`task.cancel`
+/// requires the component model async feature", "exceptions proposal not enabled",
+/// "bulk memory support is not enabled".
+fn unsupported_feature(message: &str) -> Option<String> {
+    let phrase = |start: &str, end: &str| {
+        let from = message.find(start)? + start.len();
+        let to = from + message[from..].find(end)? + end.len();
+        Some(message[from..to].to_string())
+    };
+    let trailing = |suffix: &str, what: &str| {
+        let end = message.find(suffix)?;
+        // The words before the suffix, back to the last separator.
+        let name = message[..end].rsplit([':', '`', '(']).next()?.trim();
+        (!name.is_empty()).then(|| format!("the {name} {what}"))
+    };
+    phrase("requires the ", " feature")
+        .or_else(|| phrase("requires the ", " proposal"))
+        .map(|p| format!("the {p}"))
+        .or_else(|| trailing(" proposal not enabled", "proposal"))
+        .or_else(|| trailing(" support is not enabled", "feature"))
+}
+
 #[cfg(not(feature = "cranelift"))]
-fn compile(_engine: &Engine, path: &Path, _bytes: &[u8]) -> Result<Component, PrepareError> {
+fn compile(
+    _engine: &Engine,
+    _config: &RuntimeConfig,
+    path: &Path,
+    _bytes: &[u8],
+) -> Result<Component, PrepareError> {
     Err(PrepareError::NoCompiler {
         path: path.to_path_buf(),
     })
@@ -209,6 +283,96 @@ mod tests {
                 "name = \"wasmtime\"\nversion = \"{WASMTIME_VERSION}\""
             )),
             "WASMTIME_VERSION is not the wasmtime in Cargo.lock"
+        );
+    }
+
+    #[test]
+    fn a_missing_feature_is_named_in_the_validators_words() {
+        let cases = [
+            (
+                "failed to parse WebAssembly module: `task.cancel` requires the component model async feature (at offset 0x1900a2)",
+                Some("the component model async feature"),
+            ),
+            (
+                "`thread.spawn-ref` requires the shared-everything-threads proposal (at offset 0x10)",
+                Some("the shared-everything-threads proposal"),
+            ),
+            (
+                "exceptions proposal not enabled (at offset 0x2a)",
+                Some("the exceptions proposal"),
+            ),
+            (
+                "failed to parse: bulk memory support is not enabled",
+                Some("the bulk memory feature"),
+            ),
+            ("unexpected end-of-file (at offset 0x8)", None),
+        ];
+        for (message, feature) in cases {
+            assert_eq!(
+                unsupported_feature(message).as_deref(),
+                feature,
+                "{message}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::{PrepareError, unsupported_help};
+
+    fn unsupported(feature: &str) -> PrepareError {
+        PrepareError::Unsupported {
+            path: "w.wasm".into(),
+            feature: feature.into(),
+            message: format!("`x` requires {feature}"),
+            help: unsupported_help(feature, false),
+        }
+    }
+
+    #[test]
+    fn the_help_for_a_missing_feature_names_it_and_not_wasip2() {
+        let threads = unsupported("the component model threading feature")
+            .unsupported_help()
+            .expect("help");
+        assert!(
+            threads.contains("rebuild the component without the component model threading feature")
+        );
+        let async_abi = unsupported("the component model async feature")
+            .unsupported_help()
+            .expect("help");
+        let in_this_build = cfg!(feature = "component-model-async");
+        assert_eq!(
+            async_abi.contains("Cargo feature `component-model-async`"),
+            !in_this_build,
+            "{async_abi}"
+        );
+        assert_eq!(
+            async_abi.contains("`--component-model-async`"),
+            in_this_build,
+            "{async_abi}"
+        );
+        let enabled = unsupported_help("the component model async feature", true);
+        assert_eq!(
+            enabled.contains("rebuild the component without"),
+            in_this_build,
+            "{enabled}"
+        );
+        for help in [&threads, &async_abi, &enabled] {
+            assert!(!help.contains("built for wasm32-wasip2"), "{help}");
+        }
+        let shown = unsupported("the exceptions proposal").to_string();
+        assert!(
+            shown.contains("uses the exceptions proposal, which this host does not enable"),
+            "{shown}"
+        );
+        assert_eq!(
+            PrepareError::Compile {
+                path: "w.wasm".into(),
+                message: "bad".into()
+            }
+            .unsupported_help(),
+            None
         );
     }
 }

@@ -78,6 +78,12 @@ pub struct RuntimeConfig {
     /// growing memory may move, but an idle instance costs a few pages instead of a 4 GiB
     /// reservation, which is what lets one process hold 100,000 instances. Default off.
     pub compact_memory: bool,
+    /// Run components that use the component model's async ABI (in a build with the
+    /// `component-model-async` feature). Off by default: it turns on wasmtime's
+    /// concurrency support, which slows every call into every guest (the README's
+    /// performance section has the figures). Precompiled artifacts must be compiled with
+    /// the same setting.
+    pub component_model_async: bool,
     /// Instance slots reserved up front (wasmtime's pooling allocator); 0, the default,
     /// maps and unmaps each instance's memory and stack on demand. A pool turns spawn
     /// and teardown into slot reuse (recovery p99 72–97 µs instead of 104–129 µs), at a
@@ -107,6 +113,7 @@ impl Default for RuntimeConfig {
             interpreter: false,
             capabilities: Vec::new(),
             compact_memory: false,
+            component_model_async: false,
             instance_pool: 0,
         }
     }
@@ -164,6 +171,16 @@ enum Prepared {
     },
 }
 
+impl PrepareError {
+    /// What to do about a component that uses a feature this host does not enable.
+    pub fn unsupported_help(&self) -> Option<String> {
+        match self {
+            Self::Unsupported { help, .. } => Some(help.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// Why a component could not be prepared. Deterministic: retrying will not help.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -184,6 +201,19 @@ pub enum PrepareError {
         size: u64,
         /// The limit.
         limit: u64,
+    },
+    /// A valid component that uses a WebAssembly or component-model feature this host's
+    /// engine does not enable.
+    #[error("`{path}` uses {feature}, which this host does not enable: {message}")]
+    Unsupported {
+        /// The component path.
+        path: PathBuf,
+        /// The feature, as the validator names it (`the component model threading feature`).
+        feature: String,
+        /// The validator's error.
+        message: String,
+        /// What to do about it.
+        help: String,
     },
     /// Not a valid component, or it failed to compile.
     #[error("`{path}` is not a valid Wasm component: {message}")]
