@@ -92,18 +92,37 @@ pub fn build(root: &Path) -> Result<()> {
     let reactor_quickjs = || jco(&REACTOR_QUICKJS, &workload_wit, "reactor", "quickjs");
     let policy_wit = wit.join("policy.wit");
     let reactor_wit = workload_wit.join("workload.wit");
-    for (guest, build, wit) in [
-        (&PYTHON, &python as &dyn Fn() -> Result<()>, &policy_wit),
-        (&JAVASCRIPT, &javascript, &policy_wit),
-        (&JAVASCRIPT_QUICKJS, &javascript_quickjs, &policy_wit),
-        (&REACTOR_QUICKJS, &reactor_quickjs, &reactor_wit),
+    // A changed toolchain pin rebuilds what it builds.
+    let jco_lock = jco_dir.join("package-lock.json");
+    for (guest, build, wit, toolchain) in [
+        (
+            &PYTHON,
+            &python as &dyn Fn() -> Result<()>,
+            &policy_wit,
+            None,
+        ),
+        (&JAVASCRIPT, &javascript, &policy_wit, Some(&jco_lock)),
+        (
+            &JAVASCRIPT_QUICKJS,
+            &javascript_quickjs,
+            &policy_wit,
+            Some(&jco_lock),
+        ),
+        (
+            &REACTOR_QUICKJS,
+            &reactor_quickjs,
+            &reactor_wit,
+            Some(&jco_lock),
+        ),
     ] {
         let source = root
             .join("guest-examples")
             .join(guest.dir)
             .join(guest.source);
         let output = out.join(guest.output);
-        if up_to_date(&output, &[&source, wit]) {
+        let mut inputs = vec![source.as_path(), wit.as_path()];
+        inputs.extend(toolchain.map(|p| p.as_path()));
+        if up_to_date(&output, &inputs) {
             continue;
         }
         eprintln!("xtask: building {} ({})", guest.name, guest.output);

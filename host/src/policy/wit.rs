@@ -116,7 +116,7 @@ fn slot(input: &PolicyInput<'_>, index: usize) -> t::Slot {
         stopping: i.stopping,
     };
     t::Slot {
-        index: index as u32,
+        index: u32::try_from(index).unwrap_or(u32::MAX),
         instance: s.instance.as_ref().map(instance),
         successor: s.successor.as_ref().map(instance),
         restarts: s.restarts,
