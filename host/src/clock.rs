@@ -25,6 +25,18 @@ pub fn after_wall(at: SystemTime, d: Duration) -> SystemTime {
     at.checked_add(d.min(FAR)).unwrap_or(at)
 }
 
+/// `d` in whole milliseconds, saturating (a policy's times are milliseconds).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The wall clock in milliseconds since the Unix epoch (0 before it).
+pub fn unix_millis_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
 /// [`after`] from now.
 pub fn from_now(d: Duration) -> Instant {
     after(Instant::now(), d)

@@ -5,7 +5,7 @@
 //! revision; re-applying the workload gives it a fresh start.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::snapshot::{ActionRecord, Snapshot};
 use super::wit::PluginInput;
@@ -69,9 +69,7 @@ impl PluginPolicy {
             fallback.reconcile(input, actions);
             return;
         }
-        let now_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_unix_ms = crate::clock::unix_millis_now();
         let asked =
             super::wit::ask_plugin(&mut self.instance, &mut self.input, input, now_unix_ms).await;
         let outcome = match asked {
@@ -233,9 +231,13 @@ pub async fn dry_run(
     let prepared = tokio::task::spawn_blocking(move || rt.prepare_plugin(&path)).await??;
     let mut instance = PluginInstance::new(runtime, prepared, limits, "dry-run".into(), None);
     let replay = snapshot.replay(std::time::Instant::now());
+    let input = replay.input();
+    let mut buffers = PluginInput::new(&snapshot.desired.config);
     Ok(
-        match super::wit::ask_plugin_on_snapshot(&mut instance, snapshot).await {
-            Ok(records) => validate(&records, &replay.input()).map(|_| records),
+        match super::wit::ask_plugin(&mut instance, &mut buffers, &input, snapshot.now_unix_ms)
+            .await
+        {
+            Ok(records) => validate(&records, &input).map(|_| records),
             Err(failure) => Err(describe_failure(&failure)),
         },
     )

@@ -3,11 +3,12 @@
 //! recorded in production replays identically on a laptop. These are also the types the
 //! plugin host converts to and from the WIT records of `wit/policy`.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Action, InstanceObservation, PolicyInput, RolloutObservation, SlotObservation};
+use crate::clock::millis as ms;
 use crate::end::{EndKind, EndSummary};
 use crate::manifest::{
     BackoffSpec, IntOrPercent, RestartBudget, RestartPolicy, StrategyKind, UpdateStrategy,
@@ -212,10 +213,6 @@ impl EndSnapshot {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl Snapshot {
     /// Records what a policy is about to be given.
     pub fn capture(input: &PolicyInput<'_>, revision: &str, config: &serde_json::Value) -> Self {
@@ -287,7 +284,7 @@ impl Snapshot {
                     rolled_back: r.rolled_back,
                 }),
             },
-            now_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms),
+            now_unix_ms: crate::clock::unix_millis_now(),
         }
     }
 

@@ -7,14 +7,15 @@
 //! end's reason by an enum. The slots are written straight into the guest's memory in the
 //! canonical ABI's layout ([`crate::runtime::plugin_abi`]), with nothing buffered here.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::snapshot::ActionRecord;
 use super::{InstanceObservation, PolicyInput};
+use crate::clock::millis as ms;
 use crate::end::EndKind;
 use crate::manifest::{RestartPolicy, StrategyKind};
 use crate::runtime::plugin::{PluginFailure, PluginInstance, t};
-use crate::runtime::plugin_abi::{Observed, Slots};
+use crate::runtime::plugin_abi::{Desired, Observed, Slots};
 
 /// What a plugin is shown that is kept between calls: the config's JSON text, made once,
 /// and the buffer of recent restarts.
@@ -59,20 +60,16 @@ pub async fn ask_plugin(
             rolled_back: r.rolled_back,
         }),
     };
-    let decided = instance.decide(&desired, observed, now_unix_ms).await?;
+    let decided = instance.decide(desired, observed, now_unix_ms).await?;
     Ok(decided.into_iter().map(from_wit).collect())
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn desired(input: &PolicyInput<'_>, config: &str) -> t::Desired {
+fn desired<'a>(input: &PolicyInput<'a>, config: &'a str) -> Desired<'a> {
     let d = input.desired;
     let (max_surge, max_unavailable) = d.strategy.resolve(d.replicas);
-    t::Desired {
-        workload: input.workload.to_string(),
-        revision: input.revision.to_string(),
+    Desired {
+        workload: input.workload,
+        revision: input.revision,
         replicas: d.replicas,
         restart_policy: match d.restart_policy {
             RestartPolicy::Always => t::RestartPolicy::Always,
@@ -88,7 +85,7 @@ fn desired(input: &PolicyInput<'_>, config: &str) -> t::Desired {
             max_restarts: b.max_restarts,
             window_ms: ms(b.window),
         }),
-        config: config.to_string(),
+        config,
         strategy: t::Strategy {
             recreate: d.strategy.kind == StrategyKind::Recreate,
             max_surge,

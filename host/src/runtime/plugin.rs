@@ -15,7 +15,7 @@ use wasmtime::component::{ComponentExportIndex, Func, TypedFunc};
 
 use super::exit::{EndReason, error_text};
 use super::output::{LogLine, OutputCapture};
-use super::plugin_abi::Observed;
+use super::plugin_abi::{Desired, Observed};
 use super::store_data::{InstanceState, build_plugin_store};
 use super::{Digest, PrepareError, Runtime};
 use crate::manifest::CpuBudget;
@@ -182,7 +182,7 @@ pub struct PluginInstance {
 }
 
 /// `reconcile`'s signature, with the slots already in the canonical ABI's layout.
-type Reconcile<'a> = TypedFunc<(&'a t::Desired, Observed<'a>, u64), (Vec<t::Action>,)>;
+type Reconcile<'a> = TypedFunc<(Desired<'a>, Observed<'a>, u64), (Vec<t::Action>,)>;
 
 impl PluginInstance {
     /// A plugin instance for `label` (shown as the instance in log lines); instantiated lazily.
@@ -206,7 +206,7 @@ impl PluginInstance {
     /// Asks the plugin to decide on what it is shown, at `now_unix_ms`.
     pub async fn decide(
         &mut self,
-        desired: &t::Desired,
+        desired: Desired<'_>,
         observed: Observed<'_>,
         now_unix_ms: u64,
     ) -> Result<Vec<t::Action>, PluginFailure> {
@@ -220,7 +220,7 @@ impl PluginInstance {
 
     async fn call(
         &mut self,
-        desired: &t::Desired,
+        desired: Desired<'_>,
         observed: Observed<'_>,
         now_unix_ms: u64,
     ) -> Result<Vec<t::Action>, PluginFailure> {
@@ -244,7 +244,7 @@ impl PluginInstance {
                 .ok_or_else(|| PluginFailure::Instantiate("no `reconcile` export".into()))?;
             // Checked once here; each call then names the same types with its own lifetimes.
             reconcile
-                .typed::<(&t::Desired, Observed<'_>, u64), (Vec<t::Action>,)>(&store)
+                .typed::<(Desired<'_>, Observed<'_>, u64), (Vec<t::Action>,)>(&store)
                 .map_err(|e| PluginFailure::Instantiate(error_text(&e)))?;
             self.live = Some((store, reconcile));
         }

@@ -155,6 +155,31 @@ unsafe impl Lower for Slots<'_> {
     }
 }
 
+/// The `desired` record, its text borrowed from the host's own (nothing is copied until
+/// it reaches the guest).
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct Desired<'a> {
+    /// The workload's name.
+    pub workload: &'a str,
+    /// The applied revision.
+    pub revision: &'a str,
+    /// `spec.replicas`.
+    pub replicas: u32,
+    /// What to do when an instance ends on its own.
+    #[component(name = "restart-policy")]
+    pub restart_policy: t::RestartPolicy,
+    /// Back-off in milliseconds.
+    pub backoff: t::Backoff,
+    /// The restart budget, if any.
+    #[component(name = "restart-budget")]
+    pub restart_budget: Option<t::RestartBudget>,
+    /// `spec.policy.config` as JSON text.
+    pub config: &'a str,
+    /// The update strategy, resolved to counts.
+    pub strategy: t::Strategy,
+}
+
 /// The `observed` record with its slots already encoded: what a call is given.
 #[derive(ComponentType, Lower)]
 #[component(record)]
