@@ -82,9 +82,11 @@ async fn thousands_of_replacements_leak_nothing() {
         bombs >= 20,
         "the memory bomb was replaced too ({bombs} times)"
     );
+    // One Store per slot, one per spare, and those of the latest ends, whose teardown
+    // tasks have not run yet (a leak would keep thousands).
     assert!(
-        stores_warm <= 2,
-        "at most one Store per slot is alive ({stores_warm})"
+        stores_warm <= 2 + 2 + 32,
+        "at most one Store per slot and per spare is alive, besides the latest ends' ({stores_warm})"
     );
     // 4,000 replacements: even 4 KiB kept per replacement would show as 16 MiB.
     assert!(
@@ -100,7 +102,16 @@ async fn thousands_of_replacements_leak_nothing() {
         assert!(Instant::now() < deadline, "deletion did not finish");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(host.live_stores(), 0, "every Store was dropped");
+    // The last ones once their teardown tasks ran (and the discarded spares' once aborted).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.live_stores() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} Stores were never dropped",
+            host.live_stores()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     host.shutdown().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while metrics.num_alive_tasks() > tasks_before {

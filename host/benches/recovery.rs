@@ -4,6 +4,7 @@
 //! spawn, instantiate, run, exit, observe, replace.
 //!
 //! Run: `cargo xtask guests && cargo bench -p setpoint --bench recovery` (RUST_BACKTRACE unset).
+//! `SPARES=N` sets the host's spares per workload (default: the host default, 1).
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,11 @@ async fn main() -> anyhow::Result<()> {
         env!("CARGO_MANIFEST_DIR"),
         "/../guest-examples/target/wasm32-wasip2/release/crasher.wasm"
     );
-    let host = Host::builder().event_history(4).build()?;
+    let mut builder = Host::builder().event_history(4);
+    if let Some(n) = std::env::var("SPARES").ok().and_then(|n| n.parse().ok()) {
+        builder = builder.spares(n);
+    }
+    let host = builder.build()?;
     let mut events = host.events();
     let mut spec = WorkloadSpec::new(component);
     spec.env = vec![

@@ -4,13 +4,16 @@
 //! 1. recovery: an instance exits, its replacement is running (1, 100, 10,000 others);
 //! 2. spawn: a workload scaled 0 → N, until all N are running;
 //! 3. density: idle instances held by one host, RSS per instance, recovery at that size;
+//!    spares: what a spare costs (RSS, mappings);
 //! 4. host start: build a host, apply, all replicas running (compile cache cold / warm);
 //! 5. interpreter: a fixed compute load, native code against Pulley.
 //!
 //! `cargo bench -p setpoint --bench scenarios` runs the full sizes (minutes). Under
 //! `cargo test` (CI) the same code runs at tiny sizes, so the scenarios cannot rot.
 //! `SCENARIOS=recovery,spawn` picks scenarios; `RECOVERY_OTHERS=1,100` and `PROCESS_OTHERS=`
-//! (empty: none) pick the sizes of the recovery scenario, `RECOVERY_CYCLES` its length;
+//! (empty: none) pick the sizes of the recovery scenario, `RECOVERY_CYCLES` its length,
+//! `RECOVERY_RUN_MS` how long each crashing instance runs (default 1), `RECOVERY_SETUPS`
+//! which hosts (`on-demand,spare,pooled,pooled-spare`);
 //! `PROCESS_SPAWN=` the process model's spawn sizes. Needs `cargo xtask guests` first; the
 //! process model's programs are the same guest sources built for this machine.
 
@@ -34,6 +37,7 @@ struct Sizes {
     process_density: u32,
     host_start_runs: usize,
     spin_rounds: u32,
+    spare_workloads: u32,
 }
 
 const FULL: Sizes = Sizes {
@@ -47,6 +51,7 @@ const FULL: Sizes = Sizes {
     process_density: 1_000,
     host_start_runs: 10,
     spin_rounds: 50,
+    spare_workloads: 1_000,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -60,6 +65,7 @@ const SMOKE: Sizes = Sizes {
     process_density: 5,
     host_start_runs: 1,
     spin_rounds: 1,
+    spare_workloads: 4,
 };
 
 fn guest(name: &str) -> PathBuf {
@@ -127,12 +133,22 @@ fn main() -> anyhow::Result<()> {
         if selected("recovery") {
             let others_override = list_override("RECOVERY_OTHERS");
             for &others in others_override.as_deref().unwrap_or(sizes.recovery_others) {
-                recovery(others, sizes.recovery_cycles, None).await?;
                 // The pool holds the others, the crash loop and one successor.
                 // A large pool can run out of memory mappings (one try with 11,000 slots
                 // stopped at 7,205 instances): reported rather than fatal.
-                if let Err(e) = recovery(others, sizes.recovery_cycles, Some(others + 2)).await {
-                    println!("recovery  setpoint pooled, {others:>6} others: not possible: {e}");
+                for pool in [None, Some(others + 2)] {
+                    for spares in [0, 1] {
+                        let setup = Setup { pool, spares };
+                        if !setup.selected() {
+                            continue;
+                        }
+                        if let Err(e) = recovery(others, sizes.recovery_cycles, setup).await {
+                            println!(
+                                "recovery  {}, {others:>6} others: not possible: {e}",
+                                setup.label()
+                            );
+                        }
+                    }
                 }
             }
             let process_override = list_override("PROCESS_OTHERS");
@@ -153,6 +169,12 @@ fn main() -> anyhow::Result<()> {
             density(sizes.density, sizes.density_step, sizes.recovery_cycles).await?;
             process_density(native.as_ref().unwrap(), sizes.process_density).await?;
         }
+        if selected("spares") {
+            let n = std::env::var("SPARE_WORKLOADS")
+                .ok()
+                .and_then(|n| n.parse().ok());
+            spare_memory(n.unwrap_or(sizes.spare_workloads)).await?;
+        }
         if selected("start") {
             host_start(sizes.host_start_runs).await?;
         }
@@ -164,21 +186,29 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// A host for scenarios: compact memories (so that 100,000 instances fit), small event
-/// history.
-fn host() -> anyhow::Result<Host> {
+/// history, `spares` per workload.
+fn host_with(spares: u32) -> anyhow::Result<Host> {
     HostBuilder::default()
         .compact_memory(true)
         .event_history(4)
         .max_instances(200_000)
+        .spares(spares)
         .build()
 }
 
+/// A host for scenarios without spares (see [`host_with`]).
+fn host() -> anyhow::Result<Host> {
+    host_with(0)
+}
+
 /// A host with an instance pool of `slots` (default memory settings: the pool reuses
-/// copy-on-write slots, so compact memories would only add bounds checks).
-fn pooled_host(slots: u32) -> anyhow::Result<Host> {
+/// copy-on-write slots, so compact memories would only add bounds checks), `spares` per
+/// workload.
+fn pooled_host(slots: u32, spares: u32) -> anyhow::Result<Host> {
     HostBuilder::default()
         .instance_pool(slots)
         .event_history(4)
+        .spares(spares)
         .build()
 }
 
@@ -190,11 +220,18 @@ fn idle(name: &str, n: u32) -> Workload {
     Workload::new(name, spec)
 }
 
-/// A command that exits at once, replaced with zero back-off.
+/// How long a crashing instance runs before it exits, in milliseconds (`RECOVERY_RUN_MS`).
+fn crash_run_ms() -> String {
+    std::env::var("RECOVERY_RUN_MS").unwrap_or_else(|_| "1".into())
+}
+
+/// A command that exits after `RECOVERY_RUN_MS` milliseconds (default 1), replaced with
+/// zero back-off. With 0 the loop is back to back: a spare then has no time to be made
+/// between two ends, and recovery measures a loop bound by instantiation throughput.
 fn crash_loop() -> Workload {
     let mut spec = WorkloadSpec::new(guest("crasher"));
     spec.env = vec![
-        ("CRASH_AFTER_MS".into(), "0".into()),
+        ("CRASH_AFTER_MS".into(), crash_run_ms()),
         ("MODE".into(), "exit".into()),
     ];
     spec.backoff.initial = Duration::ZERO;
@@ -243,35 +280,119 @@ fn mappings() -> (usize, usize) {
     (count, limit)
 }
 
-/// Samples exit → replacement running, from event times: the end is dated when the
-/// instance ended, `Started` when its replacement was instantiated.
-async fn measure_recovery(host: &Host, cycles: usize) -> anyhow::Result<Vec<Duration>> {
+/// One recovery's parts, from event times: the end is dated when the instance's code
+/// ended (`Exited`), the replacement's spawn when the controller decided it (`Replaced`),
+/// `Started` when the replacement was instantiated (or, a spare, woken).
+#[derive(Default)]
+struct Recoveries {
+    /// Exit → replacement running.
+    total: Vec<Duration>,
+    /// Exit → the controller's spawn: the end's delivery and the controller's reaction
+    /// (and the old Store's teardown, where it is on the path).
+    hand_off: Vec<Duration>,
+    /// The controller's spawn → running: a task, a Store and an instantiation, or a
+    /// spare's wake-up.
+    start: Vec<Duration>,
+    /// Running → exit: the replacement's first (and only) run.
+    run: Vec<Duration>,
+    /// Spawns that started a spare.
+    spares_used: u64,
+}
+
+/// Samples `cycles` recoveries of a crash loop on `host`.
+async fn measure_recovery(host: &Host, cycles: usize) -> anyhow::Result<Recoveries> {
     let mut events = host.events();
     host.apply(vec![crash_loop()]).await?;
-    let mut samples = Vec::with_capacity(cycles);
-    let mut last_end: Option<SystemTime> = None;
-    while samples.len() < cycles {
-        match events.recv().await {
+    let mut r = Recoveries::default();
+    let (mut end, mut spawned, mut started): (
+        Option<SystemTime>,
+        Option<SystemTime>,
+        Option<SystemTime>,
+    ) = (None, None, None);
+    let since =
+        |later: SystemTime, earlier: SystemTime| later.duration_since(earlier).unwrap_or_default();
+    while r.total.len() < cycles {
+        let Ok(event) = tokio::time::timeout(Duration::from_secs(30), events.recv()).await else {
+            let status = host.status().await;
+            anyhow::bail!(
+                "no crash-loop event for 30 s after {} recoveries; the crash loop: {:?}",
+                r.total.len(),
+                status.workload("crashloop")
+            );
+        };
+        match event {
             Ok(e) if e.workload != "crashloop" => {}
-            Ok(e) if e.reason == "Exited" => last_end = Some(e.time),
+            Ok(e) if e.reason == "Exited" => {
+                if let Some(s) = started.take() {
+                    r.run.push(since(e.time, s));
+                }
+                end = Some(e.time);
+                spawned = None;
+            }
+            Ok(e) if e.reason == "Replaced" => {
+                if let Some(end) = end {
+                    r.hand_off.push(since(e.time, end));
+                }
+                spawned = Some(e.time);
+            }
             Ok(e) if e.reason == "Started" => {
-                if let Some(end) = last_end.take() {
-                    samples.push(e.time.duration_since(end).unwrap_or_default());
+                if let (Some(end), Some(spawned)) = (end.take(), spawned.take()) {
+                    r.total.push(since(e.time, end));
+                    r.start.push(since(e.time, spawned));
+                    started = Some(e.time);
                 }
             }
             Ok(_) => {}
-            Err(RecvError::Lagged(_)) => last_end = None,
+            Err(RecvError::Lagged(_)) => (end, spawned, started) = (None, None, None),
             Err(e) => anyhow::bail!("event stream closed: {e}"),
         }
     }
+    let metrics = host.metrics().await;
+    r.spares_used = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("setpoint_spares_used_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     host.delete("crashloop").await?;
-    Ok(samples)
+    Ok(r)
 }
 
-async fn recovery(others: u32, cycles: usize, pool: Option<u32>) -> anyhow::Result<()> {
-    let host = match pool {
-        Some(slots) => pooled_host(slots)?,
-        None => host()?,
+/// A recovery scenario's setup.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// An instance pool of this many slots (on demand without).
+    pool: Option<u32>,
+    /// Spares per workload.
+    spares: u32,
+}
+
+impl Setup {
+    /// Whether `RECOVERY_SETUPS` (a comma-separated list of `on-demand`, `spare`,
+    /// `pooled`, `pooled-spare`; all when unset) picks this setup.
+    fn selected(self) -> bool {
+        let name = match (self.pool.is_some(), self.spares > 0) {
+            (false, false) => "on-demand",
+            (false, true) => "spare",
+            (true, false) => "pooled",
+            (true, true) => "pooled-spare",
+        };
+        std::env::var("RECOVERY_SETUPS").map_or(true, |s| s.split(',').any(|x| x == name))
+    }
+
+    fn label(self) -> &'static str {
+        match (self.pool.is_some(), self.spares > 0) {
+            (false, false) => "setpoint",
+            (false, true) => "setpoint + spare",
+            (true, false) => "setpoint pooled",
+            (true, true) => "setpoint pooled + spare",
+        }
+    }
+}
+
+async fn recovery(others: u32, cycles: usize, setup: Setup) -> anyhow::Result<()> {
+    let host = match setup.pool {
+        Some(slots) => pooled_host(slots, setup.spares)?,
+        None => host_with(setup.spares)?,
     };
     let outcome = async {
         host.apply(vec![idle("others", others)]).await?;
@@ -280,17 +401,28 @@ async fn recovery(others: u32, cycles: usize, pool: Option<u32>) -> anyhow::Resu
     }
     .await;
     host.shutdown().await;
-    let mut samples = outcome?;
-    let label = if pool.is_some() {
-        "setpoint pooled"
-    } else {
-        "setpoint"
-    };
+    let mut r = outcome?;
+    let label = setup.label();
     println!(
         "recovery  {label}, {others:>6} others: exit → replacement running  {}",
-        summary(&mut samples)
+        summary(&mut r.total)
+    );
+    println!(
+        "          parts: exit → spawn {}; spawn → running {}; first run {}; {} spares started",
+        p50(&mut r.hand_off),
+        p50(&mut r.start),
+        p50(&mut r.run),
+        r.spares_used
     );
     Ok(())
+}
+
+/// The median of `samples`, formatted.
+fn p50(samples: &mut [Duration]) -> String {
+    samples.sort();
+    samples
+        .get(samples.len() / 2)
+        .map_or_else(|| "-".into(), |d| format!("p50 {d:.1?}"))
 }
 
 async fn spawn(n: u32) -> anyhow::Result<()> {
@@ -385,13 +517,63 @@ async fn density(target: u32, step: u32, cycles: usize) -> anyhow::Result<()> {
         "density   setpoint: {held} idle instances, {per:.1} KiB RSS and {maps:.2} memory mappings each (host total {} MiB)",
         rss_kib() / 1024
     );
-    let mut samples = measure_recovery(&host, cycles).await?;
+    let mut r = measure_recovery(&host, cycles).await?;
     println!(
         "density   setpoint, recovery beside {held}: {}",
-        summary(&mut samples)
+        summary(&mut r.total)
     );
     host.shutdown().await;
     listener.abort();
+    Ok(())
+}
+
+/// What a spare costs: `n` workloads of one idle instance, first without spares, then
+/// with one each (a change of `spares` is not a new revision: nothing restarts).
+async fn spare_memory(n: u32) -> anyhow::Result<()> {
+    let host = host()?;
+    let workloads = |spares: Option<u32>| {
+        (0..n)
+            .map(|i| {
+                let mut w = idle(&format!("w{i}"), 1);
+                w.spec.spares = spares;
+                w
+            })
+            .collect::<Vec<_>>()
+    };
+    host.apply(workloads(None)).await?;
+    for i in 0..n {
+        let name = format!("w{i}");
+        if let Err(e) = wait_running(&host, &name, 1).await {
+            let status = host.status().await;
+            let end = status
+                .workload(&name)
+                .and_then(|w| w.last_termination.as_ref())
+                .map(|t| format!("{:?}", t.end.reason));
+            anyhow::bail!("{e}; its last end: {end:?}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, maps_before) = (rss_kib(), mappings().0);
+    host.apply(workloads(Some(1))).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = host.status().await;
+        let spares: u32 = status.workloads.iter().map(|w| w.spares).sum();
+        let restarts: u64 = status.workloads.iter().map(|w| w.restarts).sum();
+        anyhow::ensure!(restarts == 0, "a change of spares restarted instances");
+        if spares == n {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{spares} of {n} spares made");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per = rss_kib().saturating_sub(before) as f64 / f64::from(n.max(1));
+    let maps = mappings().0.saturating_sub(maps_before) as f64 / f64::from(n.max(1));
+    println!(
+        "spares    setpoint: {n} spares (one per workload), {per:.1} KiB RSS and {maps:.2} memory mappings each"
+    );
+    host.shutdown().await;
     Ok(())
 }
 
@@ -518,7 +700,7 @@ async fn process_recovery(native: &Native, others: u32, cycles: usize) -> anyhow
         .collect::<Result<_, _>>()?;
     let spawn_crasher = || {
         tokio::process::Command::new(&native.crasher)
-            .env("CRASH_AFTER_MS", "0")
+            .env("CRASH_AFTER_MS", crash_run_ms())
             .env("MODE", "exit")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -22,6 +22,8 @@ pub struct Metrics {
     reconcile: Histogram,
     policy: Histogram,
     spawn: Histogram,
+    spares_made: Counter,
+    spares_used: Counter,
     http_requests: Family<RequestLabels, Counter>,
     http_latency: Family<WorkloadLabel, Histogram>,
     http_retries: Family<WorkloadLabel, Counter>,
@@ -63,6 +65,8 @@ impl Default for Metrics {
             reconcile: Histogram::new(buckets()),
             policy: Histogram::new(buckets()),
             spawn: Histogram::new(buckets()),
+            spares_made: Counter::default(),
+            spares_used: Counter::default(),
             http_requests: Family::default(),
             http_latency: Family::new_with_constructor(|| Histogram::new(buckets())),
             http_retries: Family::default(),
@@ -85,6 +89,21 @@ impl Metrics {
     /// An instance reported running this long after the controller spawned it.
     pub(crate) fn spawned(&self, took: Duration) {
         self.spawn.observe(took.as_secs_f64());
+    }
+
+    /// A spare was built (its component instantiated ahead of need).
+    pub(crate) fn spare_made(&self) {
+        self.spares_made.inc();
+    }
+
+    /// A spare was started in place of a new instance.
+    pub(crate) fn spare_used(&self) {
+        self.spares_used.inc();
+    }
+
+    /// Spares built and spares started so far.
+    pub fn spares(&self) -> (u64, u64) {
+        (self.spares_made.get(), self.spares_used.get())
     }
 
     /// An HTTP request answered with `status` (its head sent) after `took`.
@@ -179,6 +198,16 @@ impl Metrics {
             "spawn_duration_seconds",
             "Time from the controller's spawn to the instance running",
             self.spawn.clone(),
+        );
+        registry.register(
+            "spares_made",
+            "Spares built: instances instantiated ahead of need",
+            self.spares_made.clone(),
+        );
+        registry.register(
+            "spares_used",
+            "Spares started in place of a new instance",
+            self.spares_used.clone(),
         );
         let instances = Family::<StateLabels, Gauge>::default();
         let desired = Family::<WorkloadLabel, Gauge>::default();

@@ -271,6 +271,9 @@ pub struct WorkloadStatus {
     pub ready: u32,
     /// Live instances (any phase).
     pub running: u32,
+    /// Spares held: instances instantiated but not started, not counted above.
+    #[serde(default)]
+    pub spares: u32,
     /// Total replacements since the workload was applied.
     pub restarts: u64,
     /// Coarse state.

@@ -96,6 +96,20 @@ pub async fn wait_for_host(
     }
 }
 
+/// Waits until no instance Store is left (an ended instance's Store is dropped by a
+/// task of its own, just after its end is reported); `why` says what that shows.
+pub async fn wait_no_stores(host: &Host, why: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while host.live_stores() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{why}: {} Stores left",
+            host.live_stores()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The `reason` of a workload's last termination.
 pub fn last_reason(w: &WorkloadStatus) -> Option<&'static str> {
     w.last_termination.as_ref().map(|t| t.end.reason.name())

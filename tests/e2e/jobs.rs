@@ -55,7 +55,7 @@ async fn a_job_runs_until_its_completions_succeed_with_retries_counted() {
     let runs = std::fs::read_to_string(state.path().join("runs")).expect("runs");
     let done = std::fs::read_to_string(state.path().join("done")).expect("done");
     assert_eq!((runs.lines().count(), done.lines().count()), (7, 5));
-    assert_eq!(host.live_stores(), 0, "a finished job holds no instance");
+    crate::common::wait_no_stores(&host, "a finished job holds no instance").await;
     // Nothing runs again, however long one waits: the job is finished.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let runs = std::fs::read_to_string(state.path().join("runs")).expect("runs");
@@ -226,7 +226,7 @@ async fn job_and_workload_fields_do_not_mix_and_a_job_needs_a_command() {
     let host = host();
     let bad_job = m.write(
         "bad-job.yaml",
-        &job("bad", "  replicas: 2\n  completions: 0\n  failurePolicy:\n    rules:\n      - action: Ignore\n        onExitCodes: {values: [0, 300]}\n"),
+        &job("bad", "  replicas: 2\n  completions: 0\n  spares: 1\n  failurePolicy:\n    rules:\n      - action: Ignore\n        onExitCodes: {values: [0, 300]}\n"),
     );
     let text = host
         .apply_files(&[bad_job])
@@ -240,6 +240,7 @@ async fn job_and_workload_fields_do_not_mix_and_a_job_needs_a_command() {
     for expected in [
         "bad-job.yaml:7:13: error: `replicas` is a Workload field",
         "bad-job.yaml:8:16: error: completions must be between 1",
+        "bad-job.yaml:9:11: error: `spares` is a Workload field",
         "exit code 0 is not between 1 and 255",
         "exit code 300 is not between 1 and 255",
     ] {
@@ -351,7 +352,7 @@ async fn an_embedders_ledger_holds_what_status_shows_and_a_finished_job_never_re
         again.job.as_ref().map(|j| (j.succeeded, j.active)),
         Some((3, 0))
     );
-    assert_eq!(host.live_stores(), 0, "a finished job starts nothing");
+    crate::common::wait_no_stores(&host, "a finished job starts nothing").await;
     host.shutdown().await;
 
     // A ledger that fails: the job pauses (nothing is counted that is not durable) and

@@ -19,3 +19,4 @@ mod polyglot;
 mod rollout;
 mod sandbox;
 mod security;
+mod spares;

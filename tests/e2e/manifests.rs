@@ -44,6 +44,7 @@ async fn every_rejected_manifest_is_located() {
         ("bad-size.yaml", workload("a", "ticker", "  resources:\n    memory: 64Q\n"), 8, 13, "`64Q` is not a size"),
         ("negative.yaml", workload("a", "ticker", "  replicas: -1\n"), 7, 13, "replicas must be between 0 and"),
         ("too-many.yaml", workload("a", "ticker", "  replicas: 100001\n"), 7, 13, "replicas must be between 0 and"),
+        ("spares.yaml", workload("a", "ticker", "  spares: 17\n"), 7, 11, "spares must be between 0 and 16"),
         ("bad-duration.yaml", workload("a", "ticker", "  terminationGracePeriod: soon\n"), 7, 27, "is not a duration"),
         ("bad-policy.yaml", workload("a", "ticker", "  restartPolicy: Sometimes\n"), 7, 18, "unknown value `Sometimes`"),
         ("bad-name.yaml", workload("Bad_Name", "ticker", ""), 4, 9, "invalid name `Bad_Name`"),

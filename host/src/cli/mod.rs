@@ -190,6 +190,10 @@ struct EngineArgs {
     /// 64 MiB, the slot size. 0 allocates on demand.
     #[arg(long, value_name = "SLOTS", default_value_t = 0)]
     instance_pool: u32,
+    /// Spares per workload whose spec sets none: instances instantiated ahead of need,
+    /// so a replacement is a wake-up rather than an instantiation. 0 turns them off.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
+    spares: u32,
     /// Connections each HTTP listener holds open at once; more wait in the backlog.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     http_max_connections: usize,
@@ -214,6 +218,7 @@ impl EngineArgs {
             .compact_memory(self.compact_memory)
             .component_model_async(self.component_model_async)
             .instance_pool(self.instance_pool)
+            .spares(self.spares)
             .http_limits(setpoint::FrontConfig {
                 max_connections: self.http_max_connections,
                 header_read_timeout: self.http_header_timeout,

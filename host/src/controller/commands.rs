@@ -189,6 +189,7 @@ impl Controller {
             state,
             artifacts: BTreeMap::from([(revision, parts)]),
             decider: Decider::Builtin,
+            spares: Default::default(),
         };
         self.workloads.insert(name.clone(), entry);
         self.carry_out(&name, effects);

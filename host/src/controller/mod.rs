@@ -37,7 +37,7 @@ use crate::policy::snapshot::Snapshot;
 use crate::policy::{Action, Policy};
 use crate::runtime::plugin::{PluginLimits, PreparedPlugin};
 use crate::runtime::{
-    InstanceEvent, InstanceEventKind, InstanceHandle, LogLine, PreparedComponent, Runtime,
+    InstanceEvent, InstanceEventKind, InstanceHandle, LogLine, PreparedComponent, Runtime, Spare,
     SpawnRequest, StopCause,
 };
 use crate::status::{Event, HostStatus};
@@ -62,6 +62,12 @@ pub struct ControllerConfig {
     pub shutdown_slack: Duration,
     /// Bounds on policy plugins.
     pub plugin_limits: PluginLimits,
+    /// Spares per workload whose spec sets none (`spec.spares`).
+    pub default_spares: u32,
+    /// Slots of their own for spares: `None` (on-demand allocation) means spares take
+    /// room from the instances', `Some(n)` (an instance pool keeps
+    /// [`crate::runtime::POOL_SPARE_SLOTS`] for them) at most `n` spares, apart.
+    pub spare_slots: Option<usize>,
 }
 
 impl Default for ControllerConfig {
@@ -73,6 +79,8 @@ impl Default for ControllerConfig {
             event_queue: 4096,
             shutdown_slack: Duration::from_secs(1),
             plugin_limits: PluginLimits::default(),
+            default_spares: 1,
+            spare_slots: None,
         }
     }
 }
@@ -113,6 +121,35 @@ struct Entry {
     state: WorkloadState,
     artifacts: BTreeMap<Arc<str>, Artifacts>,
     decider: Decider,
+    spares: Spares,
+}
+
+/// A workload's spares: instances of one revision, instantiated and not started, the
+/// next spawns of that revision (see [`Spare`]).
+#[derive(Default)]
+struct Spares {
+    revision: Option<Arc<str>>,
+    held: Vec<Spare>,
+}
+
+impl Spares {
+    /// A spare of `revision`, if one is held.
+    fn take(&mut self, revision: &str) -> Option<Spare> {
+        if self.revision.as_deref() == Some(revision) {
+            self.held.pop()
+        } else {
+            None
+        }
+    }
+
+    /// Discards every spare; returns how many there were.
+    fn discard_all(&mut self) -> usize {
+        let n = self.held.len();
+        for spare in self.held.drain(..) {
+            spare.discard();
+        }
+        n
+    }
 }
 
 impl Entry {
@@ -157,6 +194,8 @@ pub(crate) struct Controller {
     metrics: Arc<crate::metrics::Metrics>,
     /// The listeners and routes of HTTP workloads.
     front: Arc<crate::front::Front>,
+    /// Set once shutdown began: no spare is made any more.
+    shutting_down: bool,
 }
 
 impl Controller {
@@ -190,6 +229,7 @@ impl Controller {
         };
         let capacity = Capacity::new(
             config.max_instances,
+            config.spare_slots,
             crate::runtime::mappings::MappingGuard::new(runtime.config()),
             crate::runtime::mappings::advice(runtime.config()),
         );
@@ -212,6 +252,7 @@ impl Controller {
             ledger,
             metrics,
             front,
+            shutting_down: false,
         }
     }
 
@@ -318,7 +359,22 @@ impl Controller {
                         log_sink: Some(self.logs.clone()),
                         http: spec.http.as_ref().and_then(|_| self.front.service(name)),
                     };
-                    let handle = self.runtime.spawn(request, self.events_tx.clone());
+                    let spare = self
+                        .workloads
+                        .get_mut(name)
+                        .and_then(|e| e.spares.take(&revision));
+                    let handle = match spare {
+                        Some(spare) => {
+                            self.capacity.remove_spare();
+                            self.metrics.spare_used();
+                            // The next spare's task is spawned first: tokio runs the task
+                            // scheduled last first, and that must be this spare, woken,
+                            // not the next one, instantiating.
+                            self.stock_spares(name);
+                            spare.start(instance.clone(), slot)
+                        }
+                        None => self.runtime.spawn(request, self.events_tx.clone()),
+                    };
                     self.handles.insert(instance, handle);
                 }
                 Effect::Stop { instance, cause } => {
@@ -346,13 +402,68 @@ impl Controller {
                 }
                 Effect::Remove => {
                     self.front.withdraw(name);
-                    self.workloads.remove(name);
+                    if let Some(mut entry) = self.workloads.remove(name) {
+                        for _ in 0..entry.spares.discard_all() {
+                            self.capacity.remove_spare();
+                        }
+                    }
                     self.runtime.forget_unused_components();
                 }
             }
         }
         if let Some(entry) = self.workloads.get_mut(name) {
             entry.prune_artifacts();
+        }
+        self.stock_spares(name);
+    }
+
+    /// Brings workload `name`'s spares to what it wants, of its current revision: spares
+    /// of another revision are discarded, missing ones are built (each in its own task,
+    /// off the path of whatever this step started), while the host has room for them.
+    fn stock_spares(&mut self, name: &Arc<str>) {
+        let Some(entry) = self.workloads.get_mut(name) else {
+            return;
+        };
+        let wanted = if self.shutting_down {
+            0
+        } else {
+            entry.state.spares_wanted(self.config.default_spares)
+        };
+        let spares = &mut entry.spares;
+        if spares.revision.as_deref() != Some(&*entry.state.revision) {
+            for _ in 0..spares.discard_all() {
+                self.capacity.remove_spare();
+            }
+            spares.revision = Some(entry.state.revision.clone());
+        }
+        while spares.held.len() > wanted {
+            if let Some(spare) = spares.held.pop() {
+                spare.discard();
+                self.capacity.remove_spare();
+            }
+        }
+        if spares.held.len() >= wanted {
+            return;
+        }
+        let Some(parts) = entry.artifacts.get(&entry.state.revision) else {
+            return;
+        };
+        let placeholder: Arc<str> = Arc::from(format!("{name}-spare"));
+        while spares.held.len() < wanted && self.capacity.spare_fits() {
+            let request = SpawnRequest {
+                workload: name.clone(),
+                instance: placeholder.clone(),
+                slot: u32::MAX,
+                component: parts.component.clone(),
+                spec: entry.state.spec.clone(),
+                grants: parts.grants.clone(),
+                log_sink: Some(self.logs.clone()),
+                http: None,
+            };
+            let spare = self.runtime.prepare_spare(request, self.events_tx.clone());
+            spares.held.push(spare);
+            self.capacity.add_spare();
+            self.metrics.spare_made();
         }
     }
 
@@ -487,6 +598,7 @@ impl Controller {
             .map(|e| {
                 let mut status =
                     view::workload_status(&e.state, &e.decider.name(&*self.policy), now);
+                status.spares = u32::try_from(e.spares.held.len()).unwrap_or(u32::MAX);
                 self.front.add_status(&mut status);
                 // What each live instance uses now, from its handle's gauge.
                 for i in &mut status.instances {
@@ -523,6 +635,13 @@ impl Controller {
                 Some(event) = self.events_rx.recv() => self.handle_instance_event(event),
             }
         }
+        for entry in self.workloads.values_mut() {
+            for _ in 0..entry.spares.discard_all() {
+                self.capacity.remove_spare();
+            }
+        }
+        // None is made again while the host shuts down.
+        self.shutting_down = true;
         for name in self.names(|_| true) {
             self.step(&name, |state, ctx| state.stop_all(StopCause::Shutdown, ctx));
         }

@@ -226,6 +226,23 @@ impl WorkloadState {
         }
     }
 
+    /// How many spares this workload should hold, `host_default` where its spec says
+    /// nothing: none for a job, an HTTP service (its replicas build their own
+    /// instances), a workload scaled to zero, never restarted, failed or being deleted.
+    pub fn spares_wanted(&self, host_default: u32) -> usize {
+        let idle = self.deleting
+            || self.failed.is_some()
+            || self.job().is_some()
+            || self.spec.http.is_some()
+            || self.spec.replicas == 0
+            || self.spec.restart_policy == crate::manifest::RestartPolicy::Never;
+        if idle {
+            0
+        } else {
+            self.spec.spares.unwrap_or(host_default) as usize
+        }
+    }
+
     /// Instances in any phase, successors included.
     pub fn live_count(&self) -> usize {
         self.slots

@@ -31,7 +31,7 @@ impl World {
         Self {
             now: Instant::now(),
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-            capacity: Capacity::new(1000, None, "raise the limit"),
+            capacity: Capacity::new(1000, None, None, "raise the limit"),
             ids: InstanceIds::new(0),
             durability: Durability::Immediate,
         }
@@ -616,7 +616,7 @@ fn actions_the_state_cannot_take_are_refused_with_an_event() {
     }
     // And the host's own limit.
     let mut world = World::new();
-    world.capacity = Capacity::new(1, None, "");
+    world.capacity = Capacity::new(1, None, None, "");
     let (mut state, _) = world.create(spec(2), "r1");
     let effects = world.pass(&mut state);
     assert_eq!(spawns(&effects).len(), 1);

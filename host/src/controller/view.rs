@@ -203,6 +203,7 @@ pub(super) fn workload_status(w: &WorkloadState, policy: &str, now: Instant) -> 
         desired: w.spec.replicas,
         ready,
         running,
+        spares: 0,
         restarts: w.total_restarts,
         phase,
         revision: w.revision.to_string(),

@@ -117,6 +117,14 @@ impl HostBuilder {
         self
     }
 
+    /// Spares per workload whose spec sets no `spares` (default 1): instances
+    /// instantiated ahead of need, so that replacing one that ended is a wake-up, not an
+    /// instantiation. Each costs an idle instance's memory. 0 turns them off.
+    pub fn spares(mut self, n: u32) -> Self {
+        self.controller.default_spares = n.min(crate::manifest::MAX_SPARES);
+        self
+    }
+
     /// Safety-net resync period (default 10 s). Reconciling is event-driven regardless.
     pub fn resync_interval(mut self, every: Duration) -> Self {
         self.controller.resync_interval = every;
@@ -216,6 +224,7 @@ impl HostBuilder {
         if self.runtime.instance_pool > 0 {
             let slots = self.runtime.instance_pool as usize;
             self.controller.max_instances = self.controller.max_instances.min(slots);
+            self.controller.spare_slots = Some(crate::runtime::POOL_SPARE_SLOTS as usize);
         }
         if tokio::runtime::Handle::try_current().is_err() {
             anyhow::bail!(

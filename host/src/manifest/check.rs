@@ -44,14 +44,21 @@ pub fn check_workloads(workloads: &[Workload], limits: &ManifestLimits) -> Vec<D
                     job.parallelism.min(job.completions)
                 ));
             }
-            if spec.policy.is_some() || spec.probe.is_some() {
-                problem("a Job takes no policy plugin and no health probe".into());
+            if spec.policy.is_some() || spec.probe.is_some() || spec.spares.is_some() {
+                problem("a Job takes no policy plugin, no health probe and no spares".into());
             }
         }
         if spec.replicas > limits.max_replicas {
             problem(format!(
                 "{} replicas, over the limit of {}",
                 spec.replicas, limits.max_replicas
+            ));
+        }
+        if spec.spares.is_some_and(|n| n > super::spec::MAX_SPARES) {
+            problem(format!(
+                "{} spares, over the limit of {}",
+                spec.spares.unwrap_or_default(),
+                super::spec::MAX_SPARES
             ));
         }
         if spec.env.len() > limits.max_grants || spec.args.len() > limits.max_grants {

@@ -23,7 +23,7 @@ pub use load::{
 pub use rules::{is_interface_name, route_key, unversioned};
 pub use spec::{
     BackoffSpec, CpuBudget, DirGrant, ExitCodeOperator, FailureAction, FailureMatch, FailureRule,
-    HttpProbe, HttpSpec, IntOrPercent, JobSpec, PlacementSpec, PolicyPlugin, ProbeSpec,
+    HttpProbe, HttpSpec, IntOrPercent, JobSpec, MAX_SPARES, PlacementSpec, PolicyPlugin, ProbeSpec,
     RestartBudget, RestartPolicy, RetrySpec, StrategyKind, UpdateStrategy, WatchdogSpec, Workload,
     WorkloadSpec,
 };

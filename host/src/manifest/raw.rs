@@ -61,6 +61,11 @@ pub struct RawWorkloadSpec {
     /// How many instances to keep running (default 1).
     #[schemars(with = "Option<u32>")]
     pub replicas: Option<Spanned<i64>>,
+    /// Instances kept instantiated but not started, each ready to take the place of one
+    /// that ends (default: the host's, 1). Not replicas: a spare is never ready, never
+    /// counted, and made again for a new revision. At most 16.
+    #[schemars(with = "Option<u32>")]
+    pub spares: Option<Spanned<i64>>,
     /// `Always` (default), `OnFailure` or `Never`.
     pub restart_policy: Option<RestartPolicy>,
     /// Environment variables granted to each instance.

@@ -57,6 +57,9 @@ pub fn spec_of(s: &WorkloadSpec) -> Value {
     match &s.job {
         None => {
             spec.insert("replicas".into(), json!(s.replicas));
+            if let Some(n) = s.spares {
+                spec.insert("spares".into(), json!(n));
+            }
             if s.restart_policy != RestartPolicy::Always {
                 spec.insert("restartPolicy".into(), json!(s.restart_policy));
             }

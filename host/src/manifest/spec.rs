@@ -61,6 +61,9 @@ impl Workload {
     }
 }
 
+/// The most spares a workload may keep (`spec.spares`).
+pub const MAX_SPARES: u32 = 16;
+
 /// Desired state of one workload. [`WorkloadSpec::new`] gives the defaults a manifest
 /// gets when it sets nothing but `component`; set the public fields to change them.
 ///
@@ -85,6 +88,10 @@ pub struct WorkloadSpec {
     pub component: PathBuf,
     /// How many instances to keep running.
     pub replicas: u32,
+    /// Spares: instances kept instantiated but not started, each ready to take the place
+    /// of one that ends; `None` means the host default. Not part of the revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spares: Option<u32>,
     /// What to do when an instance ends on its own.
     pub restart_policy: RestartPolicy,
     /// Environment granted to each instance; nothing else of the host's env is visible.
@@ -350,6 +357,7 @@ impl WorkloadSpec {
         Self {
             component: component.into(),
             replicas: 1,
+            spares: None,
             restart_policy: RestartPolicy::Always,
             env: Vec::new(),
             args: Vec::new(),

@@ -181,6 +181,11 @@ impl Validator<'_> {
                 .int_in(&r, 0, self.limits.max_replicas as i64, "replicas")
                 .unwrap_or(0) as u32;
         }
+        if let Some(n) = raw.spares {
+            spec.spares = self
+                .int_in(&n, 0, i64::from(super::spec::MAX_SPARES), "spares")
+                .map(|n| n as u32);
+        }
         spec.restart_policy = raw.restart_policy.unwrap_or(RestartPolicy::Always);
         if let Some(env) = raw.env {
             if env.value.len() > self.limits.max_grants {

@@ -25,6 +25,10 @@ impl Validator<'_> {
             let (m, h) = workload_only("replicas");
             self.error(r.referenced, m, h);
         }
+        if let Some(n) = &raw.spares {
+            let (m, h) = workload_only("spares");
+            self.error(n.referenced, m, h);
+        }
         for (present, field) in [
             (raw.restart_policy.is_some(), "restartPolicy"),
             (raw.strategy.is_some(), "strategy"),

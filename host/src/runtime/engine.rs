@@ -77,12 +77,13 @@ pub fn engine_config(config: &RuntimeConfig, target: Option<&str>) -> anyhow::Re
     Ok(wasm)
 }
 
-/// The pooling allocator's slots: `instance_pool` components (plus plugins), each with
+/// The pooling allocator's slots: `instance_pool` components (plus plugins and spares), each with
 /// room for the core instances, memories, tables and stack a WASI component needs.
 fn pool_config(config: &RuntimeConfig) -> wasmtime::PoolingAllocationConfig {
     let components = config
         .instance_pool
-        .saturating_add(super::POOL_PLUGIN_SLOTS);
+        .saturating_add(super::POOL_PLUGIN_SLOTS)
+        .saturating_add(super::POOL_SPARE_SLOTS);
     let mut pool = wasmtime::PoolingAllocationConfig::new();
     pool.total_component_instances(components)
         // A component built by wasm32-wasip2 toolchains holds a few core instances

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout};
 use wasmtime::Store;
@@ -109,36 +109,93 @@ impl InstanceHandle {
     }
 }
 
+/// An instance built ahead of need: its Store made and its component instantiated,
+/// none of its guest code run yet (a command's `run`, a reactor's `start`). It waits
+/// until [`Spare::start`] gives it a slot and an id, or until it is dropped, which
+/// ends it without a word to anyone.
+pub struct Spare {
+    go: oneshot::Sender<Go>,
+    handle: InstanceHandle,
+}
+
+/// What a spare learns when it is started: who it is and which slot it fills.
+struct Go {
+    instance: Arc<str>,
+    slot: u32,
+}
+
+impl Spare {
+    /// Starts the spare as `instance` in `slot`: from here on it is an instance like
+    /// any other, and reports to the controller.
+    pub fn start(self, instance: Arc<str>, slot: u32) -> InstanceHandle {
+        // The task is gone only if it panicked; the handle's task then reports nothing,
+        // as an aborted instance would not.
+        let _ = self.go.send(Go { instance, slot });
+        self.handle
+    }
+
+    /// Ends the spare at once (it never ran guest code, so there is nothing to stop).
+    pub fn discard(self) {
+        self.handle.task.abort();
+    }
+}
+
+/// Spawns the instance `req` asks for: a spare started at once.
 pub(super) fn spawn(
     rt: Arc<Runtime>,
     req: SpawnRequest,
     events: mpsc::Sender<InstanceEvent>,
 ) -> InstanceHandle {
+    let (instance, slot) = (req.instance.clone(), req.slot);
+    prepare(rt, req, events).start(instance, slot)
+}
+
+/// Builds a spare for `req` (whose instance id and slot are placeholders until it is
+/// started).
+pub(super) fn prepare(
+    rt: Arc<Runtime>,
+    req: SpawnRequest,
+    events: mpsc::Sender<InstanceEvent>,
+) -> Spare {
     let (stop_tx, stop_rx) = watch::channel(None);
+    let (go_tx, go_rx) = oneshot::channel::<Go>();
     let usage = Arc::new(super::limits::Usage::default());
     let gauge = usage.clone();
     let task = tokio::spawn(async move {
-        let started = Instant::now();
         let capture = OutputCapture::new(
             req.workload.clone(),
             req.instance.clone(),
             rt.config.output,
             req.log_sink.clone(),
         );
+        let vitals = Arc::new(Vitals::new());
+        let (mut store, refused) = build_store(&rt, &req, &capture, vitals.clone(), gauge);
+        let staged = match refused {
+            // A grant that cannot be handed over fails the start (recorded, replaced):
+            // an instance never runs with less than its spec grants.
+            Some(message) => Staged::Failed(EndReason::StartFailed { message }),
+            None => stage(&rt, &mut store, &req).await,
+        };
+        // Dropped unstarted: a spare no longer wanted ends here, unheard of.
+        let Ok(go) = go_rx.await else { return };
+        store.data_mut().identity.instance = go.instance.clone();
+        capture.rename(go.instance.clone());
         let reporter = Reporter {
             events,
             workload: req.workload.clone(),
-            slot: req.slot,
-            instance: req.instance.clone(),
+            slot: go.slot,
+            instance: go.instance,
         };
-        let vitals = Arc::new(Vitals::new());
-        let (mut store, refused) = build_store(&rt, &req, &capture, vitals.clone(), gauge);
-        let reason = match refused {
-            // A grant that cannot be handed over fails the start (recorded, replaced):
-            // an instance never runs with less than its spec grants.
-            Some(message) => EndReason::StartFailed { message },
-            None => drive(&rt, &mut store, &req, &capture, &vitals, &reporter, stop_rx).await,
+        let started = Instant::now();
+        vitals.restart_clock(started);
+        let parts = Parts {
+            rt: &rt,
+            req: &req,
+            capture: &capture,
+            vitals: &vitals,
+            reporter: &reporter,
         };
+        let reason = drive(parts, &mut store, staged, stop_rx).await;
         let at = std::time::SystemTime::now();
         let state = store.data();
         let end = InstanceEnd {
@@ -149,14 +206,76 @@ pub(super) fn spawn(
             cpu: state.cpu.used(),
             output: capture.summary(),
         };
-        drop(store);
+        // The Store's teardown is off the critical path: it goes to a task of its own,
+        // spawned before the end is sent. tokio runs the task scheduled last first on
+        // this worker, and that is then the controller, woken by the end; the teardown
+        // waits behind it, or is taken by the other worker. (Measured against dropping
+        // it here after the send, which delayed the controller on an idle host; a task
+        // spawned after the send, which ran ahead of the controller; and the epoch
+        // thread dropping it, which competed with the workers for the CPU.)
+        tokio::spawn(async move { drop(store) });
         reporter.send(InstanceEventKind::Ended(Box::new(end))).await;
     });
-    InstanceHandle {
-        stop: stop_tx,
-        task,
-        usage,
+    Spare {
+        go: go_tx,
+        handle: InstanceHandle {
+            stop: stop_tx,
+            task,
+            usage,
+        },
     }
+}
+
+/// An instance's component, instantiated (or why it could not be), its guest code not
+/// yet run.
+enum Staged {
+    Command(wasmtime_wasi::p2::bindings::Command),
+    Reactor(super::bindings::Reactor),
+    /// Instantiated when it is started (an HTTP replica builds its own instances).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    Deferred,
+    Failed(EndReason),
+}
+
+/// Instantiates `req`'s component in `store`, within the start deadline (a component's
+/// start functions run guest code too).
+async fn stage(rt: &Runtime, store: &mut Store<InstanceState>, req: &SpawnRequest) -> Staged {
+    let deadline = rt.config.start_timeout;
+    let late = || {
+        Staged::Failed(EndReason::StartFailed {
+            message: format!("instantiation did not finish within {deadline:?}"),
+        })
+    };
+    let command = match &req.component.pre {
+        #[cfg(feature = "http")]
+        Prepared::Http { command, .. } => match (&req.http, command) {
+            (None, Some(command)) => command,
+            _ => return Staged::Deferred,
+        },
+        Prepared::Command(pre) => pre,
+        Prepared::Reactor(pre) => {
+            return match timeout(deadline, pre.instantiate_async(&mut *store)).await {
+                Err(_) => late(),
+                Ok(Ok(r)) => Staged::Reactor(r),
+                Ok(Err(e)) => Staged::Failed(EndReason::instantiation(&e, &rt.config)),
+            };
+        }
+    };
+    match timeout(deadline, command.instantiate_async(&mut *store)).await {
+        Err(_) => late(),
+        Ok(Ok(c)) => Staged::Command(c),
+        Ok(Err(e)) => Staged::Failed(EndReason::instantiation(&e, &rt.config)),
+    }
+}
+
+/// What driving a started instance needs besides its Store.
+struct Parts<'a> {
+    rt: &'a Runtime,
+    req: &'a SpawnRequest,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    capture: &'a OutputCapture,
+    vitals: &'a Arc<Vitals>,
+    reporter: &'a Reporter,
 }
 
 pub(super) struct Reporter {
@@ -185,49 +304,70 @@ impl Reporter {
 }
 
 async fn drive(
-    rt: &Runtime,
+    parts: Parts<'_>,
     store: &mut Store<InstanceState>,
-    req: &SpawnRequest,
-    #[cfg_attr(not(feature = "http"), allow(unused_variables))] capture: &OutputCapture,
-    vitals: &Arc<Vitals>,
-    reporter: &Reporter,
+    staged: Staged,
     stop_rx: watch::Receiver<Option<StopCause>>,
 ) -> EndReason {
-    let command = match &req.component.pre {
-        #[cfg(feature = "http")]
-        Prepared::Http { proxy, command } => match (&req.http, command) {
-            (Some(service), _) => {
-                let parts = super::http::Rebuild {
-                    rt,
-                    req,
-                    capture,
-                    vitals,
-                    pre: proxy,
-                };
-                return super::http::drive_http(store, parts, service, reporter, stop_rx).await;
-            }
-            (None, Some(command)) => command,
-            (None, None) => {
-                return EndReason::StartFailed {
-                    message: "the component only serves HTTP, and the workload sets no spec.http"
-                        .into(),
-                };
-            }
-        },
-        Prepared::Command(pre) => pre,
-        Prepared::Reactor(pre) => {
-            let reactor = match pre.instantiate_async(&mut *store).await {
-                Ok(r) => r,
-                Err(e) => return EndReason::instantiation(&e, &rt.config),
-            };
-            return drive_reactor(rt, store, &reactor, req, vitals, reporter, stop_rx).await;
+    let Parts {
+        rt,
+        req,
+        vitals,
+        reporter,
+        ..
+    } = parts;
+    match staged {
+        Staged::Failed(reason) => reason,
+        Staged::Command(command) => {
+            drive_command(store, &command, req, vitals, reporter, stop_rx).await
         }
-    };
-    let command = match command.instantiate_async(&mut *store).await {
-        Ok(c) => c,
-        Err(e) => return EndReason::instantiation(&e, &rt.config),
-    };
-    drive_command(store, &command, req, vitals, reporter, stop_rx).await
+        Staged::Reactor(reactor) => {
+            drive_reactor(rt, store, &reactor, req, vitals, reporter, stop_rx).await
+        }
+        Staged::Deferred => drive_deferred(parts, store, stop_rx).await,
+    }
+}
+
+/// Drives what is instantiated only when started: an HTTP replica.
+#[cfg(feature = "http")]
+async fn drive_deferred(
+    parts: Parts<'_>,
+    store: &mut Store<InstanceState>,
+    stop_rx: watch::Receiver<Option<StopCause>>,
+) -> EndReason {
+    let Parts {
+        rt,
+        req,
+        capture,
+        vitals,
+        reporter,
+    } = parts;
+    match (&req.component.pre, &req.http) {
+        (Prepared::Http { proxy, .. }, Some(service)) => {
+            let rebuild = super::http::Rebuild {
+                rt,
+                req,
+                capture,
+                vitals,
+                pre: proxy,
+            };
+            super::http::drive_http(store, rebuild, service, reporter, stop_rx).await
+        }
+        _ => EndReason::StartFailed {
+            message: "the component only serves HTTP, and the workload sets no spec.http".into(),
+        },
+    }
+}
+
+#[cfg(not(feature = "http"))]
+async fn drive_deferred(
+    _parts: Parts<'_>,
+    _store: &mut Store<InstanceState>,
+    _stop_rx: watch::Receiver<Option<StopCause>>,
+) -> EndReason {
+    EndReason::StartFailed {
+        message: "this build of setpoint serves no HTTP".into(),
+    }
 }
 
 /// Runs a command to its end, watching its heartbeat and honouring stop requests.
@@ -253,7 +393,7 @@ async fn drive_command(
     let mut stopping: Option<(StopCause, Instant)> = None;
     let mut run = pin!(command.wasi_cli_run().call_run(store));
     loop {
-        let watchdog_due = watchdog.map(|t| vitals.last_beat().unwrap_or(vitals.started) + t);
+        let watchdog_due = watchdog.map(|t| vitals.last_beat().unwrap_or(vitals.started()) + t);
         let far = crate::clock::from_now(Duration::from_secs(3600));
         tokio::select! {
             result = &mut run => {
@@ -277,7 +417,7 @@ async fn drive_command(
                 }
             }
             _ = sleep_until(watchdog_due.unwrap_or(far).into()), if watchdog_due.is_some() && stopping.is_none() => {
-                let due = vitals.last_beat().unwrap_or(vitals.started) + watchdog.unwrap_or_default();
+                let due = vitals.last_beat().unwrap_or(vitals.started()) + watchdog.unwrap_or_default();
                 if Instant::now() >= due {
                     return EndReason::WatchdogTimeout { after_ms: watchdog.unwrap_or_default().as_millis() as u64 };
                 }

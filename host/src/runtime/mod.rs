@@ -40,7 +40,7 @@ use wasmtime::component::{Linker, types::ComponentItem};
 
 use crate::manifest::WorkloadSpec;
 pub use exit::{EndReason, StopCause};
-pub use instance::{InstanceEnd, InstanceEvent, InstanceEventKind, InstanceHandle};
+pub use instance::{InstanceEnd, InstanceEvent, InstanceEventKind, InstanceHandle, Spare};
 pub use output::{LogLine, OutputLimits, OutputSummary};
 use store_data::InstanceState;
 
@@ -97,6 +97,10 @@ pub struct RuntimeConfig {
 
 /// Pool slots kept for policy plugins beyond [`RuntimeConfig::instance_pool`].
 pub const POOL_PLUGIN_SLOTS: u32 = 16;
+
+/// Pool slots kept for spares beyond [`RuntimeConfig::instance_pool`]: a host with a
+/// pool holds at most this many spares, so that they never take an instance's slot.
+pub const POOL_SPARE_SLOTS: u32 = 64;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -401,6 +405,17 @@ impl Runtime {
         events: mpsc::Sender<InstanceEvent>,
     ) -> InstanceHandle {
         instance::spawn(self.clone(), request, events)
+    }
+
+    /// Builds a spare for `request`: its Store made and its component instantiated, its
+    /// guest code not run until [`Spare::start`] (`request`'s instance id and slot are
+    /// placeholders until then).
+    pub fn prepare_spare(
+        self: &Arc<Self>,
+        request: SpawnRequest,
+        events: mpsc::Sender<InstanceEvent>,
+    ) -> Spare {
+        instance::prepare(self.clone(), request, events)
     }
 
     /// What this host's linker provides, in words.

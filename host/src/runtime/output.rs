@@ -225,6 +225,12 @@ impl OutputCapture {
         }
     }
 
+    /// Attributes the lines written from now on to `instance` (a spare learns its id
+    /// when it is started).
+    pub fn rename(&self, instance: Arc<str>) {
+        self.lock().instance = instance;
+    }
+
     /// The stream handed to the guest as stdout or stderr.
     pub fn stream(&self, stream: Stream) -> CaptureStream {
         CaptureStream {

@@ -298,6 +298,7 @@ async fn from_record(
         spec: Arc::new(spec),
         desired: record.replicas,
         ready: 0,
+        spares: 0,
         running: 0,
         restarts: 0,
         phase: Phase::Pending,

@@ -1,0 +1,182 @@
+//! Spares: instances instantiated ahead of need, started in place of a new instance.
+//! What they must never do is run guest code before they are started, be counted as
+//! replicas, or outlive the revision they were built for.
+
+use std::time::Duration;
+
+use setpoint::runtime::LogLine;
+use tokio::sync::broadcast;
+
+use crate::common::{Manifests, host, wait_for, workload};
+
+/// The host's `setpoint_spares_<what>_total` counter.
+async fn spares_counter(host: &setpoint::Host, what: &str) -> u64 {
+    let text = host.metrics().await;
+    let name = format!("setpoint_spares_{what}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
+}
+
+/// The `probed: started` lines received so far, by instance.
+fn started_lines(logs: &mut broadcast::Receiver<LogLine>) -> Vec<String> {
+    let mut instances = Vec::new();
+    while let Ok(line) = logs.try_recv() {
+        if line.line == "probed: started" {
+            instances.push(line.instance.to_string());
+        }
+    }
+    instances
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacements_start_from_the_spare_which_is_not_counted() {
+    let m = Manifests::new();
+    let file = m.write(
+        "w.yaml",
+        &workload(
+            "crash",
+            "crasher",
+            "  env: {CRASH_AFTER_MS: '30', MODE: exit}\n  backoff: {initial: 10ms, max: 10ms}\n",
+        ),
+    );
+    // The host default is one spare per workload.
+    let host = host();
+    host.apply_files(&[file]).await.expect("valid manifest");
+    let w = wait_for(&host, "crash", "three replacements", |w| w.restarts >= 3).await;
+    assert!(w.running <= 1, "a spare is not a live instance: {w:?}");
+    assert!(
+        w.instances.iter().all(|i| !i.id.ends_with("-spare")),
+        "a spare is not listed as an instance"
+    );
+    let w = wait_for(&host, "crash", "its spare made again", |w| w.spares == 1).await;
+    let used = spares_counter(&host, "used").await;
+    // Every spawn but the first (made before any spare existed) took a spare.
+    assert!(
+        used >= w.restarts,
+        "{used} spares used for {} replacements",
+        w.restarts
+    );
+    assert!(spares_counter(&host, "made").await > used);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_reactor_is_not_started_until_it_takes_a_place() {
+    let m = Manifests::new();
+    // The first instance fails its third probe and is replaced; its replacement (a
+    // spare) then does the same, and so on.
+    let file = m.write(
+        "w.yaml",
+        &workload(
+            "probed",
+            "probed",
+            "  spares: 2\n  env: {FAIL_AFTER_PROBES: '2'}\n  health:\n    probe: {period: 100ms, failureThreshold: 1}\n",
+        ),
+    );
+    let host = host();
+    let mut logs = host.logs();
+    host.apply_files(&[file]).await.expect("valid manifest");
+    let w = wait_for(&host, "probed", "2 spares", |w| {
+        w.spares == 2 && w.running == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = w.instances[0].id.clone();
+    let started = started_lines(&mut logs);
+    assert!(
+        started.len() <= 1 && started.iter().all(|i| *i == first),
+        "only the running instance ran `start`: {started:?}"
+    );
+    let w = wait_for(&host, "probed", "a replacement", |w| {
+        w.restarts >= 1 && w.running == 1 && w.instances.iter().all(|i| i.id != first)
+    })
+    .await;
+    let second = w.instances[0].id.clone();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut started = started.into_iter().chain(started_lines(&mut logs));
+    // The spare took its new id before its `start` ran: its line is its own.
+    assert!(
+        started.any(|i| i == second),
+        "the replacement's `start` line is attributed to {second}"
+    );
+    assert!(spares_counter(&host, "used").await >= 1);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_revision_replaces_the_spares_and_spares_zero_holds_none() {
+    let m = Manifests::new();
+    let spec = |env: &str, spares: &str| {
+        workload(
+            "tick",
+            "ticker",
+            &format!("  replicas: 2\n{spares}  env: {{TICK_MS: '{env}'}}\n"),
+        )
+    };
+    let file = m.write("w.yaml", &spec("50", ""));
+    let host = host();
+    host.apply_files(std::slice::from_ref(&file))
+        .await
+        .expect("valid");
+    let w = wait_for(&host, "tick", "2 running and a spare", |w| {
+        w.running == 2 && w.ready == 2 && w.spares == 1
+    })
+    .await;
+    let first_revision = w.revision.clone();
+    let made = spares_counter(&host, "made").await;
+    // A change of `spares` alone is not a new revision: nothing restarts.
+    m.write("w.yaml", &spec("50", "  spares: 3\n"));
+    host.apply_files(std::slice::from_ref(&file))
+        .await
+        .expect("valid");
+    let w = wait_for(&host, "tick", "3 spares", |w| w.spares == 3).await;
+    assert_eq!(w.revision, first_revision);
+    assert_eq!(w.restarts, 0);
+    assert_eq!(spares_counter(&host, "made").await, made + 2);
+    // A new revision: the old spares are discarded and new ones made.
+    m.write("w.yaml", &spec("60", "  spares: 3\n"));
+    host.apply_files(std::slice::from_ref(&file))
+        .await
+        .expect("valid");
+    let w = wait_for(&host, "tick", "the new revision rolled out", |w| {
+        w.revision != first_revision && w.rollout.is_none() && w.ready == 2 && w.spares == 3
+    })
+    .await;
+    assert!(w.running >= 2);
+    assert!(spares_counter(&host, "made").await >= made + 2 + 3);
+    m.write("w.yaml", &spec("60", "  spares: 0\n"));
+    host.apply_files(&[file]).await.expect("valid");
+    wait_for(&host, "tick", "no spare", |w| w.spares == 0).await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_or_an_unrestarted_workload_holds_no_spare() {
+    let m = Manifests::new();
+    let never = m.write(
+        "never.yaml",
+        &workload(
+            "once",
+            "ticker",
+            "  restartPolicy: Never\n  env: {TICK_MS: '50'}\n",
+        ),
+    );
+    let job = m.write(
+        "job.yaml",
+        "apiVersion: setpoint.dev/v1alpha1\nkind: Job\nmetadata:\n  name: j\nspec:\n  component: {guest:batch}\n  completions: 50\n  parallelism: 1\n  env: {WORK_MS: '20'}\n",
+    );
+    let host = host();
+    host.apply_files(&[never, job]).await.expect("valid");
+    wait_for(&host, "once", "running", |w| w.running == 1).await;
+    wait_for(&host, "j", "a run", |w| w.running == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = host.status().await;
+    for name in ["once", "j"] {
+        let w = status.workload(name).expect("applied");
+        assert_eq!(w.spares, 0, "{name} holds no spare");
+    }
+    assert_eq!(spares_counter(&host, "made").await, 0);
+    host.shutdown().await;
+}
