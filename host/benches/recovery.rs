@@ -33,26 +33,33 @@ async fn main() -> anyhow::Result<()> {
     spec.backoff.max = Duration::ZERO;
     host.apply(vec![Workload::new("crashloop", spec)]).await?;
 
-    let mut reaction = Vec::with_capacity(CYCLES);
-    let mut last_end = None;
+    // Read in a task of the runtime's, as a subscriber inside a host would: read on the
+    // thread blocked in `block_on`, each event woke that thread, at a cost to the
+    // controller of about 17 µs per recovery.
     let started = Instant::now();
-    let mut lagged = 0;
-    while reaction.len() < CYCLES {
-        match events.recv().await {
-            Ok(e) if e.reason == "Exited" => last_end = Some(e.time),
-            Ok(e) if e.reason == "Replaced" => {
-                if let Some(end) = last_end.take() {
-                    reaction.push(e.time.duration_since(end).unwrap_or_default());
+    let (mut reaction, lagged) = tokio::spawn(async move {
+        let mut reaction = Vec::with_capacity(CYCLES);
+        let mut last_end = None;
+        let mut lagged = 0;
+        while reaction.len() < CYCLES {
+            match events.recv().await {
+                Ok(e) if e.reason == "Exited" => last_end = Some(e.time),
+                Ok(e) if e.reason == "Replaced" => {
+                    if let Some(end) = last_end.take() {
+                        reaction.push(e.time.duration_since(end).unwrap_or_default());
+                    }
                 }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    lagged += n;
+                    last_end = None;
+                }
+                Err(e) => anyhow::bail!("event stream closed: {e}"),
             }
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                lagged += n;
-                last_end = None;
-            }
-            Err(e) => anyhow::bail!("event stream closed: {e}"),
         }
-    }
+        anyhow::Ok((reaction, lagged))
+    })
+    .await??;
     let elapsed = started.elapsed();
     let restarts = host
         .status()

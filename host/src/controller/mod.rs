@@ -635,13 +635,17 @@ impl Controller {
                 Some(event) = self.events_rx.recv() => self.handle_instance_event(event),
             }
         }
-        for entry in self.workloads.values_mut() {
-            for _ in 0..entry.spares.discard_all() {
-                self.capacity.remove_spare();
-            }
-        }
-        // None is made again while the host shuts down.
+        // Spares end first, and none is made again while the host shuts down.
         self.shutting_down = true;
+        let spares: Vec<Spare> = self
+            .workloads
+            .values_mut()
+            .flat_map(|e| e.spares.held.drain(..))
+            .collect();
+        for spare in spares {
+            self.capacity.remove_spare();
+            spare.end().await;
+        }
         for name in self.names(|_| true) {
             self.step(&name, |state, ctx| state.stop_all(StopCause::Shutdown, ctx));
         }
@@ -661,6 +665,16 @@ impl Controller {
         // What jobs counted is written before the host is gone.
         if let Some(writer) = self.writer.as_mut() {
             writer.finish();
+        }
+        // Nor a Store is: plugins' go with their deciders, and the ended instances'
+        // teardown tasks finish before the host is gone (a Store holds the engine, and a
+        // pooled engine its reservation of address space).
+        for entry in self.workloads.values_mut() {
+            entry.decider = Decider::Builtin;
+        }
+        let deadline = crate::clock::from_now(self.config.shutdown_slack);
+        while self.runtime.live_stores() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         self.runtime.stop_ticker();
         status

@@ -355,9 +355,9 @@ impl Host {
         done.await.ok().flatten()
     }
 
-    /// How many instance Stores exist right now, spares' included. An ended instance's
-    /// Store is dropped by a task of its own just after its end is reported, so soon
-    /// after `shutdown`, or after every workload is deleted, it is 0: nothing is leaked.
+    /// How many instance Stores exist right now, spares' included. After `shutdown` it is
+    /// 0, and soon after every workload is deleted (an ended instance's Store is dropped
+    /// by a task of its own just after its end is reported): nothing is leaked.
     pub fn live_stores(&self) -> usize {
         self.runtime.live_stores()
     }

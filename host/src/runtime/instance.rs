@@ -138,6 +138,11 @@ impl Spare {
     pub fn discard(self) {
         self.handle.task.abort();
     }
+
+    /// Ends the spare and waits until its task, and with it its Store, is gone.
+    pub async fn end(self) {
+        self.handle.abort().await;
+    }
 }
 
 /// Spawns the instance `req` asks for: a spare started at once.
