@@ -112,7 +112,12 @@ impl Capacity {
     /// Counts a spare gone: started (it is counted as an instance from then on) or
     /// discarded.
     pub fn remove_spare(&mut self) {
-        self.spares = self.spares.saturating_sub(1);
+        self.remove_spares(1);
+    }
+
+    /// Counts `n` spares gone.
+    pub fn remove_spares(&mut self, n: usize) {
+        self.spares = self.spares.saturating_sub(n);
     }
 }
 

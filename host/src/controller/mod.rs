@@ -338,9 +338,20 @@ impl Controller {
                     spec,
                     revision,
                 } => {
-                    let Some(entry) = self.workloads.get(name) else {
+                    let Some(entry) = self.workloads.get_mut(name) else {
                         continue;
                     };
+                    if let Some(spare) = entry.spares.take(&revision) {
+                        self.capacity.remove_spare();
+                        self.metrics.spare_used();
+                        // The next spare's task is spawned first: tokio runs the task
+                        // scheduled last first, and that must be this spare, woken, not
+                        // the next one, instantiating.
+                        self.stock_spares(name);
+                        let handle = spare.start(instance.clone(), slot);
+                        self.handles.insert(instance, handle);
+                        continue;
+                    }
                     // Present by construction: a spawn runs the current revision, and
                     // its parts are kept while it is current or previous. Were they not,
                     // the instance ends as not instantiable instead of the host dying.
@@ -359,22 +370,7 @@ impl Controller {
                         log_sink: Some(self.logs.clone()),
                         http: spec.http.as_ref().and_then(|_| self.front.service(name)),
                     };
-                    let spare = self
-                        .workloads
-                        .get_mut(name)
-                        .and_then(|e| e.spares.take(&revision));
-                    let handle = match spare {
-                        Some(spare) => {
-                            self.capacity.remove_spare();
-                            self.metrics.spare_used();
-                            // The next spare's task is spawned first: tokio runs the task
-                            // scheduled last first, and that must be this spare, woken,
-                            // not the next one, instantiating.
-                            self.stock_spares(name);
-                            spare.start(instance.clone(), slot)
-                        }
-                        None => self.runtime.spawn(request, self.events_tx.clone()),
-                    };
+                    let handle = self.runtime.spawn(request, self.events_tx.clone());
                     self.handles.insert(instance, handle);
                 }
                 Effect::Stop { instance, cause } => {
@@ -403,9 +399,7 @@ impl Controller {
                 Effect::Remove => {
                     self.front.withdraw(name);
                     if let Some(mut entry) = self.workloads.remove(name) {
-                        for _ in 0..entry.spares.discard_all() {
-                            self.capacity.remove_spare();
-                        }
+                        self.capacity.remove_spares(entry.spares.discard_all());
                     }
                     self.runtime.forget_unused_components();
                 }
@@ -431,9 +425,7 @@ impl Controller {
         };
         let spares = &mut entry.spares;
         if spares.revision.as_deref() != Some(&*entry.state.revision) {
-            for _ in 0..spares.discard_all() {
-                self.capacity.remove_spare();
-            }
+            self.capacity.remove_spares(spares.discard_all());
             spares.revision = Some(entry.state.revision.clone());
         }
         while spares.held.len() > wanted {
