@@ -13,7 +13,8 @@
 //! `SCENARIOS=recovery,spawn` picks scenarios; `RECOVERY_OTHERS=1,100` and `PROCESS_OTHERS=`
 //! (empty: none) pick the sizes of the recovery scenario, `RECOVERY_CYCLES` its length,
 //! `RECOVERY_RUN_MS` how long each crashing instance runs (default 1), `RECOVERY_SETUPS`
-//! which hosts (`on-demand,spare,pooled,pooled-spare`);
+//! which hosts (`on-demand,spare,pooled,pooled-spare`); `DENSITY` the density scenario's
+//! target (default 100,000);
 //! `PROCESS_SPAWN=` the process model's spawn sizes. Needs `cargo xtask guests` first; the
 //! process model's programs are the same guest sources built for this machine.
 
@@ -115,6 +116,10 @@ fn main() -> anyhow::Result<()> {
         .and_then(|c| c.parse().ok())
     {
         sizes.recovery_cycles = cycles;
+    }
+    if let Some(n) = std::env::var("DENSITY").ok().and_then(|n| n.parse().ok()) {
+        sizes.density = n;
+        sizes.density_step = sizes.density_step.min(n);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

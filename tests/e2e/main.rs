@@ -20,3 +20,4 @@ mod rollout;
 mod sandbox;
 mod security;
 mod spares;
+mod stacks;

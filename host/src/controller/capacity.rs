@@ -28,7 +28,9 @@ impl Capacity {
         mappings: Option<MappingGuard>,
         advice: &'static str,
     ) -> Self {
-        let mappings = mappings.filter(|g| g.warning_at() < max_instances);
+        // A guard that cannot bind before `max_instances`, even with every stack in use,
+        // is left out.
+        let mappings = mappings.filter(|g| g.fewest() < max_instances);
         Self {
             live: 0,
             spares: 0,
@@ -67,17 +69,15 @@ impl Capacity {
     /// near the mapping limit (once per crossing).
     pub fn admit(&mut self) -> Option<String> {
         self.live += 1;
-        let guard = self.mappings.as_ref()?;
-        if guard.warning_at() != self.live {
-            return None;
-        }
+        let mapped = self.live + self.spares;
+        let guard = self.mappings.as_mut()?;
+        let fits = guard.crossed_warning(mapped)?;
         let message = format!(
             "{} live instances: near the most this host can map under the kernel's \
-             vm.max_map_count of {} (about {} at start); past it spawns are \
+             vm.max_map_count of {} (about {fits} if they stay idle); past it spawns are \
              refused. To hold more, {}",
             self.live,
             guard.limit(),
-            guard.capacity(),
             self.advice
         );
         tracing::warn!("{message}");
@@ -101,7 +101,7 @@ impl Capacity {
         room && self
             .mappings
             .as_ref()
-            .is_none_or(|g| after < g.warning_at())
+            .is_none_or(|g| g.short_of_warning(after))
     }
 
     /// Counts a spare made.

@@ -230,7 +230,7 @@ impl Controller {
         let capacity = Capacity::new(
             config.max_instances,
             config.spare_slots,
-            crate::runtime::mappings::MappingGuard::new(runtime.config()),
+            crate::runtime::mappings::MappingGuard::new(runtime.config(), runtime.stack_watcher()),
             crate::runtime::mappings::advice(runtime.config()),
         );
         Self {

@@ -362,6 +362,14 @@ impl Host {
         self.runtime.live_stores()
     }
 
+    /// What the instances' fiber stacks cost now (how many there are, how many are
+    /// accessible, the memory mappings they take), where the host takes them from its own
+    /// arena: on Linux without an instance pool. An idle instance's stack is parked: it
+    /// takes no mapping of its own.
+    pub fn stack_stats(&self) -> Option<crate::runtime::StackStats> {
+        self.runtime.stack_stats()
+    }
+
     /// Subscribes to events from now on. A slow subscriber skips events, never blocks the host.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()

@@ -48,8 +48,7 @@ pub fn engine_config(config: &RuntimeConfig, target: Option<&str>) -> anyhow::Re
         wasm.concurrency_support(false);
     }
     wasm.max_wasm_stack(config.max_wasm_stack);
-    // The fiber stack must hold the Wasm stack plus the host calls made from it.
-    wasm.async_stack_size(config.max_wasm_stack + 1024 * 1024);
+    wasm.async_stack_size(fiber_stack_size(config));
     if config.compact_memory {
         wasm.memory_reservation(0)
             .memory_guard_size(0)
@@ -75,6 +74,19 @@ pub fn engine_config(config: &RuntimeConfig, target: Option<&str>) -> anyhow::Re
         })?;
     }
     Ok(wasm)
+}
+
+/// A fiber stack must hold the Wasm stack plus the host calls made from it.
+fn fiber_stack_size(config: &RuntimeConfig) -> usize {
+    config.max_wasm_stack.saturating_add(1024 * 1024)
+}
+
+/// The arena the engine takes its fiber stacks from: on demand (a pool has stacks of its
+/// own), with one fiber per Store (the component model's async ABI runs several), on
+/// Linux.
+pub(super) fn stack_arena(config: &RuntimeConfig) -> Option<super::stacks::StackArena> {
+    (cfg!(target_os = "linux") && config.instance_pool == 0 && !config.component_model_async)
+        .then(|| super::stacks::StackArena::new(fiber_stack_size(config)))
 }
 
 /// The pooling allocator's slots: `instance_pool` components (plus plugins and spares), each with

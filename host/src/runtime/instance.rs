@@ -16,6 +16,7 @@ use wasmtime::Store;
 use super::bindings::HealthStatus;
 use super::exit::{EndReason, StopCause};
 use super::output::{OutputCapture, OutputSummary};
+use super::stacks::{Park, parking};
 use super::store_data::{InstanceState, build_store};
 use super::vitals::Vitals;
 use super::{Prepared, Runtime, SpawnRequest};
@@ -179,7 +180,7 @@ pub(super) fn prepare(
             // A grant that cannot be handed over fails the start (recorded, replaced):
             // an instance never runs with less than its spec grants.
             Some(message) => Staged::Failed(EndReason::StartFailed { message }),
-            None => stage(&rt, &mut store, &req).await,
+            None => Box::pin(stage(&rt, &mut store, &req)).await,
         };
         // Dropped unstarted: a spare no longer wanted ends here, unheard of.
         let Ok(go) = go_rx.await else { return };
@@ -259,14 +260,22 @@ async fn stage(rt: &Runtime, store: &mut Store<InstanceState>, req: &SpawnReques
         },
         Prepared::Command(pre) => pre,
         Prepared::Reactor(pre) => {
-            return match timeout(deadline, pre.instantiate_async(&mut *store)).await {
+            let lease = store.data().stack.clone();
+            let instantiate = parking(&lease, Park::KeepPages, pre.instantiate_async(&mut *store));
+            return match timeout(deadline, instantiate).await {
                 Err(_) => late(),
                 Ok(Ok(r)) => Staged::Reactor(r),
                 Ok(Err(e)) => Staged::Failed(EndReason::instantiation(&e, &rt.config)),
             };
         }
     };
-    match timeout(deadline, command.instantiate_async(&mut *store)).await {
+    let lease = store.data().stack.clone();
+    let instantiate = parking(
+        &lease,
+        Park::KeepPages,
+        command.instantiate_async(&mut *store),
+    );
+    match timeout(deadline, instantiate).await {
         Err(_) => late(),
         Ok(Ok(c)) => Staged::Command(c),
         Ok(Err(e)) => Staged::Failed(EndReason::instantiation(&e, &rt.config)),
@@ -321,15 +330,23 @@ async fn drive(
         reporter,
         ..
     } = parts;
+    // Each driver is boxed: an instance's task then holds the state of the one it runs,
+    // not room for the largest (the task lives as long as the instance).
     match staged {
         Staged::Failed(reason) => reason,
         Staged::Command(command) => {
-            drive_command(store, &command, req, vitals, reporter, stop_rx).await
+            Box::pin(drive_command(
+                store, &command, req, vitals, reporter, stop_rx,
+            ))
+            .await
         }
         Staged::Reactor(reactor) => {
-            drive_reactor(rt, store, &reactor, req, vitals, reporter, stop_rx).await
+            Box::pin(drive_reactor(
+                rt, store, &reactor, req, vitals, reporter, stop_rx,
+            ))
+            .await
         }
-        Staged::Deferred => drive_deferred(parts, store, stop_rx).await,
+        Staged::Deferred => Box::pin(drive_deferred(parts, store, stop_rx)).await,
     }
 }
 
@@ -396,7 +413,12 @@ async fn drive_command(
         reporter.send(InstanceEventKind::Ready(true)).await;
     }
     let mut stopping: Option<(StopCause, Instant)> = None;
-    let mut run = pin!(command.wasi_cli_run().call_run(store));
+    let lease = store.data().stack.clone();
+    let mut run = pin!(parking(
+        &lease,
+        Park::KeepPages,
+        command.wasi_cli_run().call_run(store)
+    ));
     loop {
         let watchdog_due = watchdog.map(|t| vitals.last_beat().unwrap_or(vitals.started()) + t);
         let far = crate::clock::from_now(Duration::from_secs(3600));
@@ -455,7 +477,11 @@ async fn drive_reactor(
     mut stop_rx: watch::Receiver<Option<StopCause>>,
 ) -> EndReason {
     let lifecycle = reactor.setpoint_workload_lifecycle();
-    match timeout(rt.config.start_timeout, lifecycle.call_start(&mut *store)).await {
+    // Between calls a reactor holds no accessible stack, nor its pages.
+    let lease = store.data().stack.clone();
+    let idle = Park::DropPages;
+    let start = parking(&lease, idle, lifecycle.call_start(&mut *store));
+    match timeout(rt.config.start_timeout, start).await {
         Err(_) => {
             return EndReason::StartFailed {
                 message: format!("start did not return within {:?}", rt.config.start_timeout),
@@ -479,7 +505,8 @@ async fn drive_reactor(
         tokio::select! {
             _ = sleep_until(next_probe.into()), if probe.is_some() => {
                 let Some(p) = probe else { continue };
-                let answer = match timeout(p.timeout, lifecycle.call_health(&mut *store)).await {
+                let health = parking(&lease, idle, lifecycle.call_health(&mut *store));
+                let answer = match timeout(p.timeout, health).await {
                     Err(_) => return EndReason::probe_timeout(p.timeout),
                     Ok(Err(e)) => return EndReason::from_guest_error(&e),
                     Ok(Ok(answer)) => answer,
@@ -520,7 +547,8 @@ async fn drive_reactor(
                 let cause = if changed.is_ok() { (*stop_rx.borrow()).unwrap_or(StopCause::Deleted) } else { StopCause::Deleted };
                 vitals.stop_requested.store(true, Ordering::Release);
                 let grace = req.spec.termination_grace_period;
-                let forced = !matches!(timeout(grace, lifecycle.call_stop(&mut *store)).await, Ok(Ok(())));
+                let stop = parking(&lease, idle, lifecycle.call_stop(&mut *store));
+                let forced = !matches!(timeout(grace, stop).await, Ok(Ok(())));
                 return EndReason::Stopped { cause, forced };
             }
             _ = sleep_until(far.into()), if probe.is_none() => {}

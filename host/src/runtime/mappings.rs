@@ -6,10 +6,13 @@
 
 use super::RuntimeConfig;
 
-/// Mappings an idle instance costs, measured with `cargo bench --bench scenarios`
-/// (density): 2.85–2.93 with compact memories, about 4 with the default reservation.
-fn per_instance(config: &RuntimeConfig) -> usize {
-    if config.compact_memory { 3 } else { 4 }
+/// Mappings an instance costs besides its fiber stack, in thousandths, at least (the
+/// guard learns a higher cost from its counts, the first at 64 instances): with compact
+/// memories the memories of neighbouring instances merge into one mapping (measured with
+/// `cargo bench --bench scenarios`, density: under 0.02 each); with the default
+/// reservation each memory is two, its pages and its inaccessible reservation.
+fn per_instance_milli(config: &RuntimeConfig) -> usize {
+    if config.compact_memory { 20 } else { 2_000 }
 }
 
 /// Threads the host itself may start besides its instances (tokio's workers and its
@@ -51,61 +54,84 @@ pub fn in_use() -> Option<usize> {
     Some(maps.lines().count())
 }
 
-/// How many more live instances fit under the mapping limit, given the mappings in use
-/// now; `None` where the limit cannot be read (not Linux) or an instance pool reserves
-/// its mappings up front.
+/// How many live instances fit under the mapping limit if their stacks were all in use
+/// (the fewest), given the mappings in use now; `None` where the limit cannot be read
+/// (not Linux) or an instance pool reserves its mappings up front.
 pub fn instance_capacity(config: &RuntimeConfig) -> Option<usize> {
-    MappingGuard::new(config).map(|g| g.capacity())
+    MappingGuard::new(config, None).map(|g| g.fewest())
 }
 
 /// Decides whether one more instance fits under the kernel's mapping limit, keeping
-/// [`reserve`] free for the host. Instances map their memory when their task
-/// instantiates them, after the controller spawned them, so counting mappings alone
-/// lags behind a burst of spawns: the guard also predicts the count from the mappings
-/// the process held at start plus [`per_instance`] for each live instance, and refuses
-/// when either the prediction or the last count leaves too little room.
-#[derive(Debug, Clone)]
+/// [`reserve`] free for the host.
+///
+/// It predicts the mappings in use from two parts. Fiber stacks come from the runtime's
+/// arena, whose counters say exactly what they cost now (an idle instance's stack is
+/// parked and costs nothing; see [`super::stacks`]); without an arena each instance
+/// costs two for its stack. The rest (linear memories, mostly) is the mappings held at
+/// start plus a cost per instance: estimated from the configuration, and raised when a
+/// count of `/proc/self/maps` finds more (the guard counts at 64, 128, 256... instances,
+/// and past the warning point).
+/// Counting alone would lag behind a burst of spawns (an instance maps its memory when
+/// its task instantiates it, after the controller spawned it), so past the warning point
+/// the guard refuses when either the prediction or the last count (taken again every 64
+/// spawns or ends) leaves too little room.
 pub struct MappingGuard {
     limit: usize,
+    /// Mappings other than stacks at start.
     base: usize,
-    per_instance: usize,
-    warning_at: usize,
-    /// Past the warning point: the live count at the last count of mappings, and
-    /// whether that count left too little room.
+    /// Mappings other than stacks per instance, in thousandths: the configuration's
+    /// estimate, and the figure in use (learnt from the last count).
+    estimate: usize,
+    per_instance_milli: usize,
+    stacks: Option<super::stacks::StackWatcher>,
+    /// The live count at the next count that learns the cost per instance.
+    learn_at: usize,
+    /// Past the warning point: the live count at the last count, and whether that count
+    /// left too little room.
     checked: Option<(usize, bool)>,
+    /// Whether the warning was given (re-armed once the prediction falls well below it).
+    warned: bool,
 }
 
-/// Spawns (or ends) between two counts of the mappings in use, past the warning point.
+impl std::fmt::Debug for MappingGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappingGuard")
+            .field("limit", &self.limit)
+            .field("base", &self.base)
+            .field("per_instance_milli", &self.per_instance_milli)
+            .field("arena", &self.stacks.is_some())
+            .finish()
+    }
+}
+
+/// Spawns (or ends) between two counts of the mappings in use, past the warning point,
+/// and the fewest instances a cost per instance is learnt over.
 const RECHECK: usize = 64;
 
 impl MappingGuard {
-    /// A guard for this process now; `None` where the limit cannot be read (not Linux)
-    /// or an instance pool reserves its mappings up front.
-    pub fn new(config: &RuntimeConfig) -> Option<Self> {
+    /// A guard for this process now, whose stacks (if they come from an arena) `stacks`
+    /// counts; `None` where the limit cannot be read (not Linux) or an instance pool
+    /// reserves its mappings up front.
+    pub(crate) fn new(
+        config: &RuntimeConfig,
+        stacks: Option<super::stacks::StackWatcher>,
+    ) -> Option<Self> {
         if config.instance_pool > 0 {
             return None;
         }
         let limit = limit()?;
-        let base = in_use()?;
-        let per_instance = per_instance(config);
-        let capacity = limit.saturating_sub(reserve(limit)).saturating_sub(base) / per_instance;
+        let in_use = in_use()?;
+        let stack_now = stacks.as_ref().map_or(0, |s| s.stats().mappings());
         Some(Self {
             limit,
-            base,
-            per_instance,
-            warning_at: capacity * 4 / 5,
+            base: in_use.saturating_sub(stack_now),
+            estimate: per_instance_milli(config),
+            per_instance_milli: per_instance_milli(config),
+            stacks,
+            learn_at: RECHECK,
             checked: None,
+            warned: false,
         })
-    }
-
-    /// The live count at which the host warns (80% of the estimated capacity).
-    pub fn warning_at(&self) -> usize {
-        self.warning_at
-    }
-
-    /// The estimated capacity at start, in instances.
-    pub fn capacity(&self) -> usize {
-        self.warning_at * 5 / 4
     }
 
     /// The kernel's limit.
@@ -113,29 +139,112 @@ impl MappingGuard {
         self.limit
     }
 
-    /// Whether the host, holding `live` instances, must refuse another. Below the
-    /// warning point this is arithmetic; past it, `/proc/self/maps` is also counted
-    /// again every 64 spawns or ends (that takes milliseconds at that size).
+    /// Mappings the host may hold, short of the reserve.
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(reserve(self.limit))
+    }
+
+    /// The prediction's warning point: four fifths of the room.
+    fn warning_point(&self) -> usize {
+        self.room() / 5 * 4
+    }
+
+    /// Mappings the stacks of `live` instances cost now, plus those of one about to
+    /// start (its stack is accessible while it instantiates).
+    fn stack_mappings(&self, live: usize) -> usize {
+        match &self.stacks {
+            Some(s) => s.stats().mappings().saturating_add(2),
+            None => live.saturating_add(1).saturating_mul(2),
+        }
+    }
+
+    /// The mappings predicted with `live` instances and one more.
+    fn predicted(&self, live: usize) -> usize {
+        let others = live
+            .saturating_add(1)
+            .saturating_mul(self.per_instance_milli)
+            / 1000;
+        self.base
+            .saturating_add(others)
+            .saturating_add(self.stack_mappings(live))
+    }
+
+    /// Counts the mappings in use; from 64 instances on, takes the cost per instance the
+    /// count shows where it is more than the configuration's estimate (never less: a
+    /// burst of spawns may not have mapped its memories yet when it is counted). Each
+    /// count replaces the last one's figure: what the host itself mapped since it
+    /// started weighs less on more instances.
+    fn count(&mut self, live: usize) -> Option<usize> {
+        let in_use = in_use()?;
+        if live >= RECHECK {
+            let stacks = self.stacks.as_ref().map_or(0, |s| s.stats().mappings());
+            let other = in_use.saturating_sub(stacks).saturating_sub(self.base);
+            let learnt = other.saturating_mul(1000) / live;
+            self.per_instance_milli = self.estimate.max(learnt);
+        }
+        Some(in_use)
+    }
+
+    /// Whether the host, holding `live` instances, must refuse another.
     pub fn full(&mut self, live: usize) -> bool {
-        let room = self.limit.saturating_sub(reserve(self.limit));
-        let predicted = self
-            .base
-            .saturating_add(live.saturating_add(1).saturating_mul(self.per_instance));
-        if predicted > room {
+        if live >= self.learn_at {
+            self.learn_at = live.saturating_mul(2);
+            self.count(live);
+        }
+        if self.predicted(live) > self.room() {
             return true;
         }
-        if live < self.warning_at {
+        if self.short_of_warning(live) {
             self.checked = None;
             return false;
         }
         match self.checked {
             Some((at, full)) if live.abs_diff(at) < RECHECK => full,
             _ => {
-                let full = in_use().unwrap_or(0).saturating_add(self.per_instance) > room;
+                let next = 2 + self.per_instance_milli.div_ceil(1000);
+                let full = self
+                    .count(live)
+                    .is_some_and(|in_use| in_use.saturating_add(next) > self.room());
                 self.checked = Some((live, full));
                 full
             }
         }
+    }
+
+    /// Once per crossing of the warning point (four fifths of the room), an estimate of
+    /// how many instances fit in all: `Some` when the host should warn now.
+    pub fn crossed_warning(&mut self, live: usize) -> Option<usize> {
+        let predicted = self.predicted(live);
+        if predicted < self.warning_point() / 8 * 7 {
+            self.warned = false;
+        }
+        if self.warned || predicted < self.warning_point() {
+            return None;
+        }
+        self.warned = true;
+        Some(self.fits(live))
+    }
+
+    /// Whether the prediction with `live` instances is short of the warning point.
+    pub fn short_of_warning(&self, live: usize) -> bool {
+        self.predicted(live) < self.warning_point()
+    }
+
+    /// Instances that fit in all, `live` of them there now, if the rest stay idle.
+    fn fits(&self, live: usize) -> usize {
+        let left = self.room().saturating_sub(self.predicted(live));
+        let per = match &self.stacks {
+            // An idle instance's parked stack costs a share of its arena's one mapping.
+            Some(_) => self.per_instance_milli.saturating_add(1000 / 64),
+            None => self.per_instance_milli.saturating_add(2000),
+        };
+        live.saturating_add(left.saturating_mul(1000) / per.max(1))
+    }
+
+    /// Instances that fit from now on if every one's stack were in use: the fewest.
+    pub fn fewest(&self) -> usize {
+        let left = self.room().saturating_sub(self.predicted(0));
+        left.saturating_mul(1000) / self.per_instance_milli.saturating_add(2000).max(1)
     }
 }
 

@@ -23,6 +23,7 @@ mod outgoing_http;
 pub mod output;
 pub mod plugin;
 pub mod plugin_abi;
+pub mod stacks;
 pub(crate) mod store_data;
 mod vitals;
 
@@ -42,6 +43,7 @@ use crate::manifest::WorkloadSpec;
 pub use exit::{EndReason, StopCause};
 pub use instance::{InstanceEnd, InstanceEvent, InstanceEventKind, InstanceHandle, Spare};
 pub use output::{LogLine, OutputLimits, OutputSummary};
+pub use stacks::StackStats;
 use store_data::InstanceState;
 
 /// Runtime settings; every field has a default.
@@ -273,6 +275,8 @@ pub struct Runtime {
     ticker: EpochTicker,
     live_stores: Arc<std::sync::atomic::AtomicUsize>,
     plugins: Mutex<HashMap<Digest, Arc<plugin::PreparedPlugin>>>,
+    /// The counters of the engine's stack arena, where it has one.
+    stacks: Option<stacks::StackWatcher>,
 }
 
 impl Runtime {
@@ -280,6 +284,11 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let mut wasm = engine::engine_config(&config, None)?;
         engine::enable_cache(&mut wasm, config.cache_dir.as_deref())?;
+        let stacks = engine::stack_arena(&config).map(|arena| {
+            let watcher = arena.watcher();
+            wasm.with_host_stack(Arc::new(arena));
+            watcher
+        });
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -311,6 +320,7 @@ impl Runtime {
             ticker,
             live_stores: Arc::default(),
             plugins: Mutex::new(HashMap::new()),
+            stacks,
         })
     }
 
@@ -489,6 +499,17 @@ impl Runtime {
     /// How many instance Stores exist right now (running or being torn down).
     pub fn live_stores(&self) -> usize {
         self.live_stores.load(Ordering::Relaxed)
+    }
+
+    /// What the fiber stacks cost now, where they come from the runtime's own arena
+    /// (on Linux, without an instance pool; see [`stacks`]).
+    pub fn stack_stats(&self) -> Option<StackStats> {
+        self.stacks.as_ref().map(|s| s.stats())
+    }
+
+    /// A reader of the stack arena's counters, for the mapping guard.
+    pub(crate) fn stack_watcher(&self) -> Option<stacks::StackWatcher> {
+        self.stacks.clone()
     }
 
     /// Drops compiled components that no workload uses any more.

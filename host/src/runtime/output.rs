@@ -212,7 +212,9 @@ impl OutputCapture {
         Self {
             inner: Arc::new(Mutex::new(Capture {
                 limits,
-                tail: VecDeque::with_capacity(limits.tail_lines.min(64)),
+                // Grown as lines come: most instances print little, and 100,000 idle ones
+                // would hold 1.2 KiB each of empty room.
+                tail: VecDeque::new(),
                 partial: [Vec::new(), Vec::new()],
                 bytes_written: 0,
                 lines_dropped: 0,

@@ -38,6 +38,8 @@ pub struct InstanceState {
     /// Store takes over).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) usage: Arc<super::limits::Usage>,
+    /// The Store's claim on its fiber stack, which calls park between polls.
+    pub(crate) stack: super::stacks::StackLease,
     _live: LiveStore,
 }
 
@@ -141,6 +143,7 @@ pub(crate) fn build_plugin_store(
             instance: "policy".into(),
             spec: None,
         },
+        stack: Default::default(),
         _live: LiveStore::new(&rt.live_stores),
     };
     // The controller waits for a plugin's decision: yielding at a tick would only send
@@ -228,6 +231,7 @@ pub(super) fn build_store(
             instance: req.instance.clone(),
             spec: Some(req.spec.clone()),
         },
+        stack: Default::default(),
         _live: LiveStore::new(&rt.live_stores),
     };
     (store_with_limits(rt, state, OnTick::Yield), refused)
