@@ -15,7 +15,7 @@
 //! `RECOVERY_RUN_MS` how long each crashing instance runs (default 1), `RECOVERY_SETUPS`
 //! which hosts (`on-demand,spare,pooled,pooled-spare`); `DENSITY` the density scenario's
 //! target (default 100,000);
-//! `PROCESS_SPAWN=` the process model's spawn sizes. Needs `cargo xtask guests` first; the
+//! `SPAWN=` and `PROCESS_SPAWN=` the spawn sizes (setpoint's, the process model's). Needs `cargo xtask guests` first; the
 //! process model's programs are the same guest sources built for this machine.
 
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ struct Sizes {
 const FULL: Sizes = Sizes {
     recovery_others: &[1, 100, 10_000],
     recovery_cycles: 3_000,
-    spawn: &[1_000, 10_000],
+    spawn: &[1_000, 10_000, 100_000],
     density: 100_000,
     density_step: 10_000,
     process_others: &[1, 100, 10_000],
@@ -162,7 +162,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         if selected("spawn") {
-            for &n in sizes.spawn {
+            for &n in list_override("SPAWN").as_deref().unwrap_or(sizes.spawn) {
                 spawn(n).await?;
             }
             let process_override = list_override("PROCESS_SPAWN");

@@ -190,6 +190,7 @@ impl Controller {
             artifacts: BTreeMap::from([(revision, parts)]),
             decider: Decider::Builtin,
             spares: Default::default(),
+            paced_until: None,
         };
         self.workloads.insert(name.clone(), entry);
         self.carry_out(&name, effects);

@@ -122,7 +122,17 @@ struct Entry {
     artifacts: BTreeMap<Arc<str>, Artifacts>,
     decider: Decider,
     spares: Spares,
+    /// A pass over this workload took long (it has many instances): the next waits
+    /// until then, gathering the events that come meanwhile (see [`PACE_FROM`]).
+    paced_until: Option<Instant>,
 }
+
+/// A pass over a workload that takes at least this long is followed by a pause as long
+/// as it took before the next pass over that workload: a pass reads every instance, so
+/// a workload of 100,000 spawning ones would otherwise be passed over for every few
+/// events, and the controller would spend its time re-reading it. Passes over other
+/// workloads are not delayed, and a pass shorter than this never is.
+const PACE_FROM: Duration = Duration::from_micros(200);
 
 /// A workload's spares: instances of one revision, instantiated and not started, the
 /// next spawns of that revision (see [`Spare`]).
@@ -265,7 +275,15 @@ impl Controller {
                 .values()
                 .filter_map(|e| e.state.requeue_at)
                 .min();
-            let wake = next_requeue.map_or(next_resync, |r| r.min(next_resync));
+            let next_paced = self
+                .dirty
+                .iter()
+                .filter_map(|name| self.workloads.get(name)?.paced_until)
+                .min();
+            let wake = [next_requeue, next_paced]
+                .into_iter()
+                .flatten()
+                .fold(next_resync, Instant::min);
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Shutdown(reply)) => {
@@ -544,10 +562,20 @@ impl Controller {
     async fn reconcile_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         let mut actions = Vec::new();
+        let now = Instant::now();
         for name in dirty {
+            let paced = self.workloads.get(&name).and_then(|e| e.paced_until);
+            if paced.is_some_and(|until| until > now) {
+                self.dirty.insert(name);
+                continue;
+            }
             let started = Instant::now();
             self.reconcile_one(&name, &mut actions).await;
-            self.metrics.reconciled(started.elapsed());
+            let took = started.elapsed();
+            self.metrics.reconciled(took);
+            if let Some(entry) = self.workloads.get_mut(&name) {
+                entry.paced_until = (took >= PACE_FROM).then(|| crate::clock::from_now(took));
+            }
         }
     }
 

@@ -164,7 +164,7 @@ pub(super) fn prepare(
     events: mpsc::Sender<InstanceEvent>,
 ) -> Spare {
     let (stop_tx, stop_rx) = watch::channel(None);
-    let (go_tx, go_rx) = oneshot::channel::<Go>();
+    let (go_tx, mut go_rx) = oneshot::channel::<Go>();
     let usage = Arc::new(super::limits::Usage::default());
     let gauge = usage.clone();
     let task = tokio::spawn(async move {
@@ -182,8 +182,17 @@ pub(super) fn prepare(
             Some(message) => Staged::Failed(EndReason::StartFailed { message }),
             None => Box::pin(stage(&rt, &mut store, &req)).await,
         };
-        // Dropped unstarted: a spare no longer wanted ends here, unheard of.
-        let Ok(go) = go_rx.await else { return };
+        // A plain spawn was started already; a spare parks its stack while it waits.
+        // Dropped unstarted, a spare no longer wanted ends here, unheard of.
+        let go = match go_rx.try_recv() {
+            Ok(go) => go,
+            Err(oneshot::error::TryRecvError::Closed) => return,
+            Err(oneshot::error::TryRecvError::Empty) => {
+                store.data().stack.park(false);
+                let Ok(go) = go_rx.await else { return };
+                go
+            }
+        };
         store.data_mut().identity.instance = go.instance.clone();
         capture.rename(go.instance.clone());
         let reporter = Reporter {
@@ -261,7 +270,7 @@ async fn stage(rt: &Runtime, store: &mut Store<InstanceState>, req: &SpawnReques
         Prepared::Command(pre) => pre,
         Prepared::Reactor(pre) => {
             let lease = store.data().stack.clone();
-            let instantiate = parking(&lease, Park::KeepPages, pre.instantiate_async(&mut *store));
+            let instantiate = parking(&lease, Park::Stay, pre.instantiate_async(&mut *store));
             return match timeout(deadline, instantiate).await {
                 Err(_) => late(),
                 Ok(Ok(r)) => Staged::Reactor(r),
@@ -270,11 +279,7 @@ async fn stage(rt: &Runtime, store: &mut Store<InstanceState>, req: &SpawnReques
         }
     };
     let lease = store.data().stack.clone();
-    let instantiate = parking(
-        &lease,
-        Park::KeepPages,
-        command.instantiate_async(&mut *store),
-    );
+    let instantiate = parking(&lease, Park::Stay, command.instantiate_async(&mut *store));
     match timeout(deadline, instantiate).await {
         Err(_) => late(),
         Ok(Ok(c)) => Staged::Command(c),

@@ -284,11 +284,14 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let mut wasm = engine::engine_config(&config, None)?;
         engine::enable_cache(&mut wasm, config.cache_dir.as_deref())?;
-        let stacks = engine::stack_arena(&config).map(|arena| {
-            let watcher = arena.watcher();
-            wasm.with_host_stack(Arc::new(arena));
-            watcher
-        });
+        let (stacks, sweeper) = match engine::stack_arena(&config) {
+            Some(arena) => {
+                let (watcher, sweeper) = (arena.watcher(), arena.sweeper());
+                wasm.with_host_stack(Arc::new(arena));
+                (Some(watcher), Some(sweeper))
+            }
+            None => (None, None),
+        };
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -311,7 +314,7 @@ impl Runtime {
             }
             cap.add_to_linker(&mut linker)?;
         }
-        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick, sweeper);
         Ok(Self {
             engine,
             linker,
@@ -594,7 +597,9 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine, tick: Duration) -> Self {
+    /// Ticks the engine's epoch every `tick`, and parks the idle fiber stacks of
+    /// `stacks` at each tick.
+    fn start(engine: Engine, tick: Duration, stacks: Option<stacks::StackSweeper>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -603,6 +608,9 @@ impl EpochTicker {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
                     engine.increment_epoch();
+                    if let Some(stacks) = &stacks {
+                        stacks.tick();
+                    }
                 }
             })
             .expect("spawning the epoch thread");

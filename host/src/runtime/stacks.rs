@@ -6,14 +6,18 @@
 //! would need 200,000 mappings, three times the kernel's default `vm.max_map_count`.
 //!
 //! Here stacks are slots of a few large arenas, every slot a guard page and its stack,
-//! all `PROT_NONE` while free. A slot in use is made readable and writable only while
-//! guest code may run on it: a [`Parking`] future (the wrapper of every call into an
-//! instance) makes it accessible before each poll, and inaccessible again ("parks" it)
-//! after, whether the call returned or waits in a host call: the only accessible stacks
-//! are those of guests running at this moment. A parked slot has its guard's protection, so it merges with
-//! its neighbours into one mapping: an arena costs one mapping plus two for each slot
-//! whose guest is running or suspended mid-call. A stack parked after its call ended
-//! also gives its pages back to the kernel (the next call starts on zeroed pages).
+//! all `PROT_NONE` while free. A slot in use is accessible only while guest code may run
+//! on it, or has just run: a [`Parking`] future (the wrapper of every call into an
+//! instance) makes it accessible before each poll, and marks it idle after, whether the
+//! call returned or waits in a host call. The epoch thread's ticks (1 ms) make the slots
+//! idle for a whole tick inaccessible again ("park" them), adjacent ones in one system
+//! call (see [`StackSweeper`]); a guest woken within a tick or two costs no system call,
+//! and past 1,024 idle slots waiting, a slot is parked at once. A parked slot has its
+//! guard's protection, so it merges with its neighbours into one mapping: an arena
+//! costs one mapping plus two for each slot accessible. A stack parked after its call
+//! ended also gives its pages back to the kernel (the next call starts on zeroed pages).
+//! Each arena faults one page in when it is reserved, so that the kernel's bookkeeping
+//! of its anonymous pages is one for all its slots (slots that differ there never merge).
 //!
 //! A stack is tied to its Store's [`StackLease`] when wasmtime asks for it, which it
 //! does inside the first poll of the Store's first call: the poll names its lease in a
@@ -34,16 +38,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 /// Slots per arena mapping: with 1.5 MiB stacks, 96 MiB of address space each (all of it
-/// `PROT_NONE`, so none of it committed) and one mapping more per 64 instances.
+/// `PROT_NONE` while free, so none of it committed) and one mapping more per 64 instances.
 const SLOTS_PER_ARENA: usize = 64;
+
+/// Most stacks waiting for the sweeper: past it, a stack is parked at once by the thread
+/// that rests it, so accessible idle stacks (two mappings each) stay few however fast
+/// instances are spawned or woken.
+const MAX_QUEUED: usize = 1024;
 
 /// What the stacks of a runtime cost, read by the mapping guard and the benches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StackStats {
     /// Stacks handed to Stores and not yet given back.
     pub stacks: usize,
-    /// Of those, the ones accessible now (a guest runs on them, or is suspended mid-call,
-    /// or a call is about to start on them).
+    /// Of those, the ones accessible now (a guest runs on them, or they wait for the
+    /// sweeper to park them).
     pub unparked: usize,
     /// Arena mappings reserved.
     pub arenas: usize,
@@ -66,11 +75,43 @@ struct ArenaInner {
     /// Bytes of one stack (a multiple of the page size), without its guard page.
     stack_len: usize,
     page: usize,
-    /// Free slots, by the address of their guard page.
-    free: Mutex<Vec<usize>>,
+    /// Free slots, by the address of their guard page, and the arenas' mappings.
+    free: Mutex<Free>,
+    /// Slots to park, and the sweeper that parks them.
+    sweep: Arc<Sweep>,
     stacks: AtomicUsize,
     unparked: AtomicUsize,
     arenas: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Free {
+    slots: Vec<usize>,
+    /// Each arena's base address and length, unmapped when the arena goes.
+    arenas: Vec<(usize, usize)>,
+}
+
+/// The slots whose guests stopped running, parked by the epoch thread's ticks (see
+/// [`StackSweeper`]).
+#[derive(Default)]
+struct Sweep {
+    queue: Mutex<SweepQueue>,
+}
+
+/// Two generations: a tick parks the slots queued before the last tick (idle at least a
+/// tick), so a guest woken again within a tick or two costs no system call.
+#[derive(Default)]
+struct SweepQueue {
+    /// Queued since the last tick.
+    recent: Vec<Arc<Slot>>,
+    /// Queued before it: the next tick parks them.
+    older: Vec<Arc<Slot>>,
+}
+
+impl SweepQueue {
+    fn len(&self) -> usize {
+        self.recent.len() + self.older.len()
+    }
 }
 
 impl StackArena {
@@ -81,7 +122,8 @@ impl StackArena {
             inner: Arc::new(ArenaInner {
                 stack_len: stack_len.div_ceil(page).saturating_mul(page),
                 page,
-                free: Mutex::new(Vec::new()),
+                free: Mutex::new(Free::default()),
+                sweep: Arc::default(),
                 stacks: AtomicUsize::new(0),
                 unparked: AtomicUsize::new(0),
                 arenas: AtomicUsize::new(0),
@@ -97,6 +139,37 @@ impl StackArena {
     /// A handle on the counters (the arena itself goes to the engine).
     pub(crate) fn watcher(&self) -> StackWatcher {
         StackWatcher(self.inner.clone())
+    }
+
+    /// The handle that parks idle stacks, for a thread that ticks.
+    pub(crate) fn sweeper(&self) -> StackSweeper {
+        StackSweeper(self.inner.sweep.clone())
+    }
+}
+
+/// Parks the stacks idle for at least a tick: the epoch thread calls
+/// [`StackSweeper::tick`] at each of its ticks (1 ms by default), so no thread of its own
+/// wakes, and nothing wakes anyone when a stack goes idle. Adjacent slots are parked in
+/// one system call.
+#[derive(Clone)]
+pub(crate) struct StackSweeper(Arc<Sweep>);
+
+impl StackSweeper {
+    /// Parks the slots queued before the last tick that are still idle.
+    pub(crate) fn tick(&self) {
+        let mut slots = {
+            let mut queue = lock(&self.0.queue);
+            if queue.len() == 0 {
+                return;
+            }
+            let recent = std::mem::take(&mut queue.recent);
+            std::mem::replace(&mut queue.older, recent)
+        };
+        // A slot rested, ran and rested again is queued twice: once is enough (its lock
+        // is taken once). A slot given back and handed out again is two.
+        slots.sort_unstable_by_key(|s| (s.guard, Arc::as_ptr(s) as usize));
+        slots.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        park_all(&slots);
     }
 }
 
@@ -123,14 +196,14 @@ impl ArenaInner {
         self.page.saturating_add(self.stack_len)
     }
 
-    fn lock_free(&self) -> MutexGuard<'_, Vec<usize>> {
+    fn lock_free(&self) -> MutexGuard<'_, Free> {
         self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A free slot's guard address, reserving a new arena when none is free.
     fn take_slot(&self) -> std::io::Result<usize> {
         let mut free = self.lock_free();
-        if let Some(slot) = free.pop() {
+        if let Some(slot) = free.slots.pop() {
             return Ok(slot);
         }
         let slot_len = self.slot_len();
@@ -138,11 +211,26 @@ impl ArenaInner {
             .checked_mul(SLOTS_PER_ARENA)
             .ok_or_else(|| std::io::Error::other("stack arena size overflows"))?;
         let base = os::reserve(len)?;
+        free.arenas.push((base, len));
         self.arenas.fetch_add(1, Ordering::Relaxed);
         // Hand out the lowest slots first, so the ones in use cluster.
-        free.extend((1..SLOTS_PER_ARENA).rev().map(|i| base + i * slot_len));
+        free.slots
+            .extend((1..SLOTS_PER_ARENA).rev().map(|i| base + i * slot_len));
         Ok(base)
     }
+}
+
+impl Drop for ArenaInner {
+    fn drop(&mut self) {
+        // No slot is left (each holds the arena): nothing runs on these mappings.
+        for &(base, len) in &self.lock_free().arenas {
+            os::release(base, len);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The stack part of the slot whose guard page is at `guard`.
@@ -158,56 +246,146 @@ struct Slot {
     state: Mutex<SlotState>,
 }
 
-#[derive(Debug, Default)]
-struct SlotState {
-    parked: bool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Accessible, a guest may run on it.
+    Running,
+    /// Accessible, nothing runs on it: the sweeper parks it (and gives its pages back,
+    /// if `drop_pages`), unless a guest runs on it again first.
+    Idle { drop_pages: bool },
+    /// Inaccessible.
+    Parked,
     /// Given back to the arena (the Store dropped its stack): the lease leaves it alone.
-    freed: bool,
+    Freed,
 }
 
 impl Slot {
     fn lock(&self) -> MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
-    /// Makes the stack accessible, if it was parked. A failure (the kernel out of memory
-    /// for its page tables) is fatal: code is about to run on this stack.
-    fn unpark(&self) {
+    /// Makes the stack accessible for a guest about to run on it. A failure (the kernel
+    /// out of mappings or memory for page tables) is fatal: code is about to run on
+    /// this stack.
+    fn run(&self) {
         let mut state = self.lock();
-        if state.freed || !state.parked {
-            return;
+        match *state {
+            SlotState::Running | SlotState::Freed => return,
+            SlotState::Idle { .. } => {}
+            SlotState::Parked => {
+                if let Err(e) = os::protect(&stack_range(&self.inner, self.guard), true) {
+                    // Nothing can run on an inaccessible stack, and nothing can be told:
+                    // stop loudly rather than fault on it.
+                    eprintln!(
+                        "setpoint: cannot make a fiber stack accessible again ({e}); memory \
+                         mappings in use: {:?} of vm.max_map_count {:?}",
+                        super::mappings::in_use(),
+                        super::mappings::limit()
+                    );
+                    std::process::abort();
+                }
+                self.inner.unparked.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        if let Err(e) = os::protect(&stack_range(&self.inner, self.guard), true) {
-            // Nothing can run on an inaccessible stack, and nothing can be told: stop
-            // loudly rather than fault on it.
-            eprintln!(
-                "setpoint: cannot make a fiber stack accessible again ({e}); memory mappings \
-                 in use: {:?} of vm.max_map_count {:?}",
-                super::mappings::in_use(),
-                super::mappings::limit()
-            );
-            std::process::abort();
-        }
-        state.parked = false;
-        self.inner.unparked.fetch_add(1, Ordering::Relaxed);
+        *state = SlotState::Running;
     }
 
-    /// Makes the stack inaccessible; `drop_pages` also gives its pages back (only for a
-    /// stack no call is suspended on). A failure leaves it accessible, as wasmtime's are.
-    fn park(&self, drop_pages: bool) {
+    /// Marks the stack idle, for the sweeper to park; `drop_pages` only for a stack no
+    /// call is suspended on.
+    fn rest(self: &Arc<Self>, drop_pages: bool) {
         let mut state = self.lock();
-        if state.freed || state.parked {
+        match *state {
+            SlotState::Running => {}
+            // Already queued: a later rest may only keep more.
+            SlotState::Idle { drop_pages: queued } => {
+                *state = SlotState::Idle {
+                    drop_pages: queued && drop_pages,
+                };
+                return;
+            }
+            SlotState::Parked | SlotState::Freed => return,
+        }
+        *state = SlotState::Idle { drop_pages };
+        let sweep = &self.inner.sweep;
+        let mut queue = lock(&sweep.queue);
+        if queue.len() >= MAX_QUEUED {
+            drop(queue);
+            let mut run = vec![(self, state)];
+            park_run(&mut run);
             return;
         }
-        let range = stack_range(&self.inner, self.guard);
-        if drop_pages {
-            os::discard(&range);
+        drop(state);
+        queue.recent.push(self.clone());
+    }
+}
+
+/// Parks the slots still idle, adjacent ones in one call (sorted by address).
+fn park_all(slots: &[Arc<Slot>]) {
+    let mut run: Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)> = Vec::new();
+    for slot in slots {
+        let state = slot.lock();
+        if !matches!(*state, SlotState::Idle { .. }) {
+            continue;
         }
-        if os::protect(&range, false).is_ok() {
-            state.parked = true;
-            self.inner.unparked.fetch_sub(1, Ordering::Relaxed);
+        let adjacent = run.last().is_some_and(|(last, _)| {
+            Arc::ptr_eq(&last.inner, &slot.inner)
+                && last.guard.checked_add(slot.inner.slot_len()) == Some(slot.guard)
+        });
+        if !adjacent {
+            park_run(&mut run);
+        }
+        run.push((slot, state));
+    }
+    park_run(&mut run);
+}
+
+/// Parks a run of adjacent idle slots whose locks are held: the pages of those that
+/// want it dropped, then one protection change over the run (its guard pages between
+/// are inaccessible already).
+fn park_run(run: &mut Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)>) {
+    let (Some(first), Some(last)) = (run.first().map(|r| r.0), run.last().map(|r| r.0)) else {
+        return;
+    };
+    let inner = &first.inner;
+    let whole = stack_range(inner, first.guard).start..stack_range(inner, last.guard).end;
+    // Adjacent slots whose pages go are given back in one call too.
+    let mut dropping: Option<Range<usize>> = None;
+    for (slot, state) in run.iter() {
+        let range = stack_range(inner, slot.guard);
+        match (**state, &mut dropping) {
+            (SlotState::Idle { drop_pages: true }, Some(pending))
+                if pending.end + inner.page == range.start =>
+            {
+                pending.end = range.end;
+            }
+            (SlotState::Idle { drop_pages: true }, _) => {
+                if let Some(pending) = dropping.replace(range) {
+                    os::discard(&pending);
+                }
+            }
+            _ => {
+                if let Some(pending) = dropping.take() {
+                    os::discard(&pending);
+                }
+            }
         }
     }
+    if let Some(pending) = dropping {
+        os::discard(&pending);
+    }
+    if os::protect(&whole, false).is_ok() {
+        for (_, state) in run.iter_mut() {
+            **state = SlotState::Parked;
+        }
+        inner.unparked.fetch_sub(run.len(), Ordering::Relaxed);
+    } else {
+        // Left accessible, as wasmtime's own stacks are; marked running so that no
+        // later rest queues them again for nothing until a guest ran.
+        for (_, state) in run.iter_mut() {
+            **state = SlotState::Running;
+        }
+    }
+    run.clear();
 }
 
 /// The stack wasmtime holds for a Store.
@@ -234,21 +412,22 @@ impl Drop for ArenaStack {
         let slot = &self.0;
         let mut state = slot.lock();
         let range = stack_range(&slot.inner, slot.guard);
-        os::discard(&range);
-        if !state.parked {
-            // A slot that cannot be made inaccessible again is not reused: its
-            // stack stays as wasmtime's own would have been, mapped.
+        let was = *state;
+        *state = SlotState::Freed;
+        slot.inner.stacks.fetch_sub(1, Ordering::Relaxed);
+        if was == SlotState::Parked {
+            os::discard(&range);
+        } else {
+            slot.inner.unparked.fetch_sub(1, Ordering::Relaxed);
+            os::discard(&range);
+            // A slot that cannot be made inaccessible again is not reused: it stays
+            // mapped, as wasmtime's own stacks would have been.
             if os::protect(&range, false).is_err() {
-                state.freed = true;
-                slot.inner.unparked.fetch_sub(1, Ordering::Relaxed);
-                slot.inner.stacks.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
-            slot.inner.unparked.fetch_sub(1, Ordering::Relaxed);
         }
-        state.freed = true;
-        slot.inner.stacks.fetch_sub(1, Ordering::Relaxed);
-        slot.inner.lock_free().push(slot.guard);
+        drop(state);
+        slot.inner.lock_free().slots.push(slot.guard);
     }
 }
 
@@ -271,7 +450,7 @@ unsafe impl wasmtime::StackCreator for StackArena {
             .take_slot()
             .map_err(|e| wasmtime::format_err!("cannot reserve fiber stacks: {e}"))?;
         if let Err(e) = os::protect(&stack_range(inner, guard), true) {
-            inner.lock_free().push(guard);
+            inner.lock_free().slots.push(guard);
             return Err(wasmtime::format_err!(
                 "cannot make a fiber stack accessible: {e}"
             ));
@@ -281,7 +460,7 @@ unsafe impl wasmtime::StackCreator for StackArena {
         let slot = Arc::new(Slot {
             inner: inner.clone(),
             guard,
-            state: Mutex::new(SlotState::default()),
+            state: Mutex::new(SlotState::Running),
         });
         LEASING.with(|leasing| {
             if let Some(lease) = leasing.borrow().as_ref() {
@@ -306,15 +485,18 @@ impl StackLease {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes the Store's stack accessible for a guest about to run.
     fn unpark(&self) {
         if let Some(slot) = self.lock().as_ref() {
-            slot.unpark();
+            slot.run();
         }
     }
 
-    fn park(&self, drop_pages: bool) {
+    /// Hands the Store's stack to the sweeper to park (see [`Park`]); `drop_pages` only
+    /// for a stack no call is suspended on.
+    pub(crate) fn park(&self, drop_pages: bool) {
         if let Some(slot) = self.lock().as_ref() {
-            slot.park(drop_pages);
+            slot.rest(drop_pages);
         }
     }
 }
@@ -325,28 +507,31 @@ impl StackLease {
 /// many as there are threads polling them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Park {
-    /// They stay (a spare's first call starts without faulting them in again).
+    /// The stack is left accessible: its caller parks it if it has to wait (an
+    /// instantiation, whose instance is often started at once).
+    Stay,
+    /// It is parked, its pages kept (a command's call, which returns when it ends).
     KeepPages,
-    /// They go back to the kernel (a reactor idle between calls).
+    /// It is parked and its pages go back to the kernel (a reactor idle between calls).
     DropPages,
 }
 
 pin_project_lite::pin_project! {
     /// A call into a guest (`inner`) whose Store's stack is accessible only while the
-    /// call is polled or dropped (see the module documentation). `finished`: the call
-    /// returned, its fiber is gone, and dropping it runs nothing.
+    /// call is polled or dropped (see the module documentation). `suspended`: the call
+    /// was polled and has not returned, so its fiber waits on the stack, and dropping
+    /// the call resumes it to unwind.
     pub(crate) struct Parking<F> {
         #[pin]
         inner: F,
         lease: StackLease,
         park: Park,
-        finished: bool,
+        suspended: bool,
     }
 
     impl<F> PinnedDrop for Parking<F> {
         fn drop(this: Pin<&mut Self>) {
-            // Dropping a suspended call resumes its fiber to unwind it.
-            if !this.finished {
+            if this.suspended {
                 this.lease.unpark();
             }
         }
@@ -359,7 +544,7 @@ pub(crate) fn parking<F: Future>(lease: &StackLease, park: Park, inner: F) -> Pa
         inner,
         lease: lease.clone(),
         park,
-        finished: false,
+        suspended: false,
     }
 }
 
@@ -383,9 +568,12 @@ impl<F: Future> Future for Parking<F> {
         let restore = Leasing(previous);
         let result = this.inner.poll(cx);
         drop(restore);
-        *this.finished = result.is_ready();
-        this.lease
-            .park(result.is_ready() && *this.park == Park::DropPages);
+        *this.suspended = result.is_pending();
+        match (result.is_ready(), *this.park) {
+            (true, Park::Stay) => {}
+            (true, Park::DropPages) => this.lease.park(true),
+            _ => this.lease.park(false),
+        }
         result
     }
 }
@@ -411,7 +599,32 @@ mod os {
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
+        // Give the whole mapping its kernel bookkeeping for anonymous pages now, by
+        // faulting in one page of it: each slot later split off shares it. Slots split
+        // off before any fault would each get their own on first use, and the kernel
+        // never merges neighbours whose bookkeeping differs: parked slots would stay a
+        // mapping each.
+        let page = page_size();
+        let first = base as usize..base as usize + page;
+        if protect(&first, true).is_ok() {
+            // SAFETY: the page was just made accessible, and nothing else refers to it.
+            unsafe { std::ptr::write_volatile(base.cast::<u8>(), 0) };
+            discard(&first);
+            // The page is the first slot's guard: it must not stay accessible.
+            if let Err(e) = protect(&first, false) {
+                release(base as usize, len);
+                return Err(e);
+            }
+        }
         Ok(base as usize)
+    }
+
+    /// Unmaps what [`reserve`] mapped.
+    pub(super) fn release(base: usize, len: usize) {
+        // SAFETY: `base..base + len` is an arena this module mapped, with no stack left.
+        unsafe {
+            libc::munmap(base as *mut libc::c_void, len);
+        }
     }
 
     /// Makes `range` accessible (`true`) or not.
@@ -457,6 +670,8 @@ mod os {
         Err(std::io::Error::other("stack arenas need Unix"))
     }
 
+    pub(super) fn release(_base: usize, _len: usize) {}
+
     pub(super) fn protect(_range: &Range<usize>, _accessible: bool) -> std::io::Result<()> {
         Err(std::io::Error::other("stack arenas need Unix"))
     }
@@ -473,6 +688,14 @@ mod tests {
     use super::*;
     use wasmtime::StackCreator;
 
+    /// Ticks the sweeper twice (a slot is parked at the second tick after it rested),
+    /// and checks the arena's counters then.
+    fn wait_for(arena: &StackArena, want: StackStats) {
+        arena.sweeper().tick();
+        arena.sweeper().tick();
+        assert_eq!(arena.stats(), want);
+    }
+
     #[test]
     fn a_parked_stack_keeps_its_contents_and_a_freed_one_reads_zero() {
         let arena = StackArena::new(64 << 10);
@@ -486,18 +709,30 @@ mod tests {
         // SAFETY: the stack is accessible and this test owns it.
         unsafe { *((range.end - 8) as *mut u64) = 0xfeed };
         lease.park(false);
-        assert_eq!(
-            arena.stats(),
-            StackStats {
-                stacks: 1,
-                unparked: 0,
-                arenas: 1
-            }
-        );
+        let parked = StackStats {
+            stacks: 1,
+            unparked: 0,
+            arenas: 1,
+        };
+        wait_for(&arena, parked);
         lease.unpark();
+        assert_eq!(arena.stats().unparked, 1);
         // SAFETY: unparked again.
         assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0xfeed);
+        // Rested, run and rested again before the sweeper came: queued twice, parked once.
+        lease.park(false);
+        lease.unpark();
+        lease.park(false);
+        wait_for(&arena, parked);
+        lease.unpark();
+        // Parked with its pages dropped: it reads zero when it runs again.
         lease.park(true);
+        wait_for(&arena, parked);
+        lease.unpark();
+        // SAFETY: unparked again.
+        assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0);
+        // SAFETY: accessible, owned.
+        unsafe { *((range.end - 8) as *mut u64) = 0xbeef };
         drop(stack);
         assert_eq!(arena.stats().stacks, 0);
         // The same slot comes back, zeroed, and unleased: parking it is not asked.
@@ -508,7 +743,102 @@ mod tests {
         assert_eq!(arena.stats().mappings(), 1 + 2);
         // A lease whose stack was given back does nothing.
         lease.unpark();
+        lease.park(true);
+        arena.sweeper().tick();
+        arena.sweeper().tick();
         assert_eq!(arena.stats().unparked, 1);
+    }
+
+    #[test]
+    fn idle_stacks_around_a_running_one_are_parked_and_it_is_left_alone() {
+        let arena = StackArena::new(16 << 10);
+        let leases: Vec<StackLease> = (0..5).map(|_| StackLease::default()).collect();
+        let stacks: Vec<_> = leases
+            .iter()
+            .map(|lease| {
+                let previous = LEASING.with(|l| l.replace(Some(lease.clone())));
+                let stack = arena.new_stack(16 << 10, true).expect("a stack");
+                LEASING.with(|l| *l.borrow_mut() = previous);
+                stack
+            })
+            .collect();
+        // The middle one keeps running: the others are parked around it.
+        for (i, lease) in leases.iter().enumerate() {
+            if i != 2 {
+                lease.park(i % 2 == 0);
+            }
+        }
+        wait_for(
+            &arena,
+            StackStats {
+                stacks: 5,
+                unparked: 1,
+                arenas: 1,
+            },
+        );
+        let running = stacks[2].range();
+        // SAFETY: the running stack is accessible.
+        unsafe { *((running.end - 8) as *mut u64) = 7 };
+        drop(stacks);
+        wait_for(
+            &arena,
+            StackStats {
+                stacks: 0,
+                unparked: 0,
+                arenas: 1,
+            },
+        );
+    }
+
+    /// The mappings of this process that lie within `range`.
+    fn mappings_within(range: &Range<usize>) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("Linux");
+        maps.lines()
+            .filter_map(|l| {
+                let (start, rest) = l.split_once('-')?;
+                let end = rest.split_whitespace().next()?;
+                let start = usize::from_str_radix(start, 16).ok()?;
+                let end = usize::from_str_radix(end, 16).ok()?;
+                Some(start..end)
+            })
+            .filter(|m| m.start < range.end && m.end > range.start)
+            .count()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn stacks_used_at_once_and_parked_merge_into_one_mapping() {
+        let arena = StackArena::new(16 << 10);
+        let leases: Vec<StackLease> = (0..10).map(|_| StackLease::default()).collect();
+        let stacks: Vec<_> = leases
+            .iter()
+            .map(|lease| {
+                let previous = LEASING.with(|l| l.replace(Some(lease.clone())));
+                let stack = arena.new_stack(16 << 10, true).expect("a stack");
+                LEASING.with(|l| *l.borrow_mut() = previous);
+                stack
+            })
+            .collect();
+        // Every stack touched while all are accessible, as a burst of spawns does.
+        for stack in &stacks {
+            // SAFETY: accessible, owned by this test.
+            unsafe { *((stack.range().end - 8) as *mut u64) = 1 };
+        }
+        let arena_range = stacks[0].guard_range().start as usize..stacks[9].range().end;
+        assert!(mappings_within(&arena_range) > 10);
+        for lease in &leases {
+            lease.park(false);
+        }
+        wait_for(
+            &arena,
+            StackStats {
+                stacks: 10,
+                unparked: 0,
+                arenas: 1,
+            },
+        );
+        assert_eq!(mappings_within(&arena_range), 1, "parked slots merge");
+        drop(stacks);
     }
 
     #[test]
