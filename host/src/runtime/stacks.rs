@@ -749,11 +749,13 @@ mod tests {
         assert_eq!(arena.stats().unparked, 1);
     }
 
-    #[test]
-    fn idle_stacks_around_a_running_one_are_parked_and_it_is_left_alone() {
-        let arena = StackArena::new(16 << 10);
-        let leases: Vec<StackLease> = (0..5).map(|_| StackLease::default()).collect();
-        let stacks: Vec<_> = leases
+    /// `n` stacks of 16 KiB from `arena`, each bound to a lease of its own.
+    fn leased_stacks(
+        arena: &StackArena,
+        n: usize,
+    ) -> (Vec<StackLease>, Vec<Box<dyn wasmtime::StackMemory>>) {
+        let leases: Vec<StackLease> = (0..n).map(|_| StackLease::default()).collect();
+        let stacks = leases
             .iter()
             .map(|lease| {
                 let previous = LEASING.with(|l| l.replace(Some(lease.clone())));
@@ -762,6 +764,13 @@ mod tests {
                 stack
             })
             .collect();
+        (leases, stacks)
+    }
+
+    #[test]
+    fn idle_stacks_around_a_running_one_are_parked_and_it_is_left_alone() {
+        let arena = StackArena::new(16 << 10);
+        let (leases, stacks) = leased_stacks(&arena, 5);
         // The middle one keeps running: the others are parked around it.
         for (i, lease) in leases.iter().enumerate() {
             if i != 2 {
@@ -809,16 +818,7 @@ mod tests {
     #[test]
     fn stacks_used_at_once_and_parked_merge_into_one_mapping() {
         let arena = StackArena::new(16 << 10);
-        let leases: Vec<StackLease> = (0..10).map(|_| StackLease::default()).collect();
-        let stacks: Vec<_> = leases
-            .iter()
-            .map(|lease| {
-                let previous = LEASING.with(|l| l.replace(Some(lease.clone())));
-                let stack = arena.new_stack(16 << 10, true).expect("a stack");
-                LEASING.with(|l| *l.borrow_mut() = previous);
-                stack
-            })
-            .collect();
+        let (leases, stacks) = leased_stacks(&arena, 10);
         // Every stack touched while all are accessible, as a burst of spawns does.
         for stack in &stacks {
             // SAFETY: accessible, owned by this test.
