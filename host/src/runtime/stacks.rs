@@ -259,21 +259,39 @@ enum SlotState {
     Freed,
 }
 
+/// Makes `range` accessible, retrying for up to 100 ms: at the kernel's mapping limit
+/// (which the mapping guard keeps the host short of, but memories growing or files
+/// mapped may reach) another instance's end or a parked neighbour soon frees the two
+/// mappings this needs.
+fn protect_retrying(range: &Range<usize>) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match os::protect(range, true) {
+            Ok(()) => return Ok(()),
+            Err(_) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Slot {
     fn lock(&self) -> MutexGuard<'_, SlotState> {
         lock(&self.state)
     }
 
-    /// Makes the stack accessible for a guest about to run on it. A failure (the kernel
-    /// out of mappings or memory for page tables) is fatal: code is about to run on
-    /// this stack.
+    /// Makes the stack accessible for a guest about to run on it. A failure that lasts
+    /// (the kernel out of mappings or of memory for page tables) is fatal: code is about
+    /// to run on this stack.
     fn run(&self) {
         let mut state = self.lock();
         match *state {
             SlotState::Running | SlotState::Freed => return,
             SlotState::Idle { .. } => {}
             SlotState::Parked => {
-                if let Err(e) = os::protect(&stack_range(&self.inner, self.guard), true) {
+                if let Err(e) = protect_retrying(&stack_range(&self.inner, self.guard)) {
                     // Nothing can run on an inaccessible stack, and nothing can be told:
                     // stop loudly rather than fault on it.
                     eprintln!(
