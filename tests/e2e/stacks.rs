@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use setpoint::runtime::StackStats;
+use setpoint::runtime::{EndReason, StackStats};
 
 use crate::common::{Manifests, PATIENCE, host, wait_for, workload};
 
@@ -109,5 +109,70 @@ async fn a_parked_stack_resumes_intact_and_a_parked_call_can_be_cancelled() {
     wait_for_stacks(&host, "the ticker's stack given back", |s| s.stacks == 1).await;
     let w = host.status().await;
     assert_eq!(w.workload("probed").map(|w| w.ready), Some(1));
+    host.shutdown().await;
+}
+
+/// Compact memories come from slots of an arena (`runtime/memories.rs`): a memory bomb
+/// outgrows its slot (64 MiB) into a mapping of its own and is stopped at its limit, a
+/// runaway recursion overflows its arena stack's Wasm stack, and a neighbour carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_compact_memories_hostile_guests_are_contained_beside_a_healthy_one() {
+    let m = Manifests::new();
+    let docs = [
+        workload(
+            "bomb",
+            "hostile",
+            "  env: {MODE: membomb}\n  resources: {memory: 96Mi}\n  restartPolicy: Never\n",
+        ),
+        workload(
+            "deep",
+            "hostile",
+            "  env: {MODE: recurse}\n  restartPolicy: Never\n",
+        ),
+        workload("steady", "ticker", "  env: {TICK_MS: '10'}\n"),
+    ];
+    let file = m.write("all.yaml", &docs.join("---\n"));
+    let host = setpoint::Host::builder()
+        .compact_memory(true)
+        .build()
+        .expect("host starts");
+    host.apply_files(&[file]).await.expect("valid manifests");
+    let bomb = wait_for(
+        &host,
+        "bomb",
+        "the bomb stopped",
+        |w: &setpoint::WorkloadStatus| w.last_termination.is_some(),
+    )
+    .await;
+    match bomb.last_termination.map(|t| t.end) {
+        Some(end) => {
+            assert!(
+                matches!(end.reason, EndReason::OutOfMemory { limit, .. } if limit == 96 << 20),
+                "{:?}",
+                end.reason
+            );
+            // Past its 64 MiB slot: it moved to a mapping of its own and kept growing.
+            assert!(
+                end.peak_memory_bytes > 64 << 20,
+                "peak {}",
+                end.peak_memory_bytes
+            );
+        }
+        None => unreachable!("checked above"),
+    }
+    let deep = wait_for(
+        &host,
+        "deep",
+        "the recursion stopped",
+        |w: &setpoint::WorkloadStatus| w.last_termination.is_some(),
+    )
+    .await;
+    let reason = deep.last_termination.map(|t| t.end.reason);
+    assert!(
+        matches!(&reason, Some(EndReason::Trapped { trap, .. }) if trap == "StackOverflow"),
+        "{reason:?}"
+    );
+    let steady = wait_for(&host, "steady", "the ticker running", |w| w.running == 1).await;
+    assert_eq!(steady.restarts, 0);
     host.shutdown().await;
 }

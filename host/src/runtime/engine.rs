@@ -89,6 +89,15 @@ pub(super) fn stack_arena(config: &RuntimeConfig) -> Option<super::stacks::Stack
         .then(|| super::stacks::StackArena::new(fiber_stack_size(config)))
 }
 
+/// The arena compact memories come from: on demand (a pool has memories of its own), on
+/// Linux, slots of the default memory limit (at most 4 GiB, a 32-bit memory's most).
+pub(super) fn memory_arena(config: &RuntimeConfig) -> Option<super::memories::MemoryArena> {
+    (cfg!(target_os = "linux") && config.compact_memory && config.instance_pool == 0).then(|| {
+        let slot = config.default_memory_limit.min(4 << 30);
+        super::memories::MemoryArena::new(usize::try_from(slot).unwrap_or(usize::MAX))
+    })
+}
+
 /// The pooling allocator's slots: `instance_pool` components (plus plugins and spares), each with
 /// room for the core instances, memories, tables and stack a WASI component needs.
 fn pool_config(config: &RuntimeConfig) -> wasmtime::PoolingAllocationConfig {

@@ -18,9 +18,11 @@ pub mod imports;
 mod instance;
 pub mod limits;
 pub mod mappings;
+pub mod memories;
 #[cfg(feature = "http")]
 mod outgoing_http;
 pub mod output;
+mod pages;
 pub mod plugin;
 pub mod plugin_abi;
 pub mod stacks;
@@ -292,6 +294,9 @@ impl Runtime {
             }
             None => (None, None),
         };
+        if let Some(arena) = engine::memory_arena(&config) {
+            wasm.with_host_memory(Arc::new(arena));
+        }
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;

@@ -117,7 +117,7 @@ impl SweepQueue {
 impl StackArena {
     /// An arena for stacks of `stack_len` bytes (rounded up to whole pages).
     pub fn new(stack_len: usize) -> Self {
-        let page = os::page_size();
+        let page = super::pages::page_size();
         Self {
             inner: Arc::new(ArenaInner {
                 stack_len: stack_len.div_ceil(page).saturating_mul(page),
@@ -210,7 +210,7 @@ impl ArenaInner {
         let len = slot_len
             .checked_mul(SLOTS_PER_ARENA)
             .ok_or_else(|| std::io::Error::other("stack arena size overflows"))?;
-        let base = os::reserve(len)?;
+        let base = super::pages::reserve(len)?;
         free.arenas.push((base, len));
         self.arenas.fetch_add(1, Ordering::Relaxed);
         // Hand out the lowest slots first, so the ones in use cluster.
@@ -224,7 +224,7 @@ impl Drop for ArenaInner {
     fn drop(&mut self) {
         // No slot is left (each holds the arena): nothing runs on these mappings.
         for &(base, len) in &self.lock_free().arenas {
-            os::release(base, len);
+            super::pages::release(base, len);
         }
     }
 }
@@ -266,7 +266,7 @@ enum SlotState {
 fn protect_retrying(range: &Range<usize>) -> std::io::Result<()> {
     let mut tries = 0;
     loop {
-        match os::protect(range, true) {
+        match super::pages::protect(range, true) {
             Ok(()) => return Ok(()),
             Err(_) if tries < 100 => {
                 tries += 1;
@@ -378,20 +378,20 @@ fn park_run(run: &mut Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)>) {
             }
             (SlotState::Idle { drop_pages: true }, _) => {
                 if let Some(pending) = dropping.replace(range) {
-                    os::discard(&pending);
+                    super::pages::discard(&pending);
                 }
             }
             _ => {
                 if let Some(pending) = dropping.take() {
-                    os::discard(&pending);
+                    super::pages::discard(&pending);
                 }
             }
         }
     }
     if let Some(pending) = dropping {
-        os::discard(&pending);
+        super::pages::discard(&pending);
     }
-    if os::protect(&whole, false).is_ok() {
+    if super::pages::protect(&whole, false).is_ok() {
         for (_, state) in run.iter_mut() {
             **state = SlotState::Parked;
         }
@@ -434,13 +434,13 @@ impl Drop for ArenaStack {
         *state = SlotState::Freed;
         slot.inner.stacks.fetch_sub(1, Ordering::Relaxed);
         if was == SlotState::Parked {
-            os::discard(&range);
+            super::pages::discard(&range);
         } else {
             slot.inner.unparked.fetch_sub(1, Ordering::Relaxed);
-            os::discard(&range);
+            super::pages::discard(&range);
             // A slot that cannot be made inaccessible again is not reused: it stays
             // mapped, as wasmtime's own stacks would have been.
-            if os::protect(&range, false).is_err() {
+            if super::pages::protect(&range, false).is_err() {
                 return;
             }
         }
@@ -467,7 +467,7 @@ unsafe impl wasmtime::StackCreator for StackArena {
         let guard = inner
             .take_slot()
             .map_err(|e| wasmtime::format_err!("cannot reserve fiber stacks: {e}"))?;
-        if let Err(e) = os::protect(&stack_range(inner, guard), true) {
+        if let Err(e) = super::pages::protect(&stack_range(inner, guard), true) {
             inner.lock_free().slots.push(guard);
             return Err(wasmtime::format_err!(
                 "cannot make a fiber stack accessible: {e}"
@@ -593,111 +593,6 @@ impl<F: Future> Future for Parking<F> {
             _ => this.lease.park(false),
         }
         result
-    }
-}
-
-/// The system calls, on Unix; elsewhere the arena is never installed.
-#[cfg(unix)]
-mod os {
-    use std::ops::Range;
-
-    /// Reserves `len` bytes of address space, inaccessible; returns its address.
-    pub(super) fn reserve(len: usize) -> std::io::Result<usize> {
-        // SAFETY: a fresh anonymous mapping at an address the kernel picks.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        // Give the whole mapping its kernel bookkeeping for anonymous pages now, by
-        // faulting in one page of it: each slot later split off shares it. Slots split
-        // off before any fault would each get their own on first use, and the kernel
-        // never merges neighbours whose bookkeeping differs: parked slots would stay a
-        // mapping each.
-        let page = page_size();
-        let first = base as usize..base as usize + page;
-        if protect(&first, true).is_ok() {
-            // SAFETY: the page was just made accessible, and nothing else refers to it.
-            unsafe { std::ptr::write_volatile(base.cast::<u8>(), 0) };
-            discard(&first);
-            // The page is the first slot's guard: it must not stay accessible.
-            if let Err(e) = protect(&first, false) {
-                release(base as usize, len);
-                return Err(e);
-            }
-        }
-        Ok(base as usize)
-    }
-
-    /// Unmaps what [`reserve`] mapped.
-    pub(super) fn release(base: usize, len: usize) {
-        // SAFETY: `base..base + len` is an arena this module mapped, with no stack left.
-        unsafe {
-            libc::munmap(base as *mut libc::c_void, len);
-        }
-    }
-
-    /// Makes `range` accessible (`true`) or not.
-    pub(super) fn protect(range: &Range<usize>, accessible: bool) -> std::io::Result<()> {
-        let prot = if accessible {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_NONE
-        };
-        // SAFETY: the range is a stack slot of an arena this module mapped and owns; no
-        // code runs on it while it changes (see `Slot`).
-        if unsafe { libc::mprotect(range.start as *mut libc::c_void, range.len(), prot) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Gives a slot's pages back to the kernel: on Linux it reads as zeros after.
-    pub(super) fn discard(range: &Range<usize>) {
-        // SAFETY: as for `protect`; MADV_DONTNEED on private anonymous memory only drops
-        // pages.
-        unsafe {
-            libc::madvise(
-                range.start as *mut libc::c_void,
-                range.len(),
-                libc::MADV_DONTNEED,
-            );
-        }
-    }
-
-    pub(super) fn page_size() -> usize {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        usize::try_from(page).unwrap_or(4096).max(4096)
-    }
-}
-
-#[cfg(not(unix))]
-mod os {
-    use std::ops::Range;
-
-    pub(super) fn reserve(_len: usize) -> std::io::Result<usize> {
-        Err(std::io::Error::other("stack arenas need Unix"))
-    }
-
-    pub(super) fn release(_base: usize, _len: usize) {}
-
-    pub(super) fn protect(_range: &Range<usize>, _accessible: bool) -> std::io::Result<()> {
-        Err(std::io::Error::other("stack arenas need Unix"))
-    }
-
-    pub(super) fn discard(_range: &Range<usize>) {}
-
-    pub(super) fn page_size() -> usize {
-        4096
     }
 }
 

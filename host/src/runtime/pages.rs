@@ -1,0 +1,135 @@
+//! The few system calls the stack and memory arenas make (`mmap`, `mprotect`,
+//! `madvise`, `munmap`), on Unix; elsewhere they fail, and no arena is installed.
+
+pub(crate) use imp::*;
+
+#[cfg(unix)]
+mod imp {
+    use std::ops::Range;
+
+    /// Maps `len` bytes, readable and writable, without committing them if `lazy`.
+    pub(crate) fn map(len: usize, lazy: bool) -> std::io::Result<usize> {
+        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        if lazy {
+            flags |= libc::MAP_NORESERVE;
+        }
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(base as usize)
+    }
+
+    /// Reserves `len` bytes of address space, inaccessible; returns its address.
+    pub(crate) fn reserve(len: usize) -> std::io::Result<usize> {
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Give the whole mapping its kernel bookkeeping for anonymous pages now, by
+        // faulting in one page of it: each slot later split off shares it. Slots split
+        // off before any fault would each get their own on first use, and the kernel
+        // never merges neighbours whose bookkeeping differs: parked slots would stay a
+        // mapping each.
+        let page = page_size();
+        let first = base as usize..base as usize + page;
+        if protect(&first, true).is_ok() {
+            // SAFETY: the page was just made accessible, and nothing else refers to it.
+            unsafe { std::ptr::write_volatile(base.cast::<u8>(), 0) };
+            discard(&first);
+            // The page is the first slot's guard: it must not stay accessible.
+            if let Err(e) = protect(&first, false) {
+                release(base as usize, len);
+                return Err(e);
+            }
+        }
+        Ok(base as usize)
+    }
+
+    /// Unmaps what [`reserve`] mapped.
+    pub(crate) fn release(base: usize, len: usize) {
+        // SAFETY: `base..base + len` is an arena this module mapped, with no stack left.
+        unsafe {
+            libc::munmap(base as *mut libc::c_void, len);
+        }
+    }
+
+    /// Makes `range` accessible (`true`) or not.
+    pub(crate) fn protect(range: &Range<usize>, accessible: bool) -> std::io::Result<()> {
+        let prot = if accessible {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_NONE
+        };
+        // SAFETY: the range is a stack slot of an arena this module mapped and owns; no
+        // code runs on it while it changes (see `Slot`).
+        if unsafe { libc::mprotect(range.start as *mut libc::c_void, range.len(), prot) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Gives a slot's pages back to the kernel: on Linux it reads as zeros after.
+    pub(crate) fn discard(range: &Range<usize>) {
+        // SAFETY: as for `protect`; MADV_DONTNEED on private anonymous memory only drops
+        // pages.
+        unsafe {
+            libc::madvise(
+                range.start as *mut libc::c_void,
+                range.len(),
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+
+    pub(crate) fn page_size() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(page).unwrap_or(4096).max(4096)
+    }
+}
+
+#[cfg(not(unix))]
+mod imp {
+    use std::ops::Range;
+
+    pub(crate) fn map(_len: usize, _lazy: bool) -> std::io::Result<usize> {
+        Err(std::io::Error::other("arenas need Unix"))
+    }
+
+    pub(crate) fn reserve(_len: usize) -> std::io::Result<usize> {
+        Err(std::io::Error::other("stack arenas need Unix"))
+    }
+
+    pub(crate) fn release(_base: usize, _len: usize) {}
+
+    pub(crate) fn protect(_range: &Range<usize>, _accessible: bool) -> std::io::Result<()> {
+        Err(std::io::Error::other("stack arenas need Unix"))
+    }
+
+    pub(crate) fn discard(_range: &Range<usize>) {}
+
+    pub(crate) fn page_size() -> usize {
+        4096
+    }
+}
