@@ -261,6 +261,7 @@ async fn stage(rt: &Runtime, store: &mut Store<InstanceState>, req: &SpawnReques
             message: format!("instantiation did not finish within {deadline:?}"),
         })
     };
+    let lease = store.data().stack.clone();
     let command = match &req.component.pre {
         #[cfg(feature = "http")]
         Prepared::Http { command, .. } => match (&req.http, command) {
@@ -269,7 +270,6 @@ async fn stage(rt: &Runtime, store: &mut Store<InstanceState>, req: &SpawnReques
         },
         Prepared::Command(pre) => pre,
         Prepared::Reactor(pre) => {
-            let lease = store.data().stack.clone();
             let instantiate = parking(&lease, Park::Stay, pre.instantiate_async(&mut *store));
             return match timeout(deadline, instantiate).await {
                 Err(_) => late(),
@@ -278,7 +278,6 @@ async fn stage(rt: &Runtime, store: &mut Store<InstanceState>, req: &SpawnReques
             };
         }
     };
-    let lease = store.data().stack.clone();
     let instantiate = parking(&lease, Park::Stay, command.instantiate_async(&mut *store));
     match timeout(deadline, instantiate).await {
         Err(_) => late(),

@@ -617,6 +617,12 @@ impl EpochTicker {
                         stacks.tick();
                     }
                 }
+                // The sweeper's queue holds the slots it has not parked yet, and they
+                // hold their arena: two last ticks let it go with the runtime.
+                if let Some(stacks) = &stacks {
+                    stacks.tick();
+                    stacks.tick();
+                }
             })
             .expect("spawning the epoch thread");
         Self {

@@ -197,7 +197,7 @@ impl ArenaInner {
     }
 
     fn lock_free(&self) -> MutexGuard<'_, Free> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.free)
     }
 
     /// A free slot's guard address, reserving a new arena when none is free.
@@ -430,14 +430,11 @@ impl Drop for ArenaStack {
         let slot = &self.0;
         let mut state = slot.lock();
         let range = stack_range(&slot.inner, slot.guard);
-        let was = *state;
-        *state = SlotState::Freed;
+        let was = std::mem::replace(&mut *state, SlotState::Freed);
         slot.inner.stacks.fetch_sub(1, Ordering::Relaxed);
-        if was == SlotState::Parked {
-            super::pages::discard(&range);
-        } else {
+        super::pages::discard(&range);
+        if was != SlotState::Parked {
             slot.inner.unparked.fetch_sub(1, Ordering::Relaxed);
-            super::pages::discard(&range);
             // A slot that cannot be made inaccessible again is not reused: it stays
             // mapped, as wasmtime's own stacks would have been.
             if super::pages::protect(&range, false).is_err() {
@@ -500,7 +497,7 @@ pub(crate) struct StackLease(Arc<Mutex<Option<Arc<Slot>>>>);
 
 impl StackLease {
     fn lock(&self) -> MutexGuard<'_, Option<Arc<Slot>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0)
     }
 
     /// Makes the Store's stack accessible for a guest about to run.
@@ -519,18 +516,19 @@ impl StackLease {
     }
 }
 
-/// What a [`Parking`] call does with its stack's pages when it returns. Each time the
-/// call waits (suspended in a host call, such as a sleep) its stack is parked with its
-/// pages kept: so only the stacks of guests running at this moment are accessible, as
-/// many as there are threads polling them.
+/// What a [`Parking`] call does with its stack when it returns. Each time the call waits
+/// (suspended in a host call, such as a sleep) its stack is marked idle with its pages
+/// kept, for the sweeper to park: so the only accessible stacks are those of guests
+/// running now or idle for less than two ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Park {
-    /// The stack is left accessible: its caller parks it if it has to wait (an
+    /// The stack is left as it is: its caller parks it if it has to wait (an
     /// instantiation, whose instance is often started at once).
     Stay,
-    /// It is parked, its pages kept (a command's call, which returns when it ends).
+    /// It is marked idle, its pages kept (a command's call, which returns when it ends).
     KeepPages,
-    /// It is parked and its pages go back to the kernel (a reactor idle between calls).
+    /// It is marked idle, and its pages go back to the kernel when it is parked (a
+    /// reactor idle between calls).
     DropPages,
 }
 
@@ -752,6 +750,26 @@ mod tests {
         );
         assert_eq!(mappings_within(&arena_range), 1, "parked slots merge");
         drop(stacks);
+    }
+
+    #[test]
+    fn two_ticks_release_what_the_queue_held_and_the_arena_goes() {
+        let arena = StackArena::new(16 << 10);
+        let weak = Arc::downgrade(&arena.inner);
+        let sweeper = arena.sweeper();
+        let (leases, stacks) = leased_stacks(&arena, 2);
+        // Queued, then given back before any tick: the queue still holds them.
+        for lease in &leases {
+            lease.park(false);
+        }
+        drop((leases, stacks, arena));
+        assert!(weak.upgrade().is_some(), "the queued slots hold the arena");
+        sweeper.tick();
+        sweeper.tick();
+        assert!(
+            weak.upgrade().is_none(),
+            "drained: the arena and its mappings are gone"
+        );
     }
 
     #[test]
