@@ -288,20 +288,53 @@ fn mappings() -> (usize, usize) {
 /// One recovery's parts, from event times: the end is dated when the instance's code
 /// ended (`Exited`), the replacement's spawn when the controller decided it (`Replaced`),
 /// `Started` when the replacement was instantiated (or, a spare, woken).
-#[derive(Default)]
-struct Recoveries {
+#[derive(Clone, Copy)]
+struct Recovery {
     /// Exit → replacement running.
-    total: Vec<Duration>,
+    total: Duration,
     /// Exit → the controller's spawn: the end's delivery and the controller's reaction
     /// (and the old Store's teardown, where it is on the path).
-    hand_off: Vec<Duration>,
+    hand_off: Duration,
     /// The controller's spawn → running: a task, a Store and an instantiation, or a
     /// spare's wake-up.
-    start: Vec<Duration>,
+    start: Duration,
+}
+
+/// The recoveries of one crash loop.
+#[derive(Default)]
+struct Recoveries {
+    /// Each recovery, in the order sampled.
+    samples: Vec<Recovery>,
     /// Running → exit: the replacement's first (and only) run.
     run: Vec<Duration>,
     /// Spawns that started a spare.
     spares_used: u64,
+}
+
+impl Recoveries {
+    /// Exit → replacement running, p50 and p99.
+    fn total(&self) -> String {
+        summary(&mut self.samples.iter().map(|r| r.total).collect::<Vec<_>>())
+    }
+
+    /// The parts' medians, and what the slowest 1% of recoveries spent in each part.
+    fn parts(&self) -> String {
+        let mut sorted = self.samples.clone();
+        sorted.sort_by_key(|r| r.total);
+        let tail = &sorted[sorted.len() - sorted.len().div_ceil(100).min(sorted.len())..];
+        let mean = |part: fn(&Recovery) -> Duration| {
+            tail.iter().map(part).sum::<Duration>() / u32::try_from(tail.len().max(1)).unwrap_or(1)
+        };
+        format!(
+            "exit → spawn {}; spawn → running {}; first run {}; slowest 1% (n={}): exit → spawn mean {:.1?}, spawn → running mean {:.1?}",
+            p50(&mut self.samples.iter().map(|r| r.hand_off).collect::<Vec<_>>()),
+            p50(&mut self.samples.iter().map(|r| r.start).collect::<Vec<_>>()),
+            p50(&mut self.run.clone()),
+            tail.len(),
+            mean(|r| r.hand_off),
+            mean(|r| r.start),
+        )
+    }
 }
 
 /// Samples `cycles` recoveries of a crash loop on `host`. The events are read in a task
@@ -346,9 +379,9 @@ async fn listen_recoveries(
     ) = (None, None, None);
     let since =
         |later: SystemTime, earlier: SystemTime| later.duration_since(earlier).unwrap_or_default();
-    while r.total.len() < cycles {
+    while r.samples.len() < cycles {
         let Ok(event) = tokio::time::timeout(Duration::from_secs(30), events.recv()).await else {
-            return Err(r.total.len());
+            return Err(r.samples.len());
         };
         match event {
             Ok(e) if e.workload != "crashloop" => {}
@@ -359,22 +392,20 @@ async fn listen_recoveries(
                 end = Some(e.time);
                 spawned = None;
             }
-            Ok(e) if e.reason == "Replaced" => {
-                if let Some(end) = end {
-                    r.hand_off.push(since(e.time, end));
-                }
-                spawned = Some(e.time);
-            }
+            Ok(e) if e.reason == "Replaced" => spawned = Some(e.time),
             Ok(e) if e.reason == "Started" => {
                 if let (Some(end), Some(spawned)) = (end.take(), spawned.take()) {
-                    r.total.push(since(e.time, end));
-                    r.start.push(since(e.time, spawned));
+                    r.samples.push(Recovery {
+                        total: since(e.time, end),
+                        hand_off: since(spawned, end),
+                        start: since(e.time, spawned),
+                    });
                     started = Some(e.time);
                 }
             }
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => (end, spawned, started) = (None, None, None),
-            Err(RecvError::Closed) => return Err(r.total.len()),
+            Err(RecvError::Closed) => return Err(r.samples.len()),
         }
     }
     Ok(r)
@@ -424,17 +455,15 @@ async fn recovery(others: u32, cycles: usize, setup: Setup) -> anyhow::Result<()
     }
     .await;
     host.shutdown().await;
-    let mut r = outcome?;
+    let r = outcome?;
     let label = setup.label();
     println!(
         "recovery  {label}, {others:>6} others: exit → replacement running  {}",
-        summary(&mut r.total)
+        r.total()
     );
     println!(
-        "          parts: exit → spawn {}; spawn → running {}; first run {}; {} spares started",
-        p50(&mut r.hand_off),
-        p50(&mut r.start),
-        p50(&mut r.run),
+        "          parts: {}; {} spares started",
+        r.parts(),
         r.spares_used
     );
     Ok(())
@@ -540,11 +569,9 @@ async fn density(target: u32, step: u32, cycles: usize) -> anyhow::Result<()> {
         "density   setpoint: {held} idle instances, {per:.1} KiB RSS and {maps:.2} memory mappings each (host total {} MiB)",
         rss_kib() / 1024
     );
-    let mut r = measure_recovery(&host, cycles).await?;
-    println!(
-        "density   setpoint, recovery beside {held}: {}",
-        summary(&mut r.total)
-    );
+    let r = measure_recovery(&host, cycles).await?;
+    println!("density   setpoint, recovery beside {held}: {}", r.total());
+    println!("          parts: {}", r.parts());
     host.shutdown().await;
     listener.abort();
     Ok(())
