@@ -206,6 +206,29 @@ pub(crate) struct Controller {
     front: Arc<crate::front::Front>,
     /// Set once shutdown began: no spare is made any more.
     shutting_down: bool,
+    /// What a pass leaves for after the instances it started have run.
+    deferred: Deferred,
+}
+
+/// Work that a pass leaves for later, so that it stays off the path of a recovery: the
+/// events for subscribers (each wakes a subscriber's task) and the spares to build
+/// (each a task instantiating). Scheduled during the pass, either would be queued beside
+/// the instance the pass started, and on a host of few CPUs wake another worker thread
+/// to take it: a cross-CPU wake-up on the recovery's path, and on a virtual machine
+/// whose idle CPUs halt, the largest part of its tail. The loop yields once after a pass
+/// that left any (the instance it started runs first, on this worker) and then does it.
+#[derive(Default)]
+struct Deferred {
+    /// Events to send to the host's subscribers, in order.
+    broadcasts: Vec<Event>,
+    /// Workloads that want more spares than they hold.
+    spares: BTreeSet<Arc<str>>,
+}
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.broadcasts.is_empty() && self.spares.is_empty()
+    }
 }
 
 impl Controller {
@@ -263,6 +286,7 @@ impl Controller {
             metrics,
             front,
             shutting_down: false,
+            deferred: Deferred::default(),
         }
     }
 
@@ -322,6 +346,23 @@ impl Controller {
                 }
             }
             self.reconcile_dirty().await;
+            if !self.deferred.is_empty() {
+                // What this pass started was scheduled last on this worker, so it runs
+                // before this task is polled again; the deferred work comes after it.
+                tokio::task::yield_now().await;
+                self.flush_deferred();
+            }
+        }
+    }
+
+    /// Sends the events and builds the spares that passes left for later (see
+    /// [`Deferred`]).
+    fn flush_deferred(&mut self) {
+        for event in self.deferred.broadcasts.drain(..) {
+            let _ = self.host_events.send(event);
+        }
+        for name in std::mem::take(&mut self.deferred.spares) {
+            self.build_spares(&name);
         }
     }
 
@@ -362,10 +403,7 @@ impl Controller {
                     if let Some(spare) = entry.spares.take(&revision) {
                         self.capacity.remove_spare();
                         self.metrics.spare_used();
-                        // The next spare's task is spawned first: tokio runs the task
-                        // scheduled last first, and that must be this spare, woken, not
-                        // the next one, instantiating.
-                        self.stock_spares(name);
+                        // The next spare is built after this one ran (see `Deferred`).
                         let handle = spare.start(instance.clone(), slot);
                         self.handles.insert(instance, handle);
                         continue;
@@ -396,9 +434,7 @@ impl Controller {
                         handle.stop(cause);
                     }
                 }
-                Effect::Broadcast(event) => {
-                    let _ = self.host_events.send(event);
-                }
+                Effect::Broadcast(event) => self.deferred.broadcasts.push(event),
                 Effect::Persist(progress) => {
                     if let Some(writer) = &self.writer {
                         writer.send(ledger::LedgerOp::Record(name.clone(), progress));
@@ -429,17 +465,13 @@ impl Controller {
         self.stock_spares(name);
     }
 
-    /// Brings workload `name`'s spares to what it wants, of its current revision: spares
-    /// of another revision are discarded, missing ones are built (each in its own task,
-    /// off the path of whatever this step started), while the host has room for them.
+    /// Brings workload `name`'s spares down to what it wants, of its current revision:
+    /// spares of another revision or in excess are discarded now; missing ones are left
+    /// to [`Self::build_spares`], after the pass (see [`Deferred`]).
     fn stock_spares(&mut self, name: &Arc<str>) {
+        let wanted = self.spares_wanted(name);
         let Some(entry) = self.workloads.get_mut(name) else {
             return;
-        };
-        let wanted = if self.shutting_down {
-            0
-        } else {
-            entry.state.spares_wanted(self.config.default_spares)
         };
         let spares = &mut entry.spares;
         if spares.revision.as_deref() != Some(&*entry.state.revision) {
@@ -452,7 +484,32 @@ impl Controller {
                 self.capacity.remove_spare();
             }
         }
-        if spares.held.len() >= wanted {
+        if spares.held.len() < wanted {
+            self.deferred.spares.insert(name.clone());
+        }
+    }
+
+    /// How many spares workload `name` wants now (none while the host shuts down).
+    fn spares_wanted(&self, name: &str) -> usize {
+        match self.workloads.get(name) {
+            Some(entry) if !self.shutting_down => {
+                entry.state.spares_wanted(self.config.default_spares)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Builds the spares workload `name` lacks, of its current revision (each in its own
+    /// task), while the host has room for them.
+    fn build_spares(&mut self, name: &Arc<str>) {
+        let wanted = self.spares_wanted(name);
+        let Some(entry) = self.workloads.get_mut(name) else {
+            return;
+        };
+        let spares = &mut entry.spares;
+        // Another revision became current since the pass: its spares are stocked anew.
+        if spares.revision.as_deref() != Some(&*entry.state.revision) || spares.held.len() >= wanted
+        {
             return;
         }
         let Some(parts) = entry.artifacts.get(&entry.state.revision) else {
@@ -657,6 +714,7 @@ impl Controller {
         }
         // Spares end first, and none is made again while the host shuts down.
         self.shutting_down = true;
+        self.flush_deferred();
         let spares: Vec<Spare> = self
             .workloads
             .values_mut()
@@ -681,6 +739,8 @@ impl Controller {
         for (_, handle) in self.handles.drain() {
             handle.abort().await;
         }
+        // Subscribers hear of every end before the host is gone (no spare is built now).
+        self.flush_deferred();
         let status = self.status();
         // What jobs counted is written before the host is gone.
         if let Some(writer) = self.writer.as_mut() {

@@ -221,15 +221,16 @@ pub(super) fn prepare(
             cpu: state.cpu.used(),
             output: capture.summary(),
         };
-        // The Store's teardown is off the critical path: it goes to a task of its own,
-        // spawned before the end is sent. tokio runs the task scheduled last first on
-        // this worker, and that is then the controller, woken by the end; the teardown
-        // waits behind it, or is taken by the other worker. (Measured against dropping
-        // it here after the send, which delayed the controller on an idle host; a task
-        // spawned after the send, which ran ahead of the controller; and the epoch
-        // thread dropping it, which competed with the workers for the CPU.)
-        tokio::spawn(async move { drop(store) });
         reporter.send(InstanceEventKind::Ended(Box::new(end))).await;
+        // The Store's teardown is off the recovery's path: this task yields first, so
+        // that the controller (woken by the end) and what it starts run before it, on
+        // this worker, and no other worker is woken to take either. (Measured against
+        // dropping it here at once, which delayed the controller; dropping it in a task
+        // spawned before the send, which queued it beside the controller and woke the
+        // other worker, a cross-CPU wake-up on the path; and the epoch thread dropping
+        // it, which competed with the workers for the CPU.)
+        tokio::task::yield_now().await;
+        drop(store);
     });
     Spare {
         go: go_tx,

@@ -19,6 +19,12 @@
 //! Each arena faults one page in when it is reserved, so that the kernel's bookkeeping
 //! of its anonymous pages is one for all its slots (slots that differ there never merge).
 //!
+//! One exception keeps system calls off a recovery's path, bounded: a few freed slots
+//! stay warm (accessible, pages kept) for the next stacks asked for, so an ended
+//! instance's stack is its replacement's with no call made. Every call that drops pages
+//! or takes access away is a TLB shoot-down on the other CPUs running this process, and
+//! on a virtual machine each of those is an exit to the hypervisor.
+//!
 //! A stack is tied to its Store's [`StackLease`] when wasmtime asks for it, which it
 //! does inside the first poll of the Store's first call: the poll names its lease in a
 //! thread-local, and [`StackArena::new_stack`] reads it. A stack asked for outside a
@@ -45,6 +51,15 @@ const SLOTS_PER_ARENA: usize = 64;
 /// that rests it, so accessible idle stacks (two mappings each) stay few however fast
 /// instances are spawned or woken.
 const MAX_QUEUED: usize = 1024;
+
+/// Most freed slots kept warm: accessible, their pages resident, for the next stack asked
+/// for. A stack freed and taken again (an instance ended and its replacement started, as
+/// in every recovery) then costs no system call; otherwise its pages would be dropped
+/// and it made inaccessible (two calls, each a TLB shoot-down on the other CPUs running
+/// this process), then made accessible again and its pages faulted in. Bounded: at most
+/// this many stacks' worth of memory (a guest rarely touches more than a few pages of
+/// its 1.5 MiB) and two mappings each.
+const MAX_WARM: usize = 4;
 
 /// What the stacks of a runtime cost, read by the mapping guard and the benches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,7 +101,12 @@ struct ArenaInner {
 
 #[derive(Default)]
 struct Free {
+    /// Slots inaccessible, their pages given back.
     slots: Vec<usize>,
+    /// Slots accessible, their pages kept (at most [`MAX_WARM`]): reused first. Their
+    /// stacks hold what the last guest's native frames left, as wasmtime's own pooled
+    /// stacks do (it zeroes a reused stack only when asked, see `new_stack`).
+    warm: Vec<usize>,
     /// Each arena's base address and length, unmapped when the arena goes.
     arenas: Vec<(usize, usize)>,
 }
@@ -200,11 +220,19 @@ impl ArenaInner {
         lock(&self.free)
     }
 
-    /// A free slot's guard address, reserving a new arena when none is free.
-    fn take_slot(&self) -> std::io::Result<usize> {
+    /// A free slot's guard address and whether it is warm (accessible already; its
+    /// pages dropped first if `zeroed`), reserving a new arena when none is free.
+    fn take_slot(&self, zeroed: bool) -> std::io::Result<(usize, bool)> {
         let mut free = self.lock_free();
+        if let Some(slot) = free.warm.pop() {
+            drop(free);
+            if zeroed {
+                super::pages::discard(&stack_range(self, slot));
+            }
+            return Ok((slot, true));
+        }
         if let Some(slot) = free.slots.pop() {
-            return Ok(slot);
+            return Ok((slot, false));
         }
         let slot_len = self.slot_len();
         let len = slot_len
@@ -216,7 +244,7 @@ impl ArenaInner {
         // Hand out the lowest slots first, so the ones in use cluster.
         free.slots
             .extend((1..SLOTS_PER_ARENA).rev().map(|i| base + i * slot_len));
-        Ok(base)
+        Ok((base, false))
     }
 }
 
@@ -432,6 +460,15 @@ impl Drop for ArenaStack {
         let range = stack_range(&slot.inner, slot.guard);
         let was = std::mem::replace(&mut *state, SlotState::Freed);
         slot.inner.stacks.fetch_sub(1, Ordering::Relaxed);
+        if was != SlotState::Parked {
+            // Still accessible: kept warm for the next stack while there is room (it
+            // stays counted as unparked).
+            let mut free = slot.inner.lock_free();
+            if free.warm.len() < MAX_WARM {
+                free.warm.push(slot.guard);
+                return;
+            }
+        }
         super::pages::discard(&range);
         if was != SlotState::Parked {
             slot.inner.unparked.fetch_sub(1, Ordering::Relaxed);
@@ -447,12 +484,13 @@ impl Drop for ArenaStack {
 }
 
 // SAFETY: every stack handed out is a page-aligned slot with a guard page below it,
-// zero-filled (fresh, or discarded when it was given back).
+// accessible, and zero-filled (fresh, or discarded when it was given back) unless it is a
+// warm one and wasmtime did not ask for a zeroed stack.
 unsafe impl wasmtime::StackCreator for StackArena {
     fn new_stack(
         &self,
         size: usize,
-        _zeroed: bool,
+        zeroed: bool,
     ) -> Result<Box<dyn wasmtime::StackMemory>, wasmtime::Error> {
         let inner = &self.inner;
         if size > inner.stack_len {
@@ -461,17 +499,19 @@ unsafe impl wasmtime::StackCreator for StackArena {
                 inner.stack_len
             ));
         }
-        let guard = inner
-            .take_slot()
+        let (guard, warm) = inner
+            .take_slot(zeroed)
             .map_err(|e| wasmtime::format_err!("cannot reserve fiber stacks: {e}"))?;
-        if let Err(e) = super::pages::protect(&stack_range(inner, guard), true) {
-            inner.lock_free().slots.push(guard);
-            return Err(wasmtime::format_err!(
-                "cannot make a fiber stack accessible: {e}"
-            ));
+        if !warm {
+            if let Err(e) = super::pages::protect(&stack_range(inner, guard), true) {
+                inner.lock_free().slots.push(guard);
+                return Err(wasmtime::format_err!(
+                    "cannot make a fiber stack accessible: {e}"
+                ));
+            }
+            inner.unparked.fetch_add(1, Ordering::Relaxed);
         }
         inner.stacks.fetch_add(1, Ordering::Relaxed);
-        inner.unparked.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
             inner: inner.clone(),
             guard,
@@ -700,11 +740,12 @@ mod tests {
         // SAFETY: the running stack is accessible.
         unsafe { *((running.end - 8) as *mut u64) = 7 };
         drop(stacks);
+        // The running one, still accessible when freed, is kept warm.
         wait_for(
             &arena,
             StackStats {
                 stacks: 0,
-                unparked: 0,
+                unparked: 1,
                 arenas: 1,
             },
         );
@@ -770,6 +811,38 @@ mod tests {
             weak.upgrade().is_none(),
             "drained: the arena and its mappings are gone"
         );
+    }
+
+    #[test]
+    fn a_freed_stack_is_kept_warm_for_the_next_up_to_a_bound() {
+        let arena = StackArena::new(16 << 10);
+        let (_leases, stacks) = leased_stacks(&arena, MAX_WARM + 2);
+        // Freed in order: the first MAX_WARM are kept warm, the last of them reused first.
+        let first = stacks[MAX_WARM - 1].range();
+        // SAFETY: accessible (just handed out), owned by this test.
+        unsafe { *((first.end - 8) as *mut u64) = 0xfeed };
+        for stack in stacks {
+            drop(stack);
+        }
+        // Two were discarded and parked; the bound's worth stay accessible.
+        let warm = StackStats {
+            stacks: 0,
+            unparked: MAX_WARM,
+            arenas: 1,
+        };
+        assert_eq!(arena.stats(), warm);
+        // The next stack is the last freed, as it was: no protection change, no fault.
+        let again = arena.new_stack(16 << 10, false).expect("a stack");
+        assert_eq!(again.range(), first);
+        // SAFETY: accessible, owned.
+        assert_eq!(unsafe { *((first.end - 8) as *const u64) }, 0xfeed);
+        assert_eq!(arena.stats().unparked, MAX_WARM);
+        // Asked for a zeroed stack, a warm one is zeroed first.
+        drop(again);
+        let zeroed = arena.new_stack(16 << 10, true).expect("a stack");
+        assert_eq!(zeroed.range(), first);
+        // SAFETY: accessible, owned.
+        assert_eq!(unsafe { *((first.end - 8) as *const u64) }, 0);
     }
 
     #[test]
