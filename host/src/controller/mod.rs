@@ -210,6 +210,10 @@ pub(crate) struct Controller {
     deferred: Deferred,
 }
 
+/// Most events held back for subscribers (see [`Deferred`]): past it they are sent at
+/// once, so that a pass over a large workload holds no more than these.
+const MAX_DEFERRED_EVENTS: usize = 1024;
+
 /// Work that a pass leaves for later, so that it stays off the path of a recovery: the
 /// events for subscribers (each wakes a subscriber's task) and the spares to build
 /// (each a task instantiating). Scheduled during the pass, either would be queued beside
@@ -355,12 +359,17 @@ impl Controller {
         }
     }
 
-    /// Sends the events and builds the spares that passes left for later (see
-    /// [`Deferred`]).
-    fn flush_deferred(&mut self) {
+    /// Sends the events held back for subscribers, in order.
+    fn send_deferred_events(&mut self) {
         for event in self.deferred.broadcasts.drain(..) {
             let _ = self.host_events.send(event);
         }
+    }
+
+    /// Sends the events and builds the spares that passes left for later (see
+    /// [`Deferred`]).
+    fn flush_deferred(&mut self) {
+        self.send_deferred_events();
         for name in std::mem::take(&mut self.deferred.spares) {
             self.build_spares(&name);
         }
@@ -434,7 +443,14 @@ impl Controller {
                         handle.stop(cause);
                     }
                 }
-                Effect::Broadcast(event) => self.deferred.broadcasts.push(event),
+                Effect::Broadcast(event) => {
+                    self.deferred.broadcasts.push(event);
+                    // A pass over a large workload (an apply of 100,000 replicas) sends
+                    // as it goes rather than hold every event until it ends.
+                    if self.deferred.broadcasts.len() >= MAX_DEFERRED_EVENTS {
+                        self.send_deferred_events();
+                    }
+                }
                 Effect::Persist(progress) => {
                     if let Some(writer) = &self.writer {
                         writer.send(ledger::LedgerOp::Record(name.clone(), progress));
