@@ -818,9 +818,9 @@ mod tests {
         let arena = StackArena::new(16 << 10);
         let (_leases, stacks) = leased_stacks(&arena, MAX_WARM + 2);
         // Freed in order: the first MAX_WARM are kept warm, the last of them reused first.
-        let first = stacks[MAX_WARM - 1].range();
+        let last_warm = stacks[MAX_WARM - 1].range();
         // SAFETY: accessible (just handed out), owned by this test.
-        unsafe { *((first.end - 8) as *mut u64) = 0xfeed };
+        unsafe { *((last_warm.end - 8) as *mut u64) = 0xfeed };
         for stack in stacks {
             drop(stack);
         }
@@ -833,16 +833,16 @@ mod tests {
         assert_eq!(arena.stats(), warm);
         // The next stack is the last freed, as it was: no protection change, no fault.
         let again = arena.new_stack(16 << 10, false).expect("a stack");
-        assert_eq!(again.range(), first);
+        assert_eq!(again.range(), last_warm);
         // SAFETY: accessible, owned.
-        assert_eq!(unsafe { *((first.end - 8) as *const u64) }, 0xfeed);
+        assert_eq!(unsafe { *((last_warm.end - 8) as *const u64) }, 0xfeed);
         assert_eq!(arena.stats().unparked, MAX_WARM);
         // Asked for a zeroed stack, a warm one is zeroed first.
         drop(again);
         let zeroed = arena.new_stack(16 << 10, true).expect("a stack");
-        assert_eq!(zeroed.range(), first);
+        assert_eq!(zeroed.range(), last_warm);
         // SAFETY: accessible, owned.
-        assert_eq!(unsafe { *((first.end - 8) as *const u64) }, 0);
+        assert_eq!(unsafe { *((last_warm.end - 8) as *const u64) }, 0);
     }
 
     #[test]
