@@ -5,27 +5,9 @@ use std::time::{Duration, Instant};
 
 use setpoint::{Host, Workload, WorkloadSpec};
 
-fn guest(name: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../guest-examples/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo xtask guests` first",
-        path.display()
-    );
-    path
-}
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
-    let resident: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("statm");
-    resident * 4096
-}
+#[path = "support/alone.rs"]
+mod alone;
+use alone::{guest, rss_bytes};
 
 async fn wait_restarts(host: &Host, name: &str, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(300);

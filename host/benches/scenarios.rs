@@ -2,7 +2,7 @@
 //! model side by side where the question applies to both:
 //!
 //! 1. recovery: an instance exits, its replacement is running (1, 100, 10,000 others);
-//! 2. spawn: a workload scaled 0 → N, until all N are running;
+//! 2. spawn: a workload scaled 0 → N, until all N are running, then back to 0 (RSS given back);
 //! 3. density: idle instances held by one host, RSS per instance, recovery at that size;
 //!    spares: what a spare costs (RSS, mappings);
 //! 4. host start: build a host, apply, all replicas running (compile cache cold / warm);
@@ -14,9 +14,10 @@
 //! (empty: none) pick the sizes of the recovery scenario, `RECOVERY_CYCLES` its length,
 //! `RECOVERY_RUN_MS` how long each crashing instance runs (default 1), `RECOVERY_SETUPS`
 //! which hosts (`on-demand,spare,pooled,pooled-spare`); `DENSITY` the density scenario's
-//! target (default 100,000);
-//! `SPAWN=` and `PROCESS_SPAWN=` the spawn sizes (setpoint's, the process model's). Needs `cargo xtask guests` first; the
-//! process model's programs are the same guest sources built for this machine.
+//! target (default 100,000); `SPAWN=` and `PROCESS_SPAWN=` the spawn sizes (setpoint's,
+//! the process model's); `TUNE_MALLOC=off` builds the hosts without their malloc
+//! settings, to compare. Needs `cargo xtask guests` first; the process model's programs
+//! are the same guest sources built for this machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -198,7 +199,14 @@ fn host_with(spares: u32) -> anyhow::Result<Host> {
         .event_history(4)
         .max_instances(200_000)
         .spares(spares)
+        .tune_malloc(tune_malloc())
         .build()
+}
+
+/// Whether the host sets glibc's malloc for many instances (`TUNE_MALLOC=off`: no, to
+/// compare; default yes, as every host does).
+fn tune_malloc() -> bool {
+    std::env::var("TUNE_MALLOC").map_or(true, |v| v != "off")
 }
 
 /// A host for scenarios without spares (see [`host_with`]).
@@ -214,6 +222,7 @@ fn pooled_host(slots: u32, spares: u32) -> anyhow::Result<Host> {
         .instance_pool(slots)
         .event_history(4)
         .spares(spares)
+        .tune_malloc(tune_malloc())
         .build()
 }
 
@@ -481,6 +490,7 @@ async fn spawn(n: u32) -> anyhow::Result<()> {
     let host = host()?;
     // Compile first (apply with 0 replicas), so the figure is spawning, not compiling.
     host.apply(vec![idle("scale", 0)]).await?;
+    let rss_before = rss_kib();
     let started = Instant::now();
     host.apply(vec![idle("scale", n)]).await?;
     wait_running(&host, "scale", n).await?;
@@ -489,8 +499,44 @@ async fn spawn(n: u32) -> anyhow::Result<()> {
         "spawn     setpoint, 0 → {n:>6}: all running in {elapsed:>10.1?} ({:.1?} per instance)",
         elapsed / n
     );
+    // And back down: how long until every Store is gone, and how much memory the
+    // process gives back (the host trims malloc's heaps once the count settles).
+    let rss_peak = rss_kib();
+    let started = Instant::now();
+    host.apply(vec![idle("scale", 0)]).await?;
+    let deadline = started + Duration::from_secs(300);
+    while host.live_stores() > 0 {
+        anyhow::ensure!(Instant::now() < deadline, "scale to 0 did not end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ended = started.elapsed();
+    let rss_after = settled_rss().await;
+    println!(
+        "spawn     setpoint, {n:>6} → 0: all ended in {ended:>10.1?}; RSS {} MiB before spawn, {} MiB at {n}, {} MiB after",
+        rss_before >> 10,
+        rss_peak >> 10,
+        rss_after >> 10
+    );
     host.shutdown().await;
     Ok(())
+}
+
+/// RSS once it stopped falling: read every 250 ms, for at least a second and until two
+/// readings in a row are within 1% (or 5 s passed).
+async fn settled_rss() -> u64 {
+    let started = Instant::now();
+    let mut last = rss_kib();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = rss_kib();
+        let steady = now.abs_diff(last) <= last / 100;
+        if (steady && started.elapsed() >= Duration::from_secs(1))
+            || started.elapsed() >= Duration::from_secs(5)
+        {
+            return now;
+        }
+        last = now;
+    }
 }
 
 fn rss_kib() -> u64 {

@@ -175,6 +175,14 @@ impl HostBuilder {
         self
     }
 
+    /// Set glibc's malloc for many instances and give its memory back after many
+    /// instances end (default on; Linux with glibc only). Process-wide: an embedder with
+    /// allocator settings of its own turns it off. See [`crate::runtime::malloc`].
+    pub fn tune_malloc(mut self, on: bool) -> Self {
+        self.runtime.tune_malloc = on;
+        self
+    }
+
     /// Runs components that use the component model's async ABI (jco's QuickJS backend
     /// makes them), as workloads and plugins. Off by default: it turns on wasmtime's
     /// concurrency support, which slows every call into every guest. Building the host

@@ -17,6 +17,7 @@ pub mod http;
 pub mod imports;
 mod instance;
 pub mod limits;
+pub mod malloc;
 pub mod mappings;
 pub mod memories;
 #[cfg(feature = "http")]
@@ -97,6 +98,10 @@ pub struct RuntimeConfig {
     /// kernel's default `vm.max_map_count`, but one of 11,000 (with more core instances
     /// per slot) stopped at 7,205: keep pools to a few thousand slots.
     pub instance_pool: u32,
+    /// Set glibc's malloc for many instances and give its memory back after many
+    /// instances end (see [`malloc`]). Process-wide; default on. An embedder with
+    /// allocator settings of its own turns it off.
+    pub tune_malloc: bool,
 }
 
 /// Pool slots kept for policy plugins beyond [`RuntimeConfig::instance_pool`].
@@ -123,6 +128,7 @@ impl Default for RuntimeConfig {
             compact_memory: false,
             component_model_async: false,
             instance_pool: 0,
+            tune_malloc: true,
         }
     }
 }
@@ -284,6 +290,9 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine and the linker (WASI p2 and setpoint's own interfaces) once.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        if config.tune_malloc {
+            malloc::tune();
+        }
         let mut wasm = engine::engine_config(&config, None)?;
         engine::enable_cache(&mut wasm, config.cache_dir.as_deref())?;
         let (stacks, sweeper) = match engine::stack_arena(&config) {
@@ -319,14 +328,18 @@ impl Runtime {
             }
             cap.add_to_linker(&mut linker)?;
         }
-        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick, sweeper);
+        let live_stores = Arc::<std::sync::atomic::AtomicUsize>::default();
+        let trimmer = config
+            .tune_malloc
+            .then(|| malloc::Trimmer::new(live_stores.clone()));
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick, sweeper, trimmer);
         Ok(Self {
             engine,
             linker,
             config,
             components: Mutex::new(HashMap::new()),
             ticker,
-            live_stores: Arc::default(),
+            live_stores,
             plugins: Mutex::new(HashMap::new()),
             stacks,
         })
@@ -602,9 +615,15 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    /// Ticks the engine's epoch every `tick`, and parks the idle fiber stacks of
-    /// `stacks` at each tick.
-    fn start(engine: Engine, tick: Duration, stacks: Option<stacks::StackSweeper>) -> Self {
+    /// Ticks the engine's epoch every `tick`, and at each tick parks the idle fiber
+    /// stacks of `stacks` and lets `trimmer` check whether heap memory is to be given
+    /// back.
+    fn start(
+        engine: Engine,
+        tick: Duration,
+        stacks: Option<stacks::StackSweeper>,
+        mut trimmer: Option<malloc::Trimmer>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -615,6 +634,9 @@ impl EpochTicker {
                     engine.increment_epoch();
                     if let Some(stacks) = &stacks {
                         stacks.tick();
+                    }
+                    if let Some(trimmer) = &mut trimmer {
+                        trimmer.tick();
                     }
                 }
                 // The sweeper's queue holds the slots it has not parked yet, and they
