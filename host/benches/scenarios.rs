@@ -122,6 +122,10 @@ fn main() -> anyhow::Result<()> {
         sizes.density = n;
         sizes.density_step = sizes.density_step.min(n);
     }
+    // As the `setpoint` binary does: malloc set before any thread has a heap.
+    if tune_malloc() {
+        setpoint::runtime::malloc::tune();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

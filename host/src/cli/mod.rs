@@ -304,6 +304,10 @@ pub fn main() -> ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    // malloc's settings for many instances, before any thread makes a heap of its own.
+    if matches!(cli.command, Cmd::Daemon(_) | Cmd::Run(_)) {
+        setpoint::runtime::malloc::tune();
+    }
     // A bounded blocking pool: near the kernel's mapping limit no burst of new threads
     // may take the room the host keeps for itself (see runtime::mappings::reserve).
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -20,6 +20,11 @@
 //! of its own (a few hundred milliseconds for gigabytes; each arena is locked while it
 //! is walked, so an allocation on that arena can wait that long).
 //!
+//! The settings apply to heaps glibc makes after [`tune`] runs: a heap made before (a
+//! thread's first, when it first allocates) still grows by the page until it is full.
+//! The runtime calls [`tune`] when it is built; the `setpoint` binary and the benches
+//! call it first thing, before any thread starts.
+//!
 //! Both are process-wide: an embedder with allocator settings of its own turns them off
 //! ([`super::RuntimeConfig::tune_malloc`]).
 
@@ -34,7 +39,8 @@ pub const TRIM_AFTER_ENDS: usize = 1024;
 /// How often the live count is sampled; a trim waits for one interval without a fall.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
-/// Sets glibc's malloc for many instances (see the module documentation). Idempotent.
+/// Sets glibc's malloc for many instances (see the module documentation): best called
+/// before any thread starts. Idempotent.
 pub fn tune() {
     imp::tune();
 }
