@@ -23,7 +23,10 @@
 //! stay warm (accessible, pages kept) for the next stacks asked for, so an ended
 //! instance's stack is its replacement's with no call made. Every call that drops pages
 //! or takes access away is a TLB shoot-down on the other CPUs running this process, and
-//! on a virtual machine each of those is an exit to the hypervisor.
+//! on a virtual machine each of those is an exit to the hypervisor. Freed slots beyond
+//! the warm ones go back through the sweeper, which drops their pages and parks them
+//! with their neighbours before it returns them to the free slots: a scale-down of
+//! thousands costs a few calls per tick, not two per instance.
 //!
 //! A stack is tied to its Store's [`StackLease`] when wasmtime asks for it, which it
 //! does inside the first poll of the Store's first call: the poll names its lease in a
@@ -281,8 +284,12 @@ enum SlotState {
     /// Accessible, nothing runs on it: the sweeper parks it (and gives its pages back,
     /// if `drop_pages`), unless a guest runs on it again first.
     Idle { drop_pages: bool },
-    /// Inaccessible.
-    Parked,
+    /// Inaccessible; `pages`: it kept its pages (a call is suspended on it, or a
+    /// command's), else they went back to the kernel when it was parked.
+    Parked { pages: bool },
+    /// Given back while accessible, with no room among the warm ones: the sweeper drops
+    /// its pages and parks it with its neighbours, then returns it to the free slots.
+    Freeing,
     /// Given back to the arena (the Store dropped its stack): the lease leaves it alone.
     Freed,
 }
@@ -316,9 +323,9 @@ impl Slot {
     fn run(&self) {
         let mut state = self.lock();
         match *state {
-            SlotState::Running | SlotState::Freed => return,
+            SlotState::Running | SlotState::Freeing | SlotState::Freed => return,
             SlotState::Idle { .. } => {}
-            SlotState::Parked => {
+            SlotState::Parked { .. } => {
                 if let Err(e) = protect_retrying(&stack_range(&self.inner, self.guard)) {
                     // Nothing can run on an inaccessible stack, and nothing can be told:
                     // stop loudly rather than fault on it.
@@ -349,9 +356,15 @@ impl Slot {
                 };
                 return;
             }
-            SlotState::Parked | SlotState::Freed => return,
+            SlotState::Parked { .. } | SlotState::Freeing | SlotState::Freed => return,
         }
         *state = SlotState::Idle { drop_pages };
+        self.queue(state);
+    }
+
+    /// Hands the slot, idle or freeing (`state`, locked), to the sweeper; past
+    /// [`MAX_QUEUED`] waiting, parks it at once.
+    fn queue(self: &Arc<Self>, state: MutexGuard<'_, SlotState>) {
         let sweep = &self.inner.sweep;
         let mut queue = lock(&sweep.queue);
         if queue.len() >= MAX_QUEUED {
@@ -370,7 +383,7 @@ fn park_all(slots: &[Arc<Slot>]) {
     let mut run: Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)> = Vec::new();
     for slot in slots {
         let state = slot.lock();
-        if !matches!(*state, SlotState::Idle { .. }) {
+        if !matches!(*state, SlotState::Idle { .. } | SlotState::Freeing) {
             continue;
         }
         let adjacent = run.last().is_some_and(|(last, _)| {
@@ -385,9 +398,10 @@ fn park_all(slots: &[Arc<Slot>]) {
     park_run(&mut run);
 }
 
-/// Parks a run of adjacent idle slots whose locks are held: the pages of those that
-/// want it dropped, then one protection change over the run (its guard pages between
-/// are inaccessible already).
+/// Parks a run of adjacent idle or freeing slots whose locks are held: the pages of
+/// those that want it dropped (a freeing slot's always), then one protection change over
+/// the run (its guard pages between are inaccessible already); the freeing ones then go
+/// back to the free slots.
 fn park_run(run: &mut Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)>) {
     let (Some(first), Some(last)) = (run.first().map(|r| r.0), run.last().map(|r| r.0)) else {
         return;
@@ -398,13 +412,15 @@ fn park_run(run: &mut Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)>) {
     let mut dropping: Option<Range<usize>> = None;
     for (slot, state) in run.iter() {
         let range = stack_range(inner, slot.guard);
-        match (**state, &mut dropping) {
-            (SlotState::Idle { drop_pages: true }, Some(pending))
-                if pending.end + inner.page == range.start =>
-            {
+        let drop_pages = matches!(
+            **state,
+            SlotState::Idle { drop_pages: true } | SlotState::Freeing
+        );
+        match (drop_pages, &mut dropping) {
+            (true, Some(pending)) if pending.end + inner.page == range.start => {
                 pending.end = range.end;
             }
-            (SlotState::Idle { drop_pages: true }, _) => {
+            (true, _) => {
                 if let Some(pending) = dropping.replace(range) {
                     super::pages::discard(&pending);
                 }
@@ -419,17 +435,35 @@ fn park_run(run: &mut Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)>) {
     if let Some(pending) = dropping {
         super::pages::discard(&pending);
     }
-    if super::pages::protect(&whole, false).is_ok() {
-        for (_, state) in run.iter_mut() {
-            **state = SlotState::Parked;
+    let parked = super::pages::protect(&whole, false).is_ok();
+    let (mut left, mut freed) = (0, Vec::new());
+    for (slot, state) in run.iter_mut() {
+        match (**state, parked) {
+            (SlotState::Freeing, true) => {
+                **state = SlotState::Freed;
+                freed.push(slot.guard);
+                left += 1;
+            }
+            // A slot that cannot be made inaccessible again is not reused: it stays
+            // mapped, as wasmtime's own stacks would have been.
+            (SlotState::Freeing, false) => {
+                **state = SlotState::Freed;
+                left += 1;
+            }
+            (pages, true) => {
+                **state = SlotState::Parked {
+                    pages: !matches!(pages, SlotState::Idle { drop_pages: true }),
+                };
+                left += 1;
+            }
+            // Left accessible, as wasmtime's own stacks are; marked running so that no
+            // later rest queues them again for nothing until a guest ran.
+            (_, false) => **state = SlotState::Running,
         }
-        inner.unparked.fetch_sub(run.len(), Ordering::Relaxed);
-    } else {
-        // Left accessible, as wasmtime's own stacks are; marked running so that no
-        // later rest queues them again for nothing until a guest ran.
-        for (_, state) in run.iter_mut() {
-            **state = SlotState::Running;
-        }
+    }
+    inner.unparked.fetch_sub(left, Ordering::Relaxed);
+    if !freed.is_empty() {
+        inner.lock_free().slots.extend(freed);
     }
     run.clear();
 }
@@ -457,10 +491,9 @@ impl Drop for ArenaStack {
     fn drop(&mut self) {
         let slot = &self.0;
         let mut state = slot.lock();
-        let range = stack_range(&slot.inner, slot.guard);
         let was = std::mem::replace(&mut *state, SlotState::Freed);
         slot.inner.stacks.fetch_sub(1, Ordering::Relaxed);
-        if was != SlotState::Parked {
+        if !matches!(was, SlotState::Parked { .. }) {
             // Still accessible: kept warm for the next stack while there is room (it
             // stays counted as unparked).
             let mut free = slot.inner.lock_free();
@@ -468,15 +501,20 @@ impl Drop for ArenaStack {
                 free.warm.push(slot.guard);
                 return;
             }
-        }
-        super::pages::discard(&range);
-        if was != SlotState::Parked {
-            slot.inner.unparked.fetch_sub(1, Ordering::Relaxed);
-            // A slot that cannot be made inaccessible again is not reused: it stays
-            // mapped, as wasmtime's own stacks would have been.
-            if super::pages::protect(&range, false).is_err() {
-                return;
+            drop(free);
+            // Otherwise the sweeper gives it back with its neighbours (many instances
+            // ending at once, as in a scale-down, cost a few calls, not two each). An
+            // idle slot is queued already.
+            *state = SlotState::Freeing;
+            if was == SlotState::Running {
+                slot.queue(state);
             }
+            return;
+        }
+        // Parked: its pages go now unless they went when it was parked (a reactor idle
+        // between calls, or one stopped before its end).
+        if was == (SlotState::Parked { pages: true }) {
+            super::pages::discard(&stack_range(&slot.inner, slot.guard));
         }
         drop(state);
         slot.inner.lock_free().slots.push(slot.guard);
@@ -824,13 +862,15 @@ mod tests {
         for stack in stacks {
             drop(stack);
         }
-        // Two were discarded and parked; the bound's worth stay accessible.
+        // The bound's worth stay accessible; the two beyond wait for the sweeper, which
+        // drops their pages and parks them.
+        assert_eq!(arena.stats().unparked, MAX_WARM + 2);
         let warm = StackStats {
             stacks: 0,
             unparked: MAX_WARM,
             arenas: 1,
         };
-        assert_eq!(arena.stats(), warm);
+        wait_for(&arena, warm);
         // The next stack is the last freed, as it was: no protection change, no fault.
         let again = arena.new_stack(16 << 10, false).expect("a stack");
         assert_eq!(again.range(), last_warm);
@@ -843,6 +883,82 @@ mod tests {
         assert_eq!(zeroed.range(), last_warm);
         // SAFETY: accessible, owned.
         assert_eq!(unsafe { *((last_warm.end - 8) as *const u64) }, 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn stacks_freed_beyond_the_warm_ones_are_given_back_together_and_reused_zeroed() {
+        let arena = StackArena::new(16 << 10);
+        let (leases, stacks) = leased_stacks(&arena, MAX_WARM + 6);
+        for stack in &stacks {
+            // SAFETY: accessible, owned by this test.
+            unsafe { *((stack.range().end - 8) as *mut u64) = 0xdead };
+        }
+        let beyond: Vec<Range<usize>> = stacks[MAX_WARM..].iter().map(|s| s.range()).collect();
+        let span = beyond[0].start..beyond[5].end;
+        // Some idle (queued already), some running, as a scale-down's mix.
+        for lease in &leases[MAX_WARM..MAX_WARM + 3] {
+            lease.park(true);
+        }
+        drop(stacks);
+        // Nothing given back yet beyond the warm ones: they wait for the sweeper.
+        assert_eq!(arena.stats().unparked, MAX_WARM + 6);
+        wait_for(
+            &arena,
+            StackStats {
+                stacks: 0,
+                unparked: MAX_WARM,
+                arenas: 1,
+            },
+        );
+        // Parked: the six slots and their guards are one mapping with the rest of the
+        // arena's inaccessible part.
+        assert_eq!(mappings_within(&span), 1);
+        // The warm ones come first, then the given-back ones, zeroed.
+        let (_more_leases, again) = leased_stacks(&arena, MAX_WARM + 6);
+        let reused: Vec<Range<usize>> = again[MAX_WARM..].iter().map(|s| s.range()).collect();
+        for range in &reused {
+            assert!(beyond.contains(range), "a given-back slot is reused");
+            // SAFETY: accessible (just handed out), owned by this test.
+            assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0);
+        }
+        // A lease whose stack went back through the sweeper does nothing.
+        leases[MAX_WARM].unpark();
+        leases[MAX_WARM].park(true);
+        assert_eq!(
+            arena.stats().unparked,
+            MAX_WARM + 6,
+            "only the stacks handed out"
+        );
+    }
+
+    #[test]
+    fn a_stack_freed_while_parked_reads_zero_when_handed_out_again_whether_it_kept_its_pages() {
+        for keep_pages in [true, false] {
+            let arena = StackArena::new(16 << 10);
+            let (leases, stacks) = leased_stacks(&arena, 1);
+            let range = stacks[0].range();
+            // SAFETY: accessible (just handed out), owned by this test.
+            unsafe { *((range.end - 8) as *mut u64) = 0xfeed };
+            leases[0].park(!keep_pages);
+            wait_for(
+                &arena,
+                StackStats {
+                    stacks: 1,
+                    unparked: 0,
+                    arenas: 1,
+                },
+            );
+            drop(stacks);
+            let (_leases, again) = leased_stacks(&arena, 1);
+            assert_eq!(again[0].range(), range);
+            // SAFETY: accessible (just handed out), owned by this test.
+            assert_eq!(
+                unsafe { *((range.end - 8) as *const u64) },
+                0,
+                "{keep_pages}"
+            );
+        }
     }
 
     #[test]
