@@ -5,7 +5,7 @@
 //! contexts, its WASI state), allocated by the worker thread that spawns it. glibc
 //! grows a thread's heap by the page, each growth an `mprotect` that takes the
 //! process's address-space lock against the page faults of the other CPUs: spawning
-//! 100,000 instances made about 4.5 such calls per instance, a quarter of the spawn's
+//! 100,000 instances made about 4.5 such calls per instance, a fifth of the spawn's
 //! CPU time. With a top pad of 64 MiB (a thread heap's full size) a new heap is made
 //! writable whole when glibc maps it; its pages still cost memory only once touched.
 //! Setting the pad also turns off glibc's sliding mmap threshold (which climbs, after
