@@ -640,10 +640,10 @@ impl EpochTicker {
                     }
                 }
                 // The sweeper's queue holds the slots it has not parked yet, and they
-                // hold their arena: two last ticks let it go with the runtime.
+                // hold their arena: parked now, and later ones at once, it goes with the
+                // runtime.
                 if let Some(stacks) = &stacks {
-                    stacks.tick();
-                    stacks.tick();
+                    stacks.finish();
                 }
             })
             .expect("spawning the epoch thread");

@@ -121,6 +121,12 @@ struct Sweep {
     queue: Mutex<SweepQueue>,
 }
 
+impl Sweep {
+    fn lock(&self) -> MutexGuard<'_, SweepQueue> {
+        lock(&self.queue)
+    }
+}
+
 /// Two generations: a tick parks the slots queued before the last tick (idle at least a
 /// tick), so a guest woken again within a tick or two costs no system call.
 #[derive(Default)]
@@ -129,6 +135,8 @@ struct SweepQueue {
     recent: Vec<Arc<Slot>>,
     /// Queued before it: the next tick parks them.
     older: Vec<Arc<Slot>>,
+    /// The sweeper ticks no more (its runtime is gone): a slot is parked at once.
+    finished: bool,
 }
 
 impl SweepQueue {
@@ -180,8 +188,8 @@ pub(crate) struct StackSweeper(Arc<Sweep>);
 impl StackSweeper {
     /// Parks the slots queued before the last tick that are still idle.
     pub(crate) fn tick(&self) {
-        let mut slots = {
-            let mut queue = lock(&self.0.queue);
+        let slots = {
+            let mut queue = self.0.lock();
             if queue.len() == 0 {
                 return;
             }
@@ -190,10 +198,30 @@ impl StackSweeper {
         };
         // A slot rested, ran and rested again is queued twice: once is enough (its lock
         // is taken once). A slot given back and handed out again is two.
-        slots.sort_unstable_by_key(|s| (s.guard, Arc::as_ptr(s) as usize));
-        slots.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        park_all(&slots);
+        park_sorted(slots);
     }
+
+    /// Parks every slot queued, and from now on each slot rested or freed at once: the
+    /// queue holds its slots and they their arena, so a queue no tick drains would keep
+    /// the arena's mappings (and a freeing slot's pages) for the life of the process.
+    /// Called when the runtime's ticks stop.
+    pub(crate) fn finish(&self) {
+        let slots = {
+            let mut queue = self.0.lock();
+            queue.finished = true;
+            let mut slots = std::mem::take(&mut queue.older);
+            slots.append(&mut queue.recent);
+            slots
+        };
+        park_sorted(slots);
+    }
+}
+
+/// Parks `slots`, each once, adjacent ones together.
+fn park_sorted(mut slots: Vec<Arc<Slot>>) {
+    slots.sort_unstable_by_key(|s| (s.guard, Arc::as_ptr(s) as usize));
+    slots.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    park_all(&slots);
 }
 
 /// Reads a [`StackArena`]'s counters after the arena went to the engine.
@@ -363,11 +391,10 @@ impl Slot {
     }
 
     /// Hands the slot, idle or freeing (`state`, locked), to the sweeper; past
-    /// [`MAX_QUEUED`] waiting, parks it at once.
+    /// [`MAX_QUEUED`] waiting, or once the sweeper finished, parks it at once.
     fn queue(self: &Arc<Self>, state: MutexGuard<'_, SlotState>) {
-        let sweep = &self.inner.sweep;
-        let mut queue = lock(&sweep.queue);
-        if queue.len() >= MAX_QUEUED {
+        let mut queue = self.inner.sweep.lock();
+        if queue.finished || queue.len() >= MAX_QUEUED {
             drop(queue);
             let mut run = vec![(self, state)];
             park_run(&mut run);
@@ -848,6 +875,27 @@ mod tests {
         assert!(
             weak.upgrade().is_none(),
             "drained: the arena and its mappings are gone"
+        );
+    }
+
+    #[test]
+    fn once_the_sweeper_finished_stacks_are_given_back_at_once_and_the_arena_goes() {
+        let arena = StackArena::new(16 << 10);
+        let weak = Arc::downgrade(&arena.inner);
+        let sweeper = arena.sweeper();
+        let (leases, stacks) = leased_stacks(&arena, MAX_WARM + 3);
+        // One rested before the end: queued, then parked by `finish`.
+        leases[0].park(true);
+        sweeper.finish();
+        assert_eq!(arena.stats().unparked, MAX_WARM + 2);
+        // Freed after it (beyond the warm ones): parked at once, not queued for ticks
+        // that will never come.
+        drop(stacks);
+        assert_eq!(arena.stats().unparked, MAX_WARM);
+        drop((leases, arena));
+        assert!(
+            weak.upgrade().is_none(),
+            "nothing queued holds the arena: its mappings are gone"
         );
     }
 
