@@ -477,9 +477,9 @@ fn park_run(run: &mut Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)>) {
                 **state = SlotState::Freed;
                 left += 1;
             }
-            (pages, true) => {
+            (was, true) => {
                 **state = SlotState::Parked {
-                    pages: !matches!(pages, SlotState::Idle { drop_pages: true }),
+                    pages: !matches!(was, SlotState::Idle { drop_pages: true }),
                 };
                 left += 1;
             }
