@@ -16,7 +16,8 @@
 //! which hosts (`on-demand,spare,pooled,pooled-spare`); `DENSITY` the density scenario's
 //! target (default 100,000); `SPAWN=` and `PROCESS_SPAWN=` the spawn sizes (setpoint's,
 //! the process model's); `TUNE_MALLOC=off` builds the hosts without their malloc
-//! settings, to compare. Needs `cargo xtask guests` first; the process model's programs
+//! settings, and `STACK_GUARDS=protection` without guard markers on their fiber stacks,
+//! to compare. Needs `cargo xtask guests` first; the process model's programs
 //! are the same guest sources built for this machine.
 
 use std::path::{Path, PathBuf};
@@ -204,7 +205,14 @@ fn host_with(spares: u32) -> anyhow::Result<Host> {
         .max_instances(200_000)
         .spares(spares)
         .tune_malloc(tune_malloc())
+        .stack_guard_markers(stack_guard_markers())
         .build()
+}
+
+/// Whether fiber stacks' guards are the kernel's markers where it has them
+/// (`STACK_GUARDS=protection`: no, to compare; default yes, as every host does).
+fn stack_guard_markers() -> bool {
+    std::env::var("STACK_GUARDS").map_or(true, |v| v != "protection")
 }
 
 /// Whether the host sets glibc's malloc for many instances (`TUNE_MALLOC=off`: no, to

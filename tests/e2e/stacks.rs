@@ -6,9 +6,19 @@
 
 use std::time::{Duration, Instant};
 
+use setpoint::runtime::stacks::Guards;
 use setpoint::runtime::{EndReason, StackStats};
 
-use crate::common::{Manifests, PATIENCE, host, wait_for, workload};
+use crate::common::{Manifests, PATIENCE, wait_for, workload};
+
+/// A host whose stacks' guard pages are the kernel's markers (where it has them:
+/// `markers`) or protection changes, the path older kernels take.
+fn host_guarded(markers: bool) -> setpoint::Host {
+    setpoint::Host::builder()
+        .stack_guard_markers(markers)
+        .build()
+        .expect("host starts")
+}
 
 /// Waits until the host's stacks satisfy `check`, then returns them.
 async fn wait_for_stacks(
@@ -33,7 +43,16 @@ async fn wait_for_stacks(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_reactors_and_sleeping_commands_hold_no_accessible_stack() {
+async fn idle_reactors_and_sleeping_commands_hold_no_accessible_stack_with_guard_markers() {
+    idle_instances_hold_no_accessible_stack(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_reactors_and_sleeping_commands_hold_no_accessible_stack_with_protection() {
+    idle_instances_hold_no_accessible_stack(false).await;
+}
+
+async fn idle_instances_hold_no_accessible_stack(markers: bool) {
     let m = Manifests::new();
     let reactors = m.write("r.yaml", &workload("idle", "probed", "  replicas: 40\n"));
     let commands = m.write(
@@ -44,7 +63,7 @@ async fn idle_reactors_and_sleeping_commands_hold_no_accessible_stack() {
             "  replicas: 40\n  env: {TICK_MS: '3600000'}\n",
         ),
     );
-    let host = host();
+    let host = host_guarded(markers);
     host.apply_files(&[reactors, commands])
         .await
         .expect("valid manifests");
@@ -55,7 +74,10 @@ async fn idle_reactors_and_sleeping_commands_hold_no_accessible_stack() {
         s.stacks >= 82 && s.unparked == 0
     })
     .await;
-    // Parked slots merge into their arena's one mapping: a few for 82 stacks, not 164.
+    let markers = markers && Guards::detect() == Guards::Markers;
+    assert_eq!(stats.guard_markers, markers, "{stats:?}");
+    // Parked slots merge into their arena's one mapping (with markers, no slot ever
+    // splits it): a few for 82 stacks, not 164.
     assert!(stats.mappings() <= stats.stacks / 16, "{stats:?}");
     // Deleted instances and discarded spares give every stack back.
     assert!(host.delete("idle").await.expect("deleted"));
@@ -65,7 +87,16 @@ async fn idle_reactors_and_sleeping_commands_hold_no_accessible_stack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parked_stack_resumes_intact_and_a_parked_call_can_be_cancelled() {
+async fn a_parked_stack_resumes_intact_and_a_parked_call_can_be_cancelled_with_guard_markers() {
+    a_parked_stack_resumes_intact(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_stack_resumes_intact_and_a_parked_call_can_be_cancelled_with_protection() {
+    a_parked_stack_resumes_intact(false).await;
+}
+
+async fn a_parked_stack_resumes_intact(markers: bool) {
     let m = Manifests::new();
     // A command that sleeps between ticks: each wake-up resumes its parked stack, and a
     // corrupt stack would trap or crash the host.
@@ -82,7 +113,7 @@ async fn a_parked_stack_resumes_intact_and_a_parked_call_can_be_cancelled() {
             "  health:\n    probe: {period: 10ms, timeout: 1s, failureThreshold: 1}\n  spares: 0\n",
         ),
     );
-    let host = host();
+    let host = host_guarded(markers);
     let mut logs = host.logs();
     host.apply_files(&[ticker, probed])
         .await

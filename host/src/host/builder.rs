@@ -183,6 +183,14 @@ impl HostBuilder {
         self
     }
 
+    /// Keep fiber stacks' guard pages with the kernel's guard markers where it has them
+    /// (default on; Linux 6.13 on): no `mprotect` per instance. Off: the protection
+    /// changes older kernels get. See [`crate::runtime::stacks`].
+    pub fn stack_guard_markers(mut self, on: bool) -> Self {
+        self.runtime.stack_guard_markers = on;
+        self
+    }
+
     /// Runs components that use the component model's async ABI (jco's QuickJS backend
     /// makes them), as workloads and plugins. Off by default: it turns on wasmtime's
     /// concurrency support, which slows every call into every guest. Building the host

@@ -85,8 +85,16 @@ fn fiber_stack_size(config: &RuntimeConfig) -> usize {
 /// own), with one fiber per Store (the component model's async ABI runs several), on
 /// Linux.
 pub(super) fn stack_arena(config: &RuntimeConfig) -> Option<super::stacks::StackArena> {
-    (cfg!(target_os = "linux") && config.instance_pool == 0 && !config.component_model_async)
-        .then(|| super::stacks::StackArena::new(fiber_stack_size(config)))
+    (cfg!(target_os = "linux") && config.instance_pool == 0 && !config.component_model_async).then(
+        || {
+            let guards = if config.stack_guard_markers {
+                super::stacks::Guards::Markers
+            } else {
+                super::stacks::Guards::Protection
+            };
+            super::stacks::StackArena::with_guards(fiber_stack_size(config), guards)
+        },
+    )
 }
 
 /// The arena compact memories come from: on demand (a pool has memories of its own), on

@@ -102,6 +102,11 @@ pub struct RuntimeConfig {
     /// instances end (see [`malloc`]). Process-wide; default on. An embedder with
     /// allocator settings of its own turns it off.
     pub tune_malloc: bool,
+    /// Keep fiber stacks' guard pages with the kernel's guard markers where it has them
+    /// (Linux 6.13 on): a stack then never changes protection, and no `mprotect` is made
+    /// per instance (see [`stacks`]). Default on; off gives the protection older kernels
+    /// get, to compare or to test that path.
+    pub stack_guard_markers: bool,
 }
 
 /// Pool slots kept for policy plugins beyond [`RuntimeConfig::instance_pool`].
@@ -129,6 +134,7 @@ impl Default for RuntimeConfig {
             component_model_async: false,
             instance_pool: 0,
             tune_malloc: true,
+            stack_guard_markers: true,
         }
     }
 }

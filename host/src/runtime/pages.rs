@@ -1,5 +1,6 @@
 //! The few system calls the stack and memory arenas make (`mmap`, `mprotect`,
 //! `madvise`, `munmap`), on Unix; elsewhere they fail, and no arena is installed.
+//! Guard markers (`MADV_GUARD_INSTALL`) are used only where a probe saw one work.
 
 pub(crate) use imp::*;
 
@@ -102,6 +103,81 @@ mod imp {
         }
     }
 
+    /// `MADV_GUARD_INSTALL` (Linux 6.13, `asm-generic/mman-common.h`, the header of
+    /// these architectures): the pages of a range fault on any access from then on,
+    /// `MADV_DONTNEED` leaves them so, and the mapping is not split.
+    const MADV_GUARD_INSTALL: Option<libc::c_int> = if cfg!(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64"
+        )
+    )) {
+        Some(102)
+    } else {
+        None
+    };
+
+    /// Makes `range` (whole pages of an accessible private anonymous mapping) a guard:
+    /// any access to it faults, and the mapping stays one.
+    pub(crate) fn install_guard(range: &Range<usize>) -> std::io::Result<()> {
+        let Some(advice) = MADV_GUARD_INSTALL else {
+            return Err(std::io::Error::other("guard markers need Linux 6.13"));
+        };
+        // SAFETY: the range is a guard page of an arena this module mapped; nothing is
+        // stored in it.
+        if unsafe { libc::madvise(range.start as *mut libc::c_void, range.len(), advice) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether guard markers work here, probed once: a page is made a guard, then the
+    /// kernel is asked to read it (a `write` of it to a pipe), which must fail. The read
+    /// matters: an emulator (qemu's user mode) may accept the advice and ignore it.
+    pub(crate) fn guard_markers_work() -> bool {
+        static WORK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *WORK.get_or_init(probe_guard_markers)
+    }
+
+    fn probe_guard_markers() -> bool {
+        let page = page_size();
+        let Ok(base) = map(2 * page, false) else {
+            return false;
+        };
+        let works = install_guard(&(base..base + page)).is_ok()
+            && readable(base) == Some(false)
+            && readable(base + page) == Some(true);
+        release(base, 2 * page);
+        works
+    }
+
+    /// Whether the kernel can read the byte at `address` for this process (it is asked
+    /// to write it to a pipe, and fails with `EFAULT` where it cannot); `None` if no pipe
+    /// could be made. No signal is raised either way.
+    pub(crate) fn readable(address: usize) -> Option<bool> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe writes.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: the kernel checks that it may read `address` itself and fails the
+        // write if it may not; the pipe has room for one byte.
+        let wrote = unsafe { libc::write(fds[1], address as *const libc::c_void, 1) };
+        let error = std::io::Error::last_os_error();
+        // SAFETY: the two descriptors pipe returned, closed once.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        match wrote {
+            1 => Some(true),
+            _ if error.raw_os_error() == Some(libc::EFAULT) => Some(false),
+            _ => None,
+        }
+    }
+
     pub(crate) fn page_size() -> usize {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -128,6 +204,18 @@ mod imp {
     }
 
     pub(crate) fn discard(_range: &Range<usize>) {}
+
+    pub(crate) fn install_guard(_range: &Range<usize>) -> std::io::Result<()> {
+        Err(std::io::Error::other("guard markers need Linux"))
+    }
+
+    pub(crate) fn guard_markers_work() -> bool {
+        false
+    }
+
+    pub(crate) fn readable(_address: usize) -> Option<bool> {
+        None
+    }
 
     pub(crate) fn page_size() -> usize {
         4096

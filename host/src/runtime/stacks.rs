@@ -5,19 +5,32 @@
 //! so two memory mappings per instance for as long as it lives: 100,000 idle reactors
 //! would need 200,000 mappings, three times the kernel's default `vm.max_map_count`.
 //!
-//! Here stacks are slots of a few large arenas, every slot a guard page and its stack,
-//! all `PROT_NONE` while free. A slot in use is accessible only while guest code may run
-//! on it, or has just run: a [`Parking`] future (the wrapper of every call into an
-//! instance) makes it accessible before each poll, and marks it idle after, whether the
-//! call returned or waits in a host call. The epoch thread's ticks (1 ms) make the slots
-//! idle for a whole tick inaccessible again ("park" them), adjacent ones in one system
-//! call (see [`StackSweeper`]); a guest woken within a tick or two costs no system call,
-//! and past 1,024 idle slots waiting, a slot is parked at once. A parked slot has its
-//! guard's protection, so it merges with its neighbours into one mapping: an arena
-//! costs one mapping plus two for each slot accessible. A stack parked after its call
-//! ended also gives its pages back to the kernel (the next call starts on zeroed pages).
-//! Each arena faults one page in when it is reserved, so that the kernel's bookkeeping
-//! of its anonymous pages is one for all its slots (slots that differ there never merge).
+//! Here stacks are slots of a few large arenas, every slot a guard page and its stack.
+//! How a guard page is kept inaccessible decides the rest ([`Guards`]):
+//!
+//! - **Guard markers** (Linux 6.13 on, probed once at start): an arena is one readable
+//!   and writable mapping, reserved without commitment, and each slot's guard page gets
+//!   a marker (`MADV_GUARD_INSTALL`) that faults on any access without splitting the
+//!   mapping. A slot never changes protection, so an arena is one mapping whatever its
+//!   slots do, and taking, waking or freeing a stack costs no `mprotect`. Spawning
+//!   100,000 instances made about one `mprotect` each before (the call splits the
+//!   arena's mapping, which was most of its cost); now none.
+//! - **Protection** (older kernels, and emulators that accept the marker and ignore it):
+//!   slots are `PROT_NONE` while free. A slot in use is accessible only while guest code
+//!   may run on it, or has just run, and idle slots are made inaccessible again
+//!   ("parked") so that they merge with their neighbours: an arena costs one mapping
+//!   plus two for each slot accessible. Each arena faults one page in when it is
+//!   reserved, so that the kernel's bookkeeping of its anonymous pages is one for all
+//!   its slots (slots that differ there never merge).
+//!
+//! Either way a [`Parking`] future (the wrapper of every call into an instance) marks
+//! its stack running before each poll and idle after, whether the call returned or
+//! waits in a host call. The epoch thread's ticks (1 ms) park the slots idle for a whole
+//! tick, adjacent ones in one system call (see [`StackSweeper`]); a guest woken within a
+//! tick or two costs no system call, and past 1,024 idle slots waiting, a slot is parked
+//! at once. A stack parked after its call ended gives its pages back to the kernel (the
+//! next call starts on zeroed pages); with protection, parking also takes its access
+//! away, and waking it gives it back.
 //!
 //! One exception keeps system calls off a recovery's path, bounded: a few freed slots
 //! stay warm (accessible, pages kept) for the next stacks asked for, so an ended
@@ -46,23 +59,48 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-/// Slots per arena mapping: with 1.5 MiB stacks, 96 MiB of address space each (all of it
-/// `PROT_NONE` while free, so none of it committed) and one mapping more per 64 instances.
+/// Slots per arena mapping: with 1.5 MiB stacks, 96 MiB of address space each (none of it
+/// committed until touched) and one mapping more per 64 instances.
 const SLOTS_PER_ARENA: usize = 64;
 
 /// Most stacks waiting for the sweeper: past it, a stack is parked at once by the thread
-/// that rests it, so accessible idle stacks (two mappings each) stay few however fast
-/// instances are spawned or woken.
+/// that rests it, so idle stacks holding pages (and with protection, two mappings each)
+/// stay few however fast instances are spawned or woken.
 const MAX_QUEUED: usize = 1024;
 
 /// Most freed slots kept warm: accessible, their pages resident, for the next stack asked
 /// for. A stack freed and taken again (an instance ended and its replacement started, as
 /// in every recovery) then costs no system call; otherwise its pages would be dropped
-/// and it made inaccessible (two calls, each a TLB shoot-down on the other CPUs running
-/// this process), then made accessible again and its pages faulted in. Bounded: at most
-/// this many stacks' worth of memory (a guest rarely touches more than a few pages of
-/// its 1.5 MiB) and two mappings each.
+/// (and with protection, it made inaccessible: each call a TLB shoot-down on the other
+/// CPUs running this process), then its pages faulted in again. Bounded: at most this
+/// many stacks' worth of memory (a guest rarely touches more than a few pages of its
+/// 1.5 MiB) and, with protection, two mappings each.
 const MAX_WARM: usize = 4;
+
+/// How an arena keeps its slots' guard pages inaccessible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guards {
+    /// Guard markers (`MADV_GUARD_INSTALL`, Linux 6.13 on): each arena is one accessible
+    /// mapping whose guard pages fault on any access without splitting it, so a stack
+    /// never changes protection: taking, resting, parking and waking one costs no
+    /// `mprotect`, and an arena is one mapping whatever its slots do. Parking a slot
+    /// only gives its pages back, when asked to.
+    Markers,
+    /// Protection: slots are `PROT_NONE` while free or parked, and a slot in use splits
+    /// its arena's mapping (where guard markers are missing: older kernels, emulators).
+    Protection,
+}
+
+impl Guards {
+    /// Markers where the kernel has them (probed once), protection elsewhere.
+    pub fn detect() -> Self {
+        if super::pages::guard_markers_work() {
+            Self::Markers
+        } else {
+            Self::Protection
+        }
+    }
+}
 
 /// What the stacks of a runtime cost, read by the mapping guard and the benches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,12 +112,18 @@ pub struct StackStats {
     pub unparked: usize,
     /// Arena mappings reserved.
     pub arenas: usize,
+    /// Whether the guard pages are markers ([`Guards::Markers`]): an accessible slot
+    /// then splits no mapping.
+    pub guard_markers: bool,
 }
 
 impl StackStats {
-    /// The memory mappings the stacks cost at most: one per arena, two per accessible
-    /// slot (it splits its arena's inaccessible mapping in three).
+    /// The memory mappings the stacks cost at most: one per arena, and with protection
+    /// two per accessible slot (it splits its arena's inaccessible mapping in three).
     pub fn mappings(&self) -> usize {
+        if self.guard_markers {
+            return self.arenas;
+        }
         self.arenas.saturating_add(self.unparked.saturating_mul(2))
     }
 }
@@ -93,6 +137,7 @@ struct ArenaInner {
     /// Bytes of one stack (a multiple of the page size), without its guard page.
     stack_len: usize,
     page: usize,
+    guards: Guards,
     /// Free slots, by the address of their guard page, and the arenas' mappings.
     free: Mutex<Free>,
     /// Slots to park, and the sweeper that parks them.
@@ -104,7 +149,7 @@ struct ArenaInner {
 
 #[derive(Default)]
 struct Free {
-    /// Slots inaccessible, their pages given back.
+    /// Slots free, their pages given back (with protection, inaccessible too).
     slots: Vec<usize>,
     /// Slots accessible, their pages kept (at most [`MAX_WARM`]): reused first. Their
     /// stacks hold what the last guest's native frames left, as wasmtime's own pooled
@@ -146,13 +191,25 @@ impl SweepQueue {
 }
 
 impl StackArena {
-    /// An arena for stacks of `stack_len` bytes (rounded up to whole pages).
+    /// An arena for stacks of `stack_len` bytes (rounded up to whole pages), its guards
+    /// markers where the kernel has them ([`Guards::detect`]).
     pub fn new(stack_len: usize) -> Self {
+        Self::with_guards(stack_len, Guards::detect())
+    }
+
+    /// An arena whose guards are `guards`; markers only where [`Guards::detect`] finds
+    /// them working, protection elsewhere.
+    pub(crate) fn with_guards(stack_len: usize, guards: Guards) -> Self {
+        let guards = match guards {
+            Guards::Markers => Guards::detect(),
+            Guards::Protection => Guards::Protection,
+        };
         let page = super::pages::page_size();
         Self {
             inner: Arc::new(ArenaInner {
                 stack_len: stack_len.div_ceil(page).saturating_mul(page),
                 page,
+                guards,
                 free: Mutex::new(Free::default()),
                 sweep: Arc::default(),
                 stacks: AtomicUsize::new(0),
@@ -240,7 +297,30 @@ impl ArenaInner {
             stacks: self.stacks.load(Ordering::Relaxed),
             unparked: self.unparked.load(Ordering::Relaxed),
             arenas: self.arenas.load(Ordering::Relaxed),
+            guard_markers: self.guards == Guards::Markers,
         }
+    }
+
+    /// Whether slots change protection as they are taken, parked and woken.
+    fn protects(&self) -> bool {
+        self.guards == Guards::Protection
+    }
+
+    /// Maps an arena of `len` bytes: with markers, accessible with a guard marker on
+    /// each slot's first page; with protection, all inaccessible.
+    fn map_arena(&self, len: usize) -> std::io::Result<usize> {
+        if self.protects() {
+            return super::pages::reserve(len);
+        }
+        let base = super::pages::map(len, true)?;
+        let guards = (0..SLOTS_PER_ARENA).map(|i| base + i * self.slot_len());
+        for guard in guards {
+            if let Err(e) = super::pages::install_guard(&(guard..guard + self.page)) {
+                super::pages::release(base, len);
+                return Err(e);
+            }
+        }
+        Ok(base)
     }
 
     fn slot_len(&self) -> usize {
@@ -269,7 +349,7 @@ impl ArenaInner {
         let len = slot_len
             .checked_mul(SLOTS_PER_ARENA)
             .ok_or_else(|| std::io::Error::other("stack arena size overflows"))?;
-        let base = super::pages::reserve(len)?;
+        let base = self.map_arena(len)?;
         free.arenas.push((base, len));
         self.arenas.fetch_add(1, Ordering::Relaxed);
         // Hand out the lowest slots first, so the ones in use cluster.
@@ -312,8 +392,9 @@ enum SlotState {
     /// Accessible, nothing runs on it: the sweeper parks it (and gives its pages back,
     /// if `drop_pages`), unless a guest runs on it again first.
     Idle { drop_pages: bool },
-    /// Inaccessible; `pages`: it kept its pages (a call is suspended on it, or a
-    /// command's), else they went back to the kernel when it was parked.
+    /// Parked (with protection, inaccessible); `pages`: it kept its pages (a call is
+    /// suspended on it, or a command's), else they went back to the kernel when it was
+    /// parked.
     Parked { pages: bool },
     /// Given back while accessible, with no room among the warm ones: the sweeper drops
     /// its pages and parks it with its neighbours, then returns it to the free slots.
@@ -353,6 +434,9 @@ impl Slot {
         match *state {
             SlotState::Running | SlotState::Freeing | SlotState::Freed => return,
             SlotState::Idle { .. } => {}
+            SlotState::Parked { .. } if !self.inner.protects() => {
+                self.inner.unparked.fetch_add(1, Ordering::Relaxed);
+            }
             SlotState::Parked { .. } => {
                 if let Err(e) = protect_retrying(&stack_range(&self.inner, self.guard)) {
                     // Nothing can run on an inaccessible stack, and nothing can be told:
@@ -426,9 +510,9 @@ fn park_all(slots: &[Arc<Slot>]) {
 }
 
 /// Parks a run of adjacent idle or freeing slots whose locks are held: the pages of
-/// those that want it dropped (a freeing slot's always), then one protection change over
-/// the run (its guard pages between are inaccessible already); the freeing ones then go
-/// back to the free slots.
+/// those that want it dropped (a freeing slot's always), then, with protection, one
+/// protection change over the run (its guard pages between are inaccessible already);
+/// the freeing ones then go back to the free slots.
 fn park_run(run: &mut Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)>) {
     let (Some(first), Some(last)) = (run.first().map(|r| r.0), run.last().map(|r| r.0)) else {
         return;
@@ -462,7 +546,7 @@ fn park_run(run: &mut Vec<(&Arc<Slot>, MutexGuard<'_, SlotState>)>) {
     if let Some(pending) = dropping {
         super::pages::discard(&pending);
     }
-    let parked = super::pages::protect(&whole, false).is_ok();
+    let parked = !inner.protects() || super::pages::protect(&whole, false).is_ok();
     let (mut left, mut freed) = (0, Vec::new());
     for (slot, state) in run.iter_mut() {
         match (**state, parked) {
@@ -568,7 +652,9 @@ unsafe impl wasmtime::StackCreator for StackArena {
             .take_slot(zeroed)
             .map_err(|e| wasmtime::format_err!("cannot reserve fiber stacks: {e}"))?;
         if !warm {
-            if let Err(e) = super::pages::protect(&stack_range(inner, guard), true) {
+            if inner.protects()
+                && let Err(e) = super::pages::protect(&stack_range(inner, guard), true)
+            {
                 inner.lock_free().slots.push(guard);
                 return Err(wasmtime::format_err!(
                     "cannot make a fiber stack accessible: {e}"
@@ -704,6 +790,17 @@ mod tests {
     use super::*;
     use wasmtime::StackCreator;
 
+    /// The guard kinds this machine has: protection always, markers where the kernel
+    /// has them (a machine without them tests protection alone, and says so).
+    fn kinds() -> Vec<Guards> {
+        if Guards::detect() == Guards::Markers {
+            vec![Guards::Protection, Guards::Markers]
+        } else {
+            eprintln!("no guard markers on this kernel: stack arenas tested with protection only");
+            vec![Guards::Protection]
+        }
+    }
+
     /// Ticks the sweeper twice (a slot is parked at the second tick after it rested),
     /// and checks the arena's counters then.
     fn wait_for(arena: &StackArena, want: StackStats) {
@@ -714,55 +811,59 @@ mod tests {
 
     #[test]
     fn a_parked_stack_keeps_its_contents_and_a_freed_one_reads_zero() {
-        let arena = StackArena::new(64 << 10);
-        let lease = StackLease::default();
-        let previous = LEASING.with(|l| l.replace(Some(lease.clone())));
-        let stack = arena.new_stack(64 << 10, true).expect("a stack");
-        LEASING.with(|l| *l.borrow_mut() = previous);
-        let range = stack.range();
-        assert_eq!(range.len(), 64 << 10);
-        assert_eq!(arena.stats().unparked, 1);
-        // SAFETY: the stack is accessible and this test owns it.
-        unsafe { *((range.end - 8) as *mut u64) = 0xfeed };
-        lease.park(false);
-        let parked = StackStats {
-            stacks: 1,
-            unparked: 0,
-            arenas: 1,
-        };
-        wait_for(&arena, parked);
-        lease.unpark();
-        assert_eq!(arena.stats().unparked, 1);
-        // SAFETY: unparked again.
-        assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0xfeed);
-        // Rested, run and rested again before the sweeper came: queued twice, parked once.
-        lease.park(false);
-        lease.unpark();
-        lease.park(false);
-        wait_for(&arena, parked);
-        lease.unpark();
-        // Parked with its pages dropped: it reads zero when it runs again.
-        lease.park(true);
-        wait_for(&arena, parked);
-        lease.unpark();
-        // SAFETY: unparked again.
-        assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0);
-        // SAFETY: accessible, owned.
-        unsafe { *((range.end - 8) as *mut u64) = 0xbeef };
-        drop(stack);
-        assert_eq!(arena.stats().stacks, 0);
-        // The same slot comes back, zeroed, and unleased: parking it is not asked.
-        let again = arena.new_stack(64 << 10, true).expect("a stack");
-        assert_eq!(again.range(), range);
-        // SAFETY: accessible, owned.
-        assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0);
-        assert_eq!(arena.stats().mappings(), 1 + 2);
-        // A lease whose stack was given back does nothing.
-        lease.unpark();
-        lease.park(true);
-        arena.sweeper().tick();
-        arena.sweeper().tick();
-        assert_eq!(arena.stats().unparked, 1);
+        for kind in kinds() {
+            let arena = StackArena::with_guards(64 << 10, kind);
+            let lease = StackLease::default();
+            let previous = LEASING.with(|l| l.replace(Some(lease.clone())));
+            let stack = arena.new_stack(64 << 10, true).expect("a stack");
+            LEASING.with(|l| *l.borrow_mut() = previous);
+            let range = stack.range();
+            assert_eq!(range.len(), 64 << 10);
+            assert_eq!(arena.stats().unparked, 1);
+            // SAFETY: the stack is accessible and this test owns it.
+            unsafe { *((range.end - 8) as *mut u64) = 0xfeed };
+            lease.park(false);
+            let parked = StackStats {
+                stacks: 1,
+                unparked: 0,
+                arenas: 1,
+                guard_markers: kind == Guards::Markers,
+            };
+            wait_for(&arena, parked);
+            lease.unpark();
+            assert_eq!(arena.stats().unparked, 1);
+            // SAFETY: unparked again.
+            assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0xfeed);
+            // Rested, run and rested again before the sweeper came: queued twice, parked once.
+            lease.park(false);
+            lease.unpark();
+            lease.park(false);
+            wait_for(&arena, parked);
+            lease.unpark();
+            // Parked with its pages dropped: it reads zero when it runs again.
+            lease.park(true);
+            wait_for(&arena, parked);
+            lease.unpark();
+            // SAFETY: unparked again.
+            assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0);
+            // SAFETY: accessible, owned.
+            unsafe { *((range.end - 8) as *mut u64) = 0xbeef };
+            drop(stack);
+            assert_eq!(arena.stats().stacks, 0);
+            // The same slot comes back, zeroed, and unleased: parking it is not asked.
+            let again = arena.new_stack(64 << 10, true).expect("a stack");
+            assert_eq!(again.range(), range);
+            // SAFETY: accessible, owned.
+            assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0);
+            let accessible = if kind == Guards::Protection { 2 } else { 0 };
+            assert_eq!(arena.stats().mappings(), 1 + accessible);
+            // A lease whose stack was given back does nothing.
+            lease.unpark();
+            lease.park(true);
+            arena.sweeper().tick();
+            arena.sweeper().tick();
+            assert_eq!(arena.stats().unparked, 1);
+        }
     }
 
     /// `n` stacks of 16 KiB from `arena`, each bound to a lease of its own.
@@ -785,35 +886,39 @@ mod tests {
 
     #[test]
     fn idle_stacks_around_a_running_one_are_parked_and_it_is_left_alone() {
-        let arena = StackArena::new(16 << 10);
-        let (leases, stacks) = leased_stacks(&arena, 5);
-        // The middle one keeps running: the others are parked around it.
-        for (i, lease) in leases.iter().enumerate() {
-            if i != 2 {
-                lease.park(i % 2 == 0);
+        for kind in kinds() {
+            let arena = StackArena::with_guards(16 << 10, kind);
+            let (leases, stacks) = leased_stacks(&arena, 5);
+            // The middle one keeps running: the others are parked around it.
+            for (i, lease) in leases.iter().enumerate() {
+                if i != 2 {
+                    lease.park(i % 2 == 0);
+                }
             }
+            wait_for(
+                &arena,
+                StackStats {
+                    stacks: 5,
+                    unparked: 1,
+                    arenas: 1,
+                    guard_markers: kind == Guards::Markers,
+                },
+            );
+            let running = stacks[2].range();
+            // SAFETY: the running stack is accessible.
+            unsafe { *((running.end - 8) as *mut u64) = 7 };
+            drop(stacks);
+            // The running one, still accessible when freed, is kept warm.
+            wait_for(
+                &arena,
+                StackStats {
+                    stacks: 0,
+                    unparked: 1,
+                    arenas: 1,
+                    guard_markers: kind == Guards::Markers,
+                },
+            );
         }
-        wait_for(
-            &arena,
-            StackStats {
-                stacks: 5,
-                unparked: 1,
-                arenas: 1,
-            },
-        );
-        let running = stacks[2].range();
-        // SAFETY: the running stack is accessible.
-        unsafe { *((running.end - 8) as *mut u64) = 7 };
-        drop(stacks);
-        // The running one, still accessible when freed, is kept warm.
-        wait_for(
-            &arena,
-            StackStats {
-                stacks: 0,
-                unparked: 1,
-                arenas: 1,
-            },
-        );
     }
 
     /// The mappings of this process that lie within `range`.
@@ -834,185 +939,253 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn stacks_used_at_once_and_parked_merge_into_one_mapping() {
-        let arena = StackArena::new(16 << 10);
-        let (leases, stacks) = leased_stacks(&arena, 10);
-        // Every stack touched while all are accessible, as a burst of spawns does.
-        for stack in &stacks {
-            // SAFETY: accessible, owned by this test.
-            unsafe { *((stack.range().end - 8) as *mut u64) = 1 };
+        for kind in kinds() {
+            let arena = StackArena::with_guards(16 << 10, kind);
+            let (leases, stacks) = leased_stacks(&arena, 10);
+            // Every stack touched while all are accessible, as a burst of spawns does.
+            for stack in &stacks {
+                // SAFETY: accessible, owned by this test.
+                unsafe { *((stack.range().end - 8) as *mut u64) = 1 };
+            }
+            let arena_range = stacks[0].guard_range().start as usize..stacks[9].range().end;
+            // With protection each accessible slot splits the arena; with markers the
+            // arena is one mapping whatever its slots do.
+            match kind {
+                Guards::Protection => assert!(mappings_within(&arena_range) > 10),
+                Guards::Markers => assert_eq!(mappings_within(&arena_range), 1),
+            }
+            for lease in &leases {
+                lease.park(false);
+            }
+            wait_for(
+                &arena,
+                StackStats {
+                    stacks: 10,
+                    unparked: 0,
+                    arenas: 1,
+                    guard_markers: kind == Guards::Markers,
+                },
+            );
+            assert_eq!(mappings_within(&arena_range), 1, "parked slots merge");
+            drop(stacks);
         }
-        let arena_range = stacks[0].guard_range().start as usize..stacks[9].range().end;
-        assert!(mappings_within(&arena_range) > 10);
-        for lease in &leases {
-            lease.park(false);
-        }
-        wait_for(
-            &arena,
-            StackStats {
-                stacks: 10,
-                unparked: 0,
-                arenas: 1,
-            },
-        );
-        assert_eq!(mappings_within(&arena_range), 1, "parked slots merge");
-        drop(stacks);
     }
 
     #[test]
     fn two_ticks_release_what_the_queue_held_and_the_arena_goes() {
-        let arena = StackArena::new(16 << 10);
-        let weak = Arc::downgrade(&arena.inner);
-        let sweeper = arena.sweeper();
-        let (leases, stacks) = leased_stacks(&arena, 2);
-        // Queued, then given back before any tick: the queue still holds them.
-        for lease in &leases {
-            lease.park(false);
+        for kind in kinds() {
+            let arena = StackArena::with_guards(16 << 10, kind);
+            let weak = Arc::downgrade(&arena.inner);
+            let sweeper = arena.sweeper();
+            let (leases, stacks) = leased_stacks(&arena, 2);
+            // Queued, then given back before any tick: the queue still holds them.
+            for lease in &leases {
+                lease.park(false);
+            }
+            drop((leases, stacks, arena));
+            assert!(weak.upgrade().is_some(), "the queued slots hold the arena");
+            sweeper.tick();
+            sweeper.tick();
+            assert!(
+                weak.upgrade().is_none(),
+                "drained: the arena and its mappings are gone"
+            );
         }
-        drop((leases, stacks, arena));
-        assert!(weak.upgrade().is_some(), "the queued slots hold the arena");
-        sweeper.tick();
-        sweeper.tick();
-        assert!(
-            weak.upgrade().is_none(),
-            "drained: the arena and its mappings are gone"
-        );
     }
 
     #[test]
     fn once_the_sweeper_finished_stacks_are_given_back_at_once_and_the_arena_goes() {
-        let arena = StackArena::new(16 << 10);
-        let weak = Arc::downgrade(&arena.inner);
-        let sweeper = arena.sweeper();
-        let (leases, stacks) = leased_stacks(&arena, MAX_WARM + 3);
-        // One rested before the end: queued, then parked by `finish`.
-        leases[0].park(true);
-        sweeper.finish();
-        assert_eq!(arena.stats().unparked, MAX_WARM + 2);
-        // Freed after it (beyond the warm ones): parked at once, not queued for ticks
-        // that will never come.
-        drop(stacks);
-        assert_eq!(arena.stats().unparked, MAX_WARM);
-        drop((leases, arena));
-        assert!(
-            weak.upgrade().is_none(),
-            "nothing queued holds the arena: its mappings are gone"
-        );
+        for kind in kinds() {
+            let arena = StackArena::with_guards(16 << 10, kind);
+            let weak = Arc::downgrade(&arena.inner);
+            let sweeper = arena.sweeper();
+            let (leases, stacks) = leased_stacks(&arena, MAX_WARM + 3);
+            // One rested before the end: queued, then parked by `finish`.
+            leases[0].park(true);
+            sweeper.finish();
+            assert_eq!(arena.stats().unparked, MAX_WARM + 2);
+            // Freed after it (beyond the warm ones): parked at once, not queued for ticks
+            // that will never come.
+            drop(stacks);
+            assert_eq!(arena.stats().unparked, MAX_WARM);
+            drop((leases, arena));
+            assert!(
+                weak.upgrade().is_none(),
+                "nothing queued holds the arena: its mappings are gone"
+            );
+        }
     }
 
     #[test]
     fn a_freed_stack_is_kept_warm_for_the_next_up_to_a_bound() {
-        let arena = StackArena::new(16 << 10);
-        let (_leases, stacks) = leased_stacks(&arena, MAX_WARM + 2);
-        // Freed in order: the first MAX_WARM are kept warm, the last of them reused first.
-        let last_warm = stacks[MAX_WARM - 1].range();
-        // SAFETY: accessible (just handed out), owned by this test.
-        unsafe { *((last_warm.end - 8) as *mut u64) = 0xfeed };
-        for stack in stacks {
-            drop(stack);
+        for kind in kinds() {
+            let arena = StackArena::with_guards(16 << 10, kind);
+            let (_leases, stacks) = leased_stacks(&arena, MAX_WARM + 2);
+            // Freed in order: the first MAX_WARM are kept warm, the last of them reused first.
+            let last_warm = stacks[MAX_WARM - 1].range();
+            // SAFETY: accessible (just handed out), owned by this test.
+            unsafe { *((last_warm.end - 8) as *mut u64) = 0xfeed };
+            for stack in stacks {
+                drop(stack);
+            }
+            // The bound's worth stay accessible; the two beyond wait for the sweeper, which
+            // drops their pages and parks them.
+            assert_eq!(arena.stats().unparked, MAX_WARM + 2);
+            let warm = StackStats {
+                stacks: 0,
+                unparked: MAX_WARM,
+                arenas: 1,
+                guard_markers: kind == Guards::Markers,
+            };
+            wait_for(&arena, warm);
+            // The next stack is the last freed, as it was: no protection change, no fault.
+            let again = arena.new_stack(16 << 10, false).expect("a stack");
+            assert_eq!(again.range(), last_warm);
+            // SAFETY: accessible, owned.
+            assert_eq!(unsafe { *((last_warm.end - 8) as *const u64) }, 0xfeed);
+            assert_eq!(arena.stats().unparked, MAX_WARM);
+            // Asked for a zeroed stack, a warm one is zeroed first.
+            drop(again);
+            let zeroed = arena.new_stack(16 << 10, true).expect("a stack");
+            assert_eq!(zeroed.range(), last_warm);
+            // SAFETY: accessible, owned.
+            assert_eq!(unsafe { *((last_warm.end - 8) as *const u64) }, 0);
         }
-        // The bound's worth stay accessible; the two beyond wait for the sweeper, which
-        // drops their pages and parks them.
-        assert_eq!(arena.stats().unparked, MAX_WARM + 2);
-        let warm = StackStats {
-            stacks: 0,
-            unparked: MAX_WARM,
-            arenas: 1,
-        };
-        wait_for(&arena, warm);
-        // The next stack is the last freed, as it was: no protection change, no fault.
-        let again = arena.new_stack(16 << 10, false).expect("a stack");
-        assert_eq!(again.range(), last_warm);
-        // SAFETY: accessible, owned.
-        assert_eq!(unsafe { *((last_warm.end - 8) as *const u64) }, 0xfeed);
-        assert_eq!(arena.stats().unparked, MAX_WARM);
-        // Asked for a zeroed stack, a warm one is zeroed first.
-        drop(again);
-        let zeroed = arena.new_stack(16 << 10, true).expect("a stack");
-        assert_eq!(zeroed.range(), last_warm);
-        // SAFETY: accessible, owned.
-        assert_eq!(unsafe { *((last_warm.end - 8) as *const u64) }, 0);
     }
 
     #[cfg(target_os = "linux")]
     #[test]
     fn stacks_freed_beyond_the_warm_ones_are_given_back_together_and_reused_zeroed() {
-        let arena = StackArena::new(16 << 10);
-        let (leases, stacks) = leased_stacks(&arena, MAX_WARM + 6);
-        for stack in &stacks {
-            // SAFETY: accessible, owned by this test.
-            unsafe { *((stack.range().end - 8) as *mut u64) = 0xdead };
+        for kind in kinds() {
+            let arena = StackArena::with_guards(16 << 10, kind);
+            let (leases, stacks) = leased_stacks(&arena, MAX_WARM + 6);
+            for stack in &stacks {
+                // SAFETY: accessible, owned by this test.
+                unsafe { *((stack.range().end - 8) as *mut u64) = 0xdead };
+            }
+            let beyond: Vec<Range<usize>> = stacks[MAX_WARM..].iter().map(|s| s.range()).collect();
+            let span = beyond[0].start..beyond[5].end;
+            // Some idle (queued already), some running, as a scale-down's mix.
+            for lease in &leases[MAX_WARM..MAX_WARM + 3] {
+                lease.park(true);
+            }
+            drop(stacks);
+            // Nothing given back yet beyond the warm ones: they wait for the sweeper.
+            assert_eq!(arena.stats().unparked, MAX_WARM + 6);
+            wait_for(
+                &arena,
+                StackStats {
+                    stacks: 0,
+                    unparked: MAX_WARM,
+                    arenas: 1,
+                    guard_markers: kind == Guards::Markers,
+                },
+            );
+            // Parked: the six slots and their guards are one mapping with the rest of the
+            // arena's inaccessible part.
+            assert_eq!(mappings_within(&span), 1);
+            // The warm ones come first, then the given-back ones, zeroed.
+            let (_more_leases, again) = leased_stacks(&arena, MAX_WARM + 6);
+            let reused: Vec<Range<usize>> = again[MAX_WARM..].iter().map(|s| s.range()).collect();
+            for range in &reused {
+                assert!(beyond.contains(range), "a given-back slot is reused");
+                // SAFETY: accessible (just handed out), owned by this test.
+                assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0);
+            }
+            // A lease whose stack went back through the sweeper does nothing.
+            leases[MAX_WARM].unpark();
+            leases[MAX_WARM].park(true);
+            assert_eq!(
+                arena.stats().unparked,
+                MAX_WARM + 6,
+                "only the stacks handed out"
+            );
         }
-        let beyond: Vec<Range<usize>> = stacks[MAX_WARM..].iter().map(|s| s.range()).collect();
-        let span = beyond[0].start..beyond[5].end;
-        // Some idle (queued already), some running, as a scale-down's mix.
-        for lease in &leases[MAX_WARM..MAX_WARM + 3] {
-            lease.park(true);
-        }
-        drop(stacks);
-        // Nothing given back yet beyond the warm ones: they wait for the sweeper.
-        assert_eq!(arena.stats().unparked, MAX_WARM + 6);
-        wait_for(
-            &arena,
-            StackStats {
-                stacks: 0,
-                unparked: MAX_WARM,
-                arenas: 1,
-            },
-        );
-        // Parked: the six slots and their guards are one mapping with the rest of the
-        // arena's inaccessible part.
-        assert_eq!(mappings_within(&span), 1);
-        // The warm ones come first, then the given-back ones, zeroed.
-        let (_more_leases, again) = leased_stacks(&arena, MAX_WARM + 6);
-        let reused: Vec<Range<usize>> = again[MAX_WARM..].iter().map(|s| s.range()).collect();
-        for range in &reused {
-            assert!(beyond.contains(range), "a given-back slot is reused");
-            // SAFETY: accessible (just handed out), owned by this test.
-            assert_eq!(unsafe { *((range.end - 8) as *const u64) }, 0);
-        }
-        // A lease whose stack went back through the sweeper does nothing.
-        leases[MAX_WARM].unpark();
-        leases[MAX_WARM].park(true);
-        assert_eq!(
-            arena.stats().unparked,
-            MAX_WARM + 6,
-            "only the stacks handed out"
-        );
     }
 
     #[test]
     fn a_stack_freed_while_parked_reads_zero_when_handed_out_again_whether_it_kept_its_pages() {
-        for keep_pages in [true, false] {
-            let arena = StackArena::new(16 << 10);
-            let (leases, stacks) = leased_stacks(&arena, 1);
-            let range = stacks[0].range();
-            // SAFETY: accessible (just handed out), owned by this test.
-            unsafe { *((range.end - 8) as *mut u64) = 0xfeed };
-            leases[0].park(!keep_pages);
-            wait_for(
-                &arena,
-                StackStats {
-                    stacks: 1,
-                    unparked: 0,
-                    arenas: 1,
-                },
-            );
-            drop(stacks);
-            let (_leases, again) = leased_stacks(&arena, 1);
-            assert_eq!(again[0].range(), range);
-            // SAFETY: accessible (just handed out), owned by this test.
+        for kind in kinds() {
+            for keep_pages in [true, false] {
+                let arena = StackArena::with_guards(16 << 10, kind);
+                let (leases, stacks) = leased_stacks(&arena, 1);
+                let range = stacks[0].range();
+                // SAFETY: accessible (just handed out), owned by this test.
+                unsafe { *((range.end - 8) as *mut u64) = 0xfeed };
+                leases[0].park(!keep_pages);
+                wait_for(
+                    &arena,
+                    StackStats {
+                        stacks: 1,
+                        unparked: 0,
+                        arenas: 1,
+                        guard_markers: kind == Guards::Markers,
+                    },
+                );
+                drop(stacks);
+                let (_leases, again) = leased_stacks(&arena, 1);
+                assert_eq!(again[0].range(), range);
+                // SAFETY: accessible (just handed out), owned by this test.
+                assert_eq!(
+                    unsafe { *((range.end - 8) as *const u64) },
+                    0,
+                    "{keep_pages}"
+                );
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn every_guard_page_stays_inaccessible_whatever_its_slot_does() {
+        for kind in kinds() {
+            let arena = StackArena::with_guards(16 << 10, kind);
+            let (leases, stacks) = leased_stacks(&arena, MAX_WARM + 4);
+            let guards: Vec<usize> = stacks
+                .iter()
+                .map(|s| s.guard_range().start as usize)
+                .collect();
+            let check = |when: &str| {
+                for &guard in &guards {
+                    assert_eq!(
+                        super::super::pages::readable(guard),
+                        Some(false),
+                        "{kind:?}, {when}"
+                    );
+                }
+            };
+            let top = stacks[0].range().end - 8;
             assert_eq!(
-                unsafe { *((range.end - 8) as *const u64) },
-                0,
-                "{keep_pages}"
+                super::super::pages::readable(top),
+                Some(true),
+                "{kind:?}: a stack in use"
             );
+            check("in use");
+            // Parked, half with their pages dropped (a discard next to each guard).
+            for (i, lease) in leases.iter().enumerate() {
+                lease.park(i % 2 == 0);
+            }
+            arena.sweeper().tick();
+            arena.sweeper().tick();
+            check("parked");
+            // Freed (the warm ones kept, the rest given back through the sweeper), then
+            // handed out again.
+            drop(stacks);
+            arena.sweeper().tick();
+            arena.sweeper().tick();
+            check("freed");
+            let (_leases, again) = leased_stacks(&arena, MAX_WARM + 4);
+            check("reused");
+            drop(again);
         }
     }
 
     #[test]
     fn a_stack_larger_than_the_arenas_is_refused() {
-        let arena = StackArena::new(64 << 10);
-        assert!(arena.new_stack(128 << 10, true).is_err());
-        assert_eq!(arena.stats().stacks, 0);
+        for kind in kinds() {
+            let arena = StackArena::with_guards(64 << 10, kind);
+            assert!(arena.new_stack(128 << 10, true).is_err());
+            assert_eq!(arena.stats().stacks, 0);
+        }
     }
 }
