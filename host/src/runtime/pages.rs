@@ -133,6 +133,12 @@ mod imp {
         Ok(())
     }
 
+    /// Whether the kernel charges every writable private mapping in full against its
+    /// commit limit (`vm.overcommit_memory` = 2, where `MAP_NORESERVE` is ignored).
+    pub(crate) fn commits_every_mapping() -> bool {
+        std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| s.trim() == "2")
+    }
+
     /// Whether guard markers work here, probed once: a page is made a guard, then the
     /// kernel is asked to read it (a `write` of it to a pipe), which must fail. The read
     /// matters: an emulator (qemu's user mode) may accept the advice and ignore it.
@@ -210,6 +216,10 @@ mod imp {
     }
 
     pub(crate) fn guard_markers_work() -> bool {
+        false
+    }
+
+    pub(crate) fn commits_every_mapping() -> bool {
         false
     }
 

@@ -15,7 +15,8 @@
 //!   slots do, and taking, waking or freeing a stack costs no `mprotect`. Spawning
 //!   100,000 instances made about one `mprotect` each before (the call splits the
 //!   arena's mapping, which was most of its cost); now none.
-//! - **Protection** (older kernels, and emulators that accept the marker and ignore it):
+//! - **Protection** (older kernels, emulators that accept the marker and ignore it, and
+//!   strict overcommit, which would charge an accessible arena in full):
 //!   slots are `PROT_NONE` while free. A slot in use is accessible only while guest code
 //!   may run on it, or has just run, and idle slots are made inaccessible again
 //!   ("parked") so that they merge with their neighbours: an arena costs one mapping
@@ -92,9 +93,12 @@ pub enum Guards {
 }
 
 impl Guards {
-    /// Markers where the kernel has them (probed once), protection elsewhere.
+    /// Markers where the kernel has them (probed once), protection elsewhere, and
+    /// where the kernel charges every writable mapping in full (`vm.overcommit_memory`
+    /// 2 ignores `MAP_NORESERVE`): an accessible arena would then be charged its 96 MiB
+    /// up front, where protection charges only the stacks made accessible.
     pub fn detect() -> Self {
-        if super::pages::guard_markers_work() {
+        if super::pages::guard_markers_work() && !super::pages::commits_every_mapping() {
             Self::Markers
         } else {
             Self::Protection
