@@ -125,8 +125,8 @@ mod imp {
         let Some(advice) = MADV_GUARD_INSTALL else {
             return Err(std::io::Error::other("guard markers need Linux 6.13"));
         };
-        // SAFETY: the range is a guard page of an arena this module mapped; nothing is
-        // stored in it.
+        // SAFETY: the range is a page this module mapped to be a guard (an arena's, or the
+        // probe's); nothing is stored in it.
         if unsafe { libc::madvise(range.start as *mut libc::c_void, range.len(), advice) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -161,11 +161,13 @@ mod imp {
 
     /// Whether the kernel can read the byte at `address` for this process (it is asked
     /// to write it to a pipe, and fails with `EFAULT` where it cannot); `None` if no pipe
-    /// could be made. No signal is raised either way.
+    /// could be made (or not on Linux). No signal is raised either way.
+    #[cfg(target_os = "linux")]
     pub(crate) fn readable(address: usize) -> Option<bool> {
         let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe writes.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes; close-on-exec, so
+        // that a process another thread starts meanwhile inherits neither.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             return None;
         }
         // SAFETY: the kernel checks that it may read `address` itself and fails the
@@ -182,6 +184,11 @@ mod imp {
             _ if error.raw_os_error() == Some(libc::EFAULT) => Some(false),
             _ => None,
         }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn readable(_address: usize) -> Option<bool> {
+        None
     }
 
     pub(crate) fn page_size() -> usize {
