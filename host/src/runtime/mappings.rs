@@ -150,7 +150,8 @@ impl MappingGuard {
     }
 
     /// Mappings the stacks of `live` instances cost now, plus those of one about to
-    /// start (its stack is accessible while it instantiates).
+    /// start (with protection its stack splits its arena while it instantiates; with
+    /// guard markers it costs at most a new arena, so two is an upper bound either way).
     fn stack_mappings(&self, live: usize) -> usize {
         match &self.stacks {
             Some(s) => s.stats().mappings().saturating_add(2),
