@@ -229,6 +229,8 @@ fn compile(
 
 /// What to do about a component that uses `feature`, on a host whose async ABI is
 /// `async_enabled`.
+// Only a build that compiles meets a component it cannot run.
+#[cfg_attr(not(feature = "cranelift"), allow(dead_code))]
 fn unsupported_help(feature: &str, async_enabled: bool) -> String {
     let async_abi = feature == "the component model async feature";
     if async_abi && !cfg!(feature = "component-model-async") {
@@ -245,6 +247,8 @@ fn unsupported_help(feature: &str, async_enabled: bool) -> String {
 /// The feature a validation error says is missing, in the validator's words: "`task.cancel`
 /// requires the component model async feature", "exceptions proposal not enabled",
 /// "bulk memory support is not enabled".
+// Only a build that compiles meets a component it cannot run.
+#[cfg_attr(not(feature = "cranelift"), allow(dead_code))]
 fn unsupported_feature(message: &str) -> Option<String> {
     let phrase = |start: &str, end: &str| {
         let from = message.find(start)? + start.len();
