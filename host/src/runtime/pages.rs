@@ -133,6 +133,59 @@ mod imp {
         Ok(())
     }
 
+    /// Makes each of `ranges` a guard, as [`install_guard`] does, in as few system calls
+    /// as the kernel allows: one `process_madvise` on this process (Linux 6.13, which
+    /// has guard markers, lets a process give itself any advice), else one `madvise`
+    /// each (where that call is missing or filtered out, say by a seccomp policy).
+    pub(crate) fn install_guards(ranges: &[Range<usize>]) -> std::io::Result<()> {
+        let bytes: usize = ranges.iter().map(|r| r.len()).sum();
+        if let Some(advice) = MADV_GUARD_INSTALL
+            && bytes > 0
+            && advise_self(ranges, advice) == Some(bytes)
+        {
+            return Ok(());
+        }
+        // Installing a marker twice is harmless, so a partial batch is simply redone.
+        ranges.iter().try_for_each(install_guard)
+    }
+
+    /// `process_madvise` of `ranges` on this process, through a pidfd of its own: the
+    /// bytes advised, `None` if the calls failed.
+    #[cfg(target_os = "linux")]
+    fn advise_self(ranges: &[Range<usize>], advice: libc::c_int) -> Option<usize> {
+        let vectors: Vec<libc::iovec> = ranges
+            .iter()
+            .map(|r| libc::iovec {
+                iov_base: r.start as *mut libc::c_void,
+                iov_len: r.len(),
+            })
+            .collect();
+        // SAFETY: pidfd_open of this process's own id, no flags; the descriptor is
+        // closed below.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        let pidfd = libc::c_int::try_from(pidfd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: the vectors name pages this module mapped to be guards (see
+        // `install_guard`); the kernel reads the vector array, `vectors.len()` long.
+        let advised = unsafe {
+            libc::syscall(
+                libc::SYS_process_madvise,
+                pidfd,
+                vectors.as_ptr(),
+                vectors.len(),
+                advice,
+                0,
+            )
+        };
+        // SAFETY: the descriptor pidfd_open returned, closed once.
+        unsafe { libc::close(pidfd) };
+        usize::try_from(advised).ok()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn advise_self(_ranges: &[Range<usize>], _advice: libc::c_int) -> Option<usize> {
+        None
+    }
+
     /// Whether the kernel charges every writable private mapping in full against its
     /// commit limit (`vm.overcommit_memory` = 2, where `MAP_NORESERVE` is ignored).
     pub(crate) fn commits_every_mapping() -> bool {
@@ -218,7 +271,7 @@ mod imp {
 
     pub(crate) fn discard(_range: &Range<usize>) {}
 
-    pub(crate) fn install_guard(_range: &Range<usize>) -> std::io::Result<()> {
+    pub(crate) fn install_guards(_ranges: &[Range<usize>]) -> std::io::Result<()> {
         Err(std::io::Error::other("guard markers need Linux"))
     }
 

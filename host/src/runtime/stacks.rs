@@ -317,12 +317,13 @@ impl ArenaInner {
             return super::pages::reserve(len);
         }
         let base = super::pages::map(len, true)?;
-        let guards = (0..SLOTS_PER_ARENA).map(|i| base + i * self.slot_len());
-        for guard in guards {
-            if let Err(e) = super::pages::install_guard(&(guard..guard + self.page)) {
-                super::pages::release(base, len);
-                return Err(e);
-            }
+        let guards: Vec<Range<usize>> = (0..SLOTS_PER_ARENA)
+            .map(|i| base + i * self.slot_len())
+            .map(|guard| guard..guard + self.page)
+            .collect();
+        if let Err(e) = super::pages::install_guards(&guards) {
+            super::pages::release(base, len);
+            return Err(e);
         }
         Ok(base)
     }
