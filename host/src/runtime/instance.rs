@@ -211,8 +211,12 @@ pub(super) fn prepare(
             reporter: &reporter,
         };
         let reason = drive(parts, &mut store, staged, stop_rx).await;
-        let at = std::time::SystemTime::now();
         let state = store.data();
+        // An exit is dated by the guest's call, before the unwinding out of it.
+        let at = state
+            .exit_call
+            .at()
+            .unwrap_or_else(std::time::SystemTime::now);
         let end = InstanceEnd {
             reason,
             at,

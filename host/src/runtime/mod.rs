@@ -9,6 +9,7 @@ mod bindings;
 pub mod capability;
 pub mod engine;
 pub mod exit;
+mod guest_exit;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(not(feature = "http"))]
@@ -315,6 +316,7 @@ impl Runtime {
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        guest_exit::add_to_linker(&mut linker)?;
         #[cfg(feature = "http")]
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::setpoint::workload::heartbeat::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
