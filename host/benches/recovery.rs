@@ -4,7 +4,8 @@
 //! spawn, instantiate, run, exit, observe, replace.
 //!
 //! Run: `cargo xtask guests && cargo bench -p setpoint --bench recovery` (RUST_BACKTRACE unset).
-//! `SPARES=N` sets the host's spares per workload (default: the host default, 1).
+//! `SPARES=N` sets the host's spares per workload (default: the host default, 1);
+//! `MODE=panic` makes each instance trap (a Rust panic) instead of exiting.
 
 use std::time::{Duration, Instant};
 
@@ -24,10 +25,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let host = builder.build()?;
     let mut events = host.events();
+    let mode = std::env::var("MODE").unwrap_or_else(|_| "exit".into());
     let mut spec = WorkloadSpec::new(component);
     spec.env = vec![
         ("CRASH_AFTER_MS".into(), "0".into()),
-        ("MODE".into(), "exit".into()),
+        ("MODE".into(), mode.clone()),
     ];
     spec.backoff.initial = Duration::ZERO;
     spec.backoff.max = Duration::ZERO;
@@ -43,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         let mut lagged = 0;
         while reaction.len() < CYCLES {
             match events.recv().await {
-                Ok(e) if e.reason == "Exited" => last_end = Some(e.time),
+                Ok(e) if e.reason == "Exited" || e.reason == "Trapped" => last_end = Some(e.time),
                 Ok(e) if e.reason == "Replaced" => {
                     if let Some(end) = last_end.take() {
                         reaction.push(e.time.duration_since(end).unwrap_or_default());
@@ -70,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
 
     reaction.sort();
     let pct = |p: f64| reaction[((reaction.len() as f64 * p) as usize).min(reaction.len() - 1)];
-    println!("recovery: {CYCLES} end→replacement-spawn samples ({lagged} events skipped)");
+    println!("recovery ({mode}): {CYCLES} end→replacement-spawn samples ({lagged} events skipped)");
     println!(
         "  controller reaction  p50 {:?}  p99 {:?}  max {:?}",
         pct(0.50),

@@ -48,14 +48,22 @@ async fn a_trapped_instance_is_replaced_and_counted() {
     );
     let host = host();
     host.apply_files(&[file]).await.expect("valid manifest");
-    let w = wait_for(&host, "crash", "two replacements", |w| w.restarts >= 2).await;
+    // The end is handled first; its backtrace, formatted after, completes the record.
+    let w = wait_for(&host, "crash", "two replacements, a backtrace", |w| {
+        w.restarts >= 2
+            && w.last_termination.as_ref().is_some_and(|t| {
+                matches!(&t.end.reason, EndReason::Trapped { message, .. }
+                    if message.contains("wasm backtrace"))
+            })
+    })
+    .await;
     let end = &w.last_termination.as_ref().expect("an instance ended").end;
     match &end.reason {
         EndReason::Trapped { trap, message } => {
             assert_eq!(trap, "UnreachableCodeReached");
             assert!(
-                message.contains("wasm backtrace"),
-                "backtrace kept: {message}"
+                message.starts_with("wasm trap: wasm `unreachable` instruction executed"),
+                "the trap first: {message}"
             );
             assert!(
                 message.contains("crasher::main"),

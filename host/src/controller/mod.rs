@@ -625,6 +625,16 @@ impl Controller {
     }
 
     fn handle_instance_event(&mut self, event: InstanceEvent) {
+        // Completes a record; no pass over the workload is due.
+        let event = match event.kind {
+            InstanceEventKind::Forensics(reason) => {
+                if let Some(entry) = self.workloads.get_mut(&event.workload) {
+                    entry.state.complete_termination(&event.instance, *reason);
+                }
+                return;
+            }
+            kind => InstanceEvent { kind, ..event },
+        };
         if matches!(event.kind, InstanceEventKind::Ended(_)) {
             self.handles.remove(&event.instance);
         }

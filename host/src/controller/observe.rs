@@ -4,7 +4,7 @@
 
 use super::effects::{Ctx, Effect};
 use super::state::WorkloadState;
-use crate::runtime::{InstanceEnd, InstanceEvent, InstanceEventKind};
+use crate::runtime::{EndReason, InstanceEnd, InstanceEvent, InstanceEventKind};
 use crate::status::{EventType, TerminationRecord};
 
 /// Which of a slot's instances an event is about.
@@ -17,6 +17,18 @@ enum Role {
 }
 
 impl WorkloadState {
+    /// Puts the complete reason of `instance`'s end (its Wasm backtrace formatted after
+    /// the end was handled) in the last termination record, if that record is still
+    /// `instance`'s and of the same kind.
+    pub fn complete_termination(&mut self, instance: &str, reason: EndReason) {
+        if let Some(record) = &mut self.last_termination
+            && record.instance == instance
+            && record.end.reason.name() == reason.name()
+        {
+            record.end.reason = reason;
+        }
+    }
+
     /// Absorbs an instance's event. An event from an instance the state no longer
     /// holds (it ended, or was replaced) changes nothing.
     pub fn observe(&mut self, event: InstanceEvent, ctx: &mut Ctx<'_>) {
@@ -78,6 +90,8 @@ impl WorkloadState {
                 });
                 Some((EventType::Warning, reason, message))
             }
+            // Handled before: it completes a record of an instance that has ended.
+            InstanceEventKind::Forensics(_) => None,
             InstanceEventKind::Ended(end) => {
                 ctx.capacity.release();
                 let (said, counted) = self.ended(slot, role, &end, ctx);

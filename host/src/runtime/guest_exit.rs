@@ -7,7 +7,7 @@
 //! tables. For an exit the backtrace is thrown away (an exit is a status, not a
 //! fault), yet it cost more CPU than the rest of the exit: tens of microseconds between
 //! the guest's exit and its end reaching the controller (measured in the README's
-//! **Exits** part). wasmtime skips the capture when the error already carries a
+//! **Exits and traps** part). wasmtime skips the capture when the error already carries a
 //! backtrace, so the exit error here carries an empty one, made by an engine with
 //! backtraces turned off (which makes one without looking at any stack, and without
 //! allocating). Traps still get their backtrace: that is their forensics.
@@ -37,7 +37,7 @@ impl ExitCall {
 
 /// An empty backtrace, without walking any stack; `None` if the engine that makes them
 /// could not be built (the exit then costs a backtrace, as it did before).
-fn empty_backtrace() -> Option<WasmBacktrace> {
+pub(super) fn empty_backtrace() -> Option<WasmBacktrace> {
     static MAKER: OnceLock<Option<Mutex<Store<()>>>> = OnceLock::new();
     let maker = MAKER.get_or_init(|| {
         let mut config = Config::new();

@@ -49,6 +49,9 @@ pub enum InstanceEventKind {
     /// An HTTP replica's instance failed a request and a fresh one took its place; the
     /// replica (this event's instance id) serves on.
     Recycled(Box<InstanceEnd>),
+    /// After `Ended`: the same reason with its message complete, the Wasm backtrace
+    /// formatted, which the end left out so as not to delay the replacement.
+    Forensics(Box<EndReason>),
 }
 
 /// The record of an ended instance.
@@ -200,6 +203,7 @@ pub(super) fn prepare(
             workload: req.workload.clone(),
             slot: go.slot,
             instance: go.instance,
+            unformatted: Default::default(),
         };
         let started = Instant::now();
         vitals.restart_clock(started);
@@ -234,6 +238,7 @@ pub(super) fn prepare(
         // other worker, a cross-CPU wake-up on the path; and the epoch thread dropping
         // it, which competed with the workers for the CPU.)
         tokio::task::yield_now().await;
+        reporter.send_forensics().await;
         drop(store);
     });
     Spare {
@@ -306,9 +311,35 @@ pub(super) struct Reporter {
     workload: Arc<str>,
     slot: u32,
     instance: Arc<str>,
+    /// The error the instance ended with, while its backtrace is yet to be formatted.
+    unformatted: std::sync::Mutex<Option<wasmtime::Error>>,
 }
 
 impl Reporter {
+    /// Classifies the error a call into the guest ended with, leaving the formatting of
+    /// its backtrace to [`Self::send_forensics`], after the end was handled.
+    fn ended_by(&self, err: wasmtime::Error) -> EndReason {
+        let reason = EndReason::from_guest_error_without_backtrace(&err);
+        if reason.backtrace_left_out(&err) {
+            *self.unformatted.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+        }
+        reason
+    }
+
+    /// Sends the complete reason of an end whose backtrace [`Self::ended_by`] left out.
+    async fn send_forensics(&self) {
+        let err = self
+            .unformatted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(err) = err {
+            let reason = EndReason::from_guest_error(&err);
+            self.send(InstanceEventKind::Forensics(Box::new(reason)))
+                .await;
+        }
+    }
+
     pub(super) async fn send(&self, kind: InstanceEventKind) {
         let at = match &kind {
             InstanceEventKind::Ended(end) | InstanceEventKind::Recycled(end) => end.at,
@@ -436,7 +467,7 @@ async fn drive_command(
                 let reason = match result {
                     Ok(Ok(())) => EndReason::Exited { code: 0 },
                     Ok(Err(())) => EndReason::Exited { code: 1 },
-                    Err(e) => EndReason::from_guest_error(&e),
+                    Err(e) => reporter.ended_by(e),
                 };
                 return match stopping {
                     Some((cause, _)) if !matches!(reason, EndReason::Trapped { .. }) => {
@@ -496,7 +527,7 @@ async fn drive_reactor(
                 message: format!("start did not return within {:?}", rt.config.start_timeout),
             };
         }
-        Ok(Err(e)) => return EndReason::from_guest_error(&e),
+        Ok(Err(e)) => return reporter.ended_by(e),
         Ok(Ok(Err(message))) => return EndReason::StartFailed { message },
         Ok(Ok(Ok(()))) => {}
     }
@@ -517,7 +548,7 @@ async fn drive_reactor(
                 let health = parking(&lease, idle, lifecycle.call_health(&mut *store));
                 let answer = match timeout(p.timeout, health).await {
                     Err(_) => return EndReason::probe_timeout(p.timeout),
-                    Ok(Err(e)) => return EndReason::from_guest_error(&e),
+                    Ok(Err(e)) => return reporter.ended_by(e),
                     Ok(Ok(answer)) => answer,
                 };
                 let now_ready = match answer {
