@@ -13,7 +13,8 @@
 //! `wasmtime` is looked for on PATH and in `target/tools/bin` (`cargo install
 //! wasmtime-cli --version 48.0.8 --locked --root target/tools`); its rows are skipped,
 //! with that message, when it is absent. `wrk` is installed with apt when missing.
-//! `SETPOINT_BENCH_SECONDS` sets each load's length (default 10).
+//! `SETPOINT_BENCH_SECONDS` sets each load's length (default 10); `HTTP_ONLY=trap` runs
+//! the last row alone (without `wrk`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -196,6 +197,14 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    if std::env::var("HTTP_ONLY").is_ok_and(|v| v == "trap") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        let grant = format!("  dirs: [{{host: {}, guest: /state}}]\n", state.display());
+        trap_to_fresh_instance(dir.path(), &guest("http_chaos"), &grant);
+        return;
+    }
     if !wrk_installed() {
         println!("skipped: wrk is not installed and apt-get could not install it");
         return;
@@ -356,17 +365,26 @@ fn main() {
     );
     drop(_daemon);
 
-    // A trap to a fresh instance answering: the latency of a request that traps once
-    // and is retried, beside one that does not, on one replica.
+    trap_to_fresh_instance(dir.path(), &chaos, &grant);
+}
+
+/// A trap to a fresh instance answering: the latency of a request that traps once and
+/// is retried, beside one that does not, on one replica.
+fn trap_to_fresh_instance(dir: &Path, chaos: &Path, grant: &str) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let _server = setpoint(dir.path(), &chaos, &addr, 1, &grant);
+    let _server = setpoint(dir, chaos, &addr, 1, grant);
     wait_serving(&addr, "/count");
     let mut plain = Vec::new();
+    let mut marked = Vec::new();
     let mut trapped = Vec::new();
     for i in 0..500 {
         let t = Instant::now();
         assert_eq!(get(&addr, "/count"), Some(200));
         plain.push(t.elapsed());
+        // The marker file `/once` writes before it traps, written without a trap.
+        let t = Instant::now();
+        assert_eq!(get(&addr, &format!("/mark?key=m{i}")), Some(200));
+        marked.push(t.elapsed());
         let t = Instant::now();
         assert_eq!(get(&addr, &format!("/once?key=t{i}")), Some(200));
         trapped.push(t.elapsed());
@@ -377,9 +395,11 @@ fn main() {
     };
     println!();
     println!(
-        "trap → fresh instance answering (500 requests that trap once and are retried, one replica): p50 {:?}, p99 {:?}; the same requests without a trap: p50 {:?}, p99 {:?}",
+        "trap → fresh instance answering (500 requests that write a marker file, trap once and are retried, one replica): p50 {:?}, p99 {:?}; the same marker written without a trap: p50 {:?}, p99 {:?}; a request without either: p50 {:?}, p99 {:?}",
         pct(&mut trapped, 0.5),
         pct(&mut trapped, 0.99),
+        pct(&mut marked, 0.5),
+        pct(&mut marked, 0.99),
         pct(&mut plain, 0.5),
         pct(&mut plain, 0.99)
     );

@@ -359,6 +359,26 @@ async fn a_replica_failing_its_probe_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recycled_instance_s_record_gets_its_trap_s_backtrace() {
+    let (host, addr, _state) = chaos_with_state(1).await;
+    let reply = get(&addr, "/once?key=k1").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "again\n"));
+    // One trap: the replica serves on, on a fresh instance, and its record of the
+    // recycled one is completed with the backtrace, formatted after the fresh instance
+    // took its place.
+    let w = wait_for(&host, "chaos", "the trap's backtrace recorded", |w| {
+        w.last_termination.as_ref().is_some_and(|t| {
+            matches!(&t.end.reason, setpoint::runtime::EndReason::Trapped { message, .. }
+                if message.contains("wasm backtrace"))
+        })
+    })
+    .await;
+    assert_eq!(w.restarts, 1, "recycled once, not replaced");
+    assert_eq!(w.ready, 1);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_instance_traps_before_answering_is_retried_once() {
     let (host, addr, _state) = chaos_with_state(2).await;
     // The first attempt traps (and says so in the granted dir); the retry answers.

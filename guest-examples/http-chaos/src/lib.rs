@@ -11,6 +11,7 @@
 //! - `/count`: how many requests this instance has served, and how many probes;
 //! - `/once?key=K`: the first request for K (across instances, through the granted dir
 //!   `/state`) panics, every later one answers `again`;
+//! - `/mark?key=K`: writes K's marker as `/once` does, and answers without a trap;
 //! - `/exit`: exits the instance from inside the handler;
 //! - anything else: `chaos PATH`.
 
@@ -138,6 +139,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
                     let _ = std::fs::write(&marker, b"seen");
                     panic!("http-chaos: first request for {key}, trapping once");
                 }
+            }
+            "/mark" => {
+                // What `/once` does to its marker, without the trap: the file's cost alone.
+                let key = query(&path, "key").unwrap_or_else(|| "default".into());
+                let marker = format!("/state/{key}");
+                let seen = std::fs::metadata(&marker).is_ok();
+                let _ = std::fs::write(&marker, b"seen");
+                answer(out, 200, if seen { "again\n" } else { "marked\n" });
             }
             "/exit" => std::process::exit(0),
             _ => answer(out, 200, &format!("chaos {path}\n")),

@@ -403,6 +403,7 @@ pub(super) async fn drive_http(
                     (timeout, grace),
                     &mut stop_rx,
                     &parts.req.instance,
+                    Some(reporter),
                 )
                 .await;
                 stats.busy.store(false, Ordering::Relaxed);
@@ -474,6 +475,7 @@ pub(super) async fn drive_http(
         };
         born = Instant::now();
         served_here = 0;
+        reporter.send_forensics().await;
     }
 }
 
@@ -487,6 +489,7 @@ async fn serve_one(
     (timeout, grace): (Duration, Duration),
     stop_rx: &mut watch::Receiver<Option<StopCause>>,
     replica: &Arc<str>,
+    reporter: Option<&Reporter>,
 ) -> Spent {
     let HttpCall {
         request,
@@ -569,9 +572,10 @@ async fn serve_one(
             (_, Some(Ok(()))) => Answer::Failed(Failure::NoResponse(
                 "the component returned without setting a response".into(),
             )),
-            (_, Some(Err(e))) => {
-                Answer::Failed(Failure::Crashed(EndReason::from_guest_error(e).to_string()))
-            }
+            // The answer says the first line only: no backtrace formatted for it.
+            (_, Some(Err(e))) => Answer::Failed(Failure::Crashed(
+                EndReason::from_guest_error_without_backtrace(e).to_string(),
+            )),
         };
         let _ = respond.send(answer);
     }
@@ -582,7 +586,12 @@ async fn serve_one(
         }
         Some(Err(e)) => {
             let _ = finished_tx.send(false);
-            Spent::Yes(EndReason::from_guest_error(&e))
+            // Its backtrace is formatted once a fresh instance took its place (a
+            // probe's at once).
+            Spent::Yes(match reporter {
+                Some(reporter) => reporter.ended_by(e),
+                None => EndReason::from_guest_error(&e),
+            })
         }
         None => {
             let _ = finished_tx.send(false);
@@ -660,7 +669,8 @@ async fn probe_once(
             call,
             (timeout, timeout),
             &mut no_stop,
-            &prober
+            &prober,
+            None
         ),
         tokio::time::timeout(timeout.saturating_add(Duration::from_millis(50)), verdict)
     );

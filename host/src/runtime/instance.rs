@@ -318,7 +318,7 @@ pub(super) struct Reporter {
 impl Reporter {
     /// Classifies the error a call into the guest ended with, leaving the formatting of
     /// its backtrace to [`Self::send_forensics`], after the end was handled.
-    fn ended_by(&self, err: wasmtime::Error) -> EndReason {
+    pub(super) fn ended_by(&self, err: wasmtime::Error) -> EndReason {
         let reason = EndReason::from_guest_error_without_backtrace(&err);
         if reason.backtrace_left_out(&err) {
             *self.unformatted.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
@@ -327,7 +327,7 @@ impl Reporter {
     }
 
     /// Sends the complete reason of an end whose backtrace [`Self::ended_by`] left out.
-    async fn send_forensics(&self) {
+    pub(super) async fn send_forensics(&self) {
         let err = self
             .unformatted
             .lock()
