@@ -179,7 +179,7 @@ impl EndReason {
 
     /// As [`Self::from_guest_error`], but the message leaves out the Wasm backtrace the
     /// error carries. Formatting one (up to 20 frames, their names demangled) took
-    /// 14 µs at the median and 25 µs at p99, too long to spend between a trap and its
+    /// 14 µs at the median and 25–27 µs at p99, too long to spend between a trap and its
     /// replacement: an instance's task formats it after its end was handled (see
     /// `InstanceEventKind::Forensics`).
     pub(crate) fn from_guest_error_without_backtrace(err: &wasmtime::Error) -> Self {

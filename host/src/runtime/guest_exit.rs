@@ -12,7 +12,7 @@
 //! backtraces turned off (which makes one without looking at any stack, and without
 //! allocating). Traps still get their backtrace: that is their forensics.
 //!
-//! The call's time is kept in the Store ([`ExitCall`]), so that the instance's end is
+//! The call's time is kept in the Store (`InstanceState::exit_called_at`), so that the instance's end is
 //! dated when the guest exited rather than after the unwinding.
 
 use std::sync::{Mutex, OnceLock};
@@ -23,17 +23,6 @@ use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::cli::exit;
 
 use super::store_data::InstanceState;
-
-/// When the guest called `wasi:cli/exit`, if it did.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ExitCall(Option<SystemTime>);
-
-impl ExitCall {
-    /// The moment of the call.
-    pub(crate) fn at(&self) -> Option<SystemTime> {
-        self.0
-    }
-}
 
 /// An empty backtrace, without walking any stack; `None` if the engine that makes them
 /// could not be built (the exit then costs a backtrace, as it did before).
@@ -61,7 +50,7 @@ pub(crate) fn exit_error(code: i32) -> wasmtime::Error {
 
 impl InstanceState {
     fn exit_with(&mut self, code: i32) -> wasmtime::Result<()> {
-        self.exit_call = ExitCall(Some(SystemTime::now()));
+        self.exit_called_at = Some(SystemTime::now());
         Err(exit_error(code))
     }
 }

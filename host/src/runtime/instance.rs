@@ -218,8 +218,7 @@ pub(super) fn prepare(
         let state = store.data();
         // An exit is dated by the guest's call, before the unwinding out of it.
         let at = state
-            .exit_call
-            .at()
+            .exit_called_at
             .unwrap_or_else(std::time::SystemTime::now);
         let end = InstanceEnd {
             reason,

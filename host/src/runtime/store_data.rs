@@ -41,7 +41,7 @@ pub struct InstanceState {
     /// The Store's claim on its fiber stack, which calls park between polls.
     pub(crate) stack: super::stacks::StackLease,
     /// When the guest called `wasi:cli/exit`, if it did.
-    pub(crate) exit_call: super::guest_exit::ExitCall,
+    pub(crate) exit_called_at: Option<std::time::SystemTime>,
     _live: LiveStore,
 }
 
@@ -146,7 +146,7 @@ pub(crate) fn build_plugin_store(
             spec: None,
         },
         stack: Default::default(),
-        exit_call: Default::default(),
+        exit_called_at: None,
         _live: LiveStore::new(&rt.live_stores),
     };
     // The controller waits for a plugin's decision: yielding at a tick would only send
@@ -235,7 +235,7 @@ pub(super) fn build_store(
             spec: Some(req.spec.clone()),
         },
         stack: Default::default(),
-        exit_call: Default::default(),
+        exit_called_at: None,
         _live: LiveStore::new(&rt.live_stores),
     };
     (store_with_limits(rt, state, OnTick::Yield), refused)
