@@ -204,6 +204,7 @@ fn host_with(spares: u32) -> anyhow::Result<Host> {
         .event_history(4)
         .max_instances(200_000)
         .spares(spares)
+        .direct_replacement(direct_replacement())
         .tune_malloc(tune_malloc())
         .stack_guard_markers(stack_guard_markers())
         .build()
@@ -213,6 +214,12 @@ fn host_with(spares: u32) -> anyhow::Result<Host> {
 /// (`STACK_GUARDS=protection`: no, to compare; default yes, as every host does).
 fn stack_guard_markers() -> bool {
     std::env::var("STACK_GUARDS").map_or(true, |v| v != "protection")
+}
+
+/// Whether a failed instance's task starts its spare itself (`DIRECT=off`: no, to
+/// compare; default yes, as every host does).
+fn direct_replacement() -> bool {
+    std::env::var("DIRECT").map_or(true, |v| v != "off")
 }
 
 /// Whether the host sets glibc's malloc for many instances (`TUNE_MALLOC=off`: no, to
@@ -234,6 +241,7 @@ fn pooled_host(slots: u32, spares: u32) -> anyhow::Result<Host> {
         .instance_pool(slots)
         .event_history(4)
         .spares(spares)
+        .direct_replacement(direct_replacement())
         .tune_malloc(tune_malloc())
         .build()
 }
@@ -307,14 +315,16 @@ fn mappings() -> (usize, usize) {
 }
 
 /// One recovery's parts, from event times: the end is dated when the instance's code
-/// ended (`Exited`), the replacement's spawn when the controller decided it (`Replaced`),
-/// `Started` when the replacement was instantiated (or, a spare, woken).
+/// ended (`Exited`), the replacement's spawn when the controller decided it, or the
+/// ended instance's task started a spare directly (`Replaced`), `Started` when the
+/// replacement was instantiated (or, a spare, woken).
 #[derive(Clone, Copy)]
 struct Recovery {
     /// Exit → replacement running.
     total: Duration,
-    /// Exit → the controller's spawn: the end's delivery and the controller's reaction
-    /// (and the old Store's teardown, where it is on the path).
+    /// Exit → the spawn: the end's delivery and the controller's reaction (and the old
+    /// Store's teardown, where it is on the path), or, directly replaced, the ended
+    /// task's taking of the armed spare.
     hand_off: Duration,
     /// The controller's spawn → running: a task, a Store and an instantiation, or a
     /// spare's wake-up.
@@ -330,6 +340,8 @@ struct Recoveries {
     run: Vec<Duration>,
     /// Spawns that started a spare.
     spares_used: u64,
+    /// Spares started by the ended instance's task and kept.
+    direct: u64,
 }
 
 impl Recoveries {
@@ -377,11 +389,15 @@ async fn measure_recovery(host: &Host, cycles: usize) -> anyhow::Result<Recoveri
         }
     };
     let metrics = host.metrics().await;
-    r.spares_used = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("setpoint_spares_used_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    r.spares_used = counter("setpoint_spares_used_total");
+    r.direct = counter("setpoint_direct_replacements_total{outcome=\"kept\"}");
     host.delete("crashloop").await?;
     Ok(r)
 }
@@ -483,9 +499,10 @@ async fn recovery(others: u32, cycles: usize, setup: Setup) -> anyhow::Result<()
         r.total()
     );
     println!(
-        "          parts: {}; {} spares started",
+        "          parts: {}; {} spares started, {} of them by the ended instance's task",
         r.parts(),
-        r.spares_used
+        r.spares_used,
+        r.direct
     );
     Ok(())
 }

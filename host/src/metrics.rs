@@ -24,6 +24,7 @@ pub struct Metrics {
     spawn: Histogram,
     spares_made: Counter,
     spares_used: Counter,
+    direct_replacements: Family<OutcomeLabel, Counter>,
     http_requests: Family<RequestLabels, Counter>,
     http_latency: Family<WorkloadLabel, Histogram>,
     http_retries: Family<WorkloadLabel, Counter>,
@@ -41,6 +42,11 @@ struct RequestLabels {
 struct RejectLabels {
     workload: String,
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +73,7 @@ impl Default for Metrics {
             spawn: Histogram::new(buckets()),
             spares_made: Counter::default(),
             spares_used: Counter::default(),
+            direct_replacements: Family::default(),
             http_requests: Family::default(),
             http_latency: Family::new_with_constructor(|| Histogram::new(buckets())),
             http_retries: Family::default(),
@@ -99,6 +106,25 @@ impl Metrics {
     /// A spare was started in place of a new instance.
     pub(crate) fn spare_used(&self) {
         self.spares_used.inc();
+    }
+
+    /// An ended instance's task started an armed spare in its place; the controller
+    /// `kept` it, or dropped it (the workload changed meanwhile).
+    pub(crate) fn direct_replacement(&self, kept: bool) {
+        let outcome = if kept { "kept" } else { "dropped" };
+        self.direct_replacements
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Direct replacements (see [`crate::runtime::reflex`]) kept and dropped so far.
+    pub fn direct_replacements(&self) -> (u64, u64) {
+        let count = |outcome| {
+            self.direct_replacements
+                .get_or_create(&OutcomeLabel { outcome })
+                .get()
+        };
+        (count("kept"), count("dropped"))
     }
 
     /// Spares built and spares started so far.
@@ -208,6 +234,11 @@ impl Metrics {
             "spares_used",
             "Spares started in place of a new instance",
             self.spares_used.clone(),
+        );
+        registry.register(
+            "direct_replacements",
+            "Failed instances replaced from an armed spare by their own task, kept or dropped by the controller",
+            self.direct_replacements.clone(),
         );
         let instances = Family::<StateLabels, Gauge>::default();
         let desired = Family::<WorkloadLabel, Gauge>::default();

@@ -110,6 +110,15 @@ pub async fn wait_no_stores(host: &Host, why: &str) {
     }
 }
 
+/// Whether the last termination is a trap whose record has its Wasm backtrace (which
+/// is formatted after the end was handled, and completes the record a moment later).
+pub fn last_trap_has_backtrace(w: &WorkloadStatus) -> bool {
+    w.last_termination.as_ref().is_some_and(|t| {
+        matches!(&t.end.reason, setpoint::runtime::EndReason::Trapped { message, .. }
+            if message.contains("wasm backtrace"))
+    })
+}
+
 /// The `reason` of a workload's last termination.
 pub fn last_reason(w: &WorkloadStatus) -> Option<&'static str> {
     w.last_termination.as_ref().map(|t| t.end.reason.name())

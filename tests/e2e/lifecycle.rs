@@ -6,7 +6,7 @@ use std::time::Duration;
 use setpoint::runtime::{EndReason, StopCause};
 use setpoint::{EventType, Host, Phase};
 
-use crate::common::{Manifests, host, last_reason, wait_for, workload};
+use crate::common::{Manifests, host, last_reason, last_trap_has_backtrace, wait_for, workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_converge_to_the_declared_count() {
@@ -50,11 +50,7 @@ async fn a_trapped_instance_is_replaced_and_counted() {
     host.apply_files(&[file]).await.expect("valid manifest");
     // The end is handled first; its backtrace, formatted after, completes the record.
     let w = wait_for(&host, "crash", "two replacements, a backtrace", |w| {
-        w.restarts >= 2
-            && w.last_termination.as_ref().is_some_and(|t| {
-                matches!(&t.end.reason, EndReason::Trapped { message, .. }
-                    if message.contains("wasm backtrace"))
-            })
+        w.restarts >= 2 && last_trap_has_backtrace(w)
     })
     .await;
     let end = &w.last_termination.as_ref().expect("an instance ended").end;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use setpoint::runtime::LogLine;
 use tokio::sync::broadcast;
 
-use crate::common::{Manifests, host, wait_for, workload};
+use crate::common::{Manifests, host, last_trap_has_backtrace, wait_for, workload};
 
 /// The host's `setpoint_spares_<what>_total` counter.
 async fn spares_counter(host: &setpoint::Host, what: &str) -> u64 {
@@ -178,5 +178,97 @@ async fn a_job_or_an_unrestarted_workload_holds_no_spare() {
         assert_eq!(w.spares, 0, "{name} holds no spare");
     }
     assert_eq!(spares_counter(&host, "made").await, 0);
+    host.shutdown().await;
+}
+
+/// The host's `setpoint_direct_replacements_total{outcome="<outcome>"}`, 0 while none.
+async fn direct_counter(host: &setpoint::Host, outcome: &str) -> u64 {
+    let text = host.metrics().await;
+    let name = format!("setpoint_direct_replacements_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_instance_starts_the_spare_in_its_place_and_the_record_is_whole() {
+    let m = Manifests::new();
+    // No back-off: the built-in policy replaces every end at once, so an armed spare
+    // is started by the trapped instance's own task.
+    let file = m.write(
+        "w.yaml",
+        &workload(
+            "crash",
+            "crasher",
+            "  replicas: 2\n  env: {CRASH_AFTER_MS: '20', MODE: panic}\n  backoff: {initial: 0ms, max: 0ms}\n",
+        ),
+    );
+    let host = host();
+    let mut events = host.events();
+    host.apply_files(&[file]).await.expect("valid manifest");
+    let w = wait_for(&host, "crash", "six replacements, a backtrace", |w| {
+        w.restarts >= 6 && last_trap_has_backtrace(w)
+    })
+    .await;
+    let kept = direct_counter(&host, "kept").await;
+    assert!(kept >= 1, "no replacement was direct: {w:?}");
+    assert_eq!(direct_counter(&host, "dropped").await, 0);
+    assert!(
+        spares_counter(&host, "used").await >= kept,
+        "a direct replacement is a spare used"
+    );
+    // Each replacement, direct or not, is said as one: the end, then `Replaced` with
+    // the new instance, which then reports `Started`.
+    let (mut replaced, mut started) = (Vec::new(), Vec::new());
+    while let Ok(e) = events.try_recv() {
+        match e.reason.as_str() {
+            "Replaced" => replaced.push(e.instance.clone().expect("an instance")),
+            "Started" => started.push(e.instance.clone().expect("an instance")),
+            _ => {}
+        }
+    }
+    assert!(replaced.len() >= 6, "{replaced:?}");
+    let mut unique = replaced.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        replaced.len(),
+        "each replacement has its own id"
+    );
+    let unstarted: Vec<_> = replaced[..replaced.len() - 2]
+        .iter()
+        .filter(|id| !started.contains(id))
+        .collect();
+    assert!(
+        unstarted.is_empty(),
+        "replacements never heard of: {unstarted:?}"
+    );
+    let w = wait_for(&host, "crash", "two live instances", |w| {
+        w.instances.len() == 2
+    })
+    .await;
+    assert!(w.running <= 2);
+    host.shutdown().await;
+
+    // The host can be told not to: every replacement then waits for a pass.
+    let m = Manifests::new();
+    let file = m.write(
+        "w.yaml",
+        &workload(
+            "crash",
+            "crasher",
+            "  env: {CRASH_AFTER_MS: '20', MODE: exit}\n  backoff: {initial: 0ms, max: 0ms}\n",
+        ),
+    );
+    let host = setpoint::Host::builder()
+        .direct_replacement(false)
+        .build()
+        .expect("host starts");
+    host.apply_files(&[file]).await.expect("valid manifest");
+    wait_for(&host, "crash", "three replacements", |w| w.restarts >= 3).await;
+    assert_eq!(direct_counter(&host, "kept").await, 0);
+    assert!(spares_counter(&host, "used").await >= 2);
     host.shutdown().await;
 }

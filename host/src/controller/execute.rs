@@ -33,7 +33,7 @@ impl WorkloadState {
     }
 
     /// Why `action` may not be done now, if it may not.
-    fn refusal(&self, action: &Action, ctx: &mut Ctx<'_>) -> Option<String> {
+    pub(super) fn refusal(&self, action: &Action, ctx: &mut Ctx<'_>) -> Option<String> {
         let replicas = self.spec.replicas;
         let slot_of = |slot: u32| self.slots.get(slot as usize);
         match action {
@@ -86,8 +86,8 @@ impl WorkloadState {
     /// Does an action already checked.
     fn execute(&mut self, action: Action, ctx: &mut Ctx<'_>) {
         match action {
-            Action::Spawn { slot } => self.spawn(slot, false, ctx),
-            Action::SpawnSuccessor { slot } => self.spawn(slot, true, ctx),
+            Action::Spawn { slot } => self.spawn(slot, false, None, ctx),
+            Action::SpawnSuccessor { slot } => self.spawn(slot, true, None, ctx),
             Action::RollBack { message } => self.roll_back(message, ctx),
             Action::Stop { slot, cause } => {
                 let obs = &mut self.slots[slot as usize];
@@ -138,9 +138,19 @@ impl WorkloadState {
     }
 
     /// Starts an instance of the current revision in `slot`, beside the live one if
-    /// it is a `successor`.
-    fn spawn(&mut self, slot: u32, successor: bool, ctx: &mut Ctx<'_>) {
-        let id = ctx.ids.next(&self.name);
+    /// it is a `successor`; or, with `started`, takes that instance, started already
+    /// at that time, as the one started.
+    pub(super) fn spawn(
+        &mut self,
+        slot: u32,
+        successor: bool,
+        started: Option<(Arc<str>, std::time::SystemTime)>,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let (id, started_at) = match started {
+            Some((id, at)) => (id, Some(at)),
+            None => (ctx.ids.next(&self.name), None),
+        };
         let index = slot as usize;
         self.ensure_slot(index);
         let is_job = self.job().is_some();
@@ -154,12 +164,14 @@ impl WorkloadState {
             self.slots[index].restarts += 1;
             self.record_restart(ctx.now);
         }
-        ctx.push(Effect::Spawn {
-            instance: id.clone(),
-            slot,
-            spec: self.spec.clone(),
-            revision: self.revision.clone(),
-        });
+        if started_at.is_none() {
+            ctx.push(Effect::Spawn {
+                instance: id.clone(),
+                slot,
+                spec: self.spec.clone(),
+                revision: self.revision.clone(),
+            });
+        }
         let observation = InstanceObservation {
             id: id.clone(),
             revision: self.revision.clone(),
@@ -189,13 +201,16 @@ impl WorkloadState {
             (false, true) => "Replaced",
             (false, false) => "Spawned",
         };
-        let e = self.event(
+        let mut e = self.event(
             ctx,
             Some(&id),
             EventType::Normal,
             reason,
             format!("slot {slot}"),
         );
+        if let Some(at) = started_at {
+            e.time = at;
+        }
         ctx.push(Effect::Broadcast(e));
     }
 

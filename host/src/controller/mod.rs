@@ -37,8 +37,8 @@ use crate::policy::snapshot::Snapshot;
 use crate::policy::{Action, Policy};
 use crate::runtime::plugin::{PluginLimits, PreparedPlugin};
 use crate::runtime::{
-    InstanceEvent, InstanceEventKind, InstanceHandle, LogLine, PreparedComponent, Runtime, Spare,
-    SpawnRequest, StopCause,
+    Armed, InstanceEvent, InstanceEventKind, InstanceHandle, LogLine, PreparedComponent, Reflex,
+    ReflexTicket, Replacement, Runtime, Spare, SpawnRequest, StopCause,
 };
 use crate::status::{Event, HostStatus};
 use capacity::Capacity;
@@ -68,6 +68,9 @@ pub struct ControllerConfig {
     /// room from the instances', `Some(n)` (an instance pool keeps
     /// [`crate::runtime::POOL_SPARE_SLOTS`] for them) at most `n` spares, apart.
     pub spare_slots: Option<usize>,
+    /// Whether an instance that fails may start its workload's armed spare in its own
+    /// place, before the controller's pass (see [`crate::runtime::reflex`]).
+    pub direct_replacement: bool,
 }
 
 impl Default for ControllerConfig {
@@ -81,6 +84,7 @@ impl Default for ControllerConfig {
             plugin_limits: PluginLimits::default(),
             default_spares: 1,
             spare_slots: None,
+            direct_replacement: true,
         }
     }
 }
@@ -135,25 +139,41 @@ struct Entry {
 const PACE_FROM: Duration = Duration::from_micros(200);
 
 /// A workload's spares: instances of one revision, instantiated and not started, the
-/// next spawns of that revision (see [`Spare`]).
+/// next spawns of that revision (see [`Spare`]). One of them may be armed in `reflex`,
+/// for the first of the workload's instances that fails to start in its place.
 #[derive(Default)]
 struct Spares {
     revision: Option<Arc<str>>,
     held: Vec<Spare>,
+    reflex: Arc<Reflex>,
 }
 
 impl Spares {
-    /// A spare of `revision`, if one is held.
+    /// A spare of `revision`, if one is held (the armed one last).
     fn take(&mut self, revision: &str) -> Option<Spare> {
-        if self.revision.as_deref() == Some(revision) {
-            self.held.pop()
-        } else {
-            None
+        if self.revision.as_deref() != Some(revision) {
+            return None;
+        }
+        self.held
+            .pop()
+            .or_else(|| self.reflex.disarm().map(|armed| armed.spare))
+    }
+
+    /// How many spares there are, the armed one included.
+    fn count(&self) -> usize {
+        self.held.len() + usize::from(self.reflex.is_armed())
+    }
+
+    /// Puts the armed spare, if no instance took it, back with the others.
+    fn disarm(&mut self) {
+        if let Some(armed) = self.reflex.disarm() {
+            self.held.push(armed.spare);
         }
     }
 
     /// Discards every spare; returns how many there were.
     fn discard_all(&mut self) -> usize {
+        self.disarm();
         let n = self.held.len();
         for spare in self.held.drain(..) {
             spare.discard();
@@ -372,6 +392,7 @@ impl Controller {
         self.send_deferred_events();
         for name in std::mem::take(&mut self.deferred.spares) {
             self.build_spares(&name);
+            self.arm_reflex(&name);
         }
     }
 
@@ -409,11 +430,17 @@ impl Controller {
                     let Some(entry) = self.workloads.get_mut(name) else {
                         continue;
                     };
+                    let streak = entry
+                        .state
+                        .slots
+                        .get(slot as usize)
+                        .map_or(0, |s| s.consecutive_ends);
+                    let reflex = Some(ReflexTicket::new(entry.spares.reflex.clone(), streak));
                     if let Some(spare) = entry.spares.take(&revision) {
                         self.capacity.remove_spare();
                         self.metrics.spare_used();
                         // The next spare is built after this one ran (see `Deferred`).
-                        let handle = spare.start(instance.clone(), slot);
+                        let handle = spare.start(instance.clone(), slot, reflex);
                         self.handles.insert(instance, handle);
                         continue;
                     }
@@ -434,6 +461,7 @@ impl Controller {
                         grants: parts.grants.clone(),
                         log_sink: Some(self.logs.clone()),
                         http: spec.http.as_ref().and_then(|_| self.front.service(name)),
+                        reflex,
                     };
                     let handle = self.runtime.spawn(request, self.events_tx.clone());
                     self.handles.insert(instance, handle);
@@ -478,7 +506,51 @@ impl Controller {
         if let Some(entry) = self.workloads.get_mut(name) {
             entry.prune_artifacts();
         }
+        if !self.reflex_wanted(name)
+            && let Some(entry) = self.workloads.get_mut(name)
+        {
+            entry.spares.disarm();
+        }
         self.stock_spares(name);
+        self.arm_reflex(name);
+    }
+
+    /// Whether workload `name` may have a spare armed now: its policy replaces a failed
+    /// instance at once (the built-in replica policy, no plugin), and its state says it
+    /// would (see [`WorkloadState::reflex_armable`]).
+    fn reflex_wanted(&self, name: &str) -> bool {
+        !self.shutting_down
+            && self.config.direct_replacement
+            && self.policy.replaces_failures_at_once()
+            && self.workloads.get(name).is_some_and(|entry| {
+                matches!(entry.decider, Decider::Builtin)
+                    && entry.state.reflex_armable(Instant::now())
+            })
+    }
+
+    /// Arms one of workload `name`'s spares, with the id it will take, if it may have
+    /// one armed and none is.
+    fn arm_reflex(&mut self, name: &Arc<str>) {
+        if !self.reflex_wanted(name) {
+            return;
+        }
+        let Some(entry) = self.workloads.get_mut(name) else {
+            return;
+        };
+        let spares = &mut entry.spares;
+        if spares.reflex.is_armed() || spares.revision.as_deref() != Some(&*entry.state.revision) {
+            return;
+        }
+        if let Some(spare) = spares.held.pop() {
+            let armed = Armed {
+                spare,
+                instance: self.ids.next(name),
+                revision: entry.state.revision.clone(),
+            };
+            if let Err(armed) = spares.reflex.arm(armed) {
+                spares.held.push(armed.spare);
+            }
+        }
     }
 
     /// Brings workload `name`'s spares down to what it wants, of its current revision:
@@ -494,13 +566,16 @@ impl Controller {
             self.capacity.remove_spares(spares.discard_all());
             spares.revision = Some(entry.state.revision.clone());
         }
-        while spares.held.len() > wanted {
-            if let Some(spare) = spares.held.pop() {
-                spare.discard();
-                self.capacity.remove_spare();
-            }
+        while spares.count() > wanted {
+            let spare = spares
+                .held
+                .pop()
+                .or_else(|| spares.reflex.disarm().map(|armed| armed.spare));
+            let Some(spare) = spare else { break };
+            spare.discard();
+            self.capacity.remove_spare();
         }
-        if spares.held.len() < wanted {
+        if spares.count() < wanted {
             self.deferred.spares.insert(name.clone());
         }
     }
@@ -524,15 +599,14 @@ impl Controller {
         };
         let spares = &mut entry.spares;
         // Another revision became current since the pass: its spares are stocked anew.
-        if spares.revision.as_deref() != Some(&*entry.state.revision) || spares.held.len() >= wanted
-        {
+        if spares.revision.as_deref() != Some(&*entry.state.revision) || spares.count() >= wanted {
             return;
         }
         let Some(parts) = entry.artifacts.get(&entry.state.revision) else {
             return;
         };
         let placeholder: Arc<str> = Arc::from(format!("{name}-spare"));
-        while spares.held.len() < wanted && self.capacity.spare_fits() {
+        while spares.count() < wanted && self.capacity.spare_fits() {
             let request = SpawnRequest {
                 workload: name.clone(),
                 instance: placeholder.clone(),
@@ -542,6 +616,7 @@ impl Controller {
                 grants: parts.grants.clone(),
                 log_sink: Some(self.logs.clone()),
                 http: None,
+                reflex: None,
             };
             let spare = self.runtime.prepare_spare(request, self.events_tx.clone());
             spares.held.push(spare);
@@ -633,6 +708,14 @@ impl Controller {
                 }
                 return;
             }
+            InstanceEventKind::EndedAndReplaced(end, replacement) => {
+                let ended = InstanceEvent {
+                    kind: InstanceEventKind::Ended(end),
+                    ..event
+                };
+                self.handle_direct_replacement(ended, *replacement);
+                return;
+            }
             kind => InstanceEvent { kind, ..event },
         };
         if matches!(event.kind, InstanceEventKind::Ended(_)) {
@@ -640,6 +723,45 @@ impl Controller {
         }
         let name = event.workload.clone();
         self.step(&name, |state, ctx| state.observe(event, ctx));
+    }
+
+    /// An instance ended and its own task started the workload's armed spare in its
+    /// place (see [`crate::runtime::reflex`]). The end is absorbed as any other; the
+    /// replacement is kept if the policy, asked now, would have started it, and is
+    /// dropped at once otherwise (the workload changed while the end was on its way).
+    fn handle_direct_replacement(&mut self, ended: InstanceEvent, replacement: Replacement) {
+        self.handles.remove(&ended.instance);
+        self.capacity.remove_spare();
+        let name = ended.workload.clone();
+        let policy = self.policy.clone();
+        let shutting_down = self.shutting_down;
+        let Replacement {
+            instance,
+            revision,
+            at,
+            handle,
+        } = replacement;
+        let builtin = self
+            .workloads
+            .get(&name)
+            .is_some_and(|e| matches!(e.decider, Decider::Builtin));
+        let check = (builtin && !shutting_down).then_some(observe::DirectReplacement {
+            instance: &instance,
+            revision: &revision,
+            at,
+            policy: &*policy,
+        });
+        let kept = self.step(&name, |state, ctx| {
+            state.observe_replaced(ended, check, ctx)
+        });
+        if kept == Some(true) {
+            self.metrics.spare_used();
+            self.metrics.direct_replacement(true);
+            self.handles.insert(instance, handle);
+        } else {
+            self.metrics.direct_replacement(false);
+            handle.abort_now();
+        }
     }
 
     async fn reconcile_dirty(&mut self) {
@@ -701,7 +823,7 @@ impl Controller {
             .map(|e| {
                 let mut status =
                     view::workload_status(&e.state, &e.decider.name(&*self.policy), now);
-                status.spares = u32::try_from(e.spares.held.len()).unwrap_or(u32::MAX);
+                status.spares = u32::try_from(e.spares.count()).unwrap_or(u32::MAX);
                 self.front.add_status(&mut status);
                 // What each live instance uses now, from its handle's gauge.
                 for i in &mut status.instances {
@@ -744,7 +866,10 @@ impl Controller {
         let spares: Vec<Spare> = self
             .workloads
             .values_mut()
-            .flat_map(|e| e.spares.held.drain(..))
+            .flat_map(|e| {
+                e.spares.disarm();
+                e.spares.held.drain(..)
+            })
             .collect();
         for spare in spares {
             self.capacity.remove_spare();

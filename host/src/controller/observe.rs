@@ -2,10 +2,26 @@
 //! end (a successor taking over the slot, the back-off streak, a job's verdict, the
 //! termination record).
 
+use std::sync::Arc;
+
 use super::effects::{Ctx, Effect};
 use super::state::WorkloadState;
+use crate::policy::{Action, Policy};
 use crate::runtime::{EndReason, InstanceEnd, InstanceEvent, InstanceEventKind};
 use crate::status::{EventType, TerminationRecord};
+
+/// An instance started by the task of the one it replaces, and the policy that checks
+/// it.
+pub(super) struct DirectReplacement<'a> {
+    /// Its id.
+    pub instance: &'a Arc<str>,
+    /// The revision it runs.
+    pub revision: &'a Arc<str>,
+    /// When it was started.
+    pub at: std::time::SystemTime,
+    /// The policy that would otherwise have decided the replacement.
+    pub policy: &'a dyn Policy,
+}
 
 /// Which of a slot's instances an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +43,45 @@ impl WorkloadState {
         {
             record.end.reason = reason;
         }
+    }
+
+    /// Absorbs the end of an instance whose own task started `replacement` in its slot
+    /// (see [`crate::runtime::reflex`]), and takes the replacement as the slot's new
+    /// instance if the policy, asked now, starts one in that slot of this revision, and
+    /// would have been allowed to. Returns whether it did; if not (no check given, or
+    /// the workload changed while the end was on its way), the caller drops the
+    /// replacement, and the pass decides the slot as after any end.
+    pub fn observe_replaced(
+        &mut self,
+        ended: InstanceEvent,
+        replacement: Option<DirectReplacement<'_>>,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
+        let slot = ended.slot;
+        let was_main = self.role_of(slot as usize, &ended.instance) == Some(Role::Main);
+        self.observe(ended, ctx);
+        let Some(replacement) = replacement.filter(|_| was_main) else {
+            return false;
+        };
+        if **replacement.revision != *self.revision || !self.reflex_armable(ctx.now) {
+            return false;
+        }
+        let mut actions = Vec::new();
+        replacement
+            .policy
+            .reconcile(&self.policy_input(ctx.now), &mut actions);
+        let starts_it = actions
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { slot: s } if *s == slot));
+        let gives_up = actions
+            .iter()
+            .any(|a| matches!(a, Action::MarkFailed { .. } | Action::RollBack { .. }));
+        if !starts_it || gives_up || self.refusal(&Action::Spawn { slot }, ctx).is_some() {
+            return false;
+        }
+        let started = (replacement.instance.clone(), replacement.at);
+        self.spawn(slot, false, Some(started), ctx);
+        true
     }
 
     /// Absorbs an instance's event. An event from an instance the state no longer
@@ -90,8 +145,9 @@ impl WorkloadState {
                 });
                 Some((EventType::Warning, reason, message))
             }
-            // Handled before: it completes a record of an instance that has ended.
-            InstanceEventKind::Forensics(_) => None,
+            // Handled before: it completes a record of an instance that has ended; and
+            // a direct replacement comes here as its `Ended` (`observe_replaced`).
+            InstanceEventKind::Forensics(_) | InstanceEventKind::EndedAndReplaced(..) => None,
             InstanceEventKind::Ended(end) => {
                 ctx.capacity.release();
                 let (said, counted) = self.ended(slot, role, &end, ctx);

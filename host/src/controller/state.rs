@@ -243,6 +243,30 @@ impl WorkloadState {
         }
     }
 
+    /// Whether the built-in replica policy would replace a failed instance of this
+    /// workload at once, as far as is known before any end: a workload (not a job, nor
+    /// an HTTP service, whose replicas replace their own instances) with slots,
+    /// restarted on failure, neither failed nor being deleted, with no rollout in
+    /// progress and room in its restart budget. The slot's back-off is the instance's
+    /// to check when it ends (see [`crate::runtime::ReflexTicket`]).
+    pub fn reflex_armable(&self, now: Instant) -> bool {
+        let budget_room = self.spec.restart_budget.is_none_or(|budget| {
+            let spent = self
+                .recent_restarts
+                .iter()
+                .filter(|t| now.saturating_duration_since(**t) <= budget.window)
+                .count();
+            spent < budget.max_restarts as usize
+        });
+        self.rollouts().is_some_and(|r| r.rollout.is_none())
+            && self.spec.http.is_none()
+            && self.spec.replicas > 0
+            && !self.deleting
+            && self.failed.is_none()
+            && self.spec.restart_policy != crate::manifest::RestartPolicy::Never
+            && budget_room
+    }
+
     /// Instances in any phase, successors included.
     pub fn live_count(&self) -> usize {
         self.slots

@@ -702,3 +702,179 @@ fn a_restart_clears_a_failure_and_replaces_every_instance() {
     world.step(|ctx| refused = Some(job.restart(ctx)));
     assert!(refused.is_some_and(|r| r.is_err_and(|e| e.contains("is a job"))));
 }
+
+/// The end of `id` in `slot`, which its own task replaced with `by` of `revision`;
+/// returns whether the state kept the replacement, and the effects.
+fn end_replaced(
+    world: &mut World,
+    state: &mut WorkloadState,
+    slot: u32,
+    id: &Arc<str>,
+    (by, revision): (&Arc<str>, &str),
+    reason: EndReason,
+) -> (bool, Vec<Effect>) {
+    let end = InstanceEnd {
+        reason,
+        at: world.wall,
+        ran_for: Duration::from_millis(2),
+        peak_memory_bytes: 0,
+        cpu: Duration::ZERO,
+        output: OutputSummary::default(),
+    };
+    let revision: Arc<str> = Arc::from(revision);
+    let check = super::observe::DirectReplacement {
+        instance: by,
+        revision: &revision,
+        at: world.wall,
+        policy: &ReplicaPolicy,
+    };
+    let ended = event(slot, id, InstanceEventKind::Ended(Box::new(end)));
+    let mut kept = false;
+    let effects = world.step(|ctx| kept = state.observe_replaced(ended, Some(check), ctx));
+    (kept, effects)
+}
+
+#[test]
+fn a_direct_replacement_is_taken_as_the_policy_s_own_would_be() {
+    let mut world = World::new();
+    let (mut state, _) = world.create(spec(2), "r1");
+    assert!(state.reflex_armable(world.now));
+    let ids = running(&mut world, &mut state);
+    let by: Arc<str> = Arc::from("web-direct");
+    let (kept, effects) = end_replaced(&mut world, &mut state, 1, &ids[1], (&by, "r1"), trapped());
+    assert!(kept);
+    assert!(spawns(&effects).is_empty(), "it runs already: {effects:?}");
+    assert_eq!(
+        reasons(&effects),
+        ["Trapped", "Replaced"],
+        "the same events as a replacement by a pass"
+    );
+    let slot = &state.slots[1];
+    assert_eq!(
+        slot.instance.as_ref().map(|i| i.id.clone()),
+        Some(by.clone())
+    );
+    assert_eq!((slot.restarts, slot.consecutive_ends), (1, 1));
+    assert_eq!(state.total_restarts, 1);
+    assert!(
+        state
+            .last_termination
+            .as_ref()
+            .is_some_and(|t| *t.instance == *ids[1])
+    );
+    // The pass that follows has nothing to do, and the replacement is an instance like
+    // any other.
+    assert!(spawns(&world.pass(&mut state)).is_empty());
+    world.up(&mut state, 1, &by);
+    assert_eq!(state.running_count(), 2);
+    assert_eq!(state.ready_count(), 2);
+}
+
+#[test]
+fn a_direct_replacement_the_policy_would_not_make_is_refused() {
+    let r1 = "r1";
+    // (what is changed before the end, the replacement's revision, how it ends)
+    type Setup = fn(&mut WorkloadState);
+    let table: [(&str, Setup, &str, EndReason); 8] = [
+        (
+            "back-off due",
+            |s| s.slots[0].consecutive_ends = 1,
+            r1,
+            trapped(),
+        ),
+        ("another revision", |_| {}, "r0", trapped()),
+        ("scaled down", |s| s.spec = Arc::new(spec(0)), r1, trapped()),
+        (
+            "restart budget spent",
+            |s| {
+                let mut spec = (*s.spec).clone();
+                spec.restart_budget = Some(crate::manifest::RestartBudget {
+                    max_restarts: 0,
+                    window: Duration::from_secs(60),
+                });
+                s.spec = Arc::new(spec);
+            },
+            r1,
+            trapped(),
+        ),
+        (
+            "never restarted",
+            |s| {
+                let mut spec = (*s.spec).clone();
+                spec.restart_policy = crate::manifest::RestartPolicy::Never;
+                s.spec = Arc::new(spec);
+            },
+            r1,
+            trapped(),
+        ),
+        (
+            "a success, restarted only on failure",
+            |s| {
+                let mut spec = (*s.spec).clone();
+                spec.restart_policy = crate::manifest::RestartPolicy::OnFailure;
+                s.spec = Arc::new(spec);
+            },
+            r1,
+            EndReason::Exited { code: 0 },
+        ),
+        (
+            "marked failed",
+            |s| {
+                s.failed = Some(super::state::Failure {
+                    reason: "Test".into(),
+                    message: "test".into(),
+                    since: SystemTime::UNIX_EPOCH,
+                })
+            },
+            r1,
+            trapped(),
+        ),
+        ("being deleted", |s| s.deleting = true, r1, trapped()),
+    ];
+    for (what, setup, revision, reason) in table {
+        let mut world = World::new();
+        let mut spec = spec(1);
+        spec.backoff.initial = Duration::from_secs(5);
+        let (mut state, _) = world.create(spec, r1);
+        let ids = running(&mut world, &mut state);
+        setup(&mut state);
+        let by: Arc<str> = Arc::from("web-direct");
+        let (kept, effects) =
+            end_replaced(&mut world, &mut state, 0, &ids[0], (&by, revision), reason);
+        assert!(!kept, "{what}: refused");
+        assert!(
+            !reasons(&effects).contains(&"Replaced".to_string()),
+            "{what}"
+        );
+        assert!(
+            state.slots.first().is_none_or(|s| s.instance.is_none()),
+            "{what}: the slot is empty"
+        );
+        assert_eq!(state.total_restarts, 0, "{what}: nothing counted");
+        assert!(
+            state.last_termination.is_some(),
+            "{what}: the end is recorded all the same"
+        );
+    }
+    // An instance the state no longer holds is not replaced either.
+    let mut world = World::new();
+    let (mut state, _) = world.create(spec(1), r1);
+    running(&mut world, &mut state);
+    let by: Arc<str> = Arc::from("web-direct");
+    let stranger: Arc<str> = Arc::from("web-gone");
+    let (kept, _) = end_replaced(&mut world, &mut state, 0, &stranger, (&by, r1), trapped());
+    assert!(!kept);
+    // Nor during a rollout, nor in a job.
+    let mut world = World::new();
+    let (mut state, _) = world.create(spec(1), r1);
+    running(&mut world, &mut state);
+    if let super::state::Kind::Workload(rollouts) = &mut state.kind {
+        rollouts.rollout = Some(crate::policy::RolloutObservation {
+            started: world.now,
+            rolled_back: false,
+        });
+    }
+    assert!(!state.reflex_armable(world.now));
+    let (job, _) = world.create(WorkloadSpec::job("work.wasm", JobSpec::new(3)), "j1");
+    assert!(!job.reflex_armable(world.now));
+}

@@ -125,6 +125,15 @@ impl HostBuilder {
         self
     }
 
+    /// Whether a failed instance's own task may start its workload's spare in its place
+    /// (default yes): the replacement then runs before the controller has heard of the
+    /// end, which checks it afterwards against the policy (see
+    /// [`crate::runtime::reflex`]). Off, every replacement waits for a pass.
+    pub fn direct_replacement(mut self, on: bool) -> Self {
+        self.controller.direct_replacement = on;
+        self
+    }
+
     /// Safety-net resync period (default 10 s). Reconciling is event-driven regardless.
     pub fn resync_interval(mut self, every: Duration) -> Self {
         self.controller.resync_interval = every;

@@ -134,4 +134,14 @@ pub trait Policy: Send + Sync {
     fn name(&self) -> &str;
     /// Appends the actions that move the workload toward its desired state.
     fn reconcile(&self, input: &PolicyInput<'_>, actions: &mut Vec<Action>);
+
+    /// Whether this policy, like [`ReplicaPolicy`], replaces an instance that failed
+    /// at once (a `Spawn` in its slot) whenever the slot's back-off is zero, the
+    /// restart policy restarts it, the restart budget has room and no rollout runs.
+    /// If so, the host arms a spare that an ending instance starts in its own place
+    /// before the next pass (see [`crate::runtime::reflex`]), and keeps it only if
+    /// this policy, asked then, starts one in that slot. Default: no.
+    fn replaces_failures_at_once(&self) -> bool {
+        false
+    }
 }

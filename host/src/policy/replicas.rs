@@ -15,6 +15,10 @@ impl Policy for ReplicaPolicy {
         "builtin/replicas"
     }
 
+    fn replaces_failures_at_once(&self) -> bool {
+        true
+    }
+
     fn reconcile(&self, input: &PolicyInput<'_>, actions: &mut Vec<Action>) {
         let desired = input.desired;
         // Surplus slots are stopped whatever else happens.

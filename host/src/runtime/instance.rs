@@ -16,6 +16,7 @@ use wasmtime::Store;
 use super::bindings::HealthStatus;
 use super::exit::{EndReason, StopCause};
 use super::output::{OutputCapture, OutputSummary};
+use super::reflex::{ReflexTicket, Replacement};
 use super::stacks::{Park, parking};
 use super::store_data::{InstanceState, build_store};
 use super::vitals::Vitals;
@@ -52,6 +53,10 @@ pub enum InstanceEventKind {
     /// After `Ended`: the same reason with its message complete, the Wasm backtrace
     /// formatted, which the end left out so as not to delay the replacement.
     Forensics(Box<EndReason>),
+    /// The instance ended, and its own task started its workload's armed spare in its
+    /// slot (see [`super::reflex`]); sent by the replacement's task before its own
+    /// events.
+    EndedAndReplaced(Box<InstanceEnd>, Box<Replacement>),
 }
 
 /// The record of an ended instance.
@@ -111,6 +116,11 @@ impl InstanceHandle {
         self.task.abort();
         let _ = self.task.await;
     }
+
+    /// Drops the instance at once, without reporting and without waiting.
+    pub fn abort_now(self) {
+        self.task.abort();
+    }
 }
 
 /// An instance built ahead of need: its Store made and its component instantiated,
@@ -126,16 +136,73 @@ pub struct Spare {
 struct Go {
     instance: Arc<str>,
     slot: u32,
+    reflex: Option<ReflexTicket>,
+    /// When it replaces an ended instance directly: that instance's end, for this
+    /// task to send before its own events, and a word back once it is sent.
+    predecessor: Option<(InstanceEvent, oneshot::Sender<()>)>,
 }
 
 impl Spare {
     /// Starts the spare as `instance` in `slot`: from here on it is an instance like
-    /// any other, and reports to the controller.
-    pub fn start(self, instance: Arc<str>, slot: u32) -> InstanceHandle {
+    /// any other, and reports to the controller. With a `reflex` ticket, its end may
+    /// start its workload's armed spare (see [`super::reflex`]).
+    pub fn start(
+        self,
+        instance: Arc<str>,
+        slot: u32,
+        reflex: Option<ReflexTicket>,
+    ) -> InstanceHandle {
         // The task is gone only if it panicked; the handle's task then reports nothing,
         // as an aborted instance would not.
-        let _ = self.go.send(Go { instance, slot });
+        let _ = self.go.send(Go {
+            instance,
+            slot,
+            reflex,
+            predecessor: None,
+        });
         self.handle
+    }
+
+    /// Starts the spare as `instance` in the slot of the instance that ended with
+    /// `end` (told by `ended`'s reporter), and hands it the end to send first. Returns
+    /// a receiver that resolves once the end is sent, or, if the spare's task is gone,
+    /// gives back the end for the caller to send.
+    fn replace(
+        self,
+        ended: &Reporter,
+        end: Box<InstanceEnd>,
+        instance: Arc<str>,
+        revision: Arc<str>,
+        reflex: ReflexTicket,
+    ) -> Result<oneshot::Receiver<()>, Box<InstanceEnd>> {
+        let (sent_tx, sent_rx) = oneshot::channel();
+        let replacement = Replacement {
+            instance: instance.clone(),
+            revision,
+            at: std::time::SystemTime::now(),
+            handle: self.handle,
+        };
+        let event = ended.event(InstanceEventKind::EndedAndReplaced(
+            end,
+            Box::new(replacement),
+        ));
+        let go = Go {
+            instance,
+            slot: ended.slot,
+            reflex: Some(reflex),
+            predecessor: Some((event, sent_tx)),
+        };
+        match self.go.send(go) {
+            Ok(()) => Ok(sent_rx),
+            Err(go) => match go.predecessor.map(|(event, _)| event.kind) {
+                Some(InstanceEventKind::EndedAndReplaced(end, replacement)) => {
+                    replacement.handle.abort_now();
+                    Err(end)
+                }
+                // Built above as `EndedAndReplaced`.
+                _ => unreachable!("the predecessor's event is the one built here"),
+            },
+        }
     }
 
     /// Ends the spare at once (it never ran guest code, so there is nothing to stop).
@@ -155,8 +222,8 @@ pub(super) fn spawn(
     req: SpawnRequest,
     events: mpsc::Sender<InstanceEvent>,
 ) -> InstanceHandle {
-    let (instance, slot) = (req.instance.clone(), req.slot);
-    prepare(rt, req, events).start(instance, slot)
+    let (instance, slot, reflex) = (req.instance.clone(), req.slot, req.reflex.clone());
+    prepare(rt, req, events).start(instance, slot, reflex)
 }
 
 /// Builds a spare for `req` (whose instance id and slot are placeholders until it is
@@ -196,6 +263,11 @@ pub(super) fn prepare(
                 go
             }
         };
+        // A direct replacement tells its predecessor's end before its own events.
+        if let Some((ended, sent)) = go.predecessor {
+            let _ = events.send(ended).await;
+            let _ = sent.send(());
+        }
         store.data_mut().identity.instance = go.instance.clone();
         capture.rename(go.instance.clone());
         let reporter = Reporter {
@@ -214,7 +286,9 @@ pub(super) fn prepare(
             vitals: &vitals,
             reporter: &reporter,
         };
+        let stop_seen = stop_rx.clone();
         let reason = drive(parts, &mut store, staged, stop_rx).await;
+        let stop_asked = stop_seen.borrow().is_some();
         let state = store.data();
         // An exit is dated by the guest's call, before the unwinding out of it.
         let at = state
@@ -228,7 +302,31 @@ pub(super) fn prepare(
             cpu: state.cpu.used(),
             output: capture.summary(),
         };
-        reporter.send(InstanceEventKind::Ended(Box::new(end))).await;
+        let replaced = match go
+            .reflex
+            .as_ref()
+            .and_then(|t| t.fire(&req.spec, &end, stop_asked))
+        {
+            // The replacement's task sends the end, then runs first on this worker.
+            Some((armed, ticket)) => armed
+                .spare
+                .replace(
+                    &reporter,
+                    Box::new(end),
+                    armed.instance,
+                    armed.revision,
+                    ticket,
+                )
+                .map_err(InstanceEventKind::Ended),
+            None => Err(InstanceEventKind::Ended(Box::new(end))),
+        };
+        let end_sent = match replaced {
+            Ok(sent) => Some(sent),
+            Err(ended) => {
+                reporter.send(ended).await;
+                None
+            }
+        };
         // The Store's teardown is off the recovery's path: this task yields first, so
         // that the controller (woken by the end) and what it starts run before it, on
         // this worker, and no other worker is woken to take either. (Measured against
@@ -237,6 +335,10 @@ pub(super) fn prepare(
         // other worker, a cross-CPU wake-up on the path; and the epoch thread dropping
         // it, which competed with the workers for the CPU.)
         tokio::task::yield_now().await;
+        // The backtrace completes a record the controller must have first.
+        if let Some(sent) = end_sent {
+            let _ = sent.await;
+        }
         reporter.send_forensics().await;
         drop(store);
     });
@@ -340,19 +442,26 @@ impl Reporter {
     }
 
     pub(super) async fn send(&self, kind: InstanceEventKind) {
+        let event = self.event(kind);
+        // The controller is gone only during shutdown; nothing is left to tell.
+        let _ = self.events.send(event).await;
+    }
+
+    /// An event of this instance, dated now (an end: when it ended).
+    fn event(&self, kind: InstanceEventKind) -> InstanceEvent {
         let at = match &kind {
-            InstanceEventKind::Ended(end) | InstanceEventKind::Recycled(end) => end.at,
+            InstanceEventKind::Ended(end)
+            | InstanceEventKind::Recycled(end)
+            | InstanceEventKind::EndedAndReplaced(end, _) => end.at,
             _ => std::time::SystemTime::now(),
         };
-        let event = InstanceEvent {
+        InstanceEvent {
             workload: self.workload.clone(),
             slot: self.slot,
             instance: self.instance.clone(),
             kind,
             at,
-        };
-        // The controller is gone only during shutdown; nothing is left to tell.
-        let _ = self.events.send(event).await;
+        }
     }
 }
 

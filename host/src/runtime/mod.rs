@@ -27,6 +27,7 @@ pub mod output;
 mod pages;
 pub mod plugin;
 pub mod plugin_abi;
+pub mod reflex;
 pub mod stacks;
 pub(crate) mod store_data;
 mod vitals;
@@ -47,6 +48,7 @@ use crate::manifest::WorkloadSpec;
 pub use exit::{EndReason, StopCause};
 pub use instance::{InstanceEnd, InstanceEvent, InstanceEventKind, InstanceHandle, Spare};
 pub use output::{LogLine, OutputLimits, OutputSummary};
+pub use reflex::{Armed, Reflex, ReflexTicket, Replacement};
 pub use stacks::StackStats;
 use store_data::InstanceState;
 
@@ -600,6 +602,8 @@ pub struct SpawnRequest {
     pub log_sink: Option<broadcast::Sender<LogLine>>,
     /// For an HTTP workload: the service its requests come from.
     pub http: Option<Arc<http::Service>>,
+    /// What the instance may replace itself with when it fails (see [`reflex`]).
+    pub reflex: Option<ReflexTicket>,
 }
 
 /// A directory granted to a workload's instances, held open since apply.
