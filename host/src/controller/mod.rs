@@ -38,7 +38,7 @@ use crate::policy::{Action, Policy};
 use crate::runtime::plugin::{PluginLimits, PreparedPlugin};
 use crate::runtime::{
     Armed, InstanceEvent, InstanceEventKind, InstanceHandle, LogLine, PreparedComponent, Reflex,
-    ReflexTicket, Replacement, Runtime, Spare, SpawnRequest, StopCause,
+    ReflexTicket, Replacement, Runtime, Spare, SpawnRequest, Standby, StopCause,
 };
 use crate::status::{Event, HostStatus};
 use capacity::Capacity;
@@ -139,8 +139,9 @@ struct Entry {
 const PACE_FROM: Duration = Duration::from_micros(200);
 
 /// A workload's spares: instances of one revision, instantiated and not started, the
-/// next spawns of that revision (see [`Spare`]). One of them may be armed in `reflex`,
-/// for the first of the workload's instances that fails to start in its place.
+/// next spawns of that revision (see [`Spare`]). One of them (or, while none is held,
+/// the request for a new instance) may be armed in `reflex`, for the first of the
+/// workload's instances that fails to start in its place.
 #[derive(Default)]
 struct Spares {
     revision: Option<Arc<str>>,
@@ -154,21 +155,25 @@ impl Spares {
         if self.revision.as_deref() != Some(revision) {
             return None;
         }
-        self.held
-            .pop()
-            .or_else(|| self.reflex.disarm().map(|armed| armed.spare))
+        if self.held.is_empty() {
+            self.disarm();
+        }
+        self.held.pop()
     }
 
     /// How many spares there are, the armed one included.
     fn count(&self) -> usize {
-        self.held.len() + usize::from(self.reflex.is_armed())
+        self.held.len() + usize::from(self.reflex.holds_spare())
     }
 
-    /// Puts the armed spare, if no instance took it, back with the others.
-    fn disarm(&mut self) {
-        if let Some(armed) = self.reflex.disarm() {
-            self.held.push(armed.spare);
+    /// Puts the armed spare, if no instance took it, back with the others (an armed
+    /// request is dropped); returns the id it was to take.
+    fn disarm(&mut self) -> Option<Arc<str>> {
+        let armed = self.reflex.disarm()?;
+        if let Standby::Spare(spare) = armed.standby {
+            self.held.push(spare);
         }
+        Some(armed.instance)
     }
 
     /// Discards every spare; returns how many there were.
@@ -528,8 +533,9 @@ impl Controller {
             })
     }
 
-    /// Arms one of workload `name`'s spares, with the id it will take, if it may have
-    /// one armed and none is.
+    /// Arms workload `name`'s cell, if it may have one armed, with one of its spares or,
+    /// while it holds none, the request for a new instance of its current revision; an
+    /// armed request gives way to a spare once one is held.
     fn arm_reflex(&mut self, name: &Arc<str>) {
         if !self.reflex_wanted(name) {
             return;
@@ -537,19 +543,44 @@ impl Controller {
         let Some(entry) = self.workloads.get_mut(name) else {
             return;
         };
+        let revision = entry.state.revision.clone();
         let spares = &mut entry.spares;
-        if spares.reflex.is_armed() || spares.revision.as_deref() != Some(&*entry.state.revision) {
+        if spares.revision.as_deref() != Some(&*revision)
+            || spares.reflex.holds_spare()
+            || (spares.reflex.is_armed() && spares.held.is_empty())
+        {
             return;
         }
-        if let Some(spare) = spares.held.pop() {
-            let armed = Armed {
-                spare,
-                instance: self.ids.next(name),
-                revision: entry.state.revision.clone(),
-            };
-            if let Err(armed) = spares.reflex.arm(armed) {
-                spares.held.push(armed.spare);
+        // Nothing is armed, or a request is and a spare can take its place.
+        let instance = spares.disarm().unwrap_or_else(|| self.ids.next(name));
+        let standby = match spares.held.pop() {
+            Some(spare) => Standby::Spare(spare),
+            None => {
+                let Some(parts) = entry.artifacts.get(&revision) else {
+                    return;
+                };
+                Standby::Build(Box::new(SpawnRequest {
+                    workload: name.clone(),
+                    instance: instance.clone(),
+                    slot: u32::MAX,
+                    component: parts.component.clone(),
+                    spec: entry.state.spec.clone(),
+                    grants: parts.grants.clone(),
+                    log_sink: Some(self.logs.clone()),
+                    http: None,
+                    reflex: None,
+                }))
             }
+        };
+        let armed = Armed {
+            standby,
+            instance,
+            revision,
+        };
+        if let Err(armed) = spares.reflex.arm(armed)
+            && let Standby::Spare(spare) = armed.standby
+        {
+            spares.held.push(spare);
         }
     }
 
@@ -567,11 +598,12 @@ impl Controller {
             spares.revision = Some(entry.state.revision.clone());
         }
         while spares.count() > wanted {
-            let spare = spares
-                .held
-                .pop()
-                .or_else(|| spares.reflex.disarm().map(|armed| armed.spare));
-            let Some(spare) = spare else { break };
+            if spares.held.is_empty() {
+                spares.disarm();
+            }
+            let Some(spare) = spares.held.pop() else {
+                break;
+            };
             spare.discard();
             self.capacity.remove_spare();
         }
@@ -730,17 +762,20 @@ impl Controller {
     /// replacement is kept if the policy, asked now, would have started it, and is
     /// dropped at once otherwise (the workload changed while the end was on its way).
     fn handle_direct_replacement(&mut self, ended: InstanceEvent, replacement: Replacement) {
-        self.handles.remove(&ended.instance);
-        self.capacity.remove_spare();
-        let name = ended.workload.clone();
-        let policy = self.policy.clone();
-        let shutting_down = self.shutting_down;
         let Replacement {
             instance,
             revision,
+            from_spare,
             at,
             handle,
         } = replacement;
+        self.handles.remove(&ended.instance);
+        if from_spare {
+            self.capacity.remove_spare();
+        }
+        let name = ended.workload.clone();
+        let policy = self.policy.clone();
+        let shutting_down = self.shutting_down;
         let builtin = self
             .workloads
             .get(&name)
@@ -755,7 +790,9 @@ impl Controller {
             state.observe_replaced(ended, check, ctx)
         });
         if kept == Some(true) {
-            self.metrics.spare_used();
+            if from_spare {
+                self.metrics.spare_used();
+            }
             self.metrics.direct_replacement(true);
             self.handles.insert(instance, handle);
         } else {

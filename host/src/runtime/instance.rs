@@ -16,7 +16,7 @@ use wasmtime::Store;
 use super::bindings::HealthStatus;
 use super::exit::{EndReason, StopCause};
 use super::output::{OutputCapture, OutputSummary};
-use super::reflex::{ReflexTicket, Replacement};
+use super::reflex::{Armed, ReflexTicket, Replacement, Standby};
 use super::stacks::{Park, parking};
 use super::store_data::{InstanceState, build_store};
 use super::vitals::Vitals;
@@ -171,14 +171,14 @@ impl Spare {
         self,
         ended: &Reporter,
         end: Box<InstanceEnd>,
-        instance: Arc<str>,
-        revision: Arc<str>,
+        (instance, revision, from_spare): (Arc<str>, Arc<str>, bool),
         reflex: ReflexTicket,
     ) -> Result<oneshot::Receiver<()>, Box<InstanceEnd>> {
         let (sent_tx, sent_rx) = oneshot::channel();
         let replacement = Replacement {
             instance: instance.clone(),
             revision,
+            from_spare,
             at: std::time::SystemTime::now(),
             handle: self.handle,
         };
@@ -214,6 +214,32 @@ impl Spare {
     pub async fn end(self) {
         self.handle.abort().await;
     }
+}
+
+/// Starts what `armed` holds in the place of the instance `ended` reports for, which
+/// ended with `end` (see [`Spare::replace`]): the armed spare, or an instance built now
+/// from the armed request.
+fn start_replacement(
+    rt: &Arc<Runtime>,
+    ended: &Reporter,
+    armed: Armed,
+    end: Box<InstanceEnd>,
+    reflex: ReflexTicket,
+) -> Result<oneshot::Receiver<()>, Box<InstanceEnd>> {
+    let Armed {
+        standby,
+        instance,
+        revision,
+    } = armed;
+    let (spare, from_spare) = match standby {
+        Standby::Spare(spare) => (spare, true),
+        Standby::Build(mut req) => {
+            req.instance = instance.clone();
+            req.slot = ended.slot;
+            (prepare(rt.clone(), *req, ended.events.clone()), false)
+        }
+    };
+    spare.replace(ended, end, (instance, revision, from_spare), reflex)
 }
 
 /// Spawns the instance `req` asks for: a spare started at once.
@@ -308,16 +334,10 @@ pub(super) fn prepare(
             .and_then(|t| t.fire(&req.spec, &end, stop_asked))
         {
             // The replacement's task sends the end, then runs first on this worker.
-            Some((armed, ticket)) => armed
-                .spare
-                .replace(
-                    &reporter,
-                    Box::new(end),
-                    armed.instance,
-                    armed.revision,
-                    ticket,
-                )
-                .map_err(InstanceEventKind::Ended),
+            Some((armed, ticket)) => {
+                start_replacement(&rt, &reporter, armed, Box::new(end), ticket)
+                    .map_err(InstanceEventKind::Ended)
+            }
             None => Err(InstanceEventKind::Ended(Box::new(end))),
         };
         let end_sent = match replaced {
@@ -335,12 +355,13 @@ pub(super) fn prepare(
         // other worker, a cross-CPU wake-up on the path; and the epoch thread dropping
         // it, which competed with the workers for the CPU.)
         tokio::task::yield_now().await;
-        // The backtrace completes a record the controller must have first.
+        drop(store);
+        // The backtrace completes a record the controller must have first (a
+        // replacement built at the end sends it once instantiated).
         if let Some(sent) = end_sent {
             let _ = sent.await;
         }
         reporter.send_forensics().await;
-        drop(store);
     });
     Spare {
         go: go_tx,

@@ -48,7 +48,7 @@ use crate::manifest::WorkloadSpec;
 pub use exit::{EndReason, StopCause};
 pub use instance::{InstanceEnd, InstanceEvent, InstanceEventKind, InstanceHandle, Spare};
 pub use output::{LogLine, OutputLimits, OutputSummary};
-pub use reflex::{Armed, Reflex, ReflexTicket, Replacement};
+pub use reflex::{Armed, Reflex, ReflexTicket, Replacement, Standby};
 pub use stacks::StackStats;
 use store_data::InstanceState;
 

@@ -1,22 +1,25 @@
-//! Direct replacement: a spare armed ahead of an end, which the ended instance's own
-//! task starts in its place, before the controller hears of the end.
+//! Direct replacement: a replacement armed ahead of an end (a spare, or the request to
+//! build one), which the ended instance's own task starts in its place, before the
+//! controller hears of the end.
 //!
 //! A replacement normally goes through the controller: the end is sent to it, its
 //! policy decides, and it starts a spare. When the policy's answer is known beforehand
 //! (the built-in replica policy replaces a failed instance at once while its slot's
 //! back-off is zero, its restart budget has room and no rollout runs), the controller
-//! arms a workload's [`Reflex`] with one of its spares and the id that spare will take.
-//! An instance whose end calls for an immediate replacement takes the armed spare and
-//! starts it in its slot; the spare's task delivers the end to the controller before
-//! its own `Running`, as an [`super::InstanceEventKind::EndedAndReplaced`]. The
+//! arms a workload's [`Reflex`] with one of its spares (or, while it holds none, the
+//! request for a new instance) and the id the replacement will take. An instance whose
+//! end calls for an immediate replacement takes what is armed and starts it in its
+//! slot; the replacement's task delivers the end to the controller before its own
+//! `Running`, as an [`super::InstanceEventKind::EndedAndReplaced`]. The
 //! controller checks the replacement against its policy when it hears of it, and drops
 //! it at once if the policy would not have made it (the workload changed meanwhile).
 //!
-//! Invariant: an armed spare is started at most once: the one who takes it out of the
+//! Invariant: what is armed is started at most once: the one who takes it out of the
 //! cell (an ending instance, or the controller disarming) owns it.
 
 use std::sync::{Arc, Mutex};
 
+use super::SpawnRequest;
 use super::instance::{InstanceEnd, InstanceHandle, Spare};
 use crate::manifest::{RestartPolicy, WorkloadSpec};
 
@@ -27,15 +30,25 @@ pub struct Reflex {
     armed: Mutex<Option<Armed>>,
 }
 
-/// A spare ready to replace whichever instance of its workload ends first, and who it
+/// A replacement ready for whichever instance of its workload ends first, and who it
 /// will be.
 pub struct Armed {
-    /// The spare.
-    pub spare: Spare,
+    /// What starts.
+    pub standby: Standby,
     /// The id it takes when started.
     pub instance: Arc<str>,
     /// The revision it runs.
     pub revision: Arc<str>,
+}
+
+/// What an armed cell starts.
+pub enum Standby {
+    /// A spare, instantiated already: the replacement is a wake-up.
+    Spare(Spare),
+    /// A request for an instance of the workload's current revision (its instance id
+    /// and slot are placeholders): the replacement is built by a task of its own, as
+    /// the controller's spawn would, without waiting for the controller.
+    Build(Box<SpawnRequest>),
 }
 
 impl Reflex {
@@ -61,6 +74,17 @@ impl Reflex {
     }
 
     /// Whether a spare is armed now (an ending instance may take it at any moment).
+    pub fn holds_spare(&self) -> bool {
+        matches!(
+            *self.lock(),
+            Some(Armed {
+                standby: Standby::Spare(_),
+                ..
+            })
+        )
+    }
+
+    /// Whether anything is armed now (an ending instance may take it at any moment).
     pub fn is_armed(&self) -> bool {
         self.lock().is_some()
     }
@@ -129,6 +153,8 @@ pub struct Replacement {
     pub instance: Arc<str>,
     /// The revision it runs.
     pub revision: Arc<str>,
+    /// Whether it was a spare (rather than built at the end).
+    pub from_spare: bool,
     /// When it was started.
     pub at: std::time::SystemTime,
     /// The controller's grip on it.
@@ -140,6 +166,7 @@ impl std::fmt::Debug for Replacement {
         f.debug_struct("Replacement")
             .field("instance", &self.instance)
             .field("revision", &self.revision)
+            .field("from_spare", &self.from_spare)
             .field("at", &self.at)
             .finish_non_exhaustive()
     }
