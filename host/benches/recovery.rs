@@ -6,6 +6,8 @@
 //! Run: `cargo xtask guests && cargo bench -p setpoint --bench recovery` (RUST_BACKTRACE unset).
 //! `SPARES=N` sets the host's spares per workload (default: the host default, 1);
 //! `MODE=panic` makes each instance trap (a Rust panic) instead of exiting.
+//! `DIRECT=off` makes every replacement wait for the controller's pass (no direct
+//! replacement by the ended instance's task).
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n) = std::env::var("SPARES").ok().and_then(|n| n.parse().ok()) {
         builder = builder.spares(n);
     }
-    let host = builder.build()?;
+    let direct = std::env::var("DIRECT").map_or(true, |v| v != "off");
+    let host = builder.direct_replacement(direct).build()?;
     let mut events = host.events();
     let mode = std::env::var("MODE").unwrap_or_else(|_| "exit".into());
     let mut spec = WorkloadSpec::new(component);

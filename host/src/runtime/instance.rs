@@ -138,8 +138,9 @@ struct Go {
     slot: u32,
     reflex: Option<ReflexTicket>,
     /// When it replaces an ended instance directly: that instance's end, for this
-    /// task to send before its own events, and a word back once it is sent.
-    predecessor: Option<(InstanceEvent, oneshot::Sender<()>)>,
+    /// task to send before its own events, and a word back once it is sent (boxed: an
+    /// instance's task keeps room for what it received while it lives).
+    predecessor: Option<Box<(InstanceEvent, oneshot::Sender<()>)>>,
 }
 
 impl Spare {
@@ -190,11 +191,11 @@ impl Spare {
             instance,
             slot: ended.slot,
             reflex: Some(reflex),
-            predecessor: Some((event, sent_tx)),
+            predecessor: Some(Box::new((event, sent_tx))),
         };
         match self.go.send(go) {
             Ok(()) => Ok(sent_rx),
-            Err(go) => match go.predecessor.map(|(event, _)| event.kind) {
+            Err(go) => match go.predecessor.map(|p| p.0.kind) {
                 Some(InstanceEventKind::EndedAndReplaced(end, replacement)) => {
                     replacement.handle.abort_now();
                     Err(end)
@@ -289,18 +290,25 @@ pub(super) fn prepare(
                 go
             }
         };
+        let Go {
+            instance,
+            slot,
+            reflex,
+            predecessor,
+        } = go;
         // A direct replacement tells its predecessor's end before its own events.
-        if let Some((ended, sent)) = go.predecessor {
+        if let Some(predecessor) = predecessor {
+            let (ended, sent) = *predecessor;
             let _ = events.send(ended).await;
             let _ = sent.send(());
         }
-        store.data_mut().identity.instance = go.instance.clone();
-        capture.rename(go.instance.clone());
+        store.data_mut().identity.instance = instance.clone();
+        capture.rename(instance.clone());
         let reporter = Reporter {
             events,
             workload: req.workload.clone(),
-            slot: go.slot,
-            instance: go.instance,
+            slot,
+            instance,
             unformatted: Default::default(),
         };
         let started = Instant::now();
@@ -328,8 +336,7 @@ pub(super) fn prepare(
             cpu: state.cpu.used(),
             output: capture.summary(),
         };
-        let replaced = match go
-            .reflex
+        let replaced = match reflex
             .as_ref()
             .and_then(|t| t.fire(&req.spec, &end, stop_asked))
         {
