@@ -466,9 +466,8 @@ impl Controller {
                         grants: parts.grants.clone(),
                         log_sink: Some(self.logs.clone()),
                         http: spec.http.as_ref().and_then(|_| self.front.service(name)),
-                        reflex,
                     };
-                    let handle = self.runtime.spawn(request, self.events_tx.clone());
+                    let handle = self.runtime.spawn(request, reflex, self.events_tx.clone());
                     self.handles.insert(instance, handle);
                 }
                 Effect::Stop { instance, cause } => {
@@ -568,7 +567,6 @@ impl Controller {
                     grants: parts.grants.clone(),
                     log_sink: Some(self.logs.clone()),
                     http: None,
-                    reflex: None,
                 }))
             }
         };
@@ -648,7 +646,6 @@ impl Controller {
                 grants: parts.grants.clone(),
                 log_sink: Some(self.logs.clone()),
                 http: None,
-                reflex: None,
             };
             let spare = self.runtime.prepare_spare(request, self.events_tx.clone());
             spares.held.push(spare);

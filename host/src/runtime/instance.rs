@@ -247,9 +247,10 @@ fn start_replacement(
 pub(super) fn spawn(
     rt: Arc<Runtime>,
     req: SpawnRequest,
+    reflex: Option<ReflexTicket>,
     events: mpsc::Sender<InstanceEvent>,
 ) -> InstanceHandle {
-    let (instance, slot, reflex) = (req.instance.clone(), req.slot, req.reflex.clone());
+    let (instance, slot) = (req.instance.clone(), req.slot);
     prepare(rt, req, events).start(instance, slot, reflex)
 }
 
@@ -286,10 +287,12 @@ pub(super) fn prepare(
             Err(oneshot::error::TryRecvError::Closed) => return,
             Err(oneshot::error::TryRecvError::Empty) => {
                 store.data().stack.park(false);
-                let Ok(go) = go_rx.await else { return };
+                let Ok(go) = (&mut go_rx).await else { return };
                 go
             }
         };
+        // The channel's allocation would otherwise live as long as the instance.
+        drop(go_rx);
         let Go {
             instance,
             slot,
@@ -299,7 +302,11 @@ pub(super) fn prepare(
         // A direct replacement tells its predecessor's end before its own events.
         if let Some(predecessor) = predecessor {
             let (ended, sent) = *predecessor;
-            let _ = events.send(ended).await;
+            // Boxed when it must wait: the task would otherwise keep room for the wait
+            // for its whole life.
+            if let Err(mpsc::error::TrySendError::Full(ended)) = events.try_send(ended) {
+                let _ = Box::pin(events.send(ended)).await;
+            }
             let _ = sent.send(());
         }
         store.data_mut().identity.instance = instance.clone();
@@ -320,9 +327,10 @@ pub(super) fn prepare(
             vitals: &vitals,
             reporter: &reporter,
         };
-        let stop_seen = stop_rx.clone();
         let reason = drive(parts, &mut store, staged, stop_rx).await;
-        let stop_asked = stop_seen.borrow().is_some();
+        // Set by the drivers when a stop reached the guest (an instance that could not
+        // hear it ends as `Stopped`, which is never replaced directly).
+        let stop_asked = vitals.stop_requested.load(Ordering::Acquire);
         let state = store.data();
         // An exit is dated by the guest's call, before the unwinding out of it.
         let at = state

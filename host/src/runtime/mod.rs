@@ -440,12 +440,15 @@ impl Runtime {
 
     /// Starts one instance on its own task. Its lifecycle is reported on `events`; it
     /// stops when asked through the returned handle (or when the handle is dropped).
+    /// With a `reflex` ticket, its end may start what its workload has armed (see
+    /// [`reflex`]).
     pub fn spawn(
         self: &Arc<Self>,
         request: SpawnRequest,
+        reflex: Option<ReflexTicket>,
         events: mpsc::Sender<InstanceEvent>,
     ) -> InstanceHandle {
-        instance::spawn(self.clone(), request, events)
+        instance::spawn(self.clone(), request, reflex, events)
     }
 
     /// Builds a spare for `request`: its Store made and its component instantiated, its
@@ -602,8 +605,6 @@ pub struct SpawnRequest {
     pub log_sink: Option<broadcast::Sender<LogLine>>,
     /// For an HTTP workload: the service its requests come from.
     pub http: Option<Arc<http::Service>>,
-    /// What the instance may replace itself with when it fails (see [`reflex`]).
-    pub reflex: Option<ReflexTicket>,
 }
 
 /// A directory granted to a workload's instances, held open since apply.
