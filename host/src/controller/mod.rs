@@ -155,7 +155,8 @@ impl Spares {
         if self.revision.as_deref() != Some(revision) {
             return None;
         }
-        if self.held.is_empty() {
+        // An armed dormant task stays armed: the spawn goes on without a spare.
+        if self.held.is_empty() && self.reflex.holds_spare() {
             self.disarm();
         }
         self.held.pop()
@@ -167,11 +168,12 @@ impl Spares {
     }
 
     /// Puts the armed spare, if no instance took it, back with the others (an armed
-    /// request is dropped); returns the id it was to take.
+    /// dormant task is ended); returns the id it was to take.
     fn disarm(&mut self) -> Option<Arc<str>> {
         let armed = self.reflex.disarm()?;
-        if let Standby::Spare(spare) = armed.standby {
-            self.held.push(spare);
+        match armed.standby {
+            Standby::Spare(spare) => self.held.push(spare),
+            Standby::Dormant(task) => task.discard(),
         }
         Some(armed.instance)
     }
@@ -397,7 +399,7 @@ impl Controller {
         self.send_deferred_events();
         for name in std::mem::take(&mut self.deferred.spares) {
             self.build_spares(&name);
-            self.arm_reflex(&name);
+            self.arm_reflex(&name, true);
         }
     }
 
@@ -516,7 +518,7 @@ impl Controller {
             entry.spares.disarm();
         }
         self.stock_spares(name);
-        self.arm_reflex(name);
+        self.arm_reflex(name, false);
     }
 
     /// Whether workload `name` may have a spare armed now: its policy replaces a failed
@@ -533,9 +535,10 @@ impl Controller {
     }
 
     /// Arms workload `name`'s cell, if it may have one armed, with one of its spares or,
-    /// while it holds none, the request for a new instance of its current revision; an
-    /// armed request gives way to a spare once one is held.
-    fn arm_reflex(&mut self, name: &Arc<str>) {
+    /// while it holds none, a dormant task of its current revision (spawned only if
+    /// `may_spawn`; otherwise left to [`Self::flush_deferred`], off a recovery's path);
+    /// an armed dormant task gives way to a spare once one is held.
+    fn arm_reflex(&mut self, name: &Arc<str>, may_spawn: bool) {
         if !self.reflex_wanted(name) {
             return;
         }
@@ -550,7 +553,11 @@ impl Controller {
         {
             return;
         }
-        // Nothing is armed, or a request is and a spare can take its place.
+        if spares.held.is_empty() && !may_spawn {
+            self.deferred.spares.insert(name.clone());
+            return;
+        }
+        // Nothing is armed, or a dormant task is and a spare can take its place.
         let instance = spares.disarm().unwrap_or_else(|| self.ids.next(name));
         let standby = match spares.held.pop() {
             Some(spare) => Standby::Spare(spare),
@@ -558,7 +565,7 @@ impl Controller {
                 let Some(parts) = entry.artifacts.get(&revision) else {
                     return;
                 };
-                Standby::Build(Box::new(SpawnRequest {
+                let request = SpawnRequest {
                     workload: name.clone(),
                     instance: instance.clone(),
                     slot: u32::MAX,
@@ -567,7 +574,11 @@ impl Controller {
                     grants: parts.grants.clone(),
                     log_sink: Some(self.logs.clone()),
                     http: None,
-                }))
+                };
+                let task = self
+                    .runtime
+                    .prepare_dormant(request, self.events_tx.clone());
+                Standby::Dormant(task)
             }
         };
         let armed = Armed {
@@ -575,10 +586,11 @@ impl Controller {
             instance,
             revision,
         };
-        if let Err(armed) = spares.reflex.arm(armed)
-            && let Standby::Spare(spare) = armed.standby
-        {
-            spares.held.push(spare);
+        if let Err(armed) = spares.reflex.arm(armed) {
+            match armed.standby {
+                Standby::Spare(spare) => spares.held.push(spare),
+                Standby::Dormant(task) => task.discard(),
+            }
         }
     }
 

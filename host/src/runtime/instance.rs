@@ -218,10 +218,9 @@ impl Spare {
 }
 
 /// Starts what `armed` holds in the place of the instance `ended` reports for, which
-/// ended with `end` (see [`Spare::replace`]): the armed spare, or an instance built now
-/// from the armed request.
+/// ended with `end` (see [`Spare::replace`]): the armed spare, or the dormant task that
+/// builds the instance once started.
 fn start_replacement(
-    rt: &Arc<Runtime>,
     ended: &Reporter,
     armed: Armed,
     end: Box<InstanceEnd>,
@@ -234,11 +233,7 @@ fn start_replacement(
     } = armed;
     let (spare, from_spare) = match standby {
         Standby::Spare(spare) => (spare, true),
-        Standby::Build(mut req) => {
-            req.instance = instance.clone();
-            req.slot = ended.slot;
-            (prepare(rt.clone(), *req, ended.events.clone()), false)
-        }
+        Standby::Dormant(spare) => (spare, false),
     };
     spare.replace(ended, end, (instance, revision, from_spare), reflex)
 }
@@ -251,21 +246,30 @@ pub(super) fn spawn(
     events: mpsc::Sender<InstanceEvent>,
 ) -> InstanceHandle {
     let (instance, slot) = (req.instance.clone(), req.slot);
-    prepare(rt, req, events).start(instance, slot, reflex)
+    prepare(rt, req, events, false).start(instance, slot, reflex)
 }
 
 /// Builds a spare for `req` (whose instance id and slot are placeholders until it is
-/// started).
+/// started); a `dormant` one builds nothing (no Store, no instantiation) until then.
 pub(super) fn prepare(
     rt: Arc<Runtime>,
     req: SpawnRequest,
     events: mpsc::Sender<InstanceEvent>,
+    dormant: bool,
 ) -> Spare {
     let (stop_tx, stop_rx) = watch::channel(None);
     let (go_tx, mut go_rx) = oneshot::channel::<Go>();
     let usage = Arc::new(super::limits::Usage::default());
     let gauge = usage.clone();
     let task = tokio::spawn(async move {
+        // Boxed: the task keeps room for what it holds across the instantiation.
+        let early: Option<Box<Go>> = match dormant {
+            true => match (&mut go_rx).await {
+                Ok(go) => Some(Box::new(go)),
+                Err(_) => return,
+            },
+            false => None,
+        };
         let capture = OutputCapture::new(
             req.workload.clone(),
             req.instance.clone(),
@@ -282,10 +286,11 @@ pub(super) fn prepare(
         };
         // A plain spawn was started already; a spare parks its stack while it waits.
         // Dropped unstarted, a spare no longer wanted ends here, unheard of.
-        let go = match go_rx.try_recv() {
-            Ok(go) => go,
-            Err(oneshot::error::TryRecvError::Closed) => return,
-            Err(oneshot::error::TryRecvError::Empty) => {
+        let go = match (early, go_rx.try_recv()) {
+            (Some(go), _) => *go,
+            (None, Ok(go)) => go,
+            (None, Err(oneshot::error::TryRecvError::Closed)) => return,
+            (None, Err(oneshot::error::TryRecvError::Empty)) => {
                 store.data().stack.park(false);
                 let Ok(go) = (&mut go_rx).await else { return };
                 go
@@ -349,10 +354,8 @@ pub(super) fn prepare(
             .and_then(|t| t.fire(&req.spec, &end, stop_asked))
         {
             // The replacement's task sends the end, then runs first on this worker.
-            Some((armed, ticket)) => {
-                start_replacement(&rt, &reporter, armed, Box::new(end), ticket)
-                    .map_err(InstanceEventKind::Ended)
-            }
+            Some((armed, ticket)) => start_replacement(&reporter, armed, Box::new(end), ticket)
+                .map_err(InstanceEventKind::Ended),
             None => Err(InstanceEventKind::Ended(Box::new(end))),
         };
         let end_sent = match replaced {

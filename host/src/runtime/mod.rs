@@ -459,7 +459,20 @@ impl Runtime {
         request: SpawnRequest,
         events: mpsc::Sender<InstanceEvent>,
     ) -> Spare {
-        instance::prepare(self.clone(), request, events)
+        instance::prepare(self.clone(), request, events, false)
+    }
+
+    /// A task for `request` that builds nothing until it is started (by
+    /// [`Spare::start`], or as a direct replacement): then it makes the Store and
+    /// instantiates, as a spawn does.
+    /// What a direct replacement starts while its workload holds no spare (see
+    /// [`reflex`]): it costs a waiting task, not an instance.
+    pub fn prepare_dormant(
+        self: &Arc<Self>,
+        request: SpawnRequest,
+        events: mpsc::Sender<InstanceEvent>,
+    ) -> Spare {
+        instance::prepare(self.clone(), request, events, true)
     }
 
     /// What this host's linker provides, in words.

@@ -1,13 +1,14 @@
-//! Direct replacement: a replacement armed ahead of an end (a spare, or the request to
-//! build one), which the ended instance's own task starts in its place, before the
+//! Direct replacement: a replacement armed ahead of an end (a spare, or a task that
+//! builds one), which the ended instance's own task starts in its place, before the
 //! controller hears of the end.
 //!
 //! A replacement normally goes through the controller: the end is sent to it, its
 //! policy decides, and it starts a spare. When the policy's answer is known beforehand
 //! (the built-in replica policy replaces a failed instance at once while its slot's
 //! back-off is zero, its restart budget has room and no rollout runs), the controller
-//! arms a workload's [`Reflex`] with one of its spares (or, while it holds none, the
-//! request for a new instance) and the id the replacement will take. An instance whose
+//! arms a workload's [`Reflex`] with one of its spares (or, while it holds none, a
+//! dormant task that builds the instance once started) and the id the replacement will
+//! take. An instance whose
 //! end calls for an immediate replacement takes what is armed and starts it in its
 //! slot; the replacement's task delivers the end to the controller before its own
 //! `Running`, as an [`super::InstanceEventKind::EndedAndReplaced`]. The
@@ -19,7 +20,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::SpawnRequest;
 use super::instance::{InstanceEnd, InstanceHandle, Spare};
 use crate::manifest::{RestartPolicy, WorkloadSpec};
 
@@ -45,10 +45,10 @@ pub struct Armed {
 pub enum Standby {
     /// A spare, instantiated already: the replacement is a wake-up.
     Spare(Spare),
-    /// A request for an instance of the workload's current revision (its instance id
-    /// and slot are placeholders): the replacement is built by a task of its own, as
-    /// the controller's spawn would, without waiting for the controller.
-    Build(Box<SpawnRequest>),
+    /// A dormant task of the workload's current revision ([`super::Runtime::prepare_dormant`]):
+    /// started, it builds and instantiates the replacement, as the controller's spawn
+    /// would, without waiting for the controller.
+    Dormant(Spare),
 }
 
 impl Reflex {
