@@ -217,6 +217,24 @@ impl Spare {
     }
 }
 
+/// Sends the end of the instance a direct replacement takes the place of, if it is one,
+/// and says so to the ended instance's task.
+async fn deliver(
+    events: &mpsc::Sender<InstanceEvent>,
+    predecessor: Option<Box<(InstanceEvent, oneshot::Sender<()>)>>,
+) {
+    let Some(predecessor) = predecessor else {
+        return;
+    };
+    let (ended, sent) = *predecessor;
+    // Boxed when it must wait: the task would otherwise keep room for the wait for its
+    // whole life.
+    if let Err(mpsc::error::TrySendError::Full(ended)) = events.try_send(ended) {
+        let _ = Box::pin(events.send(ended)).await;
+    }
+    let _ = sent.send(());
+}
+
 /// Starts what `armed` holds in the place of the instance `ended` reports for, which
 /// ended with `end` (see [`Spare::replace`]): the armed spare, or the dormant task that
 /// builds the instance once started.
@@ -264,8 +282,13 @@ pub(super) fn prepare(
     let task = tokio::spawn(async move {
         // Boxed: the task keeps room for what it holds across the instantiation.
         let early: Option<Box<Go>> = match dormant {
+            // Woken as a direct replacement, it tells the end at once, not once it
+            // is built (an instantiation may take up to the start timeout).
             true => match (&mut go_rx).await {
-                Ok(go) => Some(Box::new(go)),
+                Ok(mut go) => {
+                    deliver(&events, go.predecessor.take()).await;
+                    Some(Box::new(go))
+                }
                 Err(_) => return,
             },
             false => None,
@@ -305,15 +328,7 @@ pub(super) fn prepare(
             predecessor,
         } = go;
         // A direct replacement tells its predecessor's end before its own events.
-        if let Some(predecessor) = predecessor {
-            let (ended, sent) = *predecessor;
-            // Boxed when it must wait: the task would otherwise keep room for the wait
-            // for its whole life.
-            if let Err(mpsc::error::TrySendError::Full(ended)) = events.try_send(ended) {
-                let _ = Box::pin(events.send(ended)).await;
-            }
-            let _ = sent.send(());
-        }
+        deliver(&events, predecessor).await;
         store.data_mut().identity.instance = instance.clone();
         capture.rename(instance.clone());
         let reporter = Reporter {
