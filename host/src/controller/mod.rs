@@ -399,7 +399,9 @@ impl Controller {
         self.send_deferred_events();
         for name in std::mem::take(&mut self.deferred.spares) {
             self.build_spares(&name);
-            self.arm_reflex(&name, true);
+            if self.reflex_wanted(&name) {
+                self.arm_reflex(&name, true);
+            }
         }
     }
 
@@ -512,13 +514,14 @@ impl Controller {
         if let Some(entry) = self.workloads.get_mut(name) {
             entry.prune_artifacts();
         }
-        if !self.reflex_wanted(name)
-            && let Some(entry) = self.workloads.get_mut(name)
-        {
+        let reflex_wanted = self.reflex_wanted(name);
+        if !reflex_wanted && let Some(entry) = self.workloads.get_mut(name) {
             entry.spares.disarm();
         }
         self.stock_spares(name);
-        self.arm_reflex(name, false);
+        if reflex_wanted {
+            self.arm_reflex(name, false);
+        }
     }
 
     /// Whether workload `name` may have a spare armed now: its policy replaces a failed
@@ -534,14 +537,11 @@ impl Controller {
             })
     }
 
-    /// Arms workload `name`'s cell, if it may have one armed, with one of its spares or,
-    /// while it holds none, a dormant task of its current revision (spawned only if
+    /// Arms workload `name`'s cell (which [`Self::reflex_wanted`]) with one of its spares
+    /// or, while it holds none, a dormant task of its current revision (spawned only if
     /// `may_spawn`; otherwise left to [`Self::flush_deferred`], off a recovery's path);
     /// an armed dormant task gives way to a spare once one is held.
     fn arm_reflex(&mut self, name: &Arc<str>, may_spawn: bool) {
-        if !self.reflex_wanted(name) {
-            return;
-        }
         let Some(entry) = self.workloads.get_mut(name) else {
             return;
         };
