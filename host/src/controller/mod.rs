@@ -119,6 +119,29 @@ struct Artifacts {
     plugin: Option<Arc<PreparedPlugin>>,
 }
 
+impl Artifacts {
+    /// A request for an instance of this revision that has no slot yet (a spare, or a
+    /// dormant task): `instance` is the id it will take, or a placeholder.
+    fn unplaced(
+        &self,
+        workload: &Arc<str>,
+        instance: Arc<str>,
+        spec: &Arc<crate::manifest::WorkloadSpec>,
+        logs: &broadcast::Sender<LogLine>,
+    ) -> SpawnRequest {
+        SpawnRequest {
+            workload: workload.clone(),
+            instance,
+            slot: u32::MAX,
+            component: self.component.clone(),
+            spec: spec.clone(),
+            grants: self.grants.clone(),
+            log_sink: Some(logs.clone()),
+            http: None,
+        }
+    }
+}
+
 /// One workload as the loop holds it: its state, the compiled parts of the revisions
 /// it may run (the current one and the one before), and its decider.
 struct Entry {
@@ -565,16 +588,7 @@ impl Controller {
                 let Some(parts) = entry.artifacts.get(&revision) else {
                     return;
                 };
-                let request = SpawnRequest {
-                    workload: name.clone(),
-                    instance: instance.clone(),
-                    slot: u32::MAX,
-                    component: parts.component.clone(),
-                    spec: entry.state.spec.clone(),
-                    grants: parts.grants.clone(),
-                    log_sink: Some(self.logs.clone()),
-                    http: None,
-                };
+                let request = parts.unplaced(name, instance.clone(), &entry.state.spec, &self.logs);
                 let task = self
                     .runtime
                     .prepare_dormant(request, self.events_tx.clone());
@@ -649,16 +663,7 @@ impl Controller {
         };
         let placeholder: Arc<str> = Arc::from(format!("{name}-spare"));
         while spares.count() < wanted && self.capacity.spare_fits() {
-            let request = SpawnRequest {
-                workload: name.clone(),
-                instance: placeholder.clone(),
-                slot: u32::MAX,
-                component: parts.component.clone(),
-                spec: entry.state.spec.clone(),
-                grants: parts.grants.clone(),
-                log_sink: Some(self.logs.clone()),
-                http: None,
-            };
+            let request = parts.unplaced(name, placeholder.clone(), &entry.state.spec, &self.logs);
             let spare = self.runtime.prepare_spare(request, self.events_tx.clone());
             spares.held.push(spare);
             self.capacity.add_spare();
