@@ -287,3 +287,68 @@ async fn a_failed_instance_starts_the_spare_in_its_place_and_the_record_is_whole
     assert!(spares_counter(&host, "used").await >= 2);
     host.shutdown().await;
 }
+
+/// A replacement the ended instance's task started, that the controller then refuses
+/// (here: the workload was scaled to 0 while the end was on its way), leaves no Store
+/// and no instance behind. The race is forced by repetition: a crash loop with no
+/// back-off, scaled to 0 and back until one scale-down lands in it (1 to 11 tries in
+/// ten local runs). The guest ends at once, so whether the controller's abort or the
+/// guest's own exit ended the refused one is not told apart here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_replacement_the_controller_refuses_is_ended_and_leaves_nothing() {
+    let m = Manifests::new();
+    let spec = |replicas: u32| {
+        workload(
+            "loop",
+            "crasher",
+            &format!(
+                "  replicas: {replicas}\n  env: {{CRASH_AFTER_MS: '0', MODE: exit}}\n  backoff: {{initial: 0ms, max: 0ms}}\n  restartBudget: {{maxRestarts: 100000, window: 1s}}\n"
+            ),
+        )
+    };
+    let host = host();
+    let mut attempts = 0;
+    while direct_counter(&host, "dropped").await == 0 {
+        attempts += 1;
+        assert!(
+            attempts <= 400,
+            "no scale-down met a direct replacement in 400 tries"
+        );
+        let file = m.write("w.yaml", &spec(1));
+        host.apply_files(&[file]).await.expect("valid manifest");
+        let kept = direct_counter(&host, "kept").await;
+        wait_for(&host, "loop", "the crash loop", |w| w.restarts > 0).await;
+        // Until a few replacements were direct, so that one is likely on its way.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while direct_counter(&host, "kept").await < kept + 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the loop replaced nothing directly"
+            );
+            tokio::task::yield_now().await;
+        }
+        let file = m.write("w.yaml", &spec(0));
+        host.apply_files(&[file]).await.expect("valid manifest");
+        wait_for(&host, "loop", "no instance", |w| w.instances.is_empty()).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while host.live_stores() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} Stores outlived the scale-down (attempt {attempts})",
+                host.live_stores()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // What the controller refused never ran as a replica: the workload is at rest.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let w = host
+        .status()
+        .await
+        .workload("loop")
+        .cloned()
+        .expect("applied");
+    assert!(w.instances.is_empty() && w.running == 0, "{w:?}");
+    assert_eq!(host.live_stores(), 0);
+    host.shutdown().await;
+}
