@@ -497,8 +497,12 @@ impl Reporter {
 
     pub(super) async fn send(&self, kind: InstanceEventKind) {
         let event = self.event(kind);
-        // The controller is gone only during shutdown; nothing is left to tell.
-        let _ = self.events.send(event).await;
+        // The controller is gone only during shutdown; nothing is left to tell. Boxed
+        // when it must wait: an instance's task would otherwise keep room for the wait
+        // for its whole life.
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+            let _ = Box::pin(self.events.send(event)).await;
+        }
     }
 
     /// An event of this instance, dated now (an end: when it ended).
@@ -682,8 +686,10 @@ async fn drive_reactor(
     // Between calls a reactor holds no accessible stack, nor its pages.
     let lease = store.data().stack.clone();
     let idle = Park::DropPages;
+    // The calls are boxed, here and below: this future lives as long as the instance,
+    // and would otherwise keep room for the largest of them while the reactor idles.
     let start = parking(&lease, idle, lifecycle.call_start(&mut *store));
-    match timeout(rt.config.start_timeout, start).await {
+    match Box::pin(timeout(rt.config.start_timeout, start)).await {
         Err(_) => {
             return EndReason::StartFailed {
                 message: format!("start did not return within {:?}", rt.config.start_timeout),
@@ -702,13 +708,12 @@ async fn drive_reactor(
     }
     let (mut successes, mut failures) = (0u32, 0u32);
     let mut next_probe = crate::clock::from_now(probe.map_or(Duration::ZERO, |p| p.initial_delay));
-    let far = crate::clock::from_now(crate::clock::FAR);
     loop {
         tokio::select! {
             _ = sleep_until(next_probe.into()), if probe.is_some() => {
                 let Some(p) = probe else { continue };
                 let health = parking(&lease, idle, lifecycle.call_health(&mut *store));
-                let answer = match timeout(p.timeout, health).await {
+                let answer = match Box::pin(timeout(p.timeout, health)).await {
                     Err(_) => return EndReason::probe_timeout(p.timeout),
                     Ok(Err(e)) => return reporter.ended_by(e),
                     Ok(Ok(answer)) => answer,
@@ -750,10 +755,9 @@ async fn drive_reactor(
                 vitals.stop_requested.store(true, Ordering::Release);
                 let grace = req.spec.termination_grace_period;
                 let stop = parking(&lease, idle, lifecycle.call_stop(&mut *store));
-                let forced = !matches!(timeout(grace, stop).await, Ok(Ok(())));
+                let forced = !matches!(Box::pin(timeout(grace, stop)).await, Ok(Ok(())));
                 return EndReason::Stopped { cause, forced };
             }
-            _ = sleep_until(far.into()), if probe.is_none() => {}
         }
     }
 }
