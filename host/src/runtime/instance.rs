@@ -227,12 +227,17 @@ async fn deliver(
         return;
     };
     let (ended, sent) = *predecessor;
-    // Boxed when it must wait: the task would otherwise keep room for the wait for its
-    // whole life.
-    if let Err(mpsc::error::TrySendError::Full(ended)) = events.try_send(ended) {
-        let _ = Box::pin(events.send(ended)).await;
-    }
+    send_event(events, ended).await;
     let _ = sent.send(());
+}
+
+/// Sends `event` to the controller, or nowhere once it is gone (only during shutdown,
+/// when nothing is left to tell). Boxed when it must wait for room: an instance's task
+/// would otherwise keep room for the wait for its whole life.
+async fn send_event(events: &mpsc::Sender<InstanceEvent>, event: InstanceEvent) {
+    if let Err(mpsc::error::TrySendError::Full(event)) = events.try_send(event) {
+        let _ = Box::pin(events.send(event)).await;
+    }
 }
 
 /// Starts what `armed` holds in the place of the instance `ended` reports for, which
@@ -496,13 +501,7 @@ impl Reporter {
     }
 
     pub(super) async fn send(&self, kind: InstanceEventKind) {
-        let event = self.event(kind);
-        // The controller is gone only during shutdown; nothing is left to tell. Boxed
-        // when it must wait: an instance's task would otherwise keep room for the wait
-        // for its whole life.
-        if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
-            let _ = Box::pin(self.events.send(event)).await;
-        }
+        send_event(&self.events, self.event(kind)).await;
     }
 
     /// An event of this instance, dated now (an end: when it ended).
