@@ -11,6 +11,15 @@
 //! a slot's pages cost memory only once touched. Growing within the slot is free; a
 //! memory that outgrows its slot moves to a mapping of its own. A freed slot gives its
 //! touched pages back (`MADV_DONTNEED`, so it reads as zeros again) and is reused.
+//!
+//! One exception keeps page faults off a recovery's path, bounded: a few freed slots
+//! stay warm. A slot whose memory left at most [`WARM_PAGES`] pages in memory (and none
+//! swapped out, read from `/proc/self/pagemap`) has those pages zeroed in place, and is
+//! the next slot handed out: the replacement of an ended instance then instantiates on
+//! pages already there, where otherwise its data segments' copy would fault each page
+//! in again (and the `MADV_DONTNEED` would be a TLB shoot-down on the other CPUs running
+//! this process). At most [`MAX_WARM`] slots are warm, so they hold at most
+//! `MAX_WARM × WARM_PAGES` pages.
 //! Slots beyond a memory's size are accessible but never reached: the compiled code
 //! checks every access against the size, as it does for wasmtime's own compact
 //! memories, whose neighbours are accessible too.
@@ -23,6 +32,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Slots per arena mapping.
 const SLOTS_PER_ARENA: usize = 64;
+
+/// Most freed slots kept warm (their few pages zeroed in place, kept in memory), handed
+/// out before any other.
+const MAX_WARM: usize = 4;
+
+/// Most pages a freed slot may hold in memory to be kept warm: zeroing more by hand
+/// would cost more than the faults it saves. (A small guest's instance touches a dozen:
+/// the top of its stack, its data, the start of its heap.)
+const WARM_PAGES: usize = 32;
+
+/// Largest memory whose slot may be kept warm: reading which of its pages are in memory
+/// costs 8 bytes per page.
+const WARM_MAX_BYTES: usize = 16 << 20;
 
 /// A source of compact linear memories (see the module documentation).
 pub struct MemoryArena {
@@ -41,6 +63,8 @@ struct Inner {
 #[derive(Default)]
 struct Free {
     slots: Vec<usize>,
+    /// Freed slots whose pages in memory were zeroed in place (see [`MAX_WARM`]).
+    warm: Vec<usize>,
     arenas: Vec<(usize, usize)>,
 }
 
@@ -72,7 +96,7 @@ impl Inner {
     /// A free slot's address, reserving a new arena when none is free.
     fn take_slot(&self) -> std::io::Result<usize> {
         let mut free = self.lock();
-        if let Some(slot) = free.slots.pop() {
+        if let Some(slot) = free.warm.pop().or_else(|| free.slots.pop()) {
             return Ok(slot);
         }
         let len = self
@@ -136,17 +160,54 @@ impl ArenaMemory {
         self.base()..self.base() + end.min(self.capacity())
     }
 
-    /// Gives the backing back: a slot's touched pages to the kernel and the slot to the
-    /// arena, a mapping of its own to the kernel.
+    /// Gives the backing back: a slot's touched pages to the kernel (or, kept warm,
+    /// zeroed in place; see [`MAX_WARM`]) and the slot to the arena, a mapping of its own
+    /// to the kernel.
     fn release(&self) {
         match self.backing {
             Backing::Slot(base) => {
-                super::pages::discard(&self.touched());
+                let touched = self.touched();
+                let room = self.inner.lock().warm.len() < MAX_WARM;
+                if room && zero_in_place(&touched, self.inner.page) {
+                    let mut free = self.inner.lock();
+                    if free.warm.len() < MAX_WARM {
+                        free.warm.push(base);
+                        return;
+                    }
+                }
+                super::pages::discard(&touched);
                 self.inner.lock().slots.push(base);
             }
             Backing::Own(base, len) => super::pages::release(base, len),
         }
     }
+}
+
+/// Zeroes the pages of `range` (a freed slot's touched pages) that are in memory, if
+/// they are few and none is swapped out; `false` (nothing written) otherwise. Pages that
+/// read as zeros already are only read, so that a page the guest only read (the kernel's
+/// shared zero page) is not made a page of its own.
+fn zero_in_place(range: &Range<usize>, page: usize) -> bool {
+    if range.len() > WARM_MAX_BYTES {
+        return false;
+    }
+    let Some(resident) = super::pages::resident_pages(range) else {
+        return false;
+    };
+    if resident.iter().filter(|r| **r).count() > WARM_PAGES {
+        return false;
+    }
+    for (index, _) in resident.iter().enumerate().filter(|(_, r)| **r) {
+        // SAFETY: a whole page of the slot this memory held, accessible; the memory is
+        // being dropped, so nothing else reads or writes it.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut((range.start + index * page) as *mut u8, page)
+        };
+        if bytes.iter().any(|b| *b != 0) {
+            bytes.fill(0);
+        }
+    }
+    true
 }
 
 // SAFETY: the memory's addresses are plain numbers; its bytes are owned by this memory
@@ -276,6 +337,97 @@ mod tests {
         assert_eq!(again.as_ptr(), base);
         // SAFETY: within the memory's size.
         assert_eq!(unsafe { *again.as_ptr().add(100) }, 0);
+    }
+
+    /// Writes `value` to a byte of each of `pages` of the memory at `base`.
+    fn write_pages(base: usize, pages: impl IntoIterator<Item = usize>, value: u8) {
+        let page = super::super::pages::page_size();
+        for index in pages {
+            // SAFETY: the callers name pages within the memory's size.
+            unsafe { *((base + index * page + 5) as *mut u8) = value };
+        }
+    }
+
+    /// Whether every byte of `len` bytes at `base` is zero.
+    fn reads_zero(base: usize, len: usize) -> bool {
+        // SAFETY: the callers name a live memory's bytes.
+        unsafe { std::slice::from_raw_parts(base as *const u8, len) }
+            .iter()
+            .all(|b| *b == 0)
+    }
+
+    #[test]
+    fn a_freed_slot_with_few_pages_in_memory_stays_warm_and_reads_zero() {
+        let arena = MemoryArena::new(256 << 10);
+        let m = memory(&arena, 64 << 10);
+        let base = m.as_ptr() as usize;
+        write_pages(base, [0, 3, 9], 0xAB);
+        drop(m);
+        let again = memory(&arena, 64 << 10);
+        assert_eq!(again.as_ptr() as usize, base);
+        // (Read before the bytes are: a read maps the kernel's zero page.)
+        let resident = super::super::pages::resident_pages(&(base..base + (64 << 10)));
+        assert!(
+            reads_zero(base, 64 << 10),
+            "what the last memory wrote is gone"
+        );
+        let Some(resident) = resident else {
+            // No pagemap to read here: the slot was given back to the kernel instead.
+            assert!(arena.inner.lock().warm.is_empty());
+            return;
+        };
+        // Zeroed in place: its pages are still there, no fault needed to use them.
+        assert!(resident[0] && resident[3] && resident[9], "{resident:?}");
+        assert_eq!(resident.iter().filter(|r| **r).count(), 3);
+    }
+
+    #[test]
+    fn a_freed_slot_with_many_pages_in_memory_gives_them_back() {
+        let arena = MemoryArena::new(256 << 10);
+        let page = super::super::pages::page_size();
+        let pages = (256 << 10) / page;
+        assert!(pages > WARM_PAGES);
+        let m = memory(&arena, 256 << 10);
+        let base = m.as_ptr() as usize;
+        write_pages(base, 0..pages, 1);
+        drop(m);
+        assert!(arena.inner.lock().warm.is_empty());
+        let again = memory(&arena, 256 << 10);
+        assert_eq!(again.as_ptr() as usize, base);
+        if let Some(resident) = super::super::pages::resident_pages(&(base..base + (256 << 10))) {
+            assert!(resident.iter().all(|r| !r), "dropped, not zeroed by hand");
+        }
+        assert!(reads_zero(base, 256 << 10));
+    }
+
+    #[test]
+    fn at_most_max_warm_freed_slots_stay_warm() {
+        let arena = MemoryArena::new(64 << 10);
+        let memories: Vec<_> = (0..MAX_WARM + 3)
+            .map(|_| memory(&arena, 64 << 10))
+            .collect();
+        let bases: Vec<usize> = memories.iter().map(|m| m.as_ptr() as usize).collect();
+        for &base in &bases {
+            write_pages(base, [1], 7);
+        }
+        drop(memories);
+        let warm = arena.inner.lock().warm.len();
+        let Some(_) = super::super::pages::resident_pages(&(bases[0]..bases[0] + 4096)) else {
+            assert_eq!(warm, 0);
+            return;
+        };
+        assert_eq!(warm, MAX_WARM);
+        let page = super::super::pages::page_size();
+        let in_memory = bases
+            .iter()
+            .filter(|&&b| {
+                super::super::pages::resident_pages(&(b + page..b + 2 * page)).is_some_and(|r| r[0])
+            })
+            .count();
+        assert_eq!(in_memory, MAX_WARM, "the others gave their page back");
+        for &base in &bases {
+            assert!(reads_zero(base, 64 << 10));
+        }
     }
 
     #[test]

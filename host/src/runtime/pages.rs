@@ -1,5 +1,6 @@
 //! The few system calls the stack and memory arenas make (`mmap`, `mprotect`,
-//! `madvise`, `munmap`), on Unix; elsewhere they fail, and no arena is installed.
+//! `madvise`, `munmap`, a read of `/proc/self/pagemap`), on Unix; elsewhere they fail,
+//! and no arena is installed.
 //! Guard markers (`MADV_GUARD_INSTALL`) are used only where a probe saw one work.
 
 pub(crate) use imp::*;
@@ -244,6 +245,48 @@ mod imp {
         None
     }
 
+    /// Which pages of `range` (whole pages of a private anonymous mapping) are in
+    /// memory, from this process's `/proc/self/pagemap` (a flag word per page): `None`
+    /// where that cannot be read, and when a page of the range is swapped out (its
+    /// bytes are on the swap device, and only dropping the page makes it read as zeros).
+    /// A page neither present nor swapped reads as zeros.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn resident_pages(range: &Range<usize>) -> Option<Vec<bool>> {
+        use std::os::unix::fs::FileExt;
+        const PRESENT: u64 = 1 << 63;
+        const SWAPPED: u64 = 1 << 62;
+        // Opened once, with the id of the process it describes: a forked child would
+        // read its parent's pages through it.
+        static PAGEMAP: std::sync::OnceLock<Option<(u32, std::fs::File)>> =
+            std::sync::OnceLock::new();
+        let (pid, file) = PAGEMAP
+            .get_or_init(|| {
+                let file = std::fs::File::open("/proc/self/pagemap").ok()?;
+                Some((std::process::id(), file))
+            })
+            .as_ref()?;
+        if *pid != std::process::id() {
+            return None;
+        }
+        let page = page_size();
+        let words = range.len() / page;
+        let mut bytes = vec![0u8; words.checked_mul(8)?];
+        let offset = u64::try_from(range.start / page).ok()?.checked_mul(8)?;
+        file.read_exact_at(&mut bytes, offset).ok()?;
+        bytes
+            .chunks_exact(8)
+            .map(|word| {
+                let flags = u64::from_ne_bytes(word.try_into().ok()?);
+                (flags & SWAPPED == 0).then_some(flags & PRESENT != 0)
+            })
+            .collect()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn resident_pages(_range: &Range<usize>) -> Option<Vec<bool>> {
+        None
+    }
+
     pub(crate) fn page_size() -> usize {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -284,6 +327,10 @@ mod imp {
     }
 
     pub(crate) fn readable(_address: usize) -> Option<bool> {
+        None
+    }
+
+    pub(crate) fn resident_pages(_range: &Range<usize>) -> Option<Vec<bool>> {
         None
     }
 
