@@ -83,8 +83,14 @@ fn find_or_install() -> Result<PathBuf, String> {
     Ok(local)
 }
 
-/// A free loopback TCP port (bound and released: a test that loses the race fails
-/// loudly at the server's start).
+/// Attempts at starting an engine on fresh ports, when a server exits before it listens.
+const ATTEMPTS: usize = 5;
+
+/// How long a server may take to listen (many tests start at once on two cores).
+const LISTEN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A free loopback TCP port (bound and released: another process may take it before the
+/// server does, which then exits at once, and the engine is started again on fresh ports).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -102,31 +108,62 @@ pub struct NatsNode {
 }
 
 impl NatsNode {
-    fn spawn(bin: &Path, args: Vec<String>, port: u16) -> Self {
+    /// Starts a node; `Err` if it exited before it listened (a port was taken meanwhile).
+    fn spawn(bin: &Path, args: Vec<String>, port: u16) -> Result<Self, String> {
         let mut node = Self {
             child: None,
             port,
             args,
             bin: bin.to_path_buf(),
         };
-        node.start();
-        node
+        node.try_start()?;
+        Ok(node)
     }
 
     /// Starts it (again, on the same ports and store).
     pub fn start(&mut self) {
-        let child = Command::new(&self.bin)
+        if let Err(why) = self.try_start() {
+            panic!("{why}");
+        }
+    }
+
+    /// Starts it and waits until it listens; `Err` if it exits first.
+    fn try_start(&mut self) -> Result<(), String> {
+        let mut child = Command::new(&self.bin)
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+            .map_err(|e| format!("nats-server does not start: {e}"))?;
+        let deadline = Instant::now() + LISTEN_PATIENCE;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server never listened");
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "nats-server ({:?}) exited with {status} before it listened on {}",
+                    self.args, self.port
+                ));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "nats-server never listened on {} ({:?})",
+                    self.port, self.args
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // What answered may be another process on a port taken meanwhile, this server
+        // then exiting as it fails to bind it.
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "nats-server ({:?}) exited with {status}: port {} is another's",
+                self.args, self.port
+            ));
+        }
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Kills it (`kill -9`).
@@ -166,6 +203,10 @@ impl Nats {
 
     /// A single node with JetStream listening on `address` (`0.0.0.0`: every interface).
     pub fn single_at(address: &str) -> Result<Self, String> {
+        retried(|| Self::try_single_at(address))
+    }
+
+    fn try_single_at(address: &str) -> Result<Result<Self, String>, String> {
         let bin = server_binary()?;
         let store = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = free_port();
@@ -181,15 +222,19 @@ impl Nats {
             "-sd".into(),
             store.path().display().to_string(),
         ];
-        Ok(Self {
-            nodes: vec![NatsNode::spawn(&bin, args, port)],
+        Ok(NatsNode::spawn(&bin, args, port).map(|node| Self {
+            nodes: vec![node],
             monitor,
             _store: store,
-        })
+        }))
     }
 
     /// A three-node JetStream cluster on loopback.
     pub fn cluster() -> Result<Self, String> {
+        retried(Self::try_cluster)
+    }
+
+    fn try_cluster() -> Result<Result<Self, String>, String> {
         let bin = server_binary()?;
         let store = tempfile::tempdir().map_err(|e| e.to_string())?;
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -226,12 +271,12 @@ impl Nats {
                 ]);
                 NatsNode::spawn(&bin, args, *client)
             })
-            .collect();
-        Ok(Self {
+            .collect::<Result<Vec<_>, _>>();
+        Ok(nodes.map(|nodes| Self {
             nodes,
             monitor,
             _store: store,
-        })
+        }))
     }
 
     /// The URL a client joins with (every node's, comma-separated).
@@ -239,6 +284,20 @@ impl Nats {
         let urls: Vec<String> = self.nodes.iter().map(NatsNode::url).collect();
         urls.join(",")
     }
+}
+
+/// Runs `start` (an engine on fresh ports: `Err` if there is no server at all, `Ok(Err)`
+/// if a node exited before it listened) until an engine runs, at most [`ATTEMPTS`]
+/// times; the nodes of a failed attempt are killed as they are dropped.
+fn retried(start: impl Fn() -> Result<Result<Nats, String>, String>) -> Result<Nats, String> {
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        match start()? {
+            Ok(nats) => return Ok(nats),
+            Err(why) => last = why,
+        }
+    }
+    panic!("no engine started in {ATTEMPTS} attempts; the last: {last}");
 }
 
 impl Nats {
