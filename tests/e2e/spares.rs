@@ -7,7 +7,7 @@ use std::time::Duration;
 use setpoint::runtime::LogLine;
 use tokio::sync::broadcast;
 
-use crate::common::{Manifests, host, last_trap_has_backtrace, wait_for, workload};
+use crate::common::{Manifests, host, last_trap_has_backtrace, wait_for, wait_no_stores, workload};
 
 /// The host's `setpoint_spares_<what>_total` counter.
 async fn spares_counter(host: &setpoint::Host, what: &str) -> u64 {
@@ -330,15 +330,11 @@ async fn a_direct_replacement_the_controller_refuses_is_ended_and_leaves_nothing
         let file = m.write("w.yaml", &spec(0));
         host.apply_files(&[file]).await.expect("valid manifest");
         wait_for(&host, "loop", "no instance", |w| w.instances.is_empty()).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while host.live_stores() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} Stores outlived the scale-down (attempt {attempts})",
-                host.live_stores()
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_no_stores(
+            &host,
+            &format!("Stores outlived the scale-down (attempt {attempts})"),
+        )
+        .await;
     }
     // What the controller refused never ran as a replica: the workload is at rest.
     tokio::time::sleep(Duration::from_millis(50)).await;

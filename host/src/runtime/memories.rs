@@ -304,6 +304,7 @@ unsafe impl wasmtime::MemoryCreator for MemoryArena {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    use super::super::pages;
     use super::*;
     use wasmtime::MemoryCreator;
 
@@ -341,7 +342,7 @@ mod tests {
 
     /// Writes `value` to a byte of each of `pages` of the memory at `base`.
     fn write_pages(base: usize, pages: impl IntoIterator<Item = usize>, value: u8) {
-        let page = super::super::pages::page_size();
+        let page = pages::page_size();
         for index in pages {
             // SAFETY: the callers name pages within the memory's size.
             unsafe { *((base + index * page + 5) as *mut u8) = value };
@@ -366,7 +367,7 @@ mod tests {
         let again = memory(&arena, 64 << 10);
         assert_eq!(again.as_ptr() as usize, base);
         // (Read before the bytes are: a read maps the kernel's zero page.)
-        let resident = super::super::pages::resident_pages(&(base..base + (64 << 10)));
+        let resident = pages::resident_pages(&(base..base + (64 << 10)));
         assert!(
             reads_zero(base, 64 << 10),
             "what the last memory wrote is gone"
@@ -384,7 +385,7 @@ mod tests {
     #[test]
     fn a_freed_slot_with_many_pages_in_memory_gives_them_back() {
         let arena = MemoryArena::new(256 << 10);
-        let page = super::super::pages::page_size();
+        let page = pages::page_size();
         let pages = (256 << 10) / page;
         assert!(pages > WARM_PAGES);
         let m = memory(&arena, 256 << 10);
@@ -394,7 +395,7 @@ mod tests {
         assert!(arena.inner.lock().warm.is_empty());
         let again = memory(&arena, 256 << 10);
         assert_eq!(again.as_ptr() as usize, base);
-        if let Some(resident) = super::super::pages::resident_pages(&(base..base + (256 << 10))) {
+        if let Some(resident) = pages::resident_pages(&(base..base + (256 << 10))) {
             assert!(resident.iter().all(|r| !r), "dropped, not zeroed by hand");
         }
         assert!(reads_zero(base, 256 << 10));
@@ -412,17 +413,15 @@ mod tests {
         }
         drop(memories);
         let warm = arena.inner.lock().warm.len();
-        let Some(_) = super::super::pages::resident_pages(&(bases[0]..bases[0] + 4096)) else {
+        let Some(_) = pages::resident_pages(&(bases[0]..bases[0] + 4096)) else {
             assert_eq!(warm, 0);
             return;
         };
         assert_eq!(warm, MAX_WARM);
-        let page = super::super::pages::page_size();
+        let page = pages::page_size();
         let in_memory = bases
             .iter()
-            .filter(|&&b| {
-                super::super::pages::resident_pages(&(b + page..b + 2 * page)).is_some_and(|r| r[0])
-            })
+            .filter(|&&b| pages::resident_pages(&(b + page..b + 2 * page)).is_some_and(|r| r[0]))
             .count();
         assert_eq!(in_memory, MAX_WARM, "the others gave their page back");
         for &base in &bases {
